@@ -1,0 +1,174 @@
+//! The llama-family decoder: weights loaded once and never mutated; all decoding state lives in
+//! the [`KvCache`] passed to [`Model::forward`].
+//!
+//! One layer, for `T` new tokens (shapes without the batch dimension, which is always 1):
+//!
+//! ```text
+//! x (T, hidden) ─ rms_norm ─ q,k,v projections ─ RoPE ─ cache.append(k, v)
+//!   ─ attention over the cache's slots ─ cache.observe(probs) ─ o projection ─ + x
+//!   ─ rms_norm ─ down(silu(gate(h)) · up(h)) ─ + x
+//! ```
+
+pub mod attention;
+pub mod config;
+pub mod gguf;
+mod random;
+pub mod rope;
+
+use candle_core::quantized::QMatMul;
+use candle_core::{Device, Module, Tensor};
+
+pub use config::{Arch, Config, RopeStyle};
+pub use gguf::{open_gguf, WeightFormat};
+
+use crate::cache::KvCache;
+use crate::error::{Error, Result};
+use attention::{attention, causal_mask};
+use rope::Rope;
+
+/// Rows from which a [`Linear`] holding both forms uses the dense one: a batched GEMM beats the
+/// quantized kernels on a prompt, the quantized kernels win on a single row (less memory read).
+const DENSE_MIN_ROWS: usize = 16;
+
+/// A projection `y = x·Wᵀ (+ b)`: quantized, dense, or both (dense for prompts).
+#[derive(Debug, Clone)]
+pub(crate) struct Linear {
+    w: QMatMul,
+    /// A dense f32 copy used for inputs of at least [`DENSE_MIN_ROWS`] rows.
+    dense: Option<QMatMul>,
+    b: Option<Tensor>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let w = match &self.dense {
+            Some(d) if x.dims()[0] >= DENSE_MIN_ROWS => d,
+            _ => &self.w,
+        };
+        let y = w.forward(x)?;
+        Ok(match &self.b {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+/// Weights of one transformer block.
+#[derive(Debug, Clone)]
+pub(crate) struct Layer {
+    attn_norm: Tensor,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
+    ffn_norm: Tensor,
+    w_gate: Linear,
+    w_up: Linear,
+    w_down: Linear,
+}
+
+/// Which logits [`Model::forward`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last position's: (vocab).
+    Last,
+    /// Every position's: (T, vocab), for teacher-forced scoring.
+    All,
+}
+
+/// An immutable llama-family decoder.
+#[derive(Debug, Clone)]
+pub struct Model {
+    cfg: Config,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Linear,
+    rope: Rope,
+    device: Device,
+    weights: WeightFormat,
+}
+
+impl Model {
+    /// The decoder's shapes and constants.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// How the projection weights are stored in memory.
+    pub fn weight_format(&self) -> WeightFormat {
+        self.weights
+    }
+
+    /// Runs `ids` (new tokens, after everything already in `cache`) through the decoder,
+    /// writing their keys and values into `cache`, and returns logits as asked.
+    pub fn forward(&self, ids: &[u32], cache: &mut KvCache, which: Logits) -> Result<Tensor> {
+        let t = ids.len();
+        if t == 0 {
+            return Err(Error::arg("forward", "no tokens to run"));
+        }
+        let step = cache.begin(t)?;
+        let (cos, sin) = self.rope.tables(&step.positions, &self.device)?;
+        let mask = if t > 1 {
+            Some(causal_mask(t, step.past, &self.device)?)
+        } else {
+            None
+        };
+        let (n_head, n_kv, d) = (self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim);
+
+        let ids_t = Tensor::new(ids, &self.device)?;
+        // (T) → (T, hidden)
+        let mut x = self.embed.index_select(&ids_t, 0)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.cfg.rms_eps as f32)?;
+            // (T, H·d) → (T, H, d) → (H, T, d)
+            let q = layer
+                .wq
+                .forward(&h)?
+                .reshape((t, n_head, d))?
+                .transpose(0, 1)?;
+            let k = layer
+                .wk
+                .forward(&h)?
+                .reshape((t, n_kv, d))?
+                .transpose(0, 1)?;
+            let v = layer
+                .wv
+                .forward(&h)?
+                .reshape((t, n_kv, d))?
+                .transpose(0, 1)?;
+            let q = self.rope.apply(&q, &cos, &sin)?;
+            let k = self.rope.apply(&k, &cos, &sin)?;
+            // (H_kv, n, d) views of the used slots, the new tokens included.
+            let (k_all, v_all) = cache.layer_mut(l).append(&k, &v.contiguous()?)?;
+            // out (H_q, T, d), probs (H_q, T, n)
+            let (out, probs) = attention(&q, &k_all, &v_all, mask.as_ref())?;
+            cache.observe(l, &probs)?;
+            // (H_q, T, d) → (T, H_q, d) → (T, H_q·d)
+            let out = out.transpose(0, 1)?.reshape((t, n_head * d))?;
+            x = (layer.wo.forward(&out)? + x)?;
+
+            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.cfg.rms_eps as f32)?;
+            let gate = candle_nn::ops::silu(&layer.w_gate.forward(&h)?)?;
+            let up = layer.w_up.forward(&h)?;
+            x = (layer.w_down.forward(&(gate * up)?)? + x)?;
+        }
+        cache.end()?;
+        let x = match which {
+            Logits::Last => x.narrow(0, t - 1, 1)?,
+            Logits::All => x,
+        };
+        let x = candle_nn::ops::rms_norm(&x, &self.norm, self.cfg.rms_eps as f32)?;
+        // (T', hidden) → (T', vocab)
+        let logits = self.lm_head.forward(&x)?;
+        Ok(match which {
+            Logits::Last => logits.squeeze(0)?,
+            Logits::All => logits,
+        })
+    }
+}

@@ -1,0 +1,154 @@
+//! Decoder hyper-parameters, read from GGUF metadata.
+
+use std::path::Path;
+
+use candle_core::quantized::gguf_file;
+
+use crate::error::{Error, Result};
+
+/// Model families the decoder implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// Llama 2/3, SmolLM, Mistral-style dense decoders.
+    Llama,
+    /// Qwen2 / Qwen2.5: llama with biases on the q/k/v projections and half-split RoPE.
+    Qwen2,
+}
+
+impl Arch {
+    /// Architecture names accepted in `general.architecture`.
+    pub const SUPPORTED: &'static str = "llama, qwen2";
+
+    fn parse(name: &str) -> Option<Self> {
+        match name {
+            "llama" => Some(Self::Llama),
+            "qwen2" => Some(Self::Qwen2),
+            _ => None,
+        }
+    }
+
+    /// The GGUF metadata key prefix for this architecture.
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Qwen2 => "qwen2",
+        }
+    }
+}
+
+/// How rotary embeddings pair up the dimensions of a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Pairs (0,1), (2,3), …: GGUF llama weights (their q/k rows are permuted at conversion).
+    Interleaved,
+    /// Pairs (i, i + d/2): GPT-NeoX style, safetensors llama weights and GGUF qwen2.
+    HalfSplit,
+}
+
+/// Shapes and constants of one decoder.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub arch: Arch,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    pub hidden: usize,
+    pub ffn: usize,
+    pub vocab: usize,
+    /// Trained context length (tokens).
+    pub context_len: usize,
+    pub rope_base: f32,
+    pub rope_style: RopeStyle,
+    pub rms_eps: f64,
+}
+
+impl Config {
+    /// Query heads per KV head (GQA group size).
+    pub fn group(&self) -> usize {
+        self.n_head / self.n_kv_head
+    }
+
+    /// Reads the config from GGUF metadata, naming `path` in every error.
+    pub fn from_gguf(ct: &gguf_file::Content, path: &Path) -> Result<Self> {
+        let bad = |reason: String| Error::BadModel {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let arch_name = ct
+            .metadata
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .ok_or_else(|| bad("metadata has no general.architecture".into()))?;
+        let arch = Arch::parse(&arch_name).ok_or_else(|| Error::UnsupportedArch {
+            path: path.to_path_buf(),
+            arch: arch_name.clone(),
+            supported: Arch::SUPPORTED.into(),
+        })?;
+        let p = arch.key();
+        let get_u = |k: &str| -> Result<usize> {
+            let key = format!("{p}.{k}");
+            let v = ct
+                .metadata
+                .get(&key)
+                .ok_or_else(|| bad(format!("metadata key {key} is missing")))?;
+            v.to_u32()
+                .map(|x| x as usize)
+                .or_else(|_| v.to_u64().map(|x| x as usize))
+                .map_err(|e| {
+                    bad(format!(
+                        "metadata key {key}: {}",
+                        crate::error::candle_message(&e)
+                    ))
+                })
+        };
+        let get_f = |k: &str| -> Option<f32> {
+            ct.metadata
+                .get(&format!("{p}.{k}"))
+                .and_then(|v| v.to_f32().ok())
+        };
+        let n_head = get_u("attention.head_count")?;
+        let n_kv_head = get_u("attention.head_count_kv").unwrap_or(n_head);
+        let hidden = get_u("embedding_length")?;
+        if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 || hidden % n_head != 0 {
+            return Err(bad(format!(
+                "inconsistent heads: {n_head} query heads, {n_kv_head} KV heads, width {hidden}"
+            )));
+        }
+        let head_dim = hidden / n_head;
+        if let Ok(rope_dim) = get_u("rope.dimension_count") {
+            if rope_dim != head_dim {
+                return Err(bad(format!(
+                    "partial rotary embeddings (rope dim {rope_dim} < head dim {head_dim}) are not supported"
+                )));
+            }
+        }
+        let vocab = match get_u("vocab_size") {
+            Ok(v) => v,
+            Err(_) => ct
+                .metadata
+                .get("tokenizer.ggml.tokens")
+                .and_then(|v| v.to_vec().ok())
+                .map(Vec::len)
+                .ok_or_else(|| bad("no vocab_size and no tokenizer.ggml.tokens".into()))?,
+        };
+        Ok(Self {
+            arch,
+            n_layer: get_u("block_count")?,
+            n_head,
+            n_kv_head,
+            head_dim,
+            hidden,
+            ffn: get_u("feed_forward_length")?,
+            vocab,
+            context_len: get_u("context_length").unwrap_or(4096),
+            rope_base: get_f("rope.freq_base").unwrap_or(10_000.0),
+            rope_style: match arch {
+                Arch::Llama => RopeStyle::Interleaved,
+                Arch::Qwen2 => RopeStyle::HalfSplit,
+            },
+            rms_eps: f64::from(get_f("attention.layer_norm_rms_epsilon").unwrap_or(1e-5)),
+        })
+    }
+}

@@ -1,0 +1,240 @@
+//! Loading a decoder from a GGUF file: the only code that knows GGUF tensor names and
+//! quantization types.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
+use candle_core::Device;
+
+use super::{Arch, Config, Layer, Linear, Model, Rope};
+use crate::error::{Error, Result};
+
+/// How projection weights are kept in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightFormat {
+    /// Small models (up to 500M parameters): Q8_0 for single-token decoding plus a dense f32
+    /// copy for prompts. Larger ones: Q8_0 where the file's type has no fast CPU kernel
+    /// (Q4_1, Q5_0, Q5_1), the file's own quantization otherwise.
+    #[default]
+    Auto,
+    /// Both Q8_0 (decode) and dense f32 (prefill) copies, as `Auto` picks for small models.
+    Hybrid,
+    /// Keep the file's quantization and use candle's quantized kernels.
+    Native,
+    /// Dequantize everything to f32 at load.
+    F32,
+    /// Re-quantize every quantized tensor to Q8_0 (fast SIMD kernel, near-lossless).
+    Q8_0,
+}
+
+impl FromStr for WeightFormat {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "hybrid" => Ok(Self::Hybrid),
+            "native" => Ok(Self::Native),
+            "f32" => Ok(Self::F32),
+            "q8_0" | "q8" => Ok(Self::Q8_0),
+            _ => Err(Error::arg(
+                "--weights",
+                format!("`{s}` is not one of auto, hybrid, native, f32, q8_0"),
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for WeightFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Hybrid => "hybrid",
+            Self::Native => "native",
+            Self::F32 => "f32",
+            Self::Q8_0 => "q8_0",
+        })
+    }
+}
+
+/// `Auto` keeps a dense f32 copy only up to this many parameters (f32 weights of a
+/// 500M-parameter model take 2 GB).
+const AUTO_HYBRID_MAX_PARAMS: usize = 500_000_000;
+
+/// Opens a GGUF file and reads its header: metadata and tensor index, no tensor data.
+pub fn open_gguf(path: &Path) -> Result<(gguf_file::Content, BufReader<File>)> {
+    if !path.exists() {
+        return Err(Error::ModelNotFound {
+            path: path.to_path_buf(),
+        });
+    }
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut reader = BufReader::new(file);
+    let content = gguf_file::Content::read(&mut reader).map_err(|e| Error::BadModel {
+        path: path.to_path_buf(),
+        reason: format!(
+            "{} (is it a GGUF file? re-download it or pass another with -m)",
+            crate::error::candle_message(&e)
+        ),
+    })?;
+    Ok((content, reader))
+}
+
+impl Model {
+    /// Builds the decoder from an opened GGUF file.
+    pub fn from_gguf(
+        ct: &gguf_file::Content,
+        reader: &mut BufReader<File>,
+        path: &Path,
+        device: &Device,
+        weights: WeightFormat,
+    ) -> Result<Self> {
+        let cfg = Config::from_gguf(ct, path)?;
+        let mut loader = Loader {
+            ct,
+            reader,
+            path,
+            device,
+            format: resolve_format(ct, weights),
+        };
+        let embed_q = loader.qtensor("token_embd.weight")?;
+        let (vocab, hidden) = embed_q.shape().dims2()?;
+        if hidden != cfg.hidden {
+            return Err(loader.bad(format!(
+                "token_embd.weight is {vocab}x{hidden}, expected width {}",
+                cfg.hidden
+            )));
+        }
+        let embed = embed_q.dequantize(device)?;
+        // Tied embeddings: no output.weight means the embedding matrix is the LM head.
+        let lm_head = if ct.tensor_infos.contains_key("output.weight") {
+            loader.linear("output.weight", None)?
+        } else {
+            loader.linear_from(Arc::new(embed_q), None)?
+        };
+        let norm = loader.dense("output_norm.weight")?;
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let p = format!("blk.{i}");
+            let bias = |name: &str| match cfg.arch {
+                Arch::Qwen2 => Some(format!("{p}.{name}.bias")),
+                Arch::Llama => None,
+            };
+            layers.push(Layer {
+                attn_norm: loader.dense(&format!("{p}.attn_norm.weight"))?,
+                wq: loader.linear(&format!("{p}.attn_q.weight"), bias("attn_q"))?,
+                wk: loader.linear(&format!("{p}.attn_k.weight"), bias("attn_k"))?,
+                wv: loader.linear(&format!("{p}.attn_v.weight"), bias("attn_v"))?,
+                wo: loader.linear(&format!("{p}.attn_output.weight"), None)?,
+                ffn_norm: loader.dense(&format!("{p}.ffn_norm.weight"))?,
+                w_gate: loader.linear(&format!("{p}.ffn_gate.weight"), None)?,
+                w_up: loader.linear(&format!("{p}.ffn_up.weight"), None)?,
+                w_down: loader.linear(&format!("{p}.ffn_down.weight"), None)?,
+            });
+        }
+        let rope = Rope::new(cfg.head_dim, cfg.rope_base, cfg.rope_style);
+        Ok(Self {
+            weights: loader.format,
+            cfg,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            device: device.clone(),
+        })
+    }
+}
+
+/// Picks the concrete format for `Auto` from the file's dominant tensor type and size.
+fn resolve_format(ct: &gguf_file::Content, asked: WeightFormat) -> WeightFormat {
+    if asked != WeightFormat::Auto {
+        return asked;
+    }
+    let params: usize = ct.tensor_infos.values().map(|t| t.shape.elem_count()).sum();
+    let slow = ct.tensor_infos.values().any(|t| {
+        matches!(
+            t.ggml_dtype,
+            GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1
+        )
+    });
+    if params <= AUTO_HYBRID_MAX_PARAMS {
+        WeightFormat::Hybrid
+    } else if slow {
+        WeightFormat::Q8_0
+    } else {
+        WeightFormat::Native
+    }
+}
+
+struct Loader<'a> {
+    ct: &'a gguf_file::Content,
+    reader: &'a mut BufReader<File>,
+    path: &'a Path,
+    device: &'a Device,
+    format: WeightFormat,
+}
+
+impl Loader<'_> {
+    fn bad(&self, reason: String) -> Error {
+        Error::BadModel {
+            path: self.path.to_path_buf(),
+            reason,
+        }
+    }
+
+    fn qtensor(&mut self, name: &str) -> Result<QTensor> {
+        if !self.ct.tensor_infos.contains_key(name) {
+            return Err(self.bad(format!("tensor {name} is missing")));
+        }
+        self.ct
+            .tensor(self.reader, name, self.device)
+            .map_err(|e| Error::BadModel {
+                path: self.path.to_path_buf(),
+                reason: format!(
+                    "cannot read tensor {name}: {} (the file may be truncated: download it again)",
+                    crate::error::candle_message(&e)
+                ),
+            })
+    }
+
+    /// A small tensor (norm weights, biases) as dense f32.
+    fn dense(&mut self, name: &str) -> Result<candle_core::Tensor> {
+        Ok(self.qtensor(name)?.dequantize(self.device)?)
+    }
+
+    fn linear(&mut self, name: &str, bias: Option<String>) -> Result<Linear> {
+        let q = self.qtensor(name)?;
+        self.linear_from(Arc::new(q), bias)
+    }
+
+    fn linear_from(&mut self, q: Arc<QTensor>, bias: Option<String>) -> Result<Linear> {
+        let dense_type = matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+        let to_q8 = |q: Arc<QTensor>, device: &Device| -> Result<QMatMul> {
+            Ok(if q.dtype() == GgmlDType::Q8_0 {
+                QMatMul::QTensor(q)
+            } else {
+                let dense = q.dequantize(device)?;
+                QMatMul::QTensor(Arc::new(QTensor::quantize(&dense, GgmlDType::Q8_0)?))
+            })
+        };
+        let (w, dense) = match self.format {
+            _ if dense_type => (QMatMul::Tensor(q.dequantize(self.device)?), None),
+            WeightFormat::F32 => (QMatMul::Tensor(q.dequantize(self.device)?), None),
+            WeightFormat::Native => (QMatMul::QTensor(q), None),
+            WeightFormat::Q8_0 | WeightFormat::Auto => (to_q8(q, self.device)?, None),
+            WeightFormat::Hybrid => {
+                let dense = QMatMul::Tensor(q.dequantize(self.device)?);
+                (to_q8(q, self.device)?, Some(dense))
+            }
+        };
+        let b = match bias {
+            Some(name) => Some(self.dense(&name)?),
+            None => None,
+        };
+        Ok(Linear { w, dense, b })
+    }
+}

@@ -1,0 +1,58 @@
+//! Rotary position embeddings, computed for the exact positions of each forward pass.
+//!
+//! The cos/sin tables are built on the host per call (T × d/2 values, shared by all layers), so
+//! any position works: consecutive ones during plain decoding, or re-based ones when the cache
+//! re-assigns positions. The frequencies are computed in f32 the same way candle-transformers
+//! does, so results match its reference decoder bit for bit.
+
+use candle_core::{Device, Tensor};
+
+use super::config::RopeStyle;
+use crate::error::Result;
+
+/// Inverse frequencies of one head, and the pairing convention.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    inv_freq: Vec<f32>,
+    style: RopeStyle,
+}
+
+impl Rope {
+    pub fn new(head_dim: usize, base: f32, style: RopeStyle) -> Self {
+        let inv_freq = (0..head_dim)
+            .step_by(2)
+            .map(|i| 1f32 / base.powf(i as f32 / head_dim as f32))
+            .collect();
+        Self { inv_freq, style }
+    }
+
+    /// cos and sin tables, each (T, d/2), for the given token positions.
+    pub fn tables(&self, positions: &[u32], device: &Device) -> Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(positions.len() * half);
+        let mut sin = Vec::with_capacity(positions.len() * half);
+        for &p in positions {
+            for &f in &self.inv_freq {
+                let angle = p as f32 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        let shape = (positions.len(), half);
+        Ok((
+            Tensor::from_vec(cos, shape, device)?,
+            Tensor::from_vec(sin, shape, device)?,
+        ))
+    }
+
+    /// Rotates `x`: (H, T, d) → (H, T, d), with tables from [`Rope::tables`].
+    pub fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        // candle's kernels take (B, H, T, d) and need a contiguous input.
+        let x4 = x.contiguous()?.unsqueeze(0)?;
+        let y = match self.style {
+            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x4, cos, sin)?,
+            RopeStyle::HalfSplit => candle_nn::rotary_emb::rope(&x4, cos, sin)?,
+        };
+        Ok(y.squeeze(0)?)
+    }
+}
