@@ -1,0 +1,310 @@
+//! `morphkv bench`: prefill and decode speed against context length, for our decoder and, in
+//! the same process, candle-transformers' `quantized_llama` reference on the same file.
+//!
+//! Each measurement starts from an empty cache, prefills `context` tokens (timed), then decodes
+//! `decode_tokens` greedy tokens (timed). Repetitions report the median and the spread.
+
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+
+use crate::cache::KvCache;
+use crate::error::{Error, Result};
+use crate::generate::prefill;
+use crate::model::{open_gguf, Logits, Model, WeightFormat};
+use crate::sampling::argmax;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Context lengths (prompt tokens before decoding).
+    pub contexts: Vec<usize>,
+    /// Tokens decoded after each prefill.
+    pub decode_tokens: usize,
+    /// Repetitions of each measurement.
+    pub reps: usize,
+    /// Weight forms in which to also run candle-transformers' reference decoder:
+    /// `f32` (dequantized) and/or `native` (the file's quantization). Empty: no reference.
+    pub reference: Vec<RefWeights>,
+    /// Prompt tokens per forward pass for our decoder.
+    pub prefill_chunk: usize,
+}
+
+/// The weight forms the reference decoder can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefWeights {
+    /// Dequantized to f32 at load (`CANDLE_DEQUANTIZE_ALL`).
+    F32,
+    /// The file's own quantization.
+    Native,
+}
+
+impl std::str::FromStr for RefWeights {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "native" => Ok(Self::Native),
+            _ => Err(Error::arg(
+                "--reference",
+                format!("`{s}` is not f32 or native"),
+            )),
+        }
+    }
+}
+
+impl RefWeights {
+    fn label(self) -> &'static str {
+        match self {
+            Self::F32 => "reference-f32",
+            Self::Native => "reference-native",
+        }
+    }
+}
+
+/// Median and spread of repeated rates.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rate {
+    /// Median tokens per second.
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Rate {
+    fn of(mut xs: Vec<f64>) -> Self {
+        xs.sort_by(f64::total_cmp);
+        let median = if xs.is_empty() {
+            0.0
+        } else if xs.len() % 2 == 1 {
+            xs[xs.len() / 2]
+        } else {
+            (xs[xs.len() / 2 - 1] + xs[xs.len() / 2]) / 2.0
+        };
+        Self {
+            median,
+            min: xs.first().copied().unwrap_or(0.0),
+            max: xs.last().copied().unwrap_or(0.0),
+        }
+    }
+}
+
+/// One decoder at one context length.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// `morphkv`, `reference-f32` or `reference-native`.
+    pub decoder: String,
+    pub context: usize,
+    pub prefill_tps: Rate,
+    pub decode_tps: Rate,
+    /// Seconds to prefill the whole context (median).
+    pub prefill_secs: f64,
+}
+
+/// A whole bench run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub model: String,
+    pub weights: String,
+    pub threads: usize,
+    pub rows: Vec<Row>,
+}
+
+/// Deterministic prompt tokens: a fixed text's tokens cycled to length `n`.
+fn prompt_tokens(text_ids: &[u32], n: usize) -> Vec<u32> {
+    text_ids.iter().copied().cycle().take(n).collect()
+}
+
+/// Runs the benchmark on the GGUF at `path`.
+pub fn run(path: &Path, weights: WeightFormat, opts: &BenchOptions) -> Result<Report> {
+    if opts.contexts.is_empty() || opts.contexts.contains(&0) {
+        return Err(Error::arg(
+            "--contexts",
+            "give positive context lengths, e.g. 150,2000",
+        ));
+    }
+    if opts.reps == 0 || opts.decode_tokens == 0 {
+        return Err(Error::arg("--reps/--decode-tokens", "must be at least 1"));
+    }
+    let device = Device::Cpu;
+    let (ct, mut reader) = open_gguf(path)?;
+    let model = Model::from_gguf(&ct, &mut reader, path, &device, weights)?;
+    let tok = crate::tokenizer::Tokenizer::from_gguf(&ct, path)?;
+    let text_ids = tok.encode_plain(BENCH_TEXT)?;
+    // Warm-up: thread pools, lazily repacked quantized weights, page faults.
+    {
+        let mut cache = KvCache::new(model.config(), candle_core::DType::F32, &device)?;
+        prefill(
+            &model,
+            &mut cache,
+            &prompt_tokens(&text_ids, 32),
+            opts.prefill_chunk,
+        )?;
+        model.forward(&text_ids[..1], &mut cache, Logits::Last)?;
+    }
+    let mut rows = Vec::new();
+    for &ctx in &opts.contexts {
+        let ids = prompt_tokens(&text_ids, ctx);
+        let (mut pf, mut dc, mut secs) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..opts.reps {
+            let mut cache = KvCache::new(model.config(), candle_core::DType::F32, &device)?;
+            let t0 = Instant::now();
+            let logits = prefill(&model, &mut cache, &ids, opts.prefill_chunk)?;
+            let s = t0.elapsed().as_secs_f64();
+            let mut next = argmax(&logits.to_vec1::<f32>()?);
+            let t1 = Instant::now();
+            for _ in 0..opts.decode_tokens {
+                let l = model.forward(&[next], &mut cache, Logits::Last)?;
+                next = argmax(&l.to_vec1::<f32>()?);
+            }
+            dc.push(opts.decode_tokens as f64 / t1.elapsed().as_secs_f64());
+            pf.push(ctx as f64 / s);
+            secs.push(s);
+        }
+        rows.push(Row {
+            decoder: "morphkv".into(),
+            context: ctx,
+            prefill_tps: Rate::of(pf),
+            decode_tps: Rate::of(dc),
+            prefill_secs: Rate::of(secs).median,
+        });
+    }
+    for &form in &opts.reference {
+        rows.extend(reference_rows(path, &ct, &text_ids, form, opts)?);
+    }
+    Ok(Report {
+        model: path.display().to_string(),
+        weights: model.weight_format().to_string(),
+        threads: candle_core::utils::get_num_threads(),
+        rows,
+    })
+}
+
+/// The same measurements with candle-transformers' `quantized_llama`, in a thread of its own
+/// so that `CANDLE_DEQUANTIZE_ALL` (read once per thread) selects its weight form.
+fn reference_rows(
+    path: &Path,
+    ct: &candle_core::quantized::gguf_file::Content,
+    text_ids: &[u32],
+    form: RefWeights,
+    opts: &BenchOptions,
+) -> Result<Vec<Row>> {
+    use candle_transformers::models::quantized_llama::{ModelWeights, MAX_SEQ_LEN};
+    let arch = ct
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_default();
+    if arch != "llama" {
+        return Ok(Vec::new());
+    }
+    if form == RefWeights::F32 {
+        std::env::set_var("CANDLE_DEQUANTIZE_ALL", "1");
+    } else {
+        std::env::remove_var("CANDLE_DEQUANTIZE_ALL");
+    }
+    let path = path.to_path_buf();
+    let text_ids = text_ids.to_vec();
+    let opts = opts.clone();
+    let handle = std::thread::spawn(move || -> Result<Vec<Row>> {
+        let device = Device::Cpu;
+        let (ct, mut reader) = open_gguf(&path)?;
+        let mut model = ModelWeights::from_gguf(ct, &mut reader, &device)?;
+        // Warm-up, as for ours.
+        let warm = Tensor::new(&prompt_tokens(&text_ids, 32)[..], &device)?.unsqueeze(0)?;
+        model.forward(&warm, 0)?;
+        model.forward(&warm.narrow(1, 0, 1)?, 32)?;
+        let mut rows = Vec::new();
+        for &ctx in &opts.contexts {
+            if ctx + opts.decode_tokens > MAX_SEQ_LEN {
+                continue;
+            }
+            let ids = prompt_tokens(&text_ids, ctx);
+            let (mut pf, mut dc, mut secs) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..opts.reps {
+                let t0 = Instant::now();
+                let x = Tensor::new(ids.as_slice(), &device)?.unsqueeze(0)?;
+                let logits = model.forward(&x, 0)?.squeeze(0)?;
+                let s = t0.elapsed().as_secs_f64();
+                let mut next = argmax(&logits.to_vec1::<f32>()?);
+                let t1 = Instant::now();
+                for i in 0..opts.decode_tokens {
+                    let x = Tensor::new(&[next], &device)?.unsqueeze(0)?;
+                    let l = model.forward(&x, ctx + i)?.squeeze(0)?;
+                    next = argmax(&l.to_vec1::<f32>()?);
+                }
+                dc.push(opts.decode_tokens as f64 / t1.elapsed().as_secs_f64());
+                pf.push(ctx as f64 / s);
+                secs.push(s);
+            }
+            rows.push(Row {
+                decoder: form.label().into(),
+                context: ctx,
+                prefill_tps: Rate::of(pf),
+                decode_tps: Rate::of(dc),
+                prefill_secs: Rate::of(secs).median,
+            });
+        }
+        Ok(rows)
+    });
+    let rows = handle
+        .join()
+        .map_err(|_| Error::arg("bench", "the reference decoder's thread panicked"))?;
+    std::env::remove_var("CANDLE_DEQUANTIZE_ALL");
+    rows
+}
+
+/// An aligned table for the terminal: one line per context, ours beside the reference.
+pub fn table(report: &Report) -> String {
+    let mut s = format!(
+        "model {}  weights {}  threads {}\n",
+        report.model, report.weights, report.threads
+    );
+    s.push_str(&format!(
+        "{:>8}  {:>10} {:>10} {:>6}  {:>10} {:>10} {:>6}\n",
+        "context", "prefill", "ref", "ratio", "decode", "ref", "ratio"
+    ));
+    let ours = report.rows.iter().filter(|r| r.decoder == "morphkv");
+    for r in ours {
+        // The best reference form for each metric.
+        let refs = || {
+            report
+                .rows
+                .iter()
+                .filter(|x| x.decoder.starts_with("reference") && x.context == r.context)
+        };
+        let best = |f: fn(&Row) -> f64| refs().map(f).reduce(f64::max);
+        let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+        let ratio =
+            |a: f64, b: Option<f64>| b.map_or("-".to_string(), |b| format!("{:.2}x", a / b));
+        let rp = best(|x| x.prefill_tps.median);
+        let rd = best(|x| x.decode_tps.median);
+        s.push_str(&format!(
+            "{:>8}  {:>10.1} {:>10} {:>6}  {:>10.1} {:>10} {:>6}\n",
+            r.context,
+            r.prefill_tps.median,
+            cell(rp),
+            ratio(r.prefill_tps.median, rp),
+            r.decode_tps.median,
+            cell(rd),
+            ratio(r.decode_tps.median, rd),
+        ));
+    }
+    s.push_str(
+        "(tokens per second, median; ref = candle-transformers' quantized_llama, the faster of\n its f32 and native weight forms for each column; ratio = ours / ref)\n",
+    );
+    s
+}
+
+/// Text whose tokens are cycled to build benchmark prompts.
+const BENCH_TEXT: &str = "The history of the printing press begins long before Gutenberg. \
+Woodblock printing spread across East Asia by the ninth century, and movable type made of \
+fired clay, then wood and bronze, followed. In Europe, paper mills, oil-based inks and the \
+screw press of vintners came together in Mainz around 1450. Within fifty years presses ran in \
+more than two hundred cities, and the price of a book fell by an order of magnitude. Scholars \
+argue about how much of the Reformation, the scientific revolution and the rise of vernacular \
+literature followed from cheap print, but few doubt that the speed at which ideas could be \
+copied changed what a single person could learn in a lifetime.\n";

@@ -1,0 +1,131 @@
+//! Command-line interface (clap derive). Flag names follow llama.cpp where one exists.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Local language models with a constant-size KV cache (MorphKV).
+#[derive(Debug, Parser)]
+#[command(name = "morphkv", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate text from a prompt, streaming it to stdout.
+    Generate(GenerateArgs),
+    /// Measure prefill and decode speed against context length.
+    Bench(BenchArgs),
+}
+
+/// Which model to run and how to hold its weights.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// GGUF file or preset name from models.toml (default: smollm2-135m-instruct).
+    #[arg(short = 'm', long = "model")]
+    pub model: Option<String>,
+    /// Weight storage: auto, native (file's quantization), f32, q8_0.
+    #[arg(long, default_value = "auto")]
+    pub weights: String,
+    /// CPU threads (default: all cores).
+    #[arg(short = 't', long)]
+    pub threads: Option<usize>,
+}
+
+/// Sampling flags, as in llama.cpp.
+#[derive(Debug, Args)]
+pub struct SamplingArgs {
+    /// Temperature; 0 = greedy.
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
+    pub temp: f32,
+    /// Top-k sampling (0 = off).
+    #[arg(long = "top-k", default_value_t = 40)]
+    pub top_k: usize,
+    /// Top-p (nucleus) sampling (1.0 = off).
+    #[arg(long = "top-p", default_value_t = 0.95, allow_negative_numbers = true)]
+    pub top_p: f32,
+    /// Min-p sampling (0.0 = off).
+    #[arg(long = "min-p", default_value_t = 0.05, allow_negative_numbers = true)]
+    pub min_p: f32,
+    /// Penalize repeated tokens (1.0 = off).
+    #[arg(
+        long = "repeat-penalty",
+        default_value_t = 1.0,
+        allow_negative_numbers = true
+    )]
+    pub repeat_penalty: f32,
+    /// Last n tokens the repeat penalty considers.
+    #[arg(long = "repeat-last-n", default_value_t = 64)]
+    pub repeat_last_n: usize,
+    /// RNG seed (default: random, printed in the stats).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Prompt text; `-` reads it from stdin.
+    #[arg(short = 'p', long)]
+    pub prompt: String,
+    /// Tokens to generate at most.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 256)]
+    pub n_predict: usize,
+    /// System prompt (also `-sys`).
+    #[arg(long = "system-prompt")]
+    pub system: Option<String>,
+    /// Send the prompt as is, without the chat template.
+    #[arg(long)]
+    pub raw: bool,
+    /// Keep generating through end-of-sequence tokens.
+    #[arg(long = "ignore-eos")]
+    pub ignore_eos: bool,
+    /// Chat template to use instead of the model's: chatml or llama3.
+    #[arg(long = "chat-template")]
+    pub chat_template: Option<String>,
+    /// Prompt tokens per forward pass during prefill.
+    #[arg(long = "prefill-chunk", default_value_t = 512)]
+    pub prefill_chunk: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Context lengths to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "150,2000")]
+    pub contexts: Vec<usize>,
+    /// Tokens decoded at each context length.
+    #[arg(long = "decode-tokens", default_value_t = 32)]
+    pub decode_tokens: usize,
+    /// Repetitions (median reported).
+    #[arg(long, default_value_t = 2)]
+    pub reps: usize,
+    /// Weight forms of candle-transformers' reference decoder to run beside ours: f32, native.
+    #[arg(long, value_delimiter = ',', default_value = "f32,native")]
+    pub reference: Vec<String>,
+    /// Skip the reference decoder.
+    #[arg(long = "no-reference")]
+    pub no_reference: bool,
+    /// Prompt tokens per forward pass during prefill.
+    #[arg(long = "prefill-chunk", default_value_t = 512)]
+    pub prefill_chunk: usize,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Rewrites llama.cpp's single-dash long flags to ours (`-sys` → `--system-prompt`).
+pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    args.into_iter()
+        .map(|a| match a.as_str() {
+            "-sys" => "--system-prompt".to_string(),
+            _ => a,
+        })
+        .collect()
+}

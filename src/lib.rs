@@ -1,0 +1,27 @@
+//! morphkv: local language models with a constant-size KV cache (MorphKV, arXiv 2503.00979).
+//!
+//! Module map (each module has one owner and one job):
+//! - [`model`]: config, GGUF loading, weights and the explicit decoder `forward`; knows tensors
+//!   and file formats, never policies.
+//! - [`cache`]: the slot KV cache the decoder writes into and reads from; owns storage,
+//!   positions and the attention rows the eviction policies score.
+//! - [`tokenizer`]: tokenizers built from GGUF metadata or `tokenizer.json`, incremental
+//!   detokenizing for streaming.
+//! - [`chat`]: chat templates (Jinja via minijinja) and messages.
+//! - [`sampling`]: greedy, temperature, top-k, top-p, min-p, repetition penalty, seeded.
+//! - [`generate`]: prefill + decode loop tying model, cache, sampler and tokenizer together.
+//! - [`models`]: resolving `-m` (path or preset) and fetching the default model.
+//! - [`bench`]: speed of our decoder against candle-transformers' reference.
+//! - [`error`]: the library's one error type.
+
+pub mod bench;
+pub mod cache;
+pub mod chat;
+pub mod error;
+pub mod generate;
+pub mod model;
+pub mod models;
+pub mod sampling;
+pub mod tokenizer;
+
+pub use error::{Error, Result};

@@ -1,0 +1,229 @@
+//! The `morphkv` binary: parse the command line, dispatch, and print errors on one line.
+
+mod cli;
+
+use std::io::{Read, Write};
+use std::ops::ControlFlow;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use clap::Parser;
+
+use cli::{BenchArgs, Cli, Command, GenerateArgs, ModelArgs};
+use morphkv::cache::KvCache;
+use morphkv::chat::{encode_chat, ChatTemplate, Message};
+use morphkv::generate::{generate, GenerateOptions};
+use morphkv::model::{open_gguf, Model, WeightFormat};
+use morphkv::sampling::{Sampler, SamplingParams};
+use morphkv::tokenizer::{StreamDecoder, Tokenizer};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse_from(cli::normalize_args(std::env::args())) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let result = match cli.command {
+        Command::Generate(a) => run_generate(a),
+        Command::Bench(a) => run_bench(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A loaded model with its tokenizer.
+struct Loaded {
+    model: Model,
+    tokenizer: Tokenizer,
+}
+
+fn load(args: &ModelArgs) -> Result<Loaded> {
+    if let Some(n) = args.threads {
+        if n == 0 {
+            bail!("invalid value for --threads: 0 (give at least 1)");
+        }
+        // candle's CPU kernels read RAYON_NUM_THREADS when their pool starts.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    let weights: WeightFormat = args.weights.parse()?;
+    let path = morphkv::models::resolve(args.model.as_deref(), &mut |line| eprintln!("{line}"))?;
+    let (ct, mut reader) = open_gguf(&path)?;
+    let model = Model::from_gguf(&ct, &mut reader, &path, &Device::Cpu, weights)?;
+    let tokenizer = Tokenizer::from_gguf(&ct, &path)?;
+    Ok(Loaded { model, tokenizer })
+}
+
+fn read_prompt(p: &str) -> Result<String> {
+    let text = if p == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the prompt from stdin")?;
+        s
+    } else {
+        p.to_string()
+    };
+    if text.trim().is_empty() {
+        bail!("the prompt is empty: pass text with -p, or -p - to read it from stdin");
+    }
+    Ok(text)
+}
+
+fn sampling_params(a: &cli::SamplingArgs) -> SamplingParams {
+    SamplingParams {
+        temp: a.temp,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        min_p: a.min_p,
+        repeat_penalty: a.repeat_penalty,
+        repeat_last_n: a.repeat_last_n,
+        seed: a.seed.unwrap_or_else(rand::random),
+    }
+}
+
+fn run_generate(a: GenerateArgs) -> Result<()> {
+    let prompt = read_prompt(&a.prompt)?;
+    if a.n_predict == 0 {
+        bail!("invalid value for -n: 0 tokens requested (give a positive number)");
+    }
+    let params = sampling_params(&a.sampling);
+    params.validate()?;
+    let Loaded { model, tokenizer } = load(&a.model)?;
+
+    let ids = if a.raw {
+        let mut ids = Vec::new();
+        if tokenizer.add_bos() {
+            ids.extend(tokenizer.bos_id());
+        }
+        ids.extend(tokenizer.encode_special(&prompt)?);
+        ids
+    } else {
+        let bos = tokenizer
+            .bos_id()
+            .and_then(|i| tokenizer.token_str(i))
+            .unwrap_or_default();
+        let eos = tokenizer
+            .eos_id()
+            .and_then(|i| tokenizer.token_str(i))
+            .unwrap_or_default();
+        let template = ChatTemplate::pick(
+            tokenizer.chat_template(),
+            a.chat_template.as_deref(),
+            &bos,
+            &eos,
+        )?;
+        let mut messages = Vec::new();
+        if let Some(sys) = &a.system {
+            messages.push(Message::system(sys));
+        }
+        messages.push(Message::user(&prompt));
+        encode_chat(&tokenizer, &template.render(&messages, true)?)?
+    };
+
+    let mut cache = KvCache::new(model.config(), DType::F32, model.device())?;
+    let mut sampler = Sampler::new(params.clone())?;
+    let opts = GenerateOptions {
+        max_new: a.n_predict,
+        prefill_chunk: a.prefill_chunk,
+        stop: tokenizer.stop_ids().to_vec(),
+        ignore_eos: a.ignore_eos,
+    };
+    let mut stream = StreamDecoder::default();
+    let mut stdout = std::io::stdout().lock();
+    let mut io_err = None;
+    let (_, stats) = generate(&model, &mut cache, &mut sampler, &ids, &opts, |t| {
+        match stream.push(&tokenizer, t) {
+            Ok(Some(piece)) => {
+                if let Err(e) = stdout
+                    .write_all(piece.as_bytes())
+                    .and_then(|()| stdout.flush())
+                {
+                    io_err = Some(anyhow::Error::from(e));
+                    return ControlFlow::Break(());
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                io_err = Some(e.into());
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    })?;
+    if let Some(e) = io_err {
+        return Err(e);
+    }
+    let rest = stream.finish(&tokenizer)?;
+    writeln!(stdout, "{rest}")?;
+    drop(stdout);
+    eprintln!(
+        "\nprompt: {} tokens, {:.1} tok/s | decode: {} tokens, {:.1} tok/s | stop: {:?} | seed {}",
+        stats.prompt_tokens,
+        stats.prompt_tps(),
+        stats.generated,
+        stats.decode_tps(),
+        stats.stop,
+        params.seed,
+    );
+    eprintln!(
+        "kv cache: {} tokens retained, {} (full cache: {}) | weights {}",
+        stats.retained,
+        human_bytes(stats.kv_bytes),
+        human_bytes(stats.full_kv_bytes),
+        model.weight_format(),
+    );
+    Ok(())
+}
+
+fn run_bench(a: BenchArgs) -> Result<()> {
+    if let Some(n) = a.model.threads {
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    let weights: WeightFormat = a.model.weights.parse()?;
+    let path = morphkv::models::resolve(a.model.model.as_deref(), &mut |l| eprintln!("{l}"))?;
+    let opts = morphkv::bench::BenchOptions {
+        contexts: a.contexts,
+        decode_tokens: a.decode_tokens,
+        reps: a.reps,
+        reference: if a.no_reference {
+            Vec::new()
+        } else {
+            a.reference
+                .iter()
+                .map(|r| r.parse())
+                .collect::<morphkv::Result<_>>()?
+        },
+        prefill_chunk: a.prefill_chunk,
+    };
+    let report = morphkv::bench::run(&path, weights, &opts)?;
+    print!("{}", morphkv::bench::table(&report));
+    if let Some(p) = a.json {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(&p, json).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// Bytes as KiB / MiB / GiB with one decimal.
+fn human_bytes(b: usize) -> String {
+    let b = b as f64;
+    if b >= 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.2} GiB", b / (1024.0 * 1024.0 * 1024.0))
+    } else if b >= 1024.0 * 1024.0 {
+        format!("{:.1} MiB", b / (1024.0 * 1024.0))
+    } else {
+        format!("{:.1} KiB", b / 1024.0)
+    }
+}
