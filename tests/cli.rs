@@ -1,0 +1,163 @@
+//! Bad input to the binary: a one-line error naming the problem, a non-zero exit, no panic.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("morphkv-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs the binary; returns (exit code, stderr).
+fn run(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_morphkv"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Asserts a failing run printed one error line containing every `needle`.
+fn assert_fails(args: &[&str], needles: &[&str]) {
+    let (code, err) = run(args);
+    assert_ne!(code, 0, "{args:?} should fail; stderr: {err}");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    assert!(!err.contains("stack backtrace"), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{args:?}: expected one line, got: {err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: {err:?} should mention {n:?}");
+    }
+}
+
+fn gen<'a>(model: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["generate", "-m", model, "-p", "hello", "-n", "4"];
+    v.extend_from_slice(extra);
+    v
+}
+
+#[test]
+fn missing_model_file() {
+    assert_fails(
+        &gen("/no/such/dir/model.gguf", &[]),
+        &["/no/such/dir/model.gguf", "does not exist"],
+    );
+}
+
+#[test]
+fn file_that_is_not_gguf() {
+    let p = tmpdir("notgguf").join("notes.gguf");
+    std::fs::write(&p, "these are my notes, not a model\n".repeat(100)).unwrap();
+    assert_fails(
+        &gen(p.to_str().unwrap(), &[]),
+        &[p.to_str().unwrap(), "not a usable GGUF"],
+    );
+}
+
+#[test]
+fn truncated_gguf() {
+    let src = common::default_model();
+    let bytes = std::fs::read(&src).unwrap();
+    let p = tmpdir("truncated").join("half.gguf");
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    assert_fails(
+        &gen(p.to_str().unwrap(), &[]),
+        &[p.to_str().unwrap(), "truncated"],
+    );
+}
+
+fn write_gguf(path: &Path, arch: &str) {
+    let t = QTensor::quantize(
+        &Tensor::zeros((4, 32), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        GgmlDType::F32,
+    )
+    .unwrap();
+    let md = [("general.architecture", Value::String(arch.to_string()))];
+    let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (*k, v)).collect();
+    let mut f = std::fs::File::create(path).unwrap();
+    gguf_file::write(&mut f, &md_refs, &[("token_embd.weight", &t)]).unwrap();
+}
+
+#[test]
+fn unsupported_architecture() {
+    let p = tmpdir("arch").join("gpt2.gguf");
+    write_gguf(&p, "gpt2");
+    assert_fails(
+        &gen(p.to_str().unwrap(), &[]),
+        &["`gpt2`", "not supported", "llama"],
+    );
+}
+
+#[test]
+fn unknown_preset() {
+    assert_fails(
+        &gen("llama-9000b", &[]),
+        &["unknown model `llama-9000b`", "smollm2-135m-instruct"],
+    );
+}
+
+#[test]
+fn empty_prompt() {
+    assert_fails(&["generate", "-p", "  ", "-n", "4"], &["prompt is empty"]);
+}
+
+#[test]
+fn zero_tokens() {
+    assert_fails(&["generate", "-p", "hi", "-n", "0"], &["-n", "positive"]);
+}
+
+#[test]
+fn invalid_sampling_values() {
+    assert_fails(&["generate", "-p", "hi", "--temp", "-1"], &["--temp"]);
+    assert_fails(&["generate", "-p", "hi", "--top-p", "1.5"], &["--top-p"]);
+    assert_fails(&["generate", "-p", "hi", "--min-p", "2"], &["--min-p"]);
+    assert_fails(
+        &["generate", "-p", "hi", "--repeat-penalty", "0"],
+        &["--repeat-penalty"],
+    );
+    assert_fails(
+        &["generate", "-p", "hi", "--weights", "q3"],
+        &["--weights", "q3"],
+    );
+}
+
+#[test]
+fn generates_text_from_the_default_model() {
+    common::default_model();
+    let out = Command::new(env!("CARGO_BIN_EXE_morphkv"))
+        .args([
+            "generate",
+            "-p",
+            "Name three colours.",
+            "-n",
+            "24",
+            "--temp",
+            "0",
+            "-sys",
+            "Answer briefly.",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.split_whitespace().count() >= 3, "{stdout:?}");
+    assert!(
+        stderr.contains("decode:") && stderr.contains("tok/s"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("kv cache:"), "{stderr}");
+}
