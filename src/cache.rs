@@ -215,8 +215,15 @@ impl KvCache {
         Ok(Step { positions, past })
     }
 
-    /// Receives one layer's attention probabilities for the new tokens, (H_q, T, n).
-    pub fn observe(&mut self, _layer: usize, _probs: &Tensor) -> Result<()> {
+    /// Receives attention probabilities of one layer for new-token rows
+    /// `first_row..first_row + rows` of a step of `t` tokens: (H_q, rows, visible slots).
+    pub fn observe(
+        &mut self,
+        _layer: usize,
+        _t: usize,
+        _first_row: usize,
+        _probs: &Tensor,
+    ) -> Result<()> {
         Ok(())
     }
 

@@ -23,7 +23,7 @@ pub use gguf::{open_gguf, WeightFormat};
 
 use crate::cache::KvCache;
 use crate::error::{Error, Result};
-use attention::{attention, causal_mask};
+use attention::attention;
 use rope::Rope;
 
 /// Rows from which a [`Linear`] holding both forms uses the dense one: a batched GEMM beats the
@@ -114,11 +114,6 @@ impl Model {
         }
         let step = cache.begin(t)?;
         let (cos, sin) = self.rope.tables(&step.positions, &self.device)?;
-        let mask = if t > 1 {
-            Some(causal_mask(t, step.past, &self.device)?)
-        } else {
-            None
-        };
         let (n_head, n_kv, d) = (self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim);
 
         let ids_t = Tensor::new(ids, &self.device)?;
@@ -144,11 +139,12 @@ impl Model {
                 .transpose(0, 1)?;
             let q = self.rope.apply(&q, &cos, &sin)?;
             let k = self.rope.apply(&k, &cos, &sin)?;
-            // (H_kv, n, d) views of the used slots, the new tokens included.
+            // (H_kv, past + T, d) views of the used slots, the new tokens last.
             let (k_all, v_all) = cache.layer_mut(l).append(&k, &v.contiguous()?)?;
-            // out (H_q, T, d), probs (H_q, T, n)
-            let (out, probs) = attention(&q, &k_all, &v_all, mask.as_ref())?;
-            cache.observe(l, &probs)?;
+            // (H_q, T, d); each block's probabilities go to the cache.
+            let out = attention(&q, &k_all, &v_all, |row, probs| {
+                cache.observe(l, t, row, probs)
+            })?;
             // (H_q, T, d) → (T, H_q, d) → (T, H_q·d)
             let out = out.transpose(0, 1)?.reshape((t, n_head * d))?;
             x = (layer.wo.forward(&out)? + x)?;

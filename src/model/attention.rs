@@ -4,50 +4,74 @@ use candle_core::{Device, Tensor};
 
 use crate::error::Result;
 
-/// Attention of `T` new queries over the first `n` slots of one layer's cache, with query heads
+/// Query rows per block: a prompt's attention is computed block by block so that its scores
+/// stay cache-sized and each block only reads the slots it can see (causal).
+pub const QUERY_BLOCK: usize = 128;
+
+/// Attention of `T` new queries over the used slots of one layer's cache, with query heads
 /// grouped onto their KV head (GQA) instead of copying K/V per query head.
 ///
 /// - `q`: (H_q, T, d), post-RoPE queries of the new tokens; query head `h` reads KV head
 ///   `h / G` where `G = H_q / H_kv`.
-/// - `k`, `v`: (H_kv, n, d), the used slots, the new tokens' own slots included.
-/// - `mask`: (T, n), additive 0 / -inf, or `None` when every slot is visible to every query
-///   (a single decoded token sees the whole cache).
+/// - `k`, `v`: (H_kv, past + T, d), the used slots; the new tokens are in the last `T` slots,
+///   in order.
+/// - `observe(first_row, probs)`: receives the attention probabilities of each block of query
+///   rows, (H_q, rows, past + first_row + rows), the rows the cache keeps for its eviction
+///   policies. Columns are slots; slot order does not matter, softmax is
+///   permutation-invariant.
 ///
-/// Returns the output (H_q, T, d) and the attention probabilities (H_q, T, n), the rows the
-/// cache keeps for its eviction policies. Slot order does not matter: softmax is
-/// permutation-invariant over the columns.
+/// Returns the output, (H_q, T, d).
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    mask: Option<&Tensor>,
-) -> Result<(Tensor, Tensor)> {
+    mut observe: impl FnMut(usize, &Tensor) -> Result<()>,
+) -> Result<Tensor> {
     let (n_head, t, d) = q.dims3()?;
     let (n_kv_head, n, _) = k.dims3()?;
     let group = n_head / n_kv_head;
-    // (H_q, T, d) → (H_kv, G·T, d): the G query heads of one KV head become extra rows.
-    let qg = q.contiguous()?.reshape((n_kv_head, group * t, d))?;
-    // (H_kv, G·T, d) × (H_kv, d, n) → (H_kv, G·T, n)
-    let scores = (qg.matmul(&k.t()?)? / (d as f64).sqrt())?;
-    let scores = match mask {
-        None => scores,
-        Some(mask) => {
-            // (H_kv, G·T, n) → (H_kv, G, T, n) + (T, n)
-            let s4 = scores.reshape((n_kv_head, group, t, n))?;
-            s4.broadcast_add(mask)?.reshape((n_kv_head, group * t, n))?
-        }
-    };
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-    // (H_kv, G·T, n) × (H_kv, n, d) → (H_kv, G·T, d)
-    let out = probs.matmul(v)?;
-    // (H_kv, G·T, d) → (H_q, T, d); (H_kv, G·T, n) → (H_q, T, n)
-    let out = out.reshape((n_head, t, d))?;
-    let probs = probs.reshape((n_head, t, n))?;
-    Ok((out, probs))
+    let past = n - t;
+    let scale = 1.0 / (d as f64).sqrt();
+    let mut outs = Vec::with_capacity(t.div_ceil(QUERY_BLOCK));
+    let mut start = 0;
+    while start < t {
+        let rows = QUERY_BLOCK.min(t - start);
+        // Slots this block can see: everything before it and the block itself (causal).
+        let visible = past + start + rows;
+        let (kb, vb) = (k.narrow(1, 0, visible)?, v.narrow(1, 0, visible)?);
+        // (H_q, rows, d) → (H_kv, G·rows, d): the G query heads of one KV head become rows.
+        let qb = q
+            .narrow(1, start, rows)?
+            .contiguous()?
+            .reshape((n_kv_head, group * rows, d))?;
+        // (H_kv, G·rows, d) × (H_kv, d, visible) → (H_kv, G·rows, visible)
+        let scores = (qb.matmul(&kb.t()?)? * scale)?;
+        let scores = if rows > 1 {
+            // (H_kv, G·rows, visible) → (H_kv, G, rows, visible) + (rows, visible)
+            let mask = causal_mask(rows, past + start, q.device())?;
+            scores
+                .reshape((n_kv_head, group, rows, visible))?
+                .broadcast_add(&mask)?
+                .reshape((n_kv_head, group * rows, visible))?
+        } else {
+            scores
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        // (H_kv, G·rows, visible) × (H_kv, visible, d) → (H_kv, G·rows, d) → (H_q, rows, d)
+        outs.push(probs.matmul(&vb)?.reshape((n_head, rows, d))?);
+        // (H_kv, G·rows, visible) → (H_q, rows, visible)
+        observe(start, &probs.reshape((n_head, rows, visible))?)?;
+        start += rows;
+    }
+    Ok(if outs.len() == 1 {
+        outs.swap_remove(0)
+    } else {
+        Tensor::cat(&outs, 1)?
+    })
 }
 
-/// Causal mask for `t` new tokens appended after `past` visible slots: (t, past + t), where
-/// new token `i` sees every past slot and new tokens `0..=i`.
+/// Causal mask for `t` new tokens after `past` visible slots: (t, past + t), where new token
+/// `i` sees every past slot and new tokens `0..=i`.
 pub fn causal_mask(t: usize, past: usize, device: &Device) -> Result<Tensor> {
     let n = past + t;
     let mut m = vec![0f32; t * n];
