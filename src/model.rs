@@ -57,13 +57,12 @@ impl Linear {
 #[derive(Debug, Clone)]
 pub(crate) struct Layer {
     attn_norm: Tensor,
-    wq: Linear,
-    wk: Linear,
-    wv: Linear,
+    /// q, k and v projections fused into one: output (T, (H_q + 2·H_kv)·d).
+    wqkv: Linear,
     wo: Linear,
     ffn_norm: Tensor,
-    w_gate: Linear,
-    w_up: Linear,
+    /// gate and up projections fused into one: output (T, 2·ffn).
+    w_gate_up: Linear,
     w_down: Linear,
 }
 
@@ -121,20 +120,20 @@ impl Model {
         let mut x = self.embed.index_select(&ids_t, 0)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.cfg.rms_eps as f32)?;
+            // (T, (H_q + 2·H_kv)·d) → q (T, H_q·d), k and v (T, H_kv·d)
+            let qkv = layer.wqkv.forward(&h)?;
+            let (nq, nk) = (n_head * d, n_kv * d);
             // (T, H·d) → (T, H, d) → (H, T, d)
-            let q = layer
-                .wq
-                .forward(&h)?
+            let q = qkv
+                .narrow(1, 0, nq)?
                 .reshape((t, n_head, d))?
                 .transpose(0, 1)?;
-            let k = layer
-                .wk
-                .forward(&h)?
+            let k = qkv
+                .narrow(1, nq, nk)?
                 .reshape((t, n_kv, d))?
                 .transpose(0, 1)?;
-            let v = layer
-                .wv
-                .forward(&h)?
+            let v = qkv
+                .narrow(1, nq + nk, nk)?
                 .reshape((t, n_kv, d))?
                 .transpose(0, 1)?;
             let q = self.rope.apply(&q, &cos, &sin)?;
@@ -150,8 +149,10 @@ impl Model {
             x = (layer.wo.forward(&out)? + x)?;
 
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.cfg.rms_eps as f32)?;
-            let gate = candle_nn::ops::silu(&layer.w_gate.forward(&h)?)?;
-            let up = layer.w_up.forward(&h)?;
+            // (T, 2·ffn) → gate, up (T, ffn)
+            let gate_up = layer.w_gate_up.forward(&h)?;
+            let gate = candle_nn::ops::silu(&gate_up.narrow(1, 0, self.cfg.ffn)?)?;
+            let up = gate_up.narrow(1, self.cfg.ffn, self.cfg.ffn)?;
             x = (layer.w_down.forward(&(gate * up)?)? + x)?;
         }
         cache.end()?;

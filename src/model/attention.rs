@@ -6,7 +6,7 @@ use crate::error::Result;
 
 /// Query rows per block: a prompt's attention is computed block by block so that its scores
 /// stay cache-sized and each block only reads the slots it can see (causal).
-pub const QUERY_BLOCK: usize = 128;
+pub const QUERY_BLOCK: usize = 256;
 
 /// Attention of `T` new queries over the used slots of one layer's cache, with query heads
 /// grouped onto their KV head (GQA) instead of copying K/V per query head.

@@ -7,8 +7,10 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
-use candle_core::Device;
+use std::borrow::Cow;
+
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::{Device, Tensor};
 
 use super::{Arch, Config, Layer, Linear, Model, Rope};
 use crate::error::{Error, Result};
@@ -125,13 +127,18 @@ impl Model {
             };
             layers.push(Layer {
                 attn_norm: loader.dense(&format!("{p}.attn_norm.weight"))?,
-                wq: loader.linear(&format!("{p}.attn_q.weight"), bias("attn_q"))?,
-                wk: loader.linear(&format!("{p}.attn_k.weight"), bias("attn_k"))?,
-                wv: loader.linear(&format!("{p}.attn_v.weight"), bias("attn_v"))?,
+                wqkv: loader.fused(
+                    &["attn_q", "attn_k", "attn_v"].map(|n| format!("{p}.{n}.weight")),
+                    bias("attn_q")
+                        .is_some()
+                        .then(|| ["attn_q", "attn_k", "attn_v"].map(|n| format!("{p}.{n}.bias"))),
+                )?,
                 wo: loader.linear(&format!("{p}.attn_output.weight"), None)?,
                 ffn_norm: loader.dense(&format!("{p}.ffn_norm.weight"))?,
-                w_gate: loader.linear(&format!("{p}.ffn_gate.weight"), None)?,
-                w_up: loader.linear(&format!("{p}.ffn_up.weight"), None)?,
+                w_gate_up: loader.fused(
+                    &["ffn_gate", "ffn_up"].map(|n| format!("{p}.{n}.weight")),
+                    None,
+                )?,
                 w_down: loader.linear(&format!("{p}.ffn_down.weight"), None)?,
             });
         }
@@ -204,6 +211,49 @@ impl Loader<'_> {
     /// A small tensor (norm weights, biases) as dense f32.
     fn dense(&mut self, name: &str) -> Result<candle_core::Tensor> {
         Ok(self.qtensor(name)?.dequantize(self.device)?)
+    }
+
+    /// Projections stacked along their output dimension into one (one GEMM instead of
+    /// several). Quantized rows are independent, so tensors of one type are joined byte for
+    /// byte; mixed types are joined as dense f32.
+    fn fused<const N: usize>(
+        &mut self,
+        names: &[String; N],
+        biases: Option<[String; N]>,
+    ) -> Result<Linear> {
+        let parts = names
+            .iter()
+            .map(|n| self.qtensor(n))
+            .collect::<Result<Vec<_>>>()?;
+        let cols = parts[0].shape().dims2()?.1;
+        let rows: usize = parts
+            .iter()
+            .map(|q| q.shape().dims2().map(|d| d.0))
+            .sum::<candle_core::Result<usize>>()?;
+        let dtype = parts[0].dtype();
+        let joined = if parts.iter().all(|q| q.dtype() == dtype) {
+            let mut bytes = Vec::new();
+            for q in &parts {
+                bytes.extend_from_slice(&q.data()?);
+            }
+            let storage = QStorage::from_data(Cow::Owned(bytes), self.device, dtype)?;
+            QTensor::new(storage, (rows, cols))?
+        } else {
+            let dense = parts
+                .iter()
+                .map(|q| q.dequantize(self.device))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            QTensor::quantize(&Tensor::cat(&dense, 0)?, GgmlDType::F32)?
+        };
+        let mut linear = self.linear_from(Arc::new(joined), None)?;
+        if let Some(names) = biases {
+            let b = names
+                .iter()
+                .map(|n| self.dense(n))
+                .collect::<Result<Vec<_>>>()?;
+            linear.b = Some(Tensor::cat(&b, 0)?);
+        }
+        Ok(linear)
     }
 
     fn linear(&mut self, name: &str, bias: Option<String>) -> Result<Linear> {

@@ -38,13 +38,10 @@ impl Model {
         for _ in 0..cfg.n_layer {
             layers.push(Layer {
                 attn_norm: Tensor::ones(h, candle_core::DType::F32, device)?,
-                wq: lin(nq * d, h, has_bias)?,
-                wk: lin(nkv * d, h, has_bias)?,
-                wv: lin(nkv * d, h, has_bias)?,
+                wqkv: lin((nq + 2 * nkv) * d, h, has_bias)?,
                 wo: lin(h, nq * d, false)?,
                 ffn_norm: Tensor::ones(h, candle_core::DType::F32, device)?,
-                w_gate: lin(f, h, false)?,
-                w_up: lin(f, h, false)?,
+                w_gate_up: lin(2 * f, h, false)?,
                 w_down: lin(h, f, false)?,
             });
         }
