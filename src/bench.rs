@@ -7,10 +7,10 @@
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
-use crate::cache::KvCache;
+use crate::cache::{CacheConfig, KvCache, PolicyKind};
 use crate::error::{Error, Result};
 use crate::generate::prefill;
 use crate::model::{open_gguf, Logits, Model, WeightFormat};
@@ -28,8 +28,10 @@ pub struct BenchOptions {
     /// Weight forms in which to also run candle-transformers' reference decoder:
     /// `f32` (dequantized) and/or `native` (the file's quantization). Empty: no reference.
     pub reference: Vec<RefWeights>,
-    /// Prompt tokens per forward pass for our decoder.
-    pub prefill_chunk: usize,
+    /// Cache settings for our decoder; its policy is replaced by each of `policies`.
+    pub cache: CacheConfig,
+    /// Policies to measure (our decoder runs once per policy).
+    pub policies: Vec<PolicyKind>,
 }
 
 /// The weight forms the reference decoder can use.
@@ -94,8 +96,14 @@ impl Rate {
 /// One decoder at one context length.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
-    /// `morphkv`, `reference-f32` or `reference-native`.
+    /// `ours`, `reference-f32` or `reference-native`.
     pub decoder: String,
+    /// Our decoder's cache policy (`full` for the reference).
+    pub policy: String,
+    /// Tokens per KV head the cache held at the end (median run).
+    pub retained: usize,
+    /// KV bytes at the end.
+    pub kv_bytes: usize,
     pub context: usize,
     pub prefill_tps: Rate,
     pub decode_tps: Rate,
@@ -135,41 +143,48 @@ pub fn run(path: &Path, weights: WeightFormat, opts: &BenchOptions) -> Result<Re
     let text_ids = tok.encode_plain(BENCH_TEXT)?;
     // Warm-up: thread pools, lazily repacked quantized weights, page faults.
     {
-        let mut cache = KvCache::new(model.config(), candle_core::DType::F32, &device)?;
-        prefill(
-            &model,
-            &mut cache,
-            &prompt_tokens(&text_ids, 32),
-            opts.prefill_chunk,
-        )?;
+        let mut cache = KvCache::new(model.config(), DType::F32, &device)?;
+        prefill(&model, &mut cache, &prompt_tokens(&text_ids, 32))?;
         model.forward(&text_ids[..1], &mut cache, Logits::Last)?;
     }
     let mut rows = Vec::new();
-    for &ctx in &opts.contexts {
-        let ids = prompt_tokens(&text_ids, ctx);
-        let (mut pf, mut dc, mut secs) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..opts.reps {
-            let mut cache = KvCache::new(model.config(), candle_core::DType::F32, &device)?;
-            let t0 = Instant::now();
-            let logits = prefill(&model, &mut cache, &ids, opts.prefill_chunk)?;
-            let s = t0.elapsed().as_secs_f64();
-            let mut next = argmax(&logits.to_vec1::<f32>()?);
-            let t1 = Instant::now();
-            for _ in 0..opts.decode_tokens {
-                let l = model.forward(&[next], &mut cache, Logits::Last)?;
-                next = argmax(&l.to_vec1::<f32>()?);
+    for &policy in &opts.policies {
+        let cfg = CacheConfig {
+            policy,
+            ..opts.cache.clone()
+        };
+        for &ctx in &opts.contexts {
+            let ids = prompt_tokens(&text_ids, ctx);
+            let (mut pf, mut dc, mut secs) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut retained, mut kv_bytes) = (0, 0);
+            for _ in 0..opts.reps {
+                let mut cache =
+                    KvCache::with_config(model.config(), cfg.clone(), DType::F32, &device)?;
+                let t0 = Instant::now();
+                let logits = prefill(&model, &mut cache, &ids)?;
+                let s = t0.elapsed().as_secs_f64();
+                let mut next = argmax(&logits.to_vec1::<f32>()?);
+                let t1 = Instant::now();
+                for _ in 0..opts.decode_tokens {
+                    let l = model.forward(&[next], &mut cache, Logits::Last)?;
+                    next = argmax(&l.to_vec1::<f32>()?);
+                }
+                dc.push(opts.decode_tokens as f64 / t1.elapsed().as_secs_f64());
+                pf.push(ctx as f64 / s);
+                secs.push(s);
+                (retained, kv_bytes) = (cache.retained(), cache.kv_bytes());
             }
-            dc.push(opts.decode_tokens as f64 / t1.elapsed().as_secs_f64());
-            pf.push(ctx as f64 / s);
-            secs.push(s);
+            rows.push(Row {
+                decoder: "ours".into(),
+                policy: policy.name().into(),
+                retained,
+                kv_bytes,
+                context: ctx,
+                prefill_tps: Rate::of(pf),
+                decode_tps: Rate::of(dc),
+                prefill_secs: Rate::of(secs).median,
+            });
         }
-        rows.push(Row {
-            decoder: "morphkv".into(),
-            context: ctx,
-            prefill_tps: Rate::of(pf),
-            decode_tps: Rate::of(dc),
-            prefill_secs: Rate::of(secs).median,
-        });
     }
     for &form in &opts.reference {
         rows.extend(reference_rows(path, &ct, &text_ids, form, opts)?);
@@ -242,6 +257,9 @@ fn reference_rows(
             }
             rows.push(Row {
                 decoder: form.label().into(),
+                policy: "full".into(),
+                retained: ctx + opts.decode_tokens,
+                kv_bytes: 0,
                 context: ctx,
                 prefill_tps: Rate::of(pf),
                 decode_tps: Rate::of(dc),
@@ -257,19 +275,18 @@ fn reference_rows(
     rows
 }
 
-/// An aligned table for the terminal: one line per context, ours beside the reference.
+/// An aligned table for the terminal: one line per policy and context, with the reference
+/// (the faster of its weight forms per column) beside it.
 pub fn table(report: &Report) -> String {
     let mut s = format!(
         "model {}  weights {}  threads {}\n",
         report.model, report.weights, report.threads
     );
     s.push_str(&format!(
-        "{:>8}  {:>10} {:>10} {:>6}  {:>10} {:>10} {:>6}\n",
-        "context", "prefill", "ref", "ratio", "decode", "ref", "ratio"
+        "{:>10} {:>8} {:>9}  {:>9} {:>9} {:>6}  {:>8} {:>8} {:>6}\n",
+        "policy", "context", "retained", "prefill", "ref", "ratio", "decode", "ref", "ratio"
     ));
-    let ours = report.rows.iter().filter(|r| r.decoder == "morphkv");
-    for r in ours {
-        // The best reference form for each metric.
+    for r in report.rows.iter().filter(|r| r.decoder == "ours") {
         let refs = || {
             report
                 .rows
@@ -283,8 +300,10 @@ pub fn table(report: &Report) -> String {
         let rp = best(|x| x.prefill_tps.median);
         let rd = best(|x| x.decode_tps.median);
         s.push_str(&format!(
-            "{:>8}  {:>10.1} {:>10} {:>6}  {:>10.1} {:>10} {:>6}\n",
+            "{:>10} {:>8} {:>9}  {:>9.1} {:>9} {:>6}  {:>8.1} {:>8} {:>6}\n",
+            r.policy,
             r.context,
+            r.retained,
             r.prefill_tps.median,
             cell(rp),
             ratio(r.prefill_tps.median, rp),
@@ -294,7 +313,7 @@ pub fn table(report: &Report) -> String {
         ));
     }
     s.push_str(
-        "(tokens per second, median; ref = candle-transformers' quantized_llama, the faster of\n its f32 and native weight forms for each column; ratio = ours / ref)\n",
+        "(tokens per second, median; ref = candle-transformers' quantized_llama with a full\n cache, the faster of its f32 and native weight forms per column; ratio = ours / ref)\n",
     );
     s
 }

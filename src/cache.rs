@@ -1,22 +1,203 @@
-//! The KV cache the decoder writes into: per layer, a preallocated buffer of slots per KV head
-//! holding post-RoPE keys, values and each token's absolute position.
+//! The KV cache the decoder writes into, kept at a fixed budget by an eviction policy.
 //!
-//! Slots, not shifting: a layer's used slots are always `0..len` for every KV head, but each
-//! head may hold a different token in a given slot (eviction policies keep different tokens per
-//! head). Attention does not care about slot order, so new tokens are written in place and an
-//! evicted slot is refilled rather than compacting the buffer.
+//! Storage: per layer, a preallocated buffer of slots per KV head holding post-RoPE keys,
+//! values and each token's absolute position. A layer's used slots are always `0..len` for
+//! every KV head, but each head may hold a different token in a given slot: different KV
+//! heads keep different tokens, all heads hold the same count, so tensors stay rectangular.
 //!
-//! The model calls [`KvCache::begin`] before a forward pass (make room, positions of the new
-//! tokens), [`LayerCache::append`] and [`KvCache::observe`] per layer, and [`KvCache::end`]
-//! after it.
+//! Eviction: a [`Policy`] only scores slots. The cache protects the window (the `window` most
+//! recent tokens) and the sinks (the first `sinks` tokens), takes the lowest-scoring
+//! candidates per KV head, and refills their slots with the last used slots (a few row copies,
+//! never a compaction of the whole buffer), so slot order changes and attention, being
+//! permutation-invariant over slots, does not care.
+//!
+//! Budget: `budget` counts every token a KV head holds, the token being decoded included. A
+//! decode step that would exceed it first evicts `evict_every` tokens (at least one); a
+//! prefilled chunk may exceed it by up to the chunk's length until the step ends, when the
+//! cache is compressed back to the budget. `full` never evicts; `snapkv` compresses prompts
+//! only, so its cache grows while it decodes.
+//!
+//! The model calls [`KvCache::begin`] before a forward pass, [`LayerCache::append`] and
+//! [`KvCache::observe`] per layer, and [`KvCache::end`] after it.
+
+mod full;
+mod h2o;
+mod morphkv;
+pub mod policy;
+mod snapkv;
+mod streaming;
+mod tova;
+
+use std::str::FromStr;
 
 use candle_core::{DType, Device, Tensor};
+use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::model::Config;
+pub use policy::{Fusion, GroupAgg, Needs, Phase, Policy, ScoreCtx};
+pub use snapkv::{OBS_WINDOW as SNAPKV_OBS_WINDOW, POOL as SNAPKV_POOL};
 
 /// Slots allocated up front when the cache can grow without bound.
 const INITIAL_SLOTS: usize = 256;
+
+/// The registered policies, in the order the CLI lists them.
+pub const POLICIES: [&str; 6] = ["full", "streaming", "h2o", "tova", "snapkv", "morphkv"];
+
+/// Which eviction policy runs the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyKind {
+    Full,
+    Streaming,
+    H2o,
+    Tova,
+    SnapKv,
+    MorphKv,
+}
+
+impl PolicyKind {
+    /// Registry name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Streaming => "streaming",
+            Self::H2o => "h2o",
+            Self::Tova => "tova",
+            Self::SnapKv => "snapkv",
+            Self::MorphKv => "morphkv",
+        }
+    }
+}
+
+impl FromStr for PolicyKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "full" => Self::Full,
+            "streaming" => Self::Streaming,
+            "h2o" => Self::H2o,
+            "tova" => Self::Tova,
+            "snapkv" => Self::SnapKv,
+            "morphkv" => Self::MorphKv,
+            _ => {
+                return Err(Error::arg(
+                    "--policy",
+                    format!("unknown policy `{s}` (known: {})", POLICIES.join(", ")),
+                ))
+            }
+        })
+    }
+}
+
+/// Cache settings: policy, budget and the policies' knobs.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub policy: PolicyKind,
+    /// Tokens kept per KV head per layer, the token being decoded included.
+    pub budget: usize,
+    /// Most recent tokens always kept (MorphKV's `R`; H2O's recent window).
+    pub window: usize,
+    /// First tokens always kept; `None`: 4 for streaming, 0 for the others.
+    pub sinks: Option<usize>,
+    pub fusion: Fusion,
+    pub group_agg: GroupAgg,
+    /// Evict this many tokens at once when the cache is full (the paper's cheaper variant).
+    pub evict_every: usize,
+    /// Prompt tokens per forward pass; the cache compresses after each.
+    pub prefill_chunk: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            policy: PolicyKind::MorphKv,
+            budget: 600,
+            window: 30,
+            sinks: None,
+            fusion: Fusion::Sum,
+            group_agg: GroupAgg::Sum,
+            evict_every: 1,
+            prefill_chunk: crate::generate::DEFAULT_PREFILL_CHUNK,
+        }
+    }
+}
+
+impl CacheConfig {
+    /// A cache that keeps everything.
+    pub fn full() -> Self {
+        Self {
+            policy: PolicyKind::Full,
+            ..Self::default()
+        }
+    }
+
+    /// Sinks in effect.
+    pub fn sinks(&self) -> usize {
+        self.sinks.unwrap_or(match self.policy {
+            PolicyKind::Streaming => 4,
+            _ => 0,
+        })
+    }
+
+    /// Protected recent tokens in effect (TOVA keeps only the newest).
+    pub fn effective_window(&self) -> usize {
+        match self.policy {
+            PolicyKind::Tova => 1,
+            _ => self.window,
+        }
+    }
+
+    /// Checks the settings, naming the flag of the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        if self.window == 0 {
+            return Err(Error::arg("--window", "must be at least 1"));
+        }
+        if self.evict_every == 0 {
+            return Err(Error::arg(
+                "--evict-every",
+                "must be at least 1 (1 = every step)",
+            ));
+        }
+        if self.prefill_chunk == 0 {
+            return Err(Error::arg("--prefill-chunk", "must be at least 1"));
+        }
+        let floor = self.effective_window() + self.sinks() + 1;
+        if self.policy != PolicyKind::Full && self.budget < floor {
+            return Err(Error::arg(
+                "--budget",
+                format!(
+                    "{} is smaller than window {} + sinks {} + 1: raise --budget to at least {floor} or lower --window/--sinks",
+                    self.budget,
+                    self.effective_window(),
+                    self.sinks()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The scorer these settings describe.
+    pub fn build_policy(&self) -> Box<dyn Policy> {
+        match self.policy {
+            PolicyKind::Full => Box::new(full::Full),
+            PolicyKind::Streaming => Box::new(streaming::Streaming),
+            PolicyKind::H2o => Box::new(h2o::H2o),
+            PolicyKind::Tova => Box::new(tova::Tova),
+            PolicyKind::SnapKv => Box::new(snapkv::SnapKv),
+            PolicyKind::MorphKv => Box::new(morphkv::MorphKv {
+                window: self.window,
+                fusion: self.fusion,
+                group_agg: self.group_agg,
+            }),
+        }
+    }
+
+    /// Whether the policy keeps the cache at `budget` (capacity allocated once).
+    fn bounded(&self) -> bool {
+        !matches!(self.policy, PolicyKind::Full | PolicyKind::SnapKv)
+    }
+}
 
 /// What [`KvCache::begin`] tells the model about the tokens it is about to run.
 #[derive(Debug, Clone)]
@@ -27,7 +208,18 @@ pub struct Step {
     pub past: usize,
 }
 
-/// One layer's slots.
+/// One evicted token, for traces and the UI.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Eviction {
+    pub layer: usize,
+    pub head: usize,
+    /// The token's position in the conversation.
+    pub pos: u32,
+    /// Its score when it was evicted.
+    pub score: f32,
+}
+
+/// One layer's slots and the attention statistics its policy scores from.
 #[derive(Debug)]
 pub struct LayerCache {
     /// (H_kv, capacity, d)
@@ -36,26 +228,40 @@ pub struct LayerCache {
     v: Tensor,
     /// Used slots per KV head (the same for every head).
     len: usize,
-    /// Absolute token position held by each slot: `pos[head * capacity + slot]`.
+    cap: usize,
+    n_kv: usize,
+    group: usize,
+    /// Token position of each slot: `[head * cap + slot]`.
     pos: Vec<u32>,
+    /// Attention received since the token entered: `[head * cap + slot]` (if needed).
+    acc: Vec<f32>,
+    /// Latest score of each slot (NaN: not scored yet): `[head * cap + slot]`.
+    score: Vec<f32>,
+    /// Ring of recent query rows: `[(qhead * ring_cap + row) * cap + slot]`.
+    ring: Vec<f32>,
+    ring_cap: usize,
+    ring_len: usize,
+    ring_next: usize,
 }
 
 impl LayerCache {
-    fn new(n_kv: usize, cap: usize, d: usize, dtype: DType, dev: &Device) -> Result<Self> {
+    fn new(cfg: &Config, cap: usize, ring_cap: usize, dtype: DType, dev: &Device) -> Result<Self> {
+        let (n_kv, d) = (cfg.n_kv_head, cfg.head_dim);
         Ok(Self {
             k: Tensor::zeros((n_kv, cap, d), dtype, dev)?,
             v: Tensor::zeros((n_kv, cap, d), dtype, dev)?,
             len: 0,
+            cap,
+            n_kv,
+            group: cfg.group(),
             pos: vec![0; n_kv * cap],
+            acc: vec![0.0; n_kv * cap],
+            score: vec![f32::NAN; n_kv * cap],
+            ring: vec![0.0; cfg.n_head * ring_cap * cap],
+            ring_cap,
+            ring_len: 0,
+            ring_next: 0,
         })
-    }
-
-    fn capacity(&self) -> usize {
-        self.pos.len() / self.n_kv()
-    }
-
-    fn n_kv(&self) -> usize {
-        self.k.dims()[0]
     }
 
     /// Used slots per KV head.
@@ -70,24 +276,48 @@ impl LayerCache {
 
     /// Position of the token in `slot` of KV head `head`.
     pub fn position(&self, head: usize, slot: usize) -> u32 {
-        self.pos[head * self.capacity() + slot]
+        self.pos[head * self.cap + slot]
     }
 
-    /// Reallocates to `cap` slots, keeping the used ones.
+    /// Positions held by KV head `head`, in slot order.
+    pub fn positions(&self, head: usize) -> &[u32] {
+        &self.pos[head * self.cap..head * self.cap + self.len]
+    }
+
+    /// Keys and values of the used slots, (H_kv, len, d) each.
+    pub fn kv(&self) -> Result<(Tensor, Tensor)> {
+        Ok((
+            self.k.narrow(1, 0, self.len)?,
+            self.v.narrow(1, 0, self.len)?,
+        ))
+    }
+
+    /// Reallocates to `cap` slots, keeping the used ones and their statistics.
     fn grow(&mut self, cap: usize) -> Result<()> {
-        let (n_kv, old_cap, d) = self.k.dims3()?;
+        let (n_kv, _, d) = self.k.dims3()?;
         let k = Tensor::zeros((n_kv, cap, d), self.k.dtype(), self.k.device())?;
         let v = Tensor::zeros((n_kv, cap, d), self.v.dtype(), self.v.device())?;
         if self.len > 0 {
             k.slice_set(&self.k.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
             v.slice_set(&self.v.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
         }
+        let old = self.cap;
+        let remap = |src: &[f32], rows: usize, fill: f32| {
+            let mut dst = vec![fill; rows * cap];
+            for r in 0..rows {
+                dst[r * cap..r * cap + self.len].copy_from_slice(&src[r * old..r * old + self.len]);
+            }
+            dst
+        };
         let mut pos = vec![0; n_kv * cap];
         for h in 0..n_kv {
             pos[h * cap..h * cap + self.len]
-                .copy_from_slice(&self.pos[h * old_cap..h * old_cap + self.len]);
+                .copy_from_slice(&self.pos[h * old..h * old + self.len]);
         }
-        (self.k, self.v, self.pos) = (k, v, pos);
+        self.acc = remap(&self.acc, n_kv, 0.0);
+        self.score = remap(&self.score, n_kv, f32::NAN);
+        self.ring = remap(&self.ring, self.ring.len() / old, 0.0);
+        (self.k, self.v, self.pos, self.cap) = (k, v, pos, cap);
         Ok(())
     }
 
@@ -95,23 +325,62 @@ impl LayerCache {
     /// (in place) and returns views of all used slots, (H_kv, len + T, d) each.
     pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let t = k.dims()[1];
-        if self.len + t > self.capacity() {
+        if self.len + t > self.cap {
             return Err(Error::arg(
                 "cache",
                 format!(
                     "{} slots used + {t} new > capacity {}: call KvCache::begin first",
-                    self.len,
-                    self.capacity()
+                    self.len, self.cap
                 ),
             ));
         }
         self.k.slice_set(&k.contiguous()?, 1, self.len)?;
         self.v.slice_set(&v.contiguous()?, 1, self.len)?;
         self.len += t;
-        Ok((
-            self.k.narrow(1, 0, self.len)?,
-            self.v.narrow(1, 0, self.len)?,
-        ))
+        self.kv()
+    }
+
+    /// Moves slot `src` to `dst` for each pair of each KV head: device rows and host stats.
+    fn move_slots(&mut self, moves: &[Vec<(usize, usize)>]) -> Result<()> {
+        let m = moves.iter().map(Vec::len).max().unwrap_or(0);
+        if m == 0 {
+            return Ok(());
+        }
+        let d = self.k.dims()[2];
+        let (mut src, mut dst) = (Vec::with_capacity(self.n_kv * m * d), Vec::new());
+        dst.reserve(self.n_kv * m * d);
+        for mv in moves {
+            // Heads with fewer moves repeat one of theirs (or copy slot 0 onto itself).
+            let pad = mv.first().copied().unwrap_or((0, 0));
+            for i in 0..m {
+                let (s, t) = mv.get(i).copied().unwrap_or(pad);
+                src.extend(std::iter::repeat_n(s as u32, d));
+                dst.extend(std::iter::repeat_n(t as u32, d));
+            }
+        }
+        let dev = self.k.device().clone();
+        let src = Tensor::from_vec(src, (self.n_kv, m, d), &dev)?;
+        let dst = Tensor::from_vec(dst, (self.n_kv, m, d), &dev)?;
+        for buf in [&self.k, &self.v] {
+            // Gather every source before writing: sources and destinations are disjoint.
+            let rows = buf.gather(&src, 1)?;
+            buf.scatter_set(&dst, &rows, 1)?;
+        }
+        let cap = self.cap;
+        for (h, mv) in moves.iter().enumerate() {
+            for &(s, t) in mv {
+                self.pos[h * cap + t] = self.pos[h * cap + s];
+                self.acc[h * cap + t] = self.acc[h * cap + s];
+                self.score[h * cap + t] = self.score[h * cap + s];
+                for g in 0..self.group {
+                    for r in 0..self.ring_cap {
+                        let row = ((h * self.group + g) * self.ring_cap + r) * cap;
+                        self.ring[row + t] = self.ring[row + s];
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -119,29 +388,66 @@ impl LayerCache {
 #[derive(Debug)]
 pub struct KvCache {
     layers: Vec<LayerCache>,
+    cfg: CacheConfig,
+    policy: Box<dyn Policy>,
+    needs: Needs,
     n_kv_head: usize,
+    n_head: usize,
     head_dim: usize,
     dtype: DType,
     /// Absolute position of the next token.
     next_pos: u32,
     /// Tokens of the step in flight (between `begin` and `end`).
     pending: usize,
+    /// Evictions since the last [`KvCache::take_evictions`].
+    evicted: Vec<Eviction>,
+    /// Reusable score buffer.
+    scratch: Vec<f32>,
 }
 
 impl KvCache {
-    /// An empty cache shaped for `cfg`, storing K/V as `dtype` on `device`.
+    /// An empty cache that keeps every token (the `full` policy).
     pub fn new(cfg: &Config, dtype: DType, device: &Device) -> Result<Self> {
-        let layers = (0..cfg.n_layer)
-            .map(|_| LayerCache::new(cfg.n_kv_head, INITIAL_SLOTS, cfg.head_dim, dtype, device))
+        Self::with_config(cfg, CacheConfig::full(), dtype, device)
+    }
+
+    /// An empty cache shaped for `model`, managed as `cache` says.
+    pub fn with_config(
+        model: &Config,
+        cache: CacheConfig,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        cache.validate()?;
+        let policy = cache.build_policy();
+        let needs = policy.needs();
+        let cap = if cache.bounded() {
+            cache.budget + cache.prefill_chunk
+        } else {
+            INITIAL_SLOTS
+        };
+        let layers = (0..model.n_layer)
+            .map(|_| LayerCache::new(model, cap, needs.rows, dtype, device))
             .collect::<Result<_>>()?;
         Ok(Self {
             layers,
-            n_kv_head: cfg.n_kv_head,
-            head_dim: cfg.head_dim,
+            cfg: cache,
+            policy,
+            needs,
+            n_kv_head: model.n_kv_head,
+            n_head: model.n_head,
+            head_dim: model.head_dim,
             dtype,
             next_pos: 0,
             pending: 0,
+            evicted: Vec::new(),
+            scratch: Vec::new(),
         })
+    }
+
+    /// The settings this cache runs with.
+    pub fn config(&self) -> &CacheConfig {
+        &self.cfg
     }
 
     /// Number of layers.
@@ -179,58 +485,246 @@ impl KvCache {
         self.bytes_per_token() * self.retained()
     }
 
+    /// Bytes of the attention rows kept for scoring (MorphKV's profile: H_q · R · budget per
+    /// layer, f32).
+    pub fn profile_bytes(&self) -> usize {
+        let per_layer = self.n_head * self.needs.rows * self.retained();
+        4 * per_layer * self.layers.len()
+    }
+
     /// Bytes a cache that never evicts would hold for the same conversation.
     pub fn full_kv_bytes(&self) -> usize {
         self.bytes_per_token() * self.seen()
+    }
+
+    /// Evictions since the last call, oldest first.
+    pub fn take_evictions(&mut self) -> Vec<Eviction> {
+        std::mem::take(&mut self.evicted)
     }
 
     /// Forgets everything: a new conversation.
     pub fn clear(&mut self) {
         for l in &mut self.layers {
             l.len = 0;
+            l.ring_len = 0;
+            l.ring_next = 0;
         }
         self.next_pos = 0;
         self.pending = 0;
+        self.evicted.clear();
     }
 
-    /// Makes room for `t` new tokens in every layer and returns their positions.
+    /// Makes room for `t` new tokens in every layer (evicting first when one decoded token
+    /// would exceed the budget) and returns their positions.
     pub fn begin(&mut self, t: usize) -> Result<Step> {
-        let past = self.retained();
+        let len = self.retained();
+        if t == 1 && len + 1 > self.cfg.budget && self.policy.evicts(Phase::Decode) {
+            let m = self.cfg.evict_every.max(len + 1 - self.cfg.budget);
+            self.evict(m, Phase::Decode)?;
+        }
+        let bounded = self.cfg.bounded();
         for layer in &mut self.layers {
             let need = layer.len + t;
-            if need > layer.capacity() {
-                layer.grow(need.next_power_of_two().max(INITIAL_SLOTS))?;
+            if need > layer.cap {
+                let cap = if bounded {
+                    need.max(self.cfg.budget + self.cfg.prefill_chunk)
+                } else {
+                    need.next_power_of_two().max(INITIAL_SLOTS)
+                };
+                layer.grow(cap)?;
             }
         }
+        let past = self.retained();
         self.pending = t;
         let positions = (0..t as u32).map(|i| self.next_pos + i).collect::<Vec<_>>();
         for layer in &mut self.layers {
-            let cap = layer.capacity();
+            let cap = layer.cap;
             for h in 0..self.n_kv_head {
                 for (i, &p) in positions.iter().enumerate() {
-                    layer.pos[h * cap + past + i] = p;
+                    let at = h * cap + past + i;
+                    layer.pos[at] = p;
+                    layer.acc[at] = 0.0;
+                    layer.score[at] = f32::NAN;
                 }
+            }
+            // Earlier rows never saw these slots (causal): clear the columns.
+            for row in layer.ring.chunks_mut(cap) {
+                row[past..past + t].iter_mut().for_each(|x| *x = 0.0);
             }
         }
         Ok(Step { positions, past })
     }
 
-    /// Receives attention probabilities of one layer for new-token rows
-    /// `first_row..first_row + rows` of a step of `t` tokens: (H_q, rows, visible slots).
-    pub fn observe(
-        &mut self,
-        _layer: usize,
-        _t: usize,
-        _first_row: usize,
-        _probs: &Tensor,
-    ) -> Result<()> {
+    /// Receives attention probabilities of layer `l` for rows `first_row..first_row + rows`
+    /// of a step of `t` new tokens: (H_q, rows, visible slots).
+    pub fn observe(&mut self, l: usize, t: usize, first_row: usize, probs: &Tensor) -> Result<()> {
+        let layer = &mut self.layers[l];
+        let (n_head, rows, visible) = probs.dims3()?;
+        let group = layer.group;
+        let cap = layer.cap;
+        if self.needs.accumulate {
+            // (H_q, rows, visible) → (H_q, visible): attention received, summed over rows.
+            let sums = probs.sum(1)?.to_vec2::<f32>()?;
+            for (qh, row) in sums.iter().enumerate() {
+                let h = qh / group;
+                for (s, p) in row.iter().enumerate() {
+                    layer.acc[h * cap + s] += p;
+                }
+            }
+        }
+        let keep = self.needs.rows;
+        // Rows of this block among the step's last `keep` rows.
+        let from = (t.saturating_sub(keep)).max(first_row);
+        if keep == 0 || from >= first_row + rows {
+            return Ok(());
+        }
+        let part = probs.narrow(1, from - first_row, first_row + rows - from)?;
+        let part = part.to_vec3::<f32>()?;
+        for i in 0..part[0].len() {
+            let r = layer.ring_next;
+            for (qh, qrows) in part.iter().enumerate().take(n_head) {
+                let start = (qh * layer.ring_cap + r) * cap;
+                let dst = &mut layer.ring[start..start + cap];
+                dst[..visible].copy_from_slice(&qrows[i]);
+                dst[visible..].iter_mut().for_each(|x| *x = 0.0);
+            }
+            layer.ring_next = (r + 1) % layer.ring_cap;
+            layer.ring_len = (layer.ring_len + 1).min(layer.ring_cap);
+        }
         Ok(())
     }
 
-    /// Closes the step opened by [`KvCache::begin`].
+    /// Closes the step opened by [`KvCache::begin`]; compresses a prefilled chunk that left
+    /// the cache over budget.
     pub fn end(&mut self) -> Result<()> {
         self.next_pos += self.pending as u32;
-        self.pending = 0;
+        let t = std::mem::take(&mut self.pending);
+        let len = self.retained();
+        if t > 1 && len > self.cfg.budget && self.policy.evicts(Phase::Prefill) {
+            self.evict(len - self.cfg.budget, Phase::Prefill)?;
+        }
         Ok(())
     }
+
+    /// Evicts up to `m` tokens per KV head in every layer.
+    fn evict(&mut self, m: usize, _phase: Phase) -> Result<()> {
+        let window = self.cfg.effective_window() as u32;
+        let sinks = self.cfg.sinks() as u32;
+        let recent_from = self.next_pos.saturating_sub(window);
+        for (l, layer) in self.layers.iter_mut().enumerate() {
+            let (n, cap) = (layer.len, layer.cap);
+            let candidate: Vec<bool> = layer
+                .pos
+                .iter()
+                .enumerate()
+                .map(|(i, &p)| i % cap < n && p >= sinks && p < recent_from)
+                .collect();
+            self.scratch.clear();
+            self.scratch.resize(layer.n_kv * cap, 0.0);
+            let ctx = ScoreCtx {
+                n_kv: layer.n_kv,
+                group: layer.group,
+                n,
+                cap,
+                pos: &layer.pos,
+                candidate: &candidate,
+                acc: &layer.acc,
+                ring: &layer.ring,
+                ring_cap: layer.ring_cap,
+                ring_len: layer.ring_len,
+                next_pos: self.next_pos,
+            };
+            self.policy.score(&ctx, &mut self.scratch);
+            let mut moves = Vec::with_capacity(layer.n_kv);
+            let mut new_len = n;
+            for h in 0..layer.n_kv {
+                let mut cands: Vec<usize> = (0..n).filter(|&s| candidate[h * cap + s]).collect();
+                // Lowest score first; ties evict the older token.
+                cands.sort_by(|&a, &b| {
+                    let (sa, sb) = (self.scratch[h * cap + a], self.scratch[h * cap + b]);
+                    sa.total_cmp(&sb)
+                        .then(layer.pos[h * cap + a].cmp(&layer.pos[h * cap + b]))
+                });
+                let victims = &cands[..m.min(cands.len())];
+                for s in 0..n {
+                    layer.score[h * cap + s] = self.scratch[h * cap + s];
+                }
+                for &s in victims {
+                    self.evicted.push(Eviction {
+                        layer: l,
+                        head: h,
+                        pos: layer.pos[h * cap + s],
+                        score: self.scratch[h * cap + s],
+                    });
+                }
+                // Refill holes below the new length with survivors from the tail.
+                let keep_len = n - victims.len();
+                let mut is_victim = vec![false; n];
+                victims.iter().for_each(|&s| is_victim[s] = true);
+                let holes = (0..keep_len).filter(|&s| is_victim[s]);
+                let tail = (keep_len..n).filter(|&s| !is_victim[s]);
+                moves.push(tail.zip(holes).collect::<Vec<_>>());
+                new_len = keep_len;
+            }
+            layer.move_slots(&moves)?;
+            layer.len = new_len;
+        }
+        Ok(())
+    }
+
+    /// An owned picture of the cache for the UI and tools.
+    pub fn snapshot(&self) -> Snapshot {
+        let window = self.cfg.effective_window();
+        Snapshot {
+            policy: self.policy.name().to_string(),
+            budget: self.cfg.budget,
+            window,
+            sinks: self.cfg.sinks(),
+            seen: self.seen(),
+            retained: self.retained(),
+            window_from: self.next_pos.saturating_sub(window as u32),
+            kv_bytes: self.kv_bytes(),
+            profile_bytes: self.profile_bytes(),
+            full_kv_bytes: self.full_kv_bytes(),
+            layers: self
+                .layers
+                .iter()
+                .map(|l| {
+                    (0..l.n_kv)
+                        .map(|h| HeadSnapshot {
+                            positions: l.positions(h).to_vec(),
+                            scores: l.score[h * l.cap..h * l.cap + l.len].to_vec(),
+                        })
+                        .collect()
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What one KV head holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeadSnapshot {
+    /// Positions of the retained tokens, in slot order.
+    pub positions: Vec<u32>,
+    /// Their latest scores (NaN: not scored yet, e.g. window tokens).
+    pub scores: Vec<f32>,
+}
+
+/// An owned picture of the cache: per layer, per KV head, what is retained.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub policy: String,
+    pub budget: usize,
+    pub window: usize,
+    pub sinks: usize,
+    pub seen: usize,
+    pub retained: usize,
+    /// Tokens at or after this position are in the protected window.
+    pub window_from: u32,
+    pub kv_bytes: usize,
+    pub profile_bytes: usize,
+    pub full_kv_bytes: usize,
+    /// `layers[l][h]`.
+    pub layers: Vec<Vec<HeadSnapshot>>,
 }

@@ -70,6 +70,8 @@ pub struct GenerateArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
     /// Prompt text; `-` reads it from stdin.
     #[arg(short = 'p', long)]
     pub prompt: String,
@@ -88,7 +90,37 @@ pub struct GenerateArgs {
     /// Chat template to use instead of the model's: chatml or llama3.
     #[arg(long = "chat-template")]
     pub chat_template: Option<String>,
-    /// Prompt tokens per forward pass during prefill.
+    /// Write one JSON line per step with the tokens evicted per layer and head, and their
+    /// scores.
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+}
+
+/// KV-cache flags, shared by every command that runs the engine.
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// Eviction policy: full, streaming, h2o, tova, snapkv, morphkv.
+    #[arg(long, default_value = "morphkv")]
+    pub policy: String,
+    /// Tokens kept per KV head per layer, the token being decoded included.
+    #[arg(long, default_value_t = 600)]
+    pub budget: usize,
+    /// Most recent tokens always kept (MorphKV's R).
+    #[arg(long, default_value_t = 30)]
+    pub window: usize,
+    /// First tokens always kept (default: 4 for streaming, 0 otherwise).
+    #[arg(long)]
+    pub sinks: Option<usize>,
+    /// MorphKV: fuse the window's rows by sum or max.
+    #[arg(long, default_value = "sum")]
+    pub fusion: String,
+    /// MorphKV: aggregate the query heads of a KV head by sum or max.
+    #[arg(long = "group-agg", default_value = "sum")]
+    pub group_agg: String,
+    /// Evict this many tokens at once when the cache is full (1 = every step).
+    #[arg(long = "evict-every", default_value_t = 1)]
+    pub evict_every: usize,
+    /// Prompt tokens per forward pass; the cache is compressed after each.
     #[arg(long = "prefill-chunk", default_value_t = 512)]
     pub prefill_chunk: usize,
 }
@@ -112,12 +144,32 @@ pub struct BenchArgs {
     /// Skip the reference decoder.
     #[arg(long = "no-reference")]
     pub no_reference: bool,
-    /// Prompt tokens per forward pass during prefill.
-    #[arg(long = "prefill-chunk", default_value_t = 512)]
-    pub prefill_chunk: usize,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    /// Policies to measure, comma-separated (default: --policy).
+    #[arg(long, value_delimiter = ',')]
+    pub policies: Vec<String>,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+impl CacheArgs {
+    /// The cache settings these flags describe, validated.
+    pub fn config(&self) -> morphkv::Result<morphkv::cache::CacheConfig> {
+        let cfg = morphkv::cache::CacheConfig {
+            policy: self.policy.parse()?,
+            budget: self.budget,
+            window: self.window,
+            sinks: self.sinks,
+            fusion: self.fusion.parse()?,
+            group_agg: self.group_agg.parse()?,
+            evict_every: self.evict_every,
+            prefill_chunk: self.prefill_chunk,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
 }
 
 /// Rewrites llama.cpp's single-dash long flags to ours (`-sys` → `--system-prompt`).

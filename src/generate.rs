@@ -19,8 +19,6 @@ pub const DEFAULT_PREFILL_CHUNK: usize = 512;
 pub struct GenerateOptions {
     /// Tokens to generate at most.
     pub max_new: usize,
-    /// Prompt tokens per forward pass.
-    pub prefill_chunk: usize,
     /// Tokens that end the answer (EOS, end of turn).
     pub stop: Vec<u32>,
     /// Keep going through stop tokens.
@@ -47,6 +45,7 @@ pub struct Stats {
     pub decode_secs: f64,
     pub retained: usize,
     pub kv_bytes: usize,
+    pub profile_bytes: usize,
     pub full_kv_bytes: usize,
     pub stop: StopReason,
 }
@@ -71,14 +70,13 @@ fn rate(n: usize, secs: f64) -> f64 {
     }
 }
 
-/// Runs `ids` through the model in chunks of `chunk` tokens and returns the last logits (vocab).
-pub fn prefill(model: &Model, cache: &mut KvCache, ids: &[u32], chunk: usize) -> Result<Tensor> {
+/// Runs `ids` through the model in chunks of the cache's `prefill_chunk` tokens (the cache
+/// compresses after each) and returns the last logits (vocab).
+pub fn prefill(model: &Model, cache: &mut KvCache, ids: &[u32]) -> Result<Tensor> {
     if ids.is_empty() {
         return Err(Error::arg("prompt", "the prompt is empty: give some text"));
     }
-    if chunk == 0 {
-        return Err(Error::arg("--prefill-chunk", "must be at least 1"));
-    }
+    let chunk = cache.config().prefill_chunk;
     let mut last = None;
     for part in ids.chunks(chunk) {
         last = Some(model.forward(part, cache, Logits::Last)?);
@@ -87,7 +85,8 @@ pub fn prefill(model: &Model, cache: &mut KvCache, ids: &[u32], chunk: usize) ->
 }
 
 /// Prefills `prompt` after whatever `cache` holds, then samples up to `opts.max_new` tokens,
-/// calling `on_token` with each one as soon as it is sampled (return `Break` to stop early).
+/// calling `on_token` with each one as soon as it is sampled, and the cache as that token's
+/// step left it (return `Break` to stop early).
 /// Returns the generated tokens (stop token excluded) and the run's statistics.
 pub fn generate(
     model: &Model,
@@ -95,7 +94,7 @@ pub fn generate(
     sampler: &mut Sampler,
     prompt: &[u32],
     opts: &GenerateOptions,
-    mut on_token: impl FnMut(u32) -> ControlFlow<()>,
+    mut on_token: impl FnMut(u32, &mut KvCache) -> ControlFlow<()>,
 ) -> Result<(Vec<u32>, Stats)> {
     if opts.max_new == 0 {
         return Err(Error::arg(
@@ -104,7 +103,7 @@ pub fn generate(
         ));
     }
     let t0 = Instant::now();
-    let mut logits = prefill(model, cache, prompt, opts.prefill_chunk)?;
+    let mut logits = prefill(model, cache, prompt)?;
     let prompt_secs = t0.elapsed().as_secs_f64();
 
     let mut history = prompt.to_vec();
@@ -120,7 +119,7 @@ pub fn generate(
         }
         out.push(next);
         history.push(next);
-        if on_token(next).is_break() {
+        if on_token(next, cache).is_break() {
             stop = StopReason::Cancelled;
             break;
         }
@@ -136,6 +135,7 @@ pub fn generate(
         decode_secs: t1.elapsed().as_secs_f64(),
         retained: cache.retained(),
         kv_bytes: cache.kv_bytes(),
+        profile_bytes: cache.profile_bytes(),
         full_kv_bytes: cache.full_kv_bytes(),
         stop,
     };

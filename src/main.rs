@@ -100,6 +100,14 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     }
     let params = sampling_params(&a.sampling);
     params.validate()?;
+    let cache_cfg = a.cache.config()?;
+    let mut trace = match &a.trace {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p)
+                .with_context(|| format!("creating --trace file {}", p.display()))?,
+        )),
+        None => None,
+    };
     let Loaded { model, tokenizer } = load(&a.model)?;
 
     let ids = if a.raw {
@@ -132,18 +140,32 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         encode_chat(&tokenizer, &template.render(&messages, true)?)?
     };
 
-    let mut cache = KvCache::new(model.config(), DType::F32, model.device())?;
+    let mut cache = KvCache::with_config(model.config(), cache_cfg, DType::F32, model.device())?;
     let mut sampler = Sampler::new(params.clone())?;
     let opts = GenerateOptions {
         max_new: a.n_predict,
-        prefill_chunk: a.prefill_chunk,
         stop: tokenizer.stop_ids().to_vec(),
         ignore_eos: a.ignore_eos,
     };
     let mut stream = StreamDecoder::default();
     let mut stdout = std::io::stdout().lock();
     let mut io_err = None;
-    let (_, stats) = generate(&model, &mut cache, &mut sampler, &ids, &opts, |t| {
+    let mut step = 0usize;
+    let (_, stats) = generate(&model, &mut cache, &mut sampler, &ids, &opts, |t, cache| {
+        if let Some(w) = trace.as_mut() {
+            let line = serde_json::json!({
+                "step": step,
+                "token": t,
+                "seen": cache.seen(),
+                "retained": cache.retained(),
+                "evicted": cache.take_evictions(),
+            });
+            step += 1;
+            if let Err(e) = writeln!(w, "{line}") {
+                io_err = Some(anyhow::Error::from(e).context("writing --trace"));
+                return ControlFlow::Break(());
+            }
+        }
         match stream.push(&tokenizer, t) {
             Ok(Some(piece)) => {
                 if let Err(e) = stdout
@@ -177,10 +199,20 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         stats.stop,
         params.seed,
     );
+    if let Some(mut w) = trace {
+        w.flush().context("writing --trace")?;
+    }
+    let c = cache.config();
+    let saving = 100.0 * (1.0 - stats.kv_bytes as f64 / stats.full_kv_bytes.max(1) as f64);
     eprintln!(
-        "kv cache: {} tokens retained, {} (full cache: {}) | weights {}",
+        "kv cache: {} budget {} window {} | {} tokens retained per head of {} seen | KV {} + profile {} (full cache: {}, {saving:.0}% saved) | weights {}",
+        c.policy.name(),
+        c.budget,
+        c.effective_window(),
         stats.retained,
+        cache.seen(),
         human_bytes(stats.kv_bytes),
+        human_bytes(stats.profile_bytes),
         human_bytes(stats.full_kv_bytes),
         model.weight_format(),
     );
@@ -193,6 +225,15 @@ fn run_bench(a: BenchArgs) -> Result<()> {
     }
     let weights: WeightFormat = a.model.weights.parse()?;
     let path = morphkv::models::resolve(a.model.model.as_deref(), &mut |l| eprintln!("{l}"))?;
+    let cache = a.cache.config()?;
+    let policies = if a.policies.is_empty() {
+        vec![cache.policy]
+    } else {
+        a.policies
+            .iter()
+            .map(|p| p.parse())
+            .collect::<morphkv::Result<_>>()?
+    };
     let opts = morphkv::bench::BenchOptions {
         contexts: a.contexts,
         decode_tokens: a.decode_tokens,
@@ -205,7 +246,8 @@ fn run_bench(a: BenchArgs) -> Result<()> {
                 .map(|r| r.parse())
                 .collect::<morphkv::Result<_>>()?
         },
-        prefill_chunk: a.prefill_chunk,
+        cache,
+        policies,
     };
     let report = morphkv::bench::run(&path, weights, &opts)?;
     print!("{}", morphkv::bench::table(&report));

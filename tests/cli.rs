@@ -161,3 +161,42 @@ fn generates_text_from_the_default_model() {
     );
     assert!(stderr.contains("kv cache:"), "{stderr}");
 }
+
+#[test]
+fn invalid_cache_settings() {
+    assert_fails(
+        &["generate", "-p", "hi", "--budget", "20", "--window", "30"],
+        &["--budget", "window 30"],
+    );
+    assert_fails(&["generate", "-p", "hi", "--window", "0"], &["--window"]);
+    assert_fails(
+        &["generate", "-p", "hi", "--policy", "lru"],
+        &["--policy", "lru", "morphkv"],
+    );
+    assert_fails(
+        &["generate", "-p", "hi", "--fusion", "mean"],
+        &["--fusion", "mean"],
+    );
+    assert_fails(
+        &["generate", "-p", "hi", "--group-agg", "avg"],
+        &["--group-agg", "avg"],
+    );
+    assert_fails(
+        &["generate", "-p", "hi", "--evict-every", "0"],
+        &["--evict-every"],
+    );
+    assert_fails(
+        &[
+            "generate",
+            "-p",
+            "hi",
+            "--policy",
+            "streaming",
+            "--budget",
+            "10",
+            "--window",
+            "6",
+        ],
+        &["--budget", "sinks 4"],
+    );
+}

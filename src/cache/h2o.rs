@@ -1,0 +1,34 @@
+//! `h2o`: Heavy-Hitter Oracle — Zhang et al., "H2O: Heavy-Hitter Oracle for Efficient
+//! Generative Inference of Large Language Models", NeurIPS 2023 (arXiv 2306.14048).
+//!
+//! Score = attention a token has received, summed over every query since it entered the cache
+//! (and over the query heads of its KV head); the cache keeps this sum per slot, moves it with
+//! the slot and restarts it when a slot is reused. The recent window is protected.
+
+use super::policy::{Needs, Policy, ScoreCtx};
+
+/// Accumulated-attention scoring.
+#[derive(Debug, Clone, Default)]
+pub struct H2o;
+
+impl Policy for H2o {
+    fn name(&self) -> &'static str {
+        "h2o"
+    }
+
+    fn needs(&self) -> Needs {
+        Needs {
+            accumulate: true,
+            ..Needs::default()
+        }
+    }
+
+    fn score(&self, ctx: &ScoreCtx<'_>, out: &mut [f32]) {
+        for h in 0..ctx.n_kv {
+            for s in 0..ctx.n {
+                let i = ctx.at(h, s);
+                out[i] = ctx.acc[i];
+            }
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! The policy abstraction: a policy only scores slots. The cache does everything else —
+//! storage, window and sink protection, top-k, overwriting victims, bookkeeping — as in
+//! NVIDIA kvpress, where every compression method is a scoring function.
+
+use std::fmt::Debug;
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+
+/// When the cache asks a policy to choose victims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// After a prompt chunk was prefilled and the cache is over budget.
+    Prefill,
+    /// Before a decoded token is written into a full cache.
+    Decode,
+}
+
+/// What a policy scores from: one layer's used slots and the attention the cache kept.
+///
+/// Slots are indexed `head * cap + slot` for per-KV-head data; ring rows are indexed
+/// `(qhead * rows_cap + row) * cap + slot`.
+pub struct ScoreCtx<'a> {
+    /// KV heads.
+    pub n_kv: usize,
+    /// Query heads per KV head.
+    pub group: usize,
+    /// Used slots per KV head.
+    pub n: usize,
+    /// Slot stride of the per-slot arrays (the layer's capacity).
+    pub cap: usize,
+    /// Token position of each slot.
+    pub pos: &'a [u32],
+    /// Whether each slot may be evicted (not in the window, not a sink).
+    pub candidate: &'a [bool],
+    /// Attention each slot received, summed over the KV head's query heads and over every
+    /// query since the token entered the cache (H2O's statistic).
+    pub acc: &'a [f32],
+    /// The ring of the most recent query rows (attention probabilities over slots), per
+    /// query head; `ring_len` of `ring_cap` rows are valid, in no particular order.
+    pub ring: &'a [f32],
+    pub ring_cap: usize,
+    pub ring_len: usize,
+    /// Position of the next token (tokens seen so far).
+    pub next_pos: u32,
+}
+
+impl ScoreCtx<'_> {
+    /// Index of `slot` of KV head `head` in per-slot arrays.
+    pub fn at(&self, head: usize, slot: usize) -> usize {
+        head * self.cap + slot
+    }
+
+    /// One ring row of query head `qhead`: probabilities over slots `0..n`.
+    pub fn row(&self, qhead: usize, row: usize) -> &[f32] {
+        let start = (qhead * self.ring_cap + row) * self.cap;
+        &self.ring[start..start + self.n]
+    }
+}
+
+/// What a policy needs the cache to keep from each attention step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Needs {
+    /// Most recent query rows to keep per layer (0: none).
+    pub rows: usize,
+    /// Keep, per slot, the attention it received since it entered (H2O).
+    pub accumulate: bool,
+}
+
+/// An eviction policy: scores candidate slots, higher = keep.
+pub trait Policy: Debug + Send + Sync {
+    /// Registry name.
+    fn name(&self) -> &'static str;
+
+    /// What the cache must keep for [`Policy::score`].
+    fn needs(&self) -> Needs {
+        Needs::default()
+    }
+
+    /// Whether the policy evicts in this phase at all (`full` never does; `snapkv` only
+    /// compresses prompts).
+    fn evicts(&self, _phase: Phase) -> bool {
+        true
+    }
+
+    /// Scores every candidate slot of one layer into `out[ctx.at(head, slot)]`; entries of
+    /// non-candidates are ignored.
+    fn score(&self, ctx: &ScoreCtx<'_>, out: &mut [f32]);
+}
+
+/// How MorphKV fuses the window's rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fusion {
+    #[default]
+    Sum,
+    Max,
+}
+
+/// How MorphKV aggregates the query heads that share a KV head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GroupAgg {
+    #[default]
+    Sum,
+    Max,
+}
+
+fn sum_or_max(flag: &str, s: &str) -> Result<bool> {
+    match s {
+        "sum" => Ok(false),
+        "max" => Ok(true),
+        _ => Err(Error::arg(flag, format!("`{s}` is not sum or max"))),
+    }
+}
+
+impl FromStr for Fusion {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(if sum_or_max("--fusion", s)? {
+            Self::Max
+        } else {
+            Self::Sum
+        })
+    }
+}
+
+impl FromStr for GroupAgg {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(if sum_or_max("--group-agg", s)? {
+            Self::Max
+        } else {
+            Self::Sum
+        })
+    }
+}

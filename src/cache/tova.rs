@@ -1,0 +1,42 @@
+//! `tova`: Token Omission Via Attention — Oren, Hassid, Yarden, Adi, Schwartz, "Transformers
+//! are Multi-State RNNs", 2024 (arXiv 2401.06104).
+//!
+//! Score = the current query's attention to each token, averaged over the query heads that
+//! share the KV head (the paper averages over all heads of a layer; with GQA we keep one
+//! decision per KV head). Only the newest token is protected: a window of 1.
+
+use super::policy::{Needs, Policy, ScoreCtx};
+
+/// Latest-query attention scoring.
+#[derive(Debug, Clone, Default)]
+pub struct Tova;
+
+impl Policy for Tova {
+    fn name(&self) -> &'static str {
+        "tova"
+    }
+
+    fn needs(&self) -> Needs {
+        Needs {
+            rows: 1,
+            ..Needs::default()
+        }
+    }
+
+    fn score(&self, ctx: &ScoreCtx<'_>, out: &mut [f32]) {
+        for h in 0..ctx.n_kv {
+            for s in 0..ctx.n {
+                out[ctx.at(h, s)] = 0.0;
+            }
+            if ctx.ring_len == 0 {
+                continue;
+            }
+            for g in 0..ctx.group {
+                let row = ctx.row(h * ctx.group + g, 0);
+                for (s, p) in row.iter().enumerate() {
+                    out[ctx.at(h, s)] += p / ctx.group as f32;
+                }
+            }
+        }
+    }
+}
