@@ -90,6 +90,35 @@ impl FromStr for PolicyKind {
     }
 }
 
+/// Which positions RoPE sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Positions {
+    /// Each token keeps its position in the conversation (as the paper does). Past the
+    /// model's trained context, RoPE sees distances it was never trained on.
+    #[default]
+    Absolute,
+    /// Positions are re-assigned inside the cache: a KV head's retained tokens are numbered
+    /// 0..n in conversation order (StreamingLLM's remedy), so distances never exceed the cache
+    /// size and a conversation can run past the trained context. Keys are stored before RoPE
+    /// and rotated at their current rank when attended.
+    Rebased,
+}
+
+impl FromStr for Positions {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "absolute" => Ok(Self::Absolute),
+            "rebased" => Ok(Self::Rebased),
+            _ => Err(Error::arg(
+                "--positions",
+                format!("`{s}` is not absolute or rebased"),
+            )),
+        }
+    }
+}
+
 /// Cache settings: policy, budget and the policies' knobs.
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
@@ -106,6 +135,8 @@ pub struct CacheConfig {
     pub evict_every: usize,
     /// Prompt tokens per forward pass; the cache compresses after each.
     pub prefill_chunk: usize,
+    /// Absolute or re-based RoPE positions.
+    pub positions: Positions,
 }
 
 impl Default for CacheConfig {
@@ -119,6 +150,7 @@ impl Default for CacheConfig {
             group_agg: GroupAgg::Sum,
             evict_every: 1,
             prefill_chunk: crate::generate::DEFAULT_PREFILL_CHUNK,
+            positions: Positions::Absolute,
         }
     }
 }
@@ -202,8 +234,14 @@ impl CacheConfig {
 /// What [`KvCache::begin`] tells the model about the tokens it is about to run.
 #[derive(Debug, Clone)]
 pub struct Step {
-    /// RoPE position of each new token.
+    /// Conversation position of each new token.
     pub positions: Vec<u32>,
+    /// The position RoPE gives each new token's query (and key, unless keys are rotated at
+    /// attention time): its conversation position, or its rank in the cache when re-based.
+    pub rope_positions: Vec<u32>,
+    /// Whether keys are stored before RoPE and rotated by [`KvCache::key_ranks`] when
+    /// attended.
+    pub rotate_keys: bool,
     /// Used slots before the new tokens (the new ones go to `past..past + T`).
     pub past: usize,
 }
@@ -237,6 +275,9 @@ pub struct LayerCache {
     acc: Vec<f32>,
     /// Latest score of each slot (NaN: not scored yet): `[head * cap + slot]`.
     score: Vec<f32>,
+    /// Rank of each slot's token among its head's retained tokens, in conversation order
+    /// (the re-based RoPE position): `[head * cap + slot]`.
+    rank: Vec<u32>,
     /// Ring of recent query rows: `[(qhead * ring_cap + row) * cap + slot]`.
     ring: Vec<f32>,
     ring_cap: usize,
@@ -257,6 +298,7 @@ impl LayerCache {
             pos: vec![0; n_kv * cap],
             acc: vec![0.0; n_kv * cap],
             score: vec![f32::NAN; n_kv * cap],
+            rank: vec![0; n_kv * cap],
             ring: vec![0.0; cfg.n_head * ring_cap * cap],
             ring_cap,
             ring_len: 0,
@@ -309,11 +351,15 @@ impl LayerCache {
             }
             dst
         };
-        let mut pos = vec![0; n_kv * cap];
-        for h in 0..n_kv {
-            pos[h * cap..h * cap + self.len]
-                .copy_from_slice(&self.pos[h * old..h * old + self.len]);
-        }
+        let remap_u32 = |src: &[u32]| {
+            let mut dst = vec![0; n_kv * cap];
+            for h in 0..n_kv {
+                dst[h * cap..h * cap + self.len].copy_from_slice(&src[h * old..h * old + self.len]);
+            }
+            dst
+        };
+        let pos = remap_u32(&self.pos);
+        self.rank = remap_u32(&self.rank);
         self.acc = remap(&self.acc, n_kv, 0.0);
         self.score = remap(&self.score, n_kv, f32::NAN);
         self.ring = remap(&self.ring, self.ring.len() / old, 0.0);
@@ -338,6 +384,86 @@ impl LayerCache {
         self.v.slice_set(&v.contiguous()?, 1, self.len)?;
         self.len += t;
         self.kv()
+    }
+
+    /// Scores this layer's candidates with `policy` and evicts up to `m` per KV head:
+    /// protected are positions below `sinks` and from `recent_from` on.
+    fn evict(
+        &mut self,
+        l: usize,
+        policy: &dyn Policy,
+        m: usize,
+        sinks: u32,
+        recent_from: u32,
+        next_pos: u32,
+    ) -> Result<Vec<Eviction>> {
+        let (n, cap) = (self.len, self.cap);
+        let candidate: Vec<bool> = (0..self.n_kv * cap)
+            .map(|i| {
+                let p = self.pos[i];
+                i % cap < n && p >= sinks && p < recent_from
+            })
+            .collect();
+        let mut scores = vec![0f32; self.n_kv * cap];
+        let ctx = ScoreCtx {
+            n_kv: self.n_kv,
+            group: self.group,
+            n,
+            cap,
+            pos: &self.pos,
+            candidate: &candidate,
+            acc: &self.acc,
+            ring: &self.ring,
+            ring_cap: self.ring_cap,
+            ring_len: self.ring_len,
+            next_pos,
+        };
+        policy.score(&ctx, &mut scores);
+        let mut evicted = Vec::new();
+        let mut moves = Vec::with_capacity(self.n_kv);
+        let mut new_len = n;
+        let mut cands = Vec::with_capacity(n);
+        for h in 0..self.n_kv {
+            let base = h * cap;
+            cands.clear();
+            cands.extend((0..n).filter(|&s| candidate[base + s]));
+            let take = m.min(cands.len());
+            // Lowest score first; ties evict the older token (a total order, so the set of
+            // victims is deterministic).
+            let pos = &self.pos;
+            let order = |a: &usize, b: &usize| {
+                scores[base + a]
+                    .total_cmp(&scores[base + b])
+                    .then(pos[base + a].cmp(&pos[base + b]))
+            };
+            if take > 0 && take < cands.len() {
+                cands.select_nth_unstable_by(take - 1, order);
+            }
+            let victims = &mut cands[..take];
+            victims.sort_unstable();
+            self.score[base..base + n].copy_from_slice(&scores[base..base + n]);
+            evicted.extend(victims.iter().map(|&s| Eviction {
+                layer: l,
+                head: h,
+                pos: self.pos[base + s],
+                score: scores[base + s],
+            }));
+            // Survivors' ranks close the gaps the victims leave (re-based positions).
+            let mut gone: Vec<u32> = victims.iter().map(|&s| self.rank[base + s]).collect();
+            gone.sort_unstable();
+            for r in &mut self.rank[base..base + n] {
+                *r -= gone.partition_point(|&g| g < *r) as u32;
+            }
+            // Refill holes below the new length with survivors from the tail.
+            let keep_len = n - take;
+            let holes = victims.iter().copied().filter(|&s| s < keep_len);
+            let tail = (keep_len..n).filter(|s| victims.binary_search(s).is_err());
+            moves.push(tail.zip(holes).collect::<Vec<_>>());
+            new_len = keep_len;
+        }
+        self.move_slots(&moves)?;
+        self.len = new_len;
+        Ok(evicted)
     }
 
     /// Moves slot `src` to `dst` for each pair of each KV head: device rows and host stats.
@@ -372,6 +498,7 @@ impl LayerCache {
                 self.pos[h * cap + t] = self.pos[h * cap + s];
                 self.acc[h * cap + t] = self.acc[h * cap + s];
                 self.score[h * cap + t] = self.score[h * cap + s];
+                self.rank[h * cap + t] = self.rank[h * cap + s];
                 for g in 0..self.group {
                     for r in 0..self.ring_cap {
                         let row = ((h * self.group + g) * self.ring_cap + r) * cap;
@@ -401,8 +528,6 @@ pub struct KvCache {
     pending: usize,
     /// Evictions since the last [`KvCache::take_evictions`].
     evicted: Vec<Eviction>,
-    /// Reusable score buffer.
-    scratch: Vec<f32>,
 }
 
 impl KvCache {
@@ -441,7 +566,6 @@ impl KvCache {
             next_pos: 0,
             pending: 0,
             evicted: Vec::new(),
-            scratch: Vec::new(),
         })
     }
 
@@ -545,6 +669,7 @@ impl KvCache {
                     layer.pos[at] = p;
                     layer.acc[at] = 0.0;
                     layer.score[at] = f32::NAN;
+                    layer.rank[at] = (past + i) as u32;
                 }
             }
             // Earlier rows never saw these slots (causal): clear the columns.
@@ -552,7 +677,29 @@ impl KvCache {
                 row[past..past + t].iter_mut().for_each(|x| *x = 0.0);
             }
         }
-        Ok(Step { positions, past })
+        let rotate_keys = self.cfg.positions == Positions::Rebased;
+        let rope_positions = if rotate_keys {
+            (past..past + t).map(|r| r as u32).collect()
+        } else {
+            positions.clone()
+        };
+        Ok(Step {
+            positions,
+            rope_positions,
+            rotate_keys,
+            past,
+        })
+    }
+
+    /// Re-based RoPE positions of layer `l`'s used slots, (H_kv, len) as u32, for rotating
+    /// keys stored before RoPE.
+    pub fn key_ranks(&self, l: usize, device: &Device) -> Result<Tensor> {
+        let layer = &self.layers[l];
+        let mut ranks = Vec::with_capacity(layer.n_kv * layer.len);
+        for h in 0..layer.n_kv {
+            ranks.extend_from_slice(&layer.rank[h * layer.cap..h * layer.cap + layer.len]);
+        }
+        Ok(Tensor::from_vec(ranks, (layer.n_kv, layer.len), device)?)
     }
 
     /// Receives attention probabilities of layer `l` for rows `first_row..first_row + rows`
@@ -606,69 +753,21 @@ impl KvCache {
         Ok(())
     }
 
-    /// Evicts up to `m` tokens per KV head in every layer.
+    /// Evicts up to `m` tokens per KV head in every layer (layers in parallel: each one's
+    /// scoring is independent).
     fn evict(&mut self, m: usize, _phase: Phase) -> Result<()> {
+        use rayon::prelude::*;
         let window = self.cfg.effective_window() as u32;
         let sinks = self.cfg.sinks() as u32;
         let recent_from = self.next_pos.saturating_sub(window);
-        for (l, layer) in self.layers.iter_mut().enumerate() {
-            let (n, cap) = (layer.len, layer.cap);
-            let candidate: Vec<bool> = layer
-                .pos
-                .iter()
-                .enumerate()
-                .map(|(i, &p)| i % cap < n && p >= sinks && p < recent_from)
-                .collect();
-            self.scratch.clear();
-            self.scratch.resize(layer.n_kv * cap, 0.0);
-            let ctx = ScoreCtx {
-                n_kv: layer.n_kv,
-                group: layer.group,
-                n,
-                cap,
-                pos: &layer.pos,
-                candidate: &candidate,
-                acc: &layer.acc,
-                ring: &layer.ring,
-                ring_cap: layer.ring_cap,
-                ring_len: layer.ring_len,
-                next_pos: self.next_pos,
-            };
-            self.policy.score(&ctx, &mut self.scratch);
-            let mut moves = Vec::with_capacity(layer.n_kv);
-            let mut new_len = n;
-            for h in 0..layer.n_kv {
-                let mut cands: Vec<usize> = (0..n).filter(|&s| candidate[h * cap + s]).collect();
-                // Lowest score first; ties evict the older token.
-                cands.sort_by(|&a, &b| {
-                    let (sa, sb) = (self.scratch[h * cap + a], self.scratch[h * cap + b]);
-                    sa.total_cmp(&sb)
-                        .then(layer.pos[h * cap + a].cmp(&layer.pos[h * cap + b]))
-                });
-                let victims = &cands[..m.min(cands.len())];
-                for s in 0..n {
-                    layer.score[h * cap + s] = self.scratch[h * cap + s];
-                }
-                for &s in victims {
-                    self.evicted.push(Eviction {
-                        layer: l,
-                        head: h,
-                        pos: layer.pos[h * cap + s],
-                        score: self.scratch[h * cap + s],
-                    });
-                }
-                // Refill holes below the new length with survivors from the tail.
-                let keep_len = n - victims.len();
-                let mut is_victim = vec![false; n];
-                victims.iter().for_each(|&s| is_victim[s] = true);
-                let holes = (0..keep_len).filter(|&s| is_victim[s]);
-                let tail = (keep_len..n).filter(|&s| !is_victim[s]);
-                moves.push(tail.zip(holes).collect::<Vec<_>>());
-                new_len = keep_len;
-            }
-            layer.move_slots(&moves)?;
-            layer.len = new_len;
-        }
+        let (policy, next_pos) = (&*self.policy, self.next_pos);
+        let evicted = self
+            .layers
+            .par_iter_mut()
+            .enumerate()
+            .map(|(l, layer)| layer.evict(l, policy, m, sinks, recent_from, next_pos))
+            .collect::<Result<Vec<_>>>()?;
+        self.evicted.extend(evicted.into_iter().flatten());
         Ok(())
     }
 

@@ -123,6 +123,10 @@ pub struct CacheArgs {
     /// Prompt tokens per forward pass; the cache is compressed after each.
     #[arg(long = "prefill-chunk", default_value_t = 512)]
     pub prefill_chunk: usize,
+    /// RoPE positions: absolute (as in the paper) or rebased (numbered inside the cache, so a
+    /// conversation can run past the model's trained context).
+    #[arg(long, default_value = "absolute")]
+    pub positions: String,
 }
 
 #[derive(Debug, Args)]
@@ -166,6 +170,7 @@ impl CacheArgs {
             group_agg: self.group_agg.parse()?,
             evict_every: self.evict_every,
             prefill_chunk: self.prefill_chunk,
+            positions: self.positions.parse()?,
         };
         cfg.validate()?;
         Ok(cfg)

@@ -112,7 +112,7 @@ impl Model {
             return Err(Error::arg("forward", "no tokens to run"));
         }
         let step = cache.begin(t)?;
-        let (cos, sin) = self.rope.tables(&step.positions, &self.device)?;
+        let (cos, sin) = self.rope.tables(&step.rope_positions, &self.device)?;
         let (n_head, n_kv, d) = (self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim);
 
         let ids_t = Tensor::new(ids, &self.device)?;
@@ -137,9 +137,20 @@ impl Model {
                 .reshape((t, n_kv, d))?
                 .transpose(0, 1)?;
             let q = self.rope.apply(&q, &cos, &sin)?;
-            let k = self.rope.apply(&k, &cos, &sin)?;
+            // Re-based positions: keys are cached before RoPE and rotated at their rank.
+            let k = if step.rotate_keys {
+                k.contiguous()?
+            } else {
+                self.rope.apply(&k, &cos, &sin)?
+            };
             // (H_kv, past + T, d) views of the used slots, the new tokens last.
             let (k_all, v_all) = cache.layer_mut(l).append(&k, &v.contiguous()?)?;
+            let k_all = if step.rotate_keys {
+                self.rope
+                    .apply_at(&k_all, &cache.key_ranks(l, &self.device)?)?
+            } else {
+                k_all
+            };
             // (H_q, T, d); each block's probabilities go to the cache.
             let out = attention(&q, &k_all, &v_all, |row, probs| {
                 cache.observe(l, t, row, probs)

@@ -637,3 +637,62 @@ fn every_policy_keeps_its_invariants_on_the_real_model() {
         );
     }
 }
+
+#[test]
+fn rebased_positions_equal_absolute_while_nothing_is_evicted() {
+    use morphkv::cache::Positions;
+    let model = tiny();
+    let prompt = tiny_prompt(40);
+    for p in [PolicyKind::Full, PolicyKind::MorphKv, PolicyKind::H2o] {
+        let abs = run_checked(&model, &cfg(p, 600, 8), &prompt, 20);
+        let c = CacheConfig {
+            positions: Positions::Rebased,
+            ..cfg(p, 600, 8)
+        };
+        let reb = run_checked(&model, &c, &prompt, 20);
+        for (i, (a, b)) in abs.iter().zip(&reb).enumerate() {
+            let d = common::max_abs_diff(a, b);
+            assert!(
+                d < 1e-5,
+                "{p:?} step {i}: rebased differs from absolute by {d}"
+            );
+        }
+    }
+}
+
+#[test]
+fn rebased_ranks_number_each_heads_tokens_in_order() {
+    use morphkv::cache::Positions;
+    let model = tiny();
+    for p in [PolicyKind::MorphKv, PolicyKind::Streaming, PolicyKind::Tova] {
+        let c = CacheConfig {
+            positions: Positions::Rebased,
+            evict_every: 3,
+            ..cfg(p, 30, 6)
+        };
+        let mut cache = KvCache::with_config(model.config(), c, DType::F32, &Device::Cpu).unwrap();
+        model
+            .forward(&tiny_prompt(50), &mut cache, Logits::Last)
+            .unwrap();
+        for t in 0..40u32 {
+            model.forward(&[t % 97], &mut cache, Logits::Last).unwrap();
+            for l in 0..cache.n_layers() {
+                let ranks = cache
+                    .key_ranks(l, &Device::Cpu)
+                    .unwrap()
+                    .to_vec2::<u32>()
+                    .unwrap();
+                for (h, r) in ranks.iter().enumerate() {
+                    let pos = cache.layer(l).positions(h);
+                    let mut by_pos: Vec<usize> = (0..pos.len()).collect();
+                    by_pos.sort_by_key(|&s| pos[s]);
+                    let in_order: Vec<u32> = by_pos.iter().map(|&s| r[s]).collect();
+                    let expected: Vec<u32> = (0..pos.len() as u32).collect();
+                    assert_eq!(in_order, expected, "{p:?} layer {l} head {h} step {t}");
+                }
+            }
+        }
+        // Past the evictions the newest token's RoPE position is its rank, not its position.
+        assert!(cache.seen() > cache.retained());
+    }
+}

@@ -142,7 +142,13 @@ impl Model {
                 w_down: loader.linear(&format!("{p}.ffn_down.weight"), None)?,
             });
         }
-        let rope = Rope::new(cfg.head_dim, cfg.rope_base, cfg.rope_style);
+        let rope = Rope::new(
+            cfg.head_dim,
+            cfg.rope_base,
+            cfg.rope_style,
+            cfg.context_len,
+            device,
+        )?;
         Ok(Self {
             weights: loader.format,
             cfg,

@@ -48,7 +48,7 @@ impl Model {
         let lm_head = lin(cfg.vocab, h, false)?;
         let embed = mat(cfg.vocab, h, 1.0)?;
         Ok(Self {
-            rope: Rope::new(d, cfg.rope_base, cfg.rope_style),
+            rope: Rope::new(d, cfg.rope_base, cfg.rope_style, cfg.context_len, device)?,
             norm: Tensor::ones(h, candle_core::DType::F32, device)?,
             embed,
             layers,

@@ -10,20 +10,62 @@ use candle_core::{Device, Tensor};
 use super::config::RopeStyle;
 use crate::error::Result;
 
-/// Inverse frequencies of one head, and the pairing convention.
+/// Inverse frequencies of one head, the pairing convention, and cos/sin tables for positions
+/// `0..table_len` (used to rotate cached keys at per-slot positions).
 #[derive(Debug, Clone)]
 pub struct Rope {
     inv_freq: Vec<f32>,
     style: RopeStyle,
+    /// (table_len, d/2) each.
+    cos: Tensor,
+    sin: Tensor,
 }
 
 impl Rope {
-    pub fn new(head_dim: usize, base: f32, style: RopeStyle) -> Self {
+    pub fn new(
+        head_dim: usize,
+        base: f32,
+        style: RopeStyle,
+        table_len: usize,
+        device: &Device,
+    ) -> Result<Self> {
         let inv_freq = (0..head_dim)
             .step_by(2)
             .map(|i| 1f32 / base.powf(i as f32 / head_dim as f32))
             .collect();
-        Self { inv_freq, style }
+        let mut rope = Self {
+            inv_freq,
+            style,
+            cos: Tensor::zeros(1, candle_core::DType::F32, device)?,
+            sin: Tensor::zeros(1, candle_core::DType::F32, device)?,
+        };
+        let all: Vec<u32> = (0..table_len as u32).collect();
+        (rope.cos, rope.sin) = rope.tables(&all, device)?;
+        Ok(rope)
+    }
+
+    /// Rotates `x`: (H, n, d), each row at its own position `pos`: (H, n) u32.
+    pub fn apply_at(&self, x: &Tensor, pos: &Tensor) -> Result<Tensor> {
+        let (h, n, d) = x.dims3()?;
+        let flat = pos.flatten_all()?;
+        let max = flat.max(0)?.to_scalar::<u32>()? as usize;
+        let (cos, sin) = if max < self.cos.dims()[0] {
+            // (H·n) → (H·n, d/2) → (H, n, d/2)
+            (
+                self.cos.index_select(&flat, 0)?.reshape((h, n, d / 2))?,
+                self.sin.index_select(&flat, 0)?.reshape((h, n, d / 2))?,
+            )
+        } else {
+            let (c, s) = self.tables(&flat.to_vec1::<u32>()?, x.device())?;
+            (c.reshape((h, n, d / 2))?, s.reshape((h, n, d / 2))?)
+        };
+        // candle's kernels take (B, H, T, d) with per-batch tables (B, T, d/2): B = heads.
+        let x4 = x.contiguous()?.unsqueeze(1)?;
+        let y = match self.style {
+            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x4, &cos, &sin)?,
+            RopeStyle::HalfSplit => candle_nn::rotary_emb::rope(&x4, &cos, &sin)?,
+        };
+        Ok(y.squeeze(1)?)
     }
 
     /// cos and sin tables, each (T, d/2), for the given token positions.
