@@ -205,6 +205,18 @@ impl ChatTemplate {
         }
     }
 
+    /// The template for `tok`'s model: `override_name` if given, else the model's own, else
+    /// ChatML; with the model's BOS and EOS strings.
+    pub fn for_tokenizer(tok: &Tokenizer, override_name: Option<&str>) -> Result<Self> {
+        let text = |id: Option<u32>| id.and_then(|i| tok.token_str(i)).unwrap_or_default();
+        Self::pick(
+            tok.chat_template(),
+            override_name,
+            &text(tok.bos_id()),
+            &text(tok.eos_id()),
+        )
+    }
+
     /// The template to use: the built-in one named by `override_name` if given, else the
     /// model's own (`model_template`, rendered with `bos` and `eos`), else ChatML.
     pub fn pick(
@@ -458,16 +470,15 @@ fn format_utc(secs: u64, format: &str) -> String {
 mod tests {
     use super::*;
     use candle_core::quantized::gguf_file;
-    use std::path::PathBuf;
     use std::sync::LazyLock;
 
     type TestResult = std::result::Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
-    const MODEL: &str = "/root/.local/share/morphkv/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-
     fn smollm() -> Tokenizer {
         static TOK: LazyLock<Tokenizer> = LazyLock::new(|| {
-            let path = PathBuf::from(MODEL);
+            // The default model, fetched on first use like a user's first run.
+            let path = crate::models::resolve(None, &mut |l| eprintln!("{l}"))
+                .expect("resolve the default model");
             let mut file = std::fs::File::open(&path).expect("open the SmolLM2 GGUF");
             let content = gguf_file::Content::read(&mut file).expect("read GGUF metadata");
             Tokenizer::from_gguf(&content, &path).expect("build the tokenizer")
@@ -476,15 +487,7 @@ mod tests {
     }
 
     fn smollm_template(tok: &Tokenizer) -> Result<ChatTemplate> {
-        let bos = tok
-            .bos_id()
-            .and_then(|i| tok.token_str(i))
-            .unwrap_or_default();
-        let eos = tok
-            .eos_id()
-            .and_then(|i| tok.token_str(i))
-            .unwrap_or_default();
-        ChatTemplate::pick(tok.chat_template(), None, &bos, &eos)
+        ChatTemplate::for_tokenizer(tok, None)
     }
 
     #[test]

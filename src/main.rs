@@ -118,20 +118,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         ids.extend(tokenizer.encode_special(&prompt)?);
         ids
     } else {
-        let bos = tokenizer
-            .bos_id()
-            .and_then(|i| tokenizer.token_str(i))
-            .unwrap_or_default();
-        let eos = tokenizer
-            .eos_id()
-            .and_then(|i| tokenizer.token_str(i))
-            .unwrap_or_default();
-        let template = ChatTemplate::pick(
-            tokenizer.chat_template(),
-            a.chat_template.as_deref(),
-            &bos,
-            &eos,
-        )?;
+        let template = ChatTemplate::for_tokenizer(&tokenizer, a.chat_template.as_deref())?;
         let mut messages = Vec::new();
         if let Some(sys) = &a.system {
             messages.push(Message::system(sys));

@@ -784,15 +784,14 @@ fn suffix_after<'a>(text: &'a str, prefix: &str) -> &'a str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
 
     type TestResult = std::result::Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
-    const MODEL: &str = "/root/.local/share/morphkv/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-
     fn smollm() -> Tokenizer {
         static TOK: LazyLock<Tokenizer> = LazyLock::new(|| {
-            let path = PathBuf::from(MODEL);
+            // The default model, fetched on first use like a user's first run.
+            let path = crate::models::resolve(None, &mut |l| eprintln!("{l}"))
+                .expect("resolve the default model");
             let mut file = std::fs::File::open(&path).expect("open the SmolLM2 GGUF");
             let content = gguf_file::Content::read(&mut file).expect("read GGUF metadata");
             Tokenizer::from_gguf(&content, &path).expect("build the tokenizer")

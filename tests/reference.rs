@@ -33,7 +33,7 @@ fn greedy_tokens_and_prefill_logits_match_the_reference() {
     let tok = Tokenizer::from_gguf(&ct, &path).unwrap();
     let (ct2, mut r2) = open_gguf(&path).unwrap();
     let mut reference = ModelWeights::from_gguf(ct2, &mut r2, &dev).unwrap();
-    let template = ChatTemplate::pick(tok.chat_template(), None, "", "").unwrap();
+    let template = ChatTemplate::for_tokenizer(&tok, None).unwrap();
 
     for prompt in PROMPTS {
         let ids = encode_chat(
