@@ -327,3 +327,127 @@ more than two hundred cities, and the price of a book fell by an order of magnit
 argue about how much of the Reformation, the scientific revolution and the rise of vernacular \
 literature followed from cheap print, but few doubt that the speed at which ideas could be \
 copied changed what a single person could learn in a lifetime.\n";
+
+/// Memory and speed at one point of a long generation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Checkpoint {
+    /// Tokens in the conversation (prompt + generated).
+    pub tokens: usize,
+    /// Decode speed since the previous checkpoint.
+    pub decode_tps: f64,
+    pub retained: usize,
+    pub kv_bytes: usize,
+    pub profile_bytes: usize,
+    pub full_kv_bytes: usize,
+    /// Resident set size now, and its peak so far (Linux; 0 elsewhere).
+    pub rss_bytes: u64,
+    pub peak_rss_bytes: u64,
+}
+
+/// Generates `total` tokens greedily (end-of-sequence ignored) after a short prompt under
+/// `cache`, reporting memory and speed when the conversation reaches each checkpoint.
+pub fn long_run(
+    path: &Path,
+    weights: WeightFormat,
+    cache: &CacheConfig,
+    total: usize,
+    checkpoints: &[usize],
+) -> Result<Vec<Checkpoint>> {
+    let device = Device::Cpu;
+    let (ct, mut reader) = open_gguf(path)?;
+    let model = Model::from_gguf(&ct, &mut reader, path, &device, weights)?;
+    let tok = crate::tokenizer::Tokenizer::from_gguf(&ct, path)?;
+    let prompt = tok.encode_plain(BENCH_TEXT)?;
+    let mut kv = KvCache::with_config(model.config(), cache.clone(), DType::F32, &device)?;
+    let mut next = argmax(&prefill(&model, &mut kv, &prompt)?.to_vec1::<f32>()?);
+    let mut out = Vec::new();
+    let mut marks: Vec<usize> = checkpoints
+        .iter()
+        .copied()
+        .filter(|&c| c <= total)
+        .collect();
+    marks.sort_unstable();
+    let (mut t0, mut since) = (Instant::now(), kv.seen());
+    while kv.seen() < total {
+        let l = model.forward(&[next], &mut kv, Logits::Last)?;
+        next = argmax(&l.to_vec1::<f32>()?);
+        if marks.first() == Some(&kv.seen()) {
+            marks.remove(0);
+            let (rss, peak) = rss();
+            out.push(Checkpoint {
+                tokens: kv.seen(),
+                decode_tps: (kv.seen() - since) as f64 / t0.elapsed().as_secs_f64(),
+                retained: kv.retained(),
+                kv_bytes: kv.kv_bytes(),
+                profile_bytes: kv.profile_bytes(),
+                full_kv_bytes: kv.full_kv_bytes(),
+                rss_bytes: rss,
+                peak_rss_bytes: peak,
+            });
+            (t0, since) = (Instant::now(), kv.seen());
+        }
+    }
+    Ok(out)
+}
+
+/// Current and peak resident set size from `/proc/self/status` (0, 0 where unavailable).
+pub fn rss() -> (u64, u64) {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return (0, 0);
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// An aligned table of checkpoints.
+pub fn checkpoint_table(rows: &[Checkpoint]) -> String {
+    let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+    let mut s = format!(
+        "{:>8} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9}\n",
+        "tokens", "decode", "retained", "KV MiB", "prof MiB", "full MiB", "RSS MiB", "peak MiB"
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "{:>8} {:>9.1} {:>9} {:>9.1} {:>9.1} {:>10.1} {:>9.1} {:>9.1}\n",
+            r.tokens,
+            r.decode_tps,
+            r.retained,
+            mib(r.kv_bytes),
+            mib(r.profile_bytes),
+            mib(r.full_kv_bytes),
+            mib(r.rss_bytes as usize),
+            mib(r.peak_rss_bytes as usize),
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_reports_median_and_spread() {
+        let r = Rate::of(vec![3.0, 1.0, 2.0, 10.0]);
+        assert_eq!((r.median, r.min, r.max), (2.5, 1.0, 10.0));
+        assert_eq!(Rate::of(vec![4.0, 1.0, 9.0]).median, 4.0);
+    }
+
+    #[test]
+    fn rss_grows_with_a_touched_allocation() {
+        let (before, _) = rss();
+        assert!(before > 0, "VmRSS should be readable on Linux");
+        let block = std::hint::black_box(vec![1u8; 64 << 20]);
+        let (after, peak) = rss();
+        assert!(after >= before + (32 << 20), "{before} -> {after}");
+        assert!(peak >= after);
+        drop(block);
+    }
+}

@@ -153,6 +153,17 @@ pub struct BenchArgs {
     /// Policies to measure, comma-separated (default: --policy).
     #[arg(long, value_delimiter = ',')]
     pub policies: Vec<String>,
+    /// Instead: generate this many tokens (end-of-sequence ignored) under --policy and report
+    /// memory (KV, profile, RSS and peak RSS) and speed at each of --checkpoints.
+    #[arg(long)]
+    pub generate: Option<usize>,
+    /// Conversation lengths at which --generate reports.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1000,2000,4000,8000,12000"
+    )]
+    pub checkpoints: Vec<usize>,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,

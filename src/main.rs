@@ -128,6 +128,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     };
 
     let mut cache = KvCache::with_config(model.config(), cache_cfg, DType::F32, model.device())?;
+    cache.record_evictions(trace.is_some());
     let mut sampler = Sampler::new(params.clone())?;
     let opts = GenerateOptions {
         max_new: a.n_predict,
@@ -213,6 +214,15 @@ fn run_bench(a: BenchArgs) -> Result<()> {
     let weights: WeightFormat = a.model.weights.parse()?;
     let path = morphkv::models::resolve(a.model.model.as_deref(), &mut |l| eprintln!("{l}"))?;
     let cache = a.cache.config()?;
+    if let Some(total) = a.generate {
+        let rows = morphkv::bench::long_run(&path, weights, &cache, total, &a.checkpoints)?;
+        print!("{}", morphkv::bench::checkpoint_table(&rows));
+        if let Some(p) = a.json {
+            let json = serde_json::to_string_pretty(&rows)?;
+            std::fs::write(&p, json).with_context(|| format!("writing {}", p.display()))?;
+        }
+        return Ok(());
+    }
     let policies = if a.policies.is_empty() {
         vec![cache.policy]
     } else {
