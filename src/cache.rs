@@ -395,7 +395,6 @@ impl LayerCache {
         m: usize,
         sinks: u32,
         recent_from: u32,
-        next_pos: u32,
     ) -> Result<Vec<Eviction>> {
         let (n, cap) = (self.len, self.cap);
         let candidate: Vec<bool> = (0..self.n_kv * cap)
@@ -416,7 +415,6 @@ impl LayerCache {
             ring: &self.ring,
             ring_cap: self.ring_cap,
             ring_len: self.ring_len,
-            next_pos,
         };
         policy.score(&ctx, &mut scores);
         let mut evicted = Vec::new();
@@ -526,8 +524,11 @@ pub struct KvCache {
     next_pos: u32,
     /// Tokens of the step in flight (between `begin` and `end`).
     pending: usize,
-    /// Evictions since the last [`KvCache::take_evictions`].
+    /// Evictions since the last [`KvCache::take_evictions`], while recording.
     evicted: Vec<Eviction>,
+    /// Whether evictions are recorded (off by default, so a long run does not accumulate
+    /// them).
+    record: bool,
 }
 
 impl KvCache {
@@ -566,6 +567,7 @@ impl KvCache {
             next_pos: 0,
             pending: 0,
             evicted: Vec::new(),
+            record: false,
         })
     }
 
@@ -621,7 +623,16 @@ impl KvCache {
         self.bytes_per_token() * self.seen()
     }
 
-    /// Evictions since the last call, oldest first.
+    /// Starts or stops recording evictions for [`KvCache::take_evictions`]; a recorder must
+    /// take them regularly (e.g. after every step).
+    pub fn record_evictions(&mut self, on: bool) {
+        self.record = on;
+        if !on {
+            self.evicted.clear();
+        }
+    }
+
+    /// Evictions since the last call, oldest first (empty unless recording).
     pub fn take_evictions(&mut self) -> Vec<Eviction> {
         std::mem::take(&mut self.evicted)
     }
@@ -644,7 +655,7 @@ impl KvCache {
         let len = self.retained();
         if t == 1 && len + 1 > self.cfg.budget && self.policy.evicts(Phase::Decode) {
             let m = self.cfg.evict_every.max(len + 1 - self.cfg.budget);
-            self.evict(m, Phase::Decode)?;
+            self.evict(m)?;
         }
         let bounded = self.cfg.bounded();
         for layer in &mut self.layers {
@@ -748,26 +759,28 @@ impl KvCache {
         let t = std::mem::take(&mut self.pending);
         let len = self.retained();
         if t > 1 && len > self.cfg.budget && self.policy.evicts(Phase::Prefill) {
-            self.evict(len - self.cfg.budget, Phase::Prefill)?;
+            self.evict(len - self.cfg.budget)?;
         }
         Ok(())
     }
 
     /// Evicts up to `m` tokens per KV head in every layer (layers in parallel: each one's
     /// scoring is independent).
-    fn evict(&mut self, m: usize, _phase: Phase) -> Result<()> {
+    fn evict(&mut self, m: usize) -> Result<()> {
         use rayon::prelude::*;
         let window = self.cfg.effective_window() as u32;
         let sinks = self.cfg.sinks() as u32;
         let recent_from = self.next_pos.saturating_sub(window);
-        let (policy, next_pos) = (&*self.policy, self.next_pos);
+        let policy = &*self.policy;
         let evicted = self
             .layers
             .par_iter_mut()
             .enumerate()
-            .map(|(l, layer)| layer.evict(l, policy, m, sinks, recent_from, next_pos))
+            .map(|(l, layer)| layer.evict(l, policy, m, sinks, recent_from))
             .collect::<Result<Vec<_>>>()?;
-        self.evicted.extend(evicted.into_iter().flatten());
+        if self.record {
+            self.evicted.extend(evicted.into_iter().flatten());
+        }
         Ok(())
     }
 

@@ -200,3 +200,54 @@ fn invalid_cache_settings() {
         &["--budget", "sinks 4"],
     );
 }
+
+#[test]
+fn trace_records_every_eviction() {
+    common::default_model();
+    let p = tmpdir("trace").join("trace.jsonl");
+    let out = Command::new(env!("CARGO_BIN_EXE_morphkv"))
+        .args([
+            "generate",
+            "-p",
+            "Count from one to fifty in words.",
+            "-n",
+            "40",
+            "--temp",
+            "0",
+        ])
+        .args(["--ignore-eos", "--budget", "48", "--window", "8", "--trace"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&p).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 40, "one line per generated token");
+    let mut evictions = 0;
+    for l in &lines {
+        let seen = l["seen"].as_u64().unwrap();
+        assert!(l["retained"].as_u64().unwrap() <= 48);
+        for e in l["evicted"].as_array().unwrap() {
+            // 30 layers x 3 KV heads; never a window token.
+            assert!(e["layer"].as_u64().unwrap() < 30 && e["head"].as_u64().unwrap() < 3);
+            assert!(
+                e["pos"].as_u64().unwrap() + 8 < seen,
+                "{e} evicted from the window at {seen}"
+            );
+            assert!(e["score"].as_f64().is_some());
+            evictions += 1;
+        }
+    }
+    // The prompt fills the budget early: from then on every layer and head evicts each step.
+    assert!(
+        evictions >= 30 * 3 * 20,
+        "only {evictions} evictions traced"
+    );
+}

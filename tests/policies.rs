@@ -285,7 +285,6 @@ impl Scene {
             ring: &self.ring,
             ring_cap: self.rows,
             ring_len: self.rows,
-            next_pos: 10_000,
         }
     }
 }

@@ -41,8 +41,6 @@ pub struct ScoreCtx<'a> {
     pub ring: &'a [f32],
     pub ring_cap: usize,
     pub ring_len: usize,
-    /// Position of the next token (tokens seen so far).
-    pub next_pos: u32,
 }
 
 impl ScoreCtx<'_> {
