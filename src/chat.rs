@@ -469,22 +469,10 @@ fn format_utc(secs: u64, format: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::quantized::gguf_file;
-    use std::sync::LazyLock;
 
     type TestResult = std::result::Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
-    fn smollm() -> Tokenizer {
-        static TOK: LazyLock<Tokenizer> = LazyLock::new(|| {
-            // The default model, fetched on first use like a user's first run.
-            let path = crate::models::resolve(None, &mut |l| eprintln!("{l}"))
-                .expect("resolve the default model");
-            let mut file = std::fs::File::open(&path).expect("open the SmolLM2 GGUF");
-            let content = gguf_file::Content::read(&mut file).expect("read GGUF metadata");
-            Tokenizer::from_gguf(&content, &path).expect("build the tokenizer")
-        });
-        TOK.clone()
-    }
+    use crate::tokenizer::tests::smollm;
 
     fn smollm_template(tok: &Tokenizer) -> Result<ChatTemplate> {
         ChatTemplate::for_tokenizer(tok, None)

@@ -782,12 +782,13 @@ fn suffix_after<'a>(text: &'a str, prefix: &str) -> &'a str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     type TestResult = std::result::Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
-    fn smollm() -> Tokenizer {
+    /// SmolLM2's tokenizer from the default model (fetched on first use), built once.
+    pub(crate) fn smollm() -> Tokenizer {
         static TOK: LazyLock<Tokenizer> = LazyLock::new(|| {
             // The default model, fetched on first use like a user's first run.
             let path = crate::models::resolve(None, &mut |l| eprintln!("{l}"))
