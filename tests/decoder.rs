@@ -12,6 +12,19 @@ fn tiny() -> Model {
     Model::random(Config::tiny(), 1234, &Device::Cpu).unwrap()
 }
 
+fn fresh(model: &Model) -> KvCache {
+    KvCache::new(model.config(), DType::F32, &Device::Cpu).unwrap()
+}
+
+/// Runs `ids` after what `cache` holds and returns the last position's logits.
+fn last(model: &Model, cache: &mut KvCache, ids: &[u32]) -> Vec<f32> {
+    model
+        .forward(ids, cache, Logits::Last)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}
+
 fn ids() -> Vec<u32> {
     (0..40u32).map(|i| (i * 37 + 11) % 97).collect()
 }
@@ -20,7 +33,7 @@ fn ids() -> Vec<u32> {
 fn token_by_token_equals_one_forward_pass() {
     let model = tiny();
     let ids = ids();
-    let mut cache = KvCache::new(model.config(), DType::F32, &Device::Cpu).unwrap();
+    let mut cache = fresh(&model);
     let all = model
         .forward(&ids, &mut cache, Logits::All)
         .unwrap()
@@ -28,13 +41,9 @@ fn token_by_token_equals_one_forward_pass() {
         .unwrap();
     assert_eq!(all.len(), ids.len());
 
-    let mut cache = KvCache::new(model.config(), DType::F32, &Device::Cpu).unwrap();
+    let mut cache = fresh(&model);
     for (i, &id) in ids.iter().enumerate() {
-        let step = model
-            .forward(&[id], &mut cache, Logits::Last)
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let step = last(&model, &mut cache, &[id]);
         let d = common::max_abs_diff(&step, &all[i]);
         assert!(d < 1e-4, "position {i}: max abs diff {d}");
     }
@@ -46,32 +55,20 @@ fn token_by_token_equals_one_forward_pass() {
 fn chunked_prefill_equals_one_pass_and_logits_depend_on_context() {
     let model = tiny();
     let ids = ids();
-    let mut cache = KvCache::new(model.config(), DType::F32, &Device::Cpu).unwrap();
-    let whole = model
-        .forward(&ids, &mut cache, Logits::Last)
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let mut cache = KvCache::new(model.config(), DType::F32, &Device::Cpu).unwrap();
-    let mut last = Vec::new();
+    let mut cache = fresh(&model);
+    let whole = last(&model, &mut cache, &ids);
+    let mut cache = fresh(&model);
+    let mut out = Vec::new();
     for part in ids.chunks(7) {
-        last = model
-            .forward(part, &mut cache, Logits::Last)
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        out = last(&model, &mut cache, part);
     }
-    assert!(common::max_abs_diff(&whole, &last) < 1e-4);
+    assert!(common::max_abs_diff(&whole, &out) < 1e-4);
 
     // The same last token after a different history gives different logits: attention works.
     let mut other = ids.clone();
     other[0] = (other[0] + 1) % 97;
-    let mut cache = KvCache::new(model.config(), DType::F32, &Device::Cpu).unwrap();
-    let changed = model
-        .forward(&other, &mut cache, Logits::Last)
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let mut cache = fresh(&model);
+    let changed = last(&model, &mut cache, &other);
     assert!(common::max_abs_diff(&whole, &changed) > 1e-3);
 }
 
@@ -79,24 +76,16 @@ fn chunked_prefill_equals_one_pass_and_logits_depend_on_context() {
 fn cache_grows_past_its_first_allocation() {
     let model = tiny();
     let ids: Vec<u32> = (0..300u32).map(|i| (i * 13 + 5) % 97).collect();
-    let mut cache = KvCache::new(model.config(), DType::F32, &Device::Cpu).unwrap();
-    let whole = model
-        .forward(&ids, &mut cache, Logits::Last)
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let mut cache = KvCache::new(model.config(), DType::F32, &Device::Cpu).unwrap();
+    let mut cache = fresh(&model);
+    let whole = last(&model, &mut cache, &ids);
+    let mut cache = fresh(&model);
     model
         .forward(&ids[..250], &mut cache, Logits::Last)
         .unwrap();
-    let mut last = Vec::new();
+    let mut out = Vec::new();
     for &id in &ids[250..] {
-        last = model
-            .forward(&[id], &mut cache, Logits::Last)
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        out = last(&model, &mut cache, &[id]);
     }
-    assert!(common::max_abs_diff(&whole, &last) < 1e-4);
+    assert!(common::max_abs_diff(&whole, &out) < 1e-4);
     assert_eq!(cache.kv_bytes(), cache.bytes_per_token() * 300);
 }
