@@ -29,6 +29,7 @@ mod streaming;
 mod tova;
 
 use std::str::FromStr;
+use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
@@ -283,6 +284,9 @@ pub struct LayerCache {
     ring_cap: usize,
     ring_len: usize,
     ring_next: usize,
+    /// Mass of each ring row over the used slots: `[qhead * ring_cap + row]`. Set when the
+    /// row is written, reduced by the columns of evicted tokens.
+    mass: Vec<f32>,
 }
 
 impl LayerCache {
@@ -303,6 +307,7 @@ impl LayerCache {
             ring_cap,
             ring_len: 0,
             ring_next: 0,
+            mass: vec![0.0; cfg.n_head * ring_cap],
         })
     }
 
@@ -415,6 +420,7 @@ impl LayerCache {
             ring: &self.ring,
             ring_cap: self.ring_cap,
             ring_len: self.ring_len,
+            mass: &self.mass,
         };
         policy.score(&ctx, &mut scores);
         let mut evicted = Vec::new();
@@ -456,12 +462,39 @@ impl LayerCache {
             let keep_len = n - take;
             let holes = victims.iter().copied().filter(|&s| s < keep_len);
             let tail = (keep_len..n).filter(|s| victims.binary_search(s).is_err());
-            moves.push(tail.zip(holes).collect::<Vec<_>>());
+            let head_moves = tail.zip(holes).collect::<Vec<_>>();
+            self.evict_columns(h, victims, &head_moves, keep_len);
+            moves.push(head_moves);
             new_len = keep_len;
         }
         self.move_slots(&moves)?;
         self.len = new_len;
         Ok(evicted)
+    }
+
+    /// The ring's side of evicting `victims` from KV head `h` (slots `0..len` used): each row
+    /// of the head's query heads loses the victims' mass, takes the `moves` (src, dst) and
+    /// clears the freed columns `keep_len..len`, which later tokens reuse and which rows
+    /// written before them never saw. One visit per row, while it is still warm from scoring.
+    fn evict_columns(
+        &mut self,
+        h: usize,
+        victims: &[usize],
+        moves: &[(usize, usize)],
+        keep_len: usize,
+    ) {
+        let (cap, n) = (self.cap, self.len);
+        for q in h * self.group..(h + 1) * self.group {
+            for r in 0..self.ring_len {
+                let row = &mut self.ring[(q * self.ring_cap + r) * cap..][..n];
+                let gone: f32 = victims.iter().map(|&s| row[s]).sum();
+                self.mass[q * self.ring_cap + r] -= gone;
+                for &(s, t) in moves {
+                    row[t] = row[s];
+                }
+                row[keep_len..].fill(0.0);
+            }
+        }
     }
 
     /// Moves slot `src` to `dst` for each pair of each KV head: device rows and host stats.
@@ -497,12 +530,6 @@ impl LayerCache {
                 self.acc[h * cap + t] = self.acc[h * cap + s];
                 self.score[h * cap + t] = self.score[h * cap + s];
                 self.rank[h * cap + t] = self.rank[h * cap + s];
-                for g in 0..self.group {
-                    for r in 0..self.ring_cap {
-                        let row = ((h * self.group + g) * self.ring_cap + r) * cap;
-                        self.ring[row + t] = self.ring[row + s];
-                    }
-                }
             }
         }
         Ok(())
@@ -529,6 +556,9 @@ pub struct KvCache {
     /// Whether evictions are recorded (off by default, so a long run does not accumulate
     /// them).
     record: bool,
+    /// Seconds spent on the policy's side of the cache: observing attention rows, scoring,
+    /// choosing and moving victims.
+    policy_secs: f64,
 }
 
 impl KvCache {
@@ -568,6 +598,7 @@ impl KvCache {
             pending: 0,
             evicted: Vec::new(),
             record: false,
+            policy_secs: 0.0,
         })
     }
 
@@ -637,12 +668,20 @@ impl KvCache {
         std::mem::take(&mut self.evicted)
     }
 
+    /// Seconds this cache has spent on its policy so far: observing attention, scoring,
+    /// choosing and moving victims (the part of a step that `full` does not pay).
+    pub fn policy_secs(&self) -> f64 {
+        self.policy_secs
+    }
+
     /// Forgets everything: a new conversation.
     pub fn clear(&mut self) {
         for l in &mut self.layers {
             l.len = 0;
             l.ring_len = 0;
             l.ring_next = 0;
+            // Rows written later must read 0 in columns their tokens never saw.
+            l.ring.fill(0.0);
         }
         self.next_pos = 0;
         self.pending = 0;
@@ -652,6 +691,7 @@ impl KvCache {
     /// Makes room for `t` new tokens in every layer (evicting first when one decoded token
     /// would exceed the budget) and returns their positions.
     pub fn begin(&mut self, t: usize) -> Result<Step> {
+        let clock = Instant::now();
         let len = self.retained();
         if t == 1 && len + 1 > self.cfg.budget && self.policy.evicts(Phase::Decode) {
             let m = self.cfg.evict_every.max(len + 1 - self.cfg.budget);
@@ -683,11 +723,8 @@ impl KvCache {
                     layer.rank[at] = (past + i) as u32;
                 }
             }
-            // Earlier rows never saw these slots (causal): clear the columns.
-            for row in layer.ring.chunks_mut(cap) {
-                row[past..past + t].iter_mut().for_each(|x| *x = 0.0);
-            }
         }
+        self.policy_secs += clock.elapsed().as_secs_f64();
         let rotate_keys = self.cfg.positions == Positions::Rebased;
         let rope_positions = if rotate_keys {
             (past..past + t).map(|r| r as u32).collect()
@@ -716,6 +753,16 @@ impl KvCache {
     /// Receives attention probabilities of layer `l` for rows `first_row..first_row + rows`
     /// of a step of `t` new tokens: (H_q, rows, visible slots).
     pub fn observe(&mut self, l: usize, t: usize, first_row: usize, probs: &Tensor) -> Result<()> {
+        if !self.needs.accumulate && self.needs.rows == 0 {
+            return Ok(());
+        }
+        let clock = Instant::now();
+        let result = self.observe_rows(l, t, first_row, probs);
+        self.policy_secs += clock.elapsed().as_secs_f64();
+        result
+    }
+
+    fn observe_rows(&mut self, l: usize, t: usize, first_row: usize, probs: &Tensor) -> Result<()> {
         let layer = &mut self.layers[l];
         let (n_head, rows, visible) = probs.dims3()?;
         let group = layer.group;
@@ -736,15 +783,21 @@ impl KvCache {
         if keep == 0 || from >= first_row + rows {
             return Ok(());
         }
-        let part = probs.narrow(1, from - first_row, first_row + rows - from)?;
-        let part = part.to_vec3::<f32>()?;
-        for i in 0..part[0].len() {
+        let kept = first_row + rows - from;
+        // (H_q, kept, visible), flattened
+        let part = probs
+            .narrow(1, from - first_row, kept)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        for i in 0..kept {
             let r = layer.ring_next;
-            for (qh, qrows) in part.iter().enumerate().take(n_head) {
+            for qh in 0..n_head {
+                let src = &part[(qh * kept + i) * visible..(qh * kept + i + 1) * visible];
                 let start = (qh * layer.ring_cap + r) * cap;
                 let dst = &mut layer.ring[start..start + cap];
-                dst[..visible].copy_from_slice(&qrows[i]);
+                dst[..visible].copy_from_slice(src);
                 dst[visible..].iter_mut().for_each(|x| *x = 0.0);
+                layer.mass[qh * layer.ring_cap + r] = src.iter().sum();
             }
             layer.ring_next = (r + 1) % layer.ring_cap;
             layer.ring_len = (layer.ring_len + 1).min(layer.ring_cap);
@@ -759,7 +812,9 @@ impl KvCache {
         let t = std::mem::take(&mut self.pending);
         let len = self.retained();
         if t > 1 && len > self.cfg.budget && self.policy.evicts(Phase::Prefill) {
+            let clock = Instant::now();
             self.evict(len - self.cfg.budget)?;
+            self.policy_secs += clock.elapsed().as_secs_f64();
         }
         Ok(())
     }

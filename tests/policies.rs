@@ -233,6 +233,8 @@ struct Scene {
     keys: Vec<Vec<f32>>,
     queries: Vec<Vec<f32>>,
     ring: Vec<f32>,
+    /// Each ring row's sum over the slots.
+    mass: Vec<f32>,
     pos: Vec<u32>,
 }
 
@@ -263,12 +265,14 @@ impl Scene {
                 head.swap(i, rng.random_range(0..=i));
             }
         }
+        let mass = ring.chunks(n).map(|row| row.iter().sum()).collect();
         Self {
             n,
             rows,
             keys,
             queries,
             ring,
+            mass,
             pos,
         }
     }
@@ -285,6 +289,7 @@ impl Scene {
             ring: &self.ring,
             ring_cap: self.rows,
             ring_len: self.rows,
+            mass: &self.mass,
         }
     }
 }
@@ -294,53 +299,59 @@ fn morphkv_scores_equal_brute_force() {
     let (n, rows) = (50, 6);
     let scene = Scene::new(3, n, rows);
     let mut rng = StdRng::seed_from_u64(9);
-    let candidate: Vec<bool> = (0..NKV * n).map(|_| rng.random::<f32>() < 0.7).collect();
-    let acc = vec![0f32; NKV * n];
-    for fusion in [Fusion::Sum, Fusion::Max] {
-        for group_agg in [GroupAgg::Sum, GroupAgg::Max] {
-            let c = CacheConfig {
-                window: rows,
-                fusion,
-                group_agg,
-                ..CacheConfig::default()
-            };
-            let policy = c.build_policy();
-            let mut got = vec![0f32; NKV * n];
-            policy.score(&scene.ctx(&candidate, &acc), &mut got);
-            for h in 0..NKV {
-                let old: Vec<usize> = (0..n).filter(|&s| candidate[h * n + s]).collect();
-                let mut fused = vec![f32::NAN; n];
-                for r in 0..rows {
-                    let mut agg = vec![f32::NAN; n];
-                    for g in 0..GROUP {
-                        let q = &scene.queries[(h * GROUP + g) * rows + r];
-                        // Logits against the old keys only, softmax over them.
-                        let l: Vec<f32> = old
-                            .iter()
-                            .map(|&s| dot(q, &scene.keys[h * n + s]) / (D as f32).sqrt())
-                            .collect();
-                        for (&s, a) in old.iter().zip(softmax(&l)) {
-                            agg[s] = match (group_agg, agg[s].is_nan()) {
-                                (_, true) => a,
-                                (GroupAgg::Sum, false) => agg[s] + a,
-                                (GroupAgg::Max, false) => agg[s].max(a),
+    // Mostly old slots, and mostly protected ones (where the protected slots hold nearly all
+    // of each row's mass and the old mass is summed directly).
+    for density in [0.7, 0.06] {
+        let candidate: Vec<bool> = (0..NKV * n)
+            .map(|_| rng.random::<f32>() < density)
+            .collect();
+        let acc = vec![0f32; NKV * n];
+        for fusion in [Fusion::Sum, Fusion::Max] {
+            for group_agg in [GroupAgg::Sum, GroupAgg::Max] {
+                let c = CacheConfig {
+                    window: rows,
+                    fusion,
+                    group_agg,
+                    ..CacheConfig::default()
+                };
+                let policy = c.build_policy();
+                let mut got = vec![0f32; NKV * n];
+                policy.score(&scene.ctx(&candidate, &acc), &mut got);
+                for h in 0..NKV {
+                    let old: Vec<usize> = (0..n).filter(|&s| candidate[h * n + s]).collect();
+                    let mut fused = vec![f32::NAN; n];
+                    for r in 0..rows {
+                        let mut agg = vec![f32::NAN; n];
+                        for g in 0..GROUP {
+                            let q = &scene.queries[(h * GROUP + g) * rows + r];
+                            // Logits against the old keys only, softmax over them.
+                            let l: Vec<f32> = old
+                                .iter()
+                                .map(|&s| dot(q, &scene.keys[h * n + s]) / (D as f32).sqrt())
+                                .collect();
+                            for (&s, a) in old.iter().zip(softmax(&l)) {
+                                agg[s] = match (group_agg, agg[s].is_nan()) {
+                                    (_, true) => a,
+                                    (GroupAgg::Sum, false) => agg[s] + a,
+                                    (GroupAgg::Max, false) => agg[s].max(a),
+                                };
+                            }
+                        }
+                        for &s in &old {
+                            fused[s] = match (fusion, fused[s].is_nan()) {
+                                (_, true) => agg[s],
+                                (Fusion::Sum, false) => fused[s] + agg[s],
+                                (Fusion::Max, false) => fused[s].max(agg[s]),
                             };
                         }
                     }
                     for &s in &old {
-                        fused[s] = match (fusion, fused[s].is_nan()) {
-                            (_, true) => agg[s],
-                            (Fusion::Sum, false) => fused[s] + agg[s],
-                            (Fusion::Max, false) => fused[s].max(agg[s]),
-                        };
-                    }
-                }
-                for &s in &old {
-                    let (a, b) = (got[h * n + s], fused[s]);
-                    assert!(
+                        let (a, b) = (got[h * n + s], fused[s]);
+                        assert!(
                         (a - b).abs() < 1e-5 * b.abs().max(1.0),
-                        "{fusion:?}/{group_agg:?} head {h} slot {s}: {a} vs {b}"
+                        "{fusion:?}/{group_agg:?} density {density} head {h} slot {s}: {a} vs {b}"
                     );
+                    }
                 }
             }
         }

@@ -33,34 +33,42 @@ impl Policy for MorphKv {
 
     fn score(&self, ctx: &ScoreCtx<'_>, out: &mut [f32]) {
         let n = ctx.n;
-        // Dense loops over all slots with a 0/1 mask of old slots: they vectorise.
-        let mut old = vec![0f32; n];
         let mut agg = vec![0f32; n];
+        let mut protected = Vec::new();
         for h in 0..ctx.n_kv {
-            for (o, &c) in old
-                .iter_mut()
-                .zip(&ctx.candidate[ctx.at(h, 0)..ctx.at(h, n)])
-            {
-                *o = f32::from(u8::from(c));
-            }
+            let cand = &ctx.candidate[ctx.at(h, 0)..ctx.at(h, n)];
+            // The window and sinks: few slots, so a row's old mass is its mass minus theirs.
+            protected.clear();
+            protected.extend((0..n).filter(|&s| !cand[s]));
             let fused = &mut out[ctx.at(h, 0)..ctx.at(h, n)];
             fused.fill(0.0);
             for r in 0..ctx.ring_len {
-                agg.fill(0.0);
+                let sum_sum = self.group_agg == GroupAgg::Sum && self.fusion == Fusion::Sum;
+                if !sum_sum {
+                    agg.fill(0.0);
+                }
                 for g in 0..ctx.group {
-                    let row = ctx.row(h * ctx.group + g, r);
-                    let denom = masked_sum(row, &old);
+                    let q = h * ctx.group + g;
+                    let row = ctx.row(q, r);
+                    let denom = old_mass(row, ctx.row_mass(q, r), &protected, cand);
                     if denom <= 0.0 {
                         continue;
                     }
                     let inv = 1.0 / denom;
+                    // Sum over heads and window: one pass straight into the scores.
+                    let target = if sum_sum { &mut *fused } else { &mut agg[..] };
                     match self.group_agg {
-                        GroupAgg::Sum => agg.iter_mut().zip(row).for_each(|(a, p)| *a += p * inv),
-                        GroupAgg::Max => agg
+                        GroupAgg::Sum => {
+                            target.iter_mut().zip(row).for_each(|(a, p)| *a += p * inv)
+                        }
+                        GroupAgg::Max => target
                             .iter_mut()
                             .zip(row)
                             .for_each(|(a, p)| *a = a.max(p * inv)),
                     }
+                }
+                if sum_sum {
+                    continue;
                 }
                 match self.fusion {
                     Fusion::Sum => fused.iter_mut().zip(&agg).for_each(|(f, a)| *f += a),
@@ -71,20 +79,26 @@ impl Policy for MorphKv {
     }
 }
 
-/// `Σ row[s]·mask[s]` with eight independent accumulators, so the compiler vectorises it (a
-/// single float accumulator must be summed in order and stays scalar).
-fn masked_sum(row: &[f32], mask: &[f32]) -> f32 {
+/// A ring row's probability mass over old (candidate) slots: its mass over all used slots
+/// minus the protected slots' part. When the protected slots hold nearly all of it, the
+/// subtraction would cancel digits, so the old slots are summed directly instead.
+fn old_mass(row: &[f32], mass: f32, protected: &[usize], cand: &[bool]) -> f32 {
+    let kept: f32 = protected.iter().map(|&s| row[s]).sum();
+    let old = mass - kept;
+    if old >= 0.125 * mass {
+        return old;
+    }
     let mut acc = [0f32; 8];
-    let (rc, mc) = (row.chunks_exact(8), mask.chunks_exact(8));
+    let (rc, cc) = (row.chunks_exact(8), cand.chunks_exact(8));
     let tail: f32 = rc
         .remainder()
         .iter()
-        .zip(mc.remainder())
-        .map(|(p, m)| p * m)
+        .zip(cc.remainder())
+        .map(|(p, &c)| if c { *p } else { 0.0 })
         .sum();
-    for (r, m) in rc.zip(mc) {
+    for (r, c) in rc.zip(cc) {
         for i in 0..8 {
-            acc[i] += r[i] * m[i];
+            acc[i] += if c[i] { r[i] } else { 0.0 };
         }
     }
     acc.iter().sum::<f32>() + tail

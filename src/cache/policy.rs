@@ -41,12 +41,20 @@ pub struct ScoreCtx<'a> {
     pub ring: &'a [f32],
     pub ring_cap: usize,
     pub ring_len: usize,
+    /// Each ring row's probability mass over the used slots (what is left of the row's
+    /// softmax once evicted tokens' columns are gone): `[qhead * ring_cap + row]`.
+    pub mass: &'a [f32],
 }
 
 impl ScoreCtx<'_> {
     /// Index of `slot` of KV head `head` in per-slot arrays.
     pub fn at(&self, head: usize, slot: usize) -> usize {
         head * self.cap + slot
+    }
+
+    /// Mass of one ring row over the used slots (see [`ScoreCtx::mass`]).
+    pub fn row_mass(&self, qhead: usize, row: usize) -> f32 {
+        self.mass[qhead * self.ring_cap + row]
     }
 
     /// One ring row of query head `qhead`: probabilities over slots `0..n`.
