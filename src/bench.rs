@@ -109,6 +109,50 @@ pub struct Row {
     pub decode_tps: Rate,
     /// Seconds to prefill the whole context (median).
     pub prefill_secs: f64,
+    /// Milliseconds per decoded token spent on the policy: observing attention rows,
+    /// scoring, choosing and moving victims (median; 0 for the reference).
+    pub policy_ms: f64,
+    /// That time as a fraction of the decode step (median).
+    pub policy_share: f64,
+}
+
+/// One measured prefill + decode of our decoder.
+#[derive(Debug, Clone, Default)]
+struct Run {
+    prefill_secs: f64,
+    decode_secs: f64,
+    /// Seconds of the decode spent on the policy (observe, score, evict).
+    policy_secs: f64,
+    retained: usize,
+    kv_bytes: usize,
+}
+
+/// Prefills `ids` into a fresh cache under `cfg`, then decodes `decode_tokens` greedy tokens.
+fn run_once(
+    model: &Model,
+    device: &Device,
+    cfg: CacheConfig,
+    ids: &[u32],
+    decode_tokens: usize,
+) -> Result<Run> {
+    let mut cache = KvCache::with_config(model.config(), cfg, DType::F32, device)?;
+    let t0 = Instant::now();
+    let logits = prefill(model, &mut cache, ids)?;
+    let prefill_secs = t0.elapsed().as_secs_f64();
+    let mut next = argmax(&logits.to_vec1::<f32>()?);
+    let before = cache.policy_secs();
+    let t1 = Instant::now();
+    for _ in 0..decode_tokens {
+        let l = model.forward(&[next], &mut cache, Logits::Last)?;
+        next = argmax(&l.to_vec1::<f32>()?);
+    }
+    Ok(Run {
+        prefill_secs,
+        decode_secs: t1.elapsed().as_secs_f64(),
+        policy_secs: cache.policy_secs() - before,
+        retained: cache.retained(),
+        kv_bytes: cache.kv_bytes(),
+    })
 }
 
 /// A whole bench run.
@@ -147,45 +191,43 @@ pub fn run(path: &Path, weights: WeightFormat, opts: &BenchOptions) -> Result<Re
         prefill(&model, &mut cache, &prompt_tokens(&text_ids, 32))?;
         model.forward(&text_ids[..1], &mut cache, Logits::Last)?;
     }
+    // Repetitions interleave the policies (rep 1 of each, then rep 2, ...), so that a slow
+    // spell of a noisy machine hits every policy alike instead of one.
     let mut rows = Vec::new();
-    for &policy in &opts.policies {
-        let cfg = CacheConfig {
-            policy,
-            ..opts.cache.clone()
-        };
-        for &ctx in &opts.contexts {
-            let ids = prompt_tokens(&text_ids, ctx);
-            let (mut pf, mut dc, mut secs) = (Vec::new(), Vec::new(), Vec::new());
-            let (mut retained, mut kv_bytes) = (0, 0);
-            for _ in 0..opts.reps {
-                let mut cache =
-                    KvCache::with_config(model.config(), cfg.clone(), DType::F32, &device)?;
-                let t0 = Instant::now();
-                let logits = prefill(&model, &mut cache, &ids)?;
-                let s = t0.elapsed().as_secs_f64();
-                let mut next = argmax(&logits.to_vec1::<f32>()?);
-                let t1 = Instant::now();
-                for _ in 0..opts.decode_tokens {
-                    let l = model.forward(&[next], &mut cache, Logits::Last)?;
-                    next = argmax(&l.to_vec1::<f32>()?);
-                }
-                dc.push(opts.decode_tokens as f64 / t1.elapsed().as_secs_f64());
-                pf.push(ctx as f64 / s);
-                secs.push(s);
-                (retained, kv_bytes) = (cache.retained(), cache.kv_bytes());
+    for &ctx in &opts.contexts {
+        let ids = prompt_tokens(&text_ids, ctx);
+        let mut runs: Vec<Vec<Run>> = vec![Vec::new(); opts.policies.len()];
+        for _ in 0..opts.reps {
+            for (i, &policy) in opts.policies.iter().enumerate() {
+                let cfg = CacheConfig {
+                    policy,
+                    ..opts.cache.clone()
+                };
+                runs[i].push(run_once(&model, &device, cfg, &ids, opts.decode_tokens)?);
             }
+        }
+        for (&policy, runs) in opts.policies.iter().zip(runs) {
+            let last = runs.last().cloned().unwrap_or_default();
+            let median = |f: &dyn Fn(&Run) -> f64| Rate::of(runs.iter().map(f).collect());
+            let per_token = opts.decode_tokens as f64;
             rows.push(Row {
                 decoder: "ours".into(),
                 policy: policy.name().into(),
-                retained,
-                kv_bytes,
+                retained: last.retained,
+                kv_bytes: last.kv_bytes,
                 context: ctx,
-                prefill_tps: Rate::of(pf),
-                decode_tps: Rate::of(dc),
-                prefill_secs: Rate::of(secs).median,
+                prefill_tps: median(&|r| ctx as f64 / r.prefill_secs),
+                decode_tps: median(&|r| per_token / r.decode_secs),
+                prefill_secs: median(&|r| r.prefill_secs).median,
+                policy_ms: median(&|r| 1e3 * r.policy_secs / per_token).median,
+                policy_share: median(&|r| r.policy_secs / r.decode_secs).median,
             });
         }
     }
+    rows.sort_by_key(|r| {
+        let p = opts.policies.iter().position(|p| p.name() == r.policy);
+        (p, r.context)
+    });
     for &form in &opts.reference {
         rows.extend(reference_rows(path, &ct, &text_ids, form, opts)?);
     }
@@ -264,6 +306,8 @@ fn reference_rows(
                 prefill_tps: Rate::of(pf),
                 decode_tps: Rate::of(dc),
                 prefill_secs: Rate::of(secs).median,
+                policy_ms: 0.0,
+                policy_share: 0.0,
             });
         }
         Ok(rows)
@@ -283,8 +327,18 @@ pub fn table(report: &Report) -> String {
         report.model, report.weights, report.threads
     );
     s.push_str(&format!(
-        "{:>10} {:>8} {:>9}  {:>9} {:>9} {:>6}  {:>8} {:>8} {:>6}\n",
-        "policy", "context", "retained", "prefill", "ref", "ratio", "decode", "ref", "ratio"
+        "{:>10} {:>8} {:>9}  {:>9} {:>9} {:>6}  {:>8} {:>8} {:>6}  {:>9} {:>6}\n",
+        "policy",
+        "context",
+        "retained",
+        "prefill",
+        "ref",
+        "ratio",
+        "decode",
+        "ref",
+        "ratio",
+        "policy ms",
+        "share"
     ));
     for r in report.rows.iter().filter(|r| r.decoder == "ours") {
         let refs = || {
@@ -300,7 +354,7 @@ pub fn table(report: &Report) -> String {
         let rp = best(|x| x.prefill_tps.median);
         let rd = best(|x| x.decode_tps.median);
         s.push_str(&format!(
-            "{:>10} {:>8} {:>9}  {:>9.1} {:>9} {:>6}  {:>8.1} {:>8} {:>6}\n",
+            "{:>10} {:>8} {:>9}  {:>9.1} {:>9} {:>6}  {:>8.1} {:>8} {:>6}  {:>9.2} {:>5.1}%\n",
             r.policy,
             r.context,
             r.retained,
@@ -310,10 +364,12 @@ pub fn table(report: &Report) -> String {
             r.decode_tps.median,
             cell(rd),
             ratio(r.decode_tps.median, rd),
+            r.policy_ms,
+            100.0 * r.policy_share,
         ));
     }
     s.push_str(
-        "(tokens per second, median; ref = candle-transformers' quantized_llama with a full\n cache, the faster of its f32 and native weight forms per column; ratio = ours / ref)\n",
+        "(tokens per second, median; ref = candle-transformers' quantized_llama with a full\n cache, the faster of its f32 and native weight forms per column; ratio = ours / ref;\n policy ms = time per decoded token spent observing attention, scoring and evicting,\n share = its part of the decode step)\n",
     );
     s
 }
