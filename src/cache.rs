@@ -32,11 +32,12 @@ use std::str::FromStr;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
+use half::f16;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::model::Config;
-pub use policy::{Fusion, GroupAgg, Needs, Phase, Policy, ScoreCtx};
+pub use policy::{encode_row, Fusion, GroupAgg, Needs, Phase, Policy, ScoreCtx, RING_SCALE};
 pub use snapkv::{OBS_WINDOW as SNAPKV_OBS_WINDOW, POOL as SNAPKV_POOL};
 
 /// Slots allocated up front when the cache can grow without bound.
@@ -279,8 +280,9 @@ pub struct LayerCache {
     /// Rank of each slot's token among its head's retained tokens, in conversation order
     /// (the re-based RoPE position): `[head * cap + slot]`.
     rank: Vec<u32>,
-    /// Ring of recent query rows: `[(qhead * ring_cap + row) * cap + slot]`.
-    ring: Vec<f32>,
+    /// Ring of recent query rows, scaled f16 (see [`policy::RING_SCALE`]):
+    /// `[(qhead * ring_cap + row) * cap + slot]`.
+    ring: Vec<f16>,
     ring_cap: usize,
     ring_len: usize,
     ring_next: usize,
@@ -303,7 +305,7 @@ impl LayerCache {
             acc: vec![0.0; n_kv * cap],
             score: vec![f32::NAN; n_kv * cap],
             rank: vec![0; n_kv * cap],
-            ring: vec![0.0; cfg.n_head * ring_cap * cap],
+            ring: vec![f16::ZERO; cfg.n_head * ring_cap * cap],
             ring_cap,
             ring_len: 0,
             ring_next: 0,
@@ -349,13 +351,20 @@ impl LayerCache {
             v.slice_set(&self.v.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
         }
         let old = self.cap;
-        let remap = |src: &[f32], rows: usize, fill: f32| {
+        fn remap<T: Copy>(
+            src: &[T],
+            rows: usize,
+            fill: T,
+            old: usize,
+            cap: usize,
+            len: usize,
+        ) -> Vec<T> {
             let mut dst = vec![fill; rows * cap];
             for r in 0..rows {
-                dst[r * cap..r * cap + self.len].copy_from_slice(&src[r * old..r * old + self.len]);
+                dst[r * cap..r * cap + len].copy_from_slice(&src[r * old..r * old + len]);
             }
             dst
-        };
+        }
         let remap_u32 = |src: &[u32]| {
             let mut dst = vec![0; n_kv * cap];
             for h in 0..n_kv {
@@ -365,9 +374,10 @@ impl LayerCache {
         };
         let pos = remap_u32(&self.pos);
         self.rank = remap_u32(&self.rank);
-        self.acc = remap(&self.acc, n_kv, 0.0);
-        self.score = remap(&self.score, n_kv, f32::NAN);
-        self.ring = remap(&self.ring, self.ring.len() / old, 0.0);
+        let len = self.len;
+        self.acc = remap(&self.acc, n_kv, 0.0, old, cap, len);
+        self.score = remap(&self.score, n_kv, f32::NAN, old, cap, len);
+        self.ring = remap(&self.ring, self.ring.len() / old, f16::ZERO, old, cap, len);
         (self.k, self.v, self.pos, self.cap) = (k, v, pos, cap);
         Ok(())
     }
@@ -487,12 +497,12 @@ impl LayerCache {
         for q in h * self.group..(h + 1) * self.group {
             for r in 0..self.ring_len {
                 let row = &mut self.ring[(q * self.ring_cap + r) * cap..][..n];
-                let gone: f32 = victims.iter().map(|&s| row[s]).sum();
+                let gone: f32 = victims.iter().map(|&s| row[s].to_f32()).sum();
                 self.mass[q * self.ring_cap + r] -= gone;
                 for &(s, t) in moves {
                     row[t] = row[s];
                 }
-                row[keep_len..].fill(0.0);
+                row[keep_len..].fill(f16::ZERO);
             }
         }
     }
@@ -646,7 +656,7 @@ impl KvCache {
     /// layer, f32).
     pub fn profile_bytes(&self) -> usize {
         let per_layer = self.n_head * self.needs.rows * self.retained();
-        4 * per_layer * self.layers.len()
+        std::mem::size_of::<f16>() * per_layer * self.layers.len()
     }
 
     /// Bytes a cache that never evicts would hold for the same conversation.
@@ -681,7 +691,7 @@ impl KvCache {
             l.ring_len = 0;
             l.ring_next = 0;
             // Rows written later must read 0 in columns their tokens never saw.
-            l.ring.fill(0.0);
+            l.ring.fill(f16::ZERO);
         }
         self.next_pos = 0;
         self.pending = 0;
@@ -789,15 +799,16 @@ impl KvCache {
             .narrow(1, from - first_row, kept)?
             .flatten_all()?
             .to_vec1::<f32>()?;
+        let mut scratch = Vec::with_capacity(visible);
         for i in 0..kept {
             let r = layer.ring_next;
             for qh in 0..n_head {
                 let src = &part[(qh * kept + i) * visible..(qh * kept + i + 1) * visible];
                 let start = (qh * layer.ring_cap + r) * cap;
                 let dst = &mut layer.ring[start..start + cap];
-                dst[..visible].copy_from_slice(src);
-                dst[visible..].iter_mut().for_each(|x| *x = 0.0);
-                layer.mass[qh * layer.ring_cap + r] = src.iter().sum();
+                layer.mass[qh * layer.ring_cap + r] =
+                    policy::encode_row(src, &mut dst[..visible], &mut scratch);
+                dst[visible..].fill(f16::ZERO);
             }
             layer.ring_next = (r + 1) % layer.ring_cap;
             layer.ring_len = (layer.ring_len + 1).min(layer.ring_cap);

@@ -8,7 +8,10 @@ mod common;
 use std::collections::{BTreeSet, HashMap};
 
 use candle_core::{DType, Device, Tensor};
-use morphkv::cache::{CacheConfig, Fusion, GroupAgg, KvCache, PolicyKind, ScoreCtx, POLICIES};
+use half::f16;
+use morphkv::cache::{
+    encode_row, CacheConfig, Fusion, GroupAgg, KvCache, PolicyKind, ScoreCtx, POLICIES,
+};
 use morphkv::model::attention::attention;
 use morphkv::model::{open_gguf, Config, Logits, Model, WeightFormat};
 use rand::rngs::StdRng;
@@ -232,8 +235,9 @@ struct Scene {
     rows: usize,
     keys: Vec<Vec<f32>>,
     queries: Vec<Vec<f32>>,
-    ring: Vec<f32>,
-    /// Each ring row's sum over the slots.
+    /// As the cache stores it: scaled f16.
+    ring: Vec<f16>,
+    /// Each ring row's sum over the slots (scaled units).
     mass: Vec<f32>,
     pos: Vec<u32>,
 }
@@ -245,7 +249,9 @@ impl Scene {
         let queries: Vec<Vec<f32>> = (0..NKV * GROUP * rows)
             .map(|_| rand_vec(&mut rng, D))
             .collect();
-        let mut ring = vec![0f32; NKV * GROUP * rows * n];
+        let mut ring = vec![f16::ZERO; NKV * GROUP * rows * n];
+        let mut mass = vec![0f32; NKV * GROUP * rows];
+        let mut scratch = Vec::new();
         for qh in 0..NKV * GROUP {
             let h = qh / GROUP;
             for r in 0..rows {
@@ -254,7 +260,11 @@ impl Scene {
                     .map(|s| dot(q, &keys[h * n + s]) / (D as f32).sqrt())
                     .collect();
                 let p = softmax(&logits);
-                ring[(qh * rows + r) * n..(qh * rows + r + 1) * n].copy_from_slice(&p);
+                mass[qh * rows + r] = encode_row(
+                    &p,
+                    &mut ring[(qh * rows + r) * n..(qh * rows + r + 1) * n],
+                    &mut scratch,
+                );
             }
         }
         // Slots hold shuffled positions, as after evictions.
@@ -265,7 +275,6 @@ impl Scene {
                 head.swap(i, rng.random_range(0..=i));
             }
         }
-        let mass = ring.chunks(n).map(|row| row.iter().sum()).collect();
         Self {
             n,
             rows,
@@ -348,7 +357,8 @@ fn morphkv_scores_equal_brute_force() {
                     for &s in &old {
                         let (a, b) = (got[h * n + s], fused[s]);
                         assert!(
-                        (a - b).abs() < 1e-5 * b.abs().max(1.0),
+                        // The ring holds f16 (11 significant bits): relative error ~1e-3.
+                        (a - b).abs() < 2e-3 * b.abs().max(1e-3),
                         "{fusion:?}/{group_agg:?} density {density} head {h} slot {s}: {a} vs {b}"
                     );
                     }
@@ -556,23 +566,39 @@ fn morphkv_evictions_equal_brute_force_in_the_cache() {
                         }
                         let mut ranked = old.clone();
                         ranked.sort_by(|a, b| score[a].total_cmp(&score[b]).then(a.cmp(b)));
-                        let victims: BTreeSet<u32> =
-                            ranked[..m.min(ranked.len())].iter().copied().collect();
-                        expected.push(
+                        let take = m.min(ranked.len());
+                        let victims: BTreeSet<u32> = ranked[..take].iter().copied().collect();
+                        // Tokens scored within the ring's f16 precision of the cut may swap
+                        // sides of it.
+                        let cut = if take > 0 {
+                            score[&ranked[take - 1]]
+                        } else {
+                            0.0
+                        };
+                        let near: BTreeSet<u32> = old
+                            .iter()
+                            .copied()
+                            .filter(|p| (score[p] - cut).abs() <= 4e-3 * cut.abs())
+                            .collect();
+                        expected.push((
                             before
                                 .difference(&victims)
                                 .copied()
                                 .collect::<BTreeSet<u32>>(),
-                        );
+                            near,
+                        ));
                     }
                     sim.step(1);
                     evictions += 1;
-                    for (h, exp) in expected.iter().enumerate() {
+                    for (h, (exp, near)) in expected.iter().enumerate() {
                         let mut got = sim.held(h);
                         got.remove(&seen);
-                        assert_eq!(
-                            &got, exp,
-                            "{fusion:?}/{group_agg:?} evict_every {evict_every} head {h} at {seen}"
+                        let differ: BTreeSet<u32> =
+                            got.symmetric_difference(exp).copied().collect();
+                        assert!(
+                            got.len() == exp.len() && differ.is_subset(near),
+                            "{fusion:?}/{group_agg:?} evict_every {evict_every} head {h} at \
+                             {seen}: kept {got:?}, expected {exp:?}"
                         );
                     }
                 } else {

@@ -7,7 +7,10 @@
 //! full softmax divided by the old columns' sum), aggregated over the query heads of the KV
 //! head (sum, as in the paper's Algorithm 1, or max, as in the authors' code) and fused over
 //! the window (sum or max). The window's rows are the rows each query produced when it was
-//! decoded, kept by the cache as a ring: no extra matmul per step, O(H_q · R · n) work.
+//! decoded, kept by the cache as a ring: no extra matmul per step, O(H_q · R · n) work. The
+//! ring stores f16 (probabilities scaled by 2^15, 11 significant bits), since it is read whole
+//! at every step: scores match an f32 computation to about 1e-3 relative, so only tokens whose
+//! scores tie to that precision may be ranked differently.
 
 use super::policy::{Fusion, GroupAgg, Needs, Policy, ScoreCtx};
 
@@ -34,6 +37,8 @@ impl Policy for MorphKv {
     fn score(&self, ctx: &ScoreCtx<'_>, out: &mut [f32]) {
         let n = ctx.n;
         let mut agg = vec![0f32; n];
+        // One row converted from the ring's f16 (scaled units: the scale cancels in p / D).
+        let mut row = vec![0f32; n];
         let mut protected = Vec::new();
         for h in 0..ctx.n_kv {
             let cand = &ctx.candidate[ctx.at(h, 0)..ctx.at(h, n)];
@@ -49,8 +54,8 @@ impl Policy for MorphKv {
                 }
                 for g in 0..ctx.group {
                     let q = h * ctx.group + g;
-                    let row = ctx.row(q, r);
-                    let denom = old_mass(row, ctx.row_mass(q, r), &protected, cand);
+                    ctx.row_into(q, r, &mut row);
+                    let denom = old_mass(&row, ctx.row_mass(q, r), &protected, cand);
                     if denom <= 0.0 {
                         continue;
                     }
@@ -59,11 +64,11 @@ impl Policy for MorphKv {
                     let target = if sum_sum { &mut *fused } else { &mut agg[..] };
                     match self.group_agg {
                         GroupAgg::Sum => {
-                            target.iter_mut().zip(row).for_each(|(a, p)| *a += p * inv)
+                            target.iter_mut().zip(&row).for_each(|(a, p)| *a += p * inv)
                         }
                         GroupAgg::Max => target
                             .iter_mut()
-                            .zip(row)
+                            .zip(&row)
                             .for_each(|(a, p)| *a = a.max(p * inv)),
                     }
                 }

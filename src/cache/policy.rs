@@ -5,6 +5,9 @@
 use std::fmt::Debug;
 use std::str::FromStr;
 
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
 use crate::error::{Error, Result};
 
 /// When the cache asks a policy to choose victims.
@@ -36,13 +39,15 @@ pub struct ScoreCtx<'a> {
     /// Attention each slot received, summed over the KV head's query heads and over every
     /// query since the token entered the cache (H2O's statistic).
     pub acc: &'a [f32],
-    /// The ring of the most recent query rows (attention probabilities over slots), per
-    /// query head; `ring_len` of `ring_cap` rows are valid, in no particular order.
-    pub ring: &'a [f32],
+    /// The ring of the most recent query rows (attention probabilities over slots, stored as
+    /// f16 scaled by [`RING_SCALE`]), per query head; `ring_len` of `ring_cap` rows are
+    /// valid, in no particular order.
+    pub ring: &'a [f16],
     pub ring_cap: usize,
     pub ring_len: usize,
     /// Each ring row's probability mass over the used slots (what is left of the row's
-    /// softmax once evicted tokens' columns are gone): `[qhead * ring_cap + row]`.
+    /// softmax once evicted tokens' columns are gone), in the ring's scaled units, summed
+    /// from its stored values: `[qhead * ring_cap + row]`.
     pub mass: &'a [f32],
 }
 
@@ -57,11 +62,33 @@ impl ScoreCtx<'_> {
         self.mass[qhead * self.ring_cap + row]
     }
 
-    /// One ring row of query head `qhead`: probabilities over slots `0..n`.
-    pub fn row(&self, qhead: usize, row: usize) -> &[f32] {
+    /// One ring row of query head `qhead` as stored: scaled probabilities over slots
+    /// `0..n`.
+    pub fn row(&self, qhead: usize, row: usize) -> &[f16] {
         let start = (qhead * self.ring_cap + row) * self.cap;
         &self.ring[start..start + self.n]
     }
+
+    /// Converts one ring row into `out` (length `n`), in the ring's scaled units: divide by
+    /// [`RING_SCALE`] for probabilities.
+    pub fn row_into(&self, qhead: usize, row: usize, out: &mut [f32]) {
+        self.row(qhead, row).convert_to_f32_slice(out);
+    }
+}
+
+/// Scale of the ring's f16 values: a probability `p` is stored as `p · 2^15`, so that f16's
+/// 11 significant bits cover probabilities down to 2^-39 (the ring is half the bytes of f32,
+/// and it is read whole at every MorphKV step).
+pub const RING_SCALE: f32 = 32768.0;
+
+/// Stores probabilities `src` as scaled f16 in `dst` and returns the stored values' sum (in
+/// scaled units). `scratch` is reused between calls.
+pub fn encode_row(src: &[f32], dst: &mut [f16], scratch: &mut Vec<f32>) -> f32 {
+    scratch.clear();
+    scratch.extend(src.iter().map(|p| p * RING_SCALE));
+    dst.convert_from_f32_slice(scratch);
+    dst.convert_to_f32_slice(scratch);
+    scratch.iter().sum()
 }
 
 /// What a policy needs the cache to keep from each attention step.

@@ -7,7 +7,7 @@
 //! neighbours of important tokens survive too; top-k per KV head. Decoded tokens are never
 //! evicted, as the paper ran it: the cache grows during generation.
 
-use super::policy::{Needs, Phase, Policy, ScoreCtx};
+use super::policy::{Needs, Phase, Policy, ScoreCtx, RING_SCALE};
 
 /// Queries whose attention votes (the observation window).
 pub const OBS_WINDOW: usize = 32;
@@ -37,10 +37,12 @@ impl Policy for SnapKv {
     fn score(&self, ctx: &ScoreCtx<'_>, out: &mut [f32]) {
         for h in 0..ctx.n_kv {
             let mut votes = vec![0f32; ctx.n];
+            let mut row = vec![0f32; ctx.n];
             for g in 0..ctx.group {
                 for r in 0..ctx.ring_len {
-                    for (v, p) in votes.iter_mut().zip(ctx.row(h * ctx.group + g, r)) {
-                        *v += p;
+                    ctx.row_into(h * ctx.group + g, r, &mut row);
+                    for (v, p) in votes.iter_mut().zip(&row) {
+                        *v += p / RING_SCALE;
                     }
                 }
             }

@@ -5,7 +5,7 @@
 //! share the KV head (the paper averages over all heads of a layer; with GQA we keep one
 //! decision per KV head). Only the newest token is protected: a window of 1.
 
-use super::policy::{Needs, Policy, ScoreCtx};
+use super::policy::{Needs, Policy, ScoreCtx, RING_SCALE};
 
 /// Latest-query attention scoring.
 #[derive(Debug, Clone, Default)]
@@ -31,10 +31,12 @@ impl Policy for Tova {
             if ctx.ring_len == 0 {
                 continue;
             }
+            let mut row = vec![0f32; ctx.n];
+            let unit = 1.0 / (RING_SCALE * ctx.group as f32);
             for g in 0..ctx.group {
-                let row = ctx.row(h * ctx.group + g, 0);
+                ctx.row_into(h * ctx.group + g, 0, &mut row);
                 for (s, p) in row.iter().enumerate() {
-                    out[ctx.at(h, s)] += p / ctx.group as f32;
+                    out[ctx.at(h, s)] += p * unit;
                 }
             }
         }
