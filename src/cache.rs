@@ -341,6 +341,27 @@ impl LayerCache {
         ))
     }
 
+    /// A deep copy (tensors are shared by reference when cloned; these are written in place).
+    fn fork(&self) -> Result<Self> {
+        Ok(Self {
+            k: self.k.copy()?,
+            v: self.v.copy()?,
+            len: self.len,
+            cap: self.cap,
+            n_kv: self.n_kv,
+            group: self.group,
+            pos: self.pos.clone(),
+            acc: self.acc.clone(),
+            score: self.score.clone(),
+            rank: self.rank.clone(),
+            ring: self.ring.clone(),
+            ring_cap: self.ring_cap,
+            ring_len: self.ring_len,
+            ring_next: self.ring_next,
+            mass: self.mass.clone(),
+        })
+    }
+
     /// Reallocates to `cap` slots, keeping the used ones and their statistics.
     fn grow(&mut self, cap: usize) -> Result<()> {
         let (n_kv, _, d) = self.k.dims3()?;
@@ -676,6 +697,30 @@ impl KvCache {
     /// Evictions since the last call, oldest first (empty unless recording).
     pub fn take_evictions(&mut self) -> Vec<Eviction> {
         std::mem::take(&mut self.evicted)
+    }
+
+    /// An independent copy of this cache: the same conversation, to continue two ways (e.g.
+    /// score an answer, then decode one, from the same prompt).
+    pub fn fork(&self) -> Result<Self> {
+        Ok(Self {
+            layers: self
+                .layers
+                .iter()
+                .map(LayerCache::fork)
+                .collect::<Result<_>>()?,
+            cfg: self.cfg.clone(),
+            policy: self.cfg.build_policy(),
+            needs: self.needs,
+            n_kv_head: self.n_kv_head,
+            n_head: self.n_head,
+            head_dim: self.head_dim,
+            dtype: self.dtype,
+            next_pos: self.next_pos,
+            pending: self.pending,
+            evicted: self.evicted.clone(),
+            record: self.record,
+            policy_secs: self.policy_secs,
+        })
     }
 
     /// Seconds this cache has spent on its policy so far: observing attention, scoring,

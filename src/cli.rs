@@ -18,6 +18,8 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Measure prefill and decode speed against context length.
     Bench(BenchArgs),
+    /// Measure what each cache policy forgets: fidelity against the full cache, and memory.
+    Eval(EvalArgs),
 }
 
 /// Which model to run and how to hold its weights.
@@ -167,6 +169,83 @@ pub struct BenchArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    /// What to measure, comma-separated: text (teacher-forced long texts), generation (replay
+    /// of the full cache's long answers), recall (facts asked for many tokens later),
+    /// perplexity (llama.cpp's llama-perplexity procedure, full cache).
+    #[arg(long, value_delimiter = ',', default_value = "text")]
+    pub task: Vec<String>,
+    /// Policies to compare with the full cache, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "streaming,h2o,tova,snapkv,morphkv"
+    )]
+    pub policies: Vec<String>,
+    /// Budgets to try, comma-separated (default: --budget).
+    #[arg(long, value_delimiter = ',')]
+    pub budgets: Vec<usize>,
+    /// Windows to try for MorphKV and H2O, comma-separated (default: --window).
+    #[arg(long, value_delimiter = ',')]
+    pub windows: Vec<usize>,
+    /// MorphKV fusions to try, comma-separated (default: --fusion).
+    #[arg(long, value_delimiter = ',')]
+    pub fusions: Vec<String>,
+    /// Run every bounded cache with both absolute and re-based positions.
+    #[arg(long = "both-positions")]
+    pub both_positions: bool,
+    /// Text files to feed (default: the suite's texts in eval/texts).
+    #[arg(long = "text")]
+    pub texts: Vec<PathBuf>,
+    /// How many of the texts to use.
+    #[arg(long = "max-texts", default_value_t = 1)]
+    pub max_texts: usize,
+    /// Tokens of each text to feed (text task), or of text to split (perplexity).
+    #[arg(long, default_value_t = 2048)]
+    pub tokens: usize,
+    /// Width of the position bins in the tables, in tokens.
+    #[arg(long, default_value_t = 512)]
+    pub bin: usize,
+    /// Long-answer prompts file (default: eval/prompts.toml).
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// How many of the prompts to use (generation task).
+    #[arg(long = "max-prompts", default_value_t = 1)]
+    pub max_prompts: usize,
+    /// Tokens the full cache generates per prompt (generation task).
+    #[arg(long = "answer-tokens", default_value_t = 1024)]
+    pub answer_tokens: usize,
+    /// Recall probes file (default: eval/recall.toml).
+    #[arg(long)]
+    pub probes: Option<PathBuf>,
+    /// How many of the probes to use.
+    #[arg(long = "max-probes", default_value_t = 10)]
+    pub max_probes: usize,
+    /// Tokens of text between a probe's fact and its question.
+    #[arg(long, default_value_t = 1500)]
+    pub distance: usize,
+    /// Chunk size of the perplexity task (llama-perplexity's -c).
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 512)]
+    pub ctx_size: usize,
+    /// Chat template to use instead of the model's: chatml or llama3.
+    #[arg(long = "chat-template")]
+    pub chat_template: Option<String>,
+    /// Print Markdown tables instead of aligned text.
+    #[arg(long)]
+    pub markdown: bool,
+    /// Also write every result as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Also write SVG plots to this folder.
+    #[arg(long)]
+    pub plots: Option<PathBuf>,
 }
 
 impl CacheArgs {

@@ -18,6 +18,7 @@ pub mod bench;
 pub mod cache;
 pub mod chat;
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod model;
 pub mod models;

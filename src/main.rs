@@ -1,6 +1,7 @@
 //! The `morphkv` binary: parse the command line, dispatch, and print errors on one line.
 
 mod cli;
+mod eval_cmd;
 
 use std::io::{Read, Write};
 use std::ops::ControlFlow;
@@ -33,6 +34,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(a) => run_generate(a),
         Command::Bench(a) => run_bench(a),
+        Command::Eval(a) => eval_cmd::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -47,6 +49,8 @@ fn main() -> ExitCode {
 struct Loaded {
     model: Model,
     tokenizer: Tokenizer,
+    /// The model file.
+    path: std::path::PathBuf,
 }
 
 fn load(args: &ModelArgs) -> Result<Loaded> {
@@ -62,7 +66,11 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
     let (ct, mut reader) = open_gguf(&path)?;
     let model = Model::from_gguf(&ct, &mut reader, &path, &Device::Cpu, weights)?;
     let tokenizer = Tokenizer::from_gguf(&ct, &path)?;
-    Ok(Loaded { model, tokenizer })
+    Ok(Loaded {
+        model,
+        tokenizer,
+        path,
+    })
 }
 
 fn read_prompt(p: &str) -> Result<String> {
@@ -108,7 +116,9 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         )),
         None => None,
     };
-    let Loaded { model, tokenizer } = load(&a.model)?;
+    let Loaded {
+        model, tokenizer, ..
+    } = load(&a.model)?;
 
     let ids = if a.raw {
         let mut ids = Vec::new();

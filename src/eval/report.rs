@@ -1,0 +1,256 @@
+//! Rendering eval results for people: aligned terminal tables and Markdown.
+
+use super::{Answer, Fidelity, Perplexity, RecallResult};
+
+/// Table style.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// Aligned columns for the terminal.
+    Plain,
+    /// GitHub-flavoured Markdown.
+    Markdown,
+}
+
+fn render(style: Style, header: &[&str], rows: &[Vec<String>]) -> String {
+    let cols = header.len();
+    let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| -> String {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&width)
+            .enumerate()
+            .map(|(i, (c, &w))| {
+                if i == 0 {
+                    format!("{c:<w$}")
+                } else {
+                    format!("{c:>w$}")
+                }
+            })
+            .collect();
+        match style {
+            Style::Plain => padded.join("  ").trim_end().to_string(),
+            Style::Markdown => format!("| {} |", padded.join(" | ")),
+        }
+    };
+    let mut s = line(header.iter().map(|h| h.to_string()).collect());
+    s.push('\n');
+    if style == Style::Markdown {
+        let rule: Vec<String> = (0..cols)
+            .map(|i| {
+                let dashes = "-".repeat(width[i].max(3) - 1);
+                if i == 0 {
+                    format!("{dashes}-")
+                } else {
+                    format!("{dashes}:")
+                }
+            })
+            .collect();
+        s.push_str(&format!("| {} |\n", rule.join(" | ")));
+    }
+    for r in rows {
+        s.push_str(&line(r.clone()));
+        s.push('\n');
+    }
+    s
+}
+
+fn mib(b: usize) -> String {
+    format!("{:.1}", b as f64 / (1024.0 * 1024.0))
+}
+
+/// One line per cache: perplexity against full, KL, top-1 agreement and memory.
+pub fn fidelity_table(fids: &[Fidelity], style: Style) -> String {
+    let header = [
+        "cache",
+        "scored",
+        "ppl full",
+        "ppl",
+        "Δppl %",
+        "KL nats",
+        "top-1 %",
+        "retained",
+        "KV MiB",
+        "profile MiB",
+        "full MiB",
+        "memory %",
+    ];
+    let rows: Vec<Vec<String>> = fids
+        .iter()
+        .map(|f| {
+            let o = &f.overall;
+            vec![
+                f.label.clone(),
+                o.count.to_string(),
+                format!("{:.3}", o.ppl_full),
+                format!("{:.3}", o.ppl),
+                format!("{:+.2}", o.ppl_change_pct),
+                format!("{:.4}", o.kl),
+                format!("{:.1}", 100.0 * o.top1),
+                f.retained.to_string(),
+                mib(f.kv_bytes),
+                mib(f.profile_bytes),
+                mib(f.full_kv_bytes),
+                format!("{:.1}", 100.0 * f.memory_ratio()),
+            ]
+        })
+        .collect();
+    render(style, &header, &rows)
+}
+
+/// Degradation against position: one line per bin, a column per cache (`what`: "ppl" for the
+/// change in perplexity in %, "top1" for agreement in %, "kl" for KL).
+pub fn bins_table(fids: &[Fidelity], what: &str, style: Style) -> String {
+    let Some(first) = fids.first() else {
+        return String::new();
+    };
+    let mut header = vec!["positions".to_string()];
+    header.extend(fids.iter().map(|f| f.label.clone()));
+    let rows: Vec<Vec<String>> = first
+        .bins
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let mut r = vec![format!("{}-{}", b.from, b.to)];
+            for f in fids {
+                r.push(f.bins.get(i).map_or("-".into(), |b| match what {
+                    "top1" => format!("{:.1}", 100.0 * b.top1),
+                    "kl" => format!("{:.4}", b.kl),
+                    _ => format!("{:+.2}", b.ppl_change_pct),
+                }));
+            }
+            r
+        })
+        .collect();
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    render(style, &header, &rows)
+}
+
+/// Recall: per cache, probes recalled and the mean answer log-probability; then per probe.
+pub fn recall_table(results: &[RecallResult], style: Style) -> String {
+    let mut labels: Vec<&str> = Vec::new();
+    for r in results {
+        if !labels.contains(&r.label.as_str()) {
+            labels.push(&r.label);
+        }
+    }
+    let rows: Vec<Vec<String>> = labels
+        .iter()
+        .map(|l| {
+            let mine: Vec<&RecallResult> = results.iter().filter(|r| r.label == *l).collect();
+            let n = mine.len().max(1) as f64;
+            vec![
+                l.to_string(),
+                format!(
+                    "{}/{}",
+                    mine.iter().filter(|r| r.recalled).count(),
+                    mine.len()
+                ),
+                format!(
+                    "{:.2}",
+                    mine.iter().map(|r| r.answer_logprob).sum::<f64>() / n
+                ),
+                format!(
+                    "{:.0}",
+                    mine.iter().map(|r| r.distance as f64).sum::<f64>() / n
+                ),
+            ]
+        })
+        .collect();
+    render(
+        style,
+        &["cache", "recalled", "mean answer log-prob", "distance"],
+        &rows,
+    )
+}
+
+/// The full cache's answers in the long-generation task.
+pub fn answers_table(answers: &[Answer], style: Style) -> String {
+    let rows: Vec<Vec<String>> = answers
+        .iter()
+        .map(|a| {
+            vec![
+                a.prompt.clone(),
+                a.prompt_tokens.to_string(),
+                a.generated.to_string(),
+                a.preview.replace('\n', " ").chars().take(70).collect(),
+            ]
+        })
+        .collect();
+    render(
+        style,
+        &["prompt", "prompt tokens", "generated", "answer begins"],
+        &rows,
+    )
+}
+
+/// llama.cpp-style perplexity output: the running estimates, then the final one.
+pub fn perplexity_text(p: &Perplexity) -> String {
+    let running: Vec<String> = p
+        .running
+        .iter()
+        .enumerate()
+        .map(|(i, x)| format!("[{}]{x:.4}", i + 1))
+        .collect();
+    format!(
+        "perplexity: {} chunks, n_ctx={}\n{}\nFinal estimate: PPL = {:.4} +/- {:.5}\n",
+        p.chunks,
+        p.n_ctx,
+        running.join(","),
+        p.ppl,
+        p.stderr
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::Span;
+
+    fn fid(label: &str, ppl: f64) -> Fidelity {
+        let span = Span {
+            from: 1,
+            to: 100,
+            count: 99,
+            ppl_full: 10.0,
+            ppl,
+            ppl_change_pct: (ppl / 10.0 - 1.0) * 100.0,
+            kl: 0.01,
+            top1: 0.9,
+        };
+        Fidelity {
+            label: label.into(),
+            policy: "morphkv".into(),
+            budget: 64,
+            window: 8,
+            overall: span.clone(),
+            bins: vec![span],
+            kv_bytes: 1 << 20,
+            profile_bytes: 1 << 19,
+            full_kv_bytes: 1 << 22,
+            retained: 64,
+        }
+    }
+
+    #[test]
+    fn tables_align_and_markdown_has_a_rule() {
+        let f = vec![fid("morphkv b64 w8 sum", 10.5), fid("streaming b64", 12.0)];
+        let plain = fidelity_table(&f, Style::Plain);
+        let lines: Vec<&str> = plain.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(
+            lines[1].contains("+5.00") && lines[2].contains("+20.00"),
+            "{plain}"
+        );
+        // memory: (1 MiB + 0.5 MiB) / 4 MiB
+        assert!(lines[1].ends_with("37.5"), "{plain}");
+        let md = fidelity_table(&f, Style::Markdown);
+        assert!(md.lines().nth(1).unwrap().starts_with("| ---"), "{md}");
+        let bins = bins_table(&f, "ppl", Style::Plain);
+        assert!(bins.contains("1-100"), "{bins}");
+    }
+}

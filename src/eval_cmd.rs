@@ -1,0 +1,298 @@
+//! `morphkv eval`: builds the grid of caches from the flags, runs the tasks asked for, and
+//! prints tables (or Markdown), JSON and plots.
+
+use std::io::{IsTerminal, Write};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::cli::EvalArgs;
+use crate::{load, Loaded};
+use morphkv::cache::{CacheConfig, PolicyKind, Positions};
+use morphkv::chat::ChatTemplate;
+use morphkv::eval::report::{self, Style};
+use morphkv::eval::{self, Answer, Fidelity, Perplexity, RecallResult, Text, Variant};
+
+/// Everything one `eval` run measured, for `--json`.
+#[derive(Debug, Default, Serialize)]
+struct EvalReport {
+    model: String,
+    text: Option<Vec<Fidelity>>,
+    generation: Option<Vec<Fidelity>>,
+    answers: Option<Vec<Answer>>,
+    recall: Option<Vec<RecallResult>>,
+    perplexity: Option<Perplexity>,
+}
+
+/// A one-line progress bar on stderr, redrawn at most a few times a second; where stderr is
+/// not a terminal, one line per minute and one at the end.
+struct Progress {
+    what: String,
+    start: Instant,
+    last: Option<Instant>,
+    tty: bool,
+}
+
+impl Progress {
+    fn new(what: &str) -> Self {
+        Self {
+            what: what.to_string(),
+            start: Instant::now(),
+            last: None,
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn update(&mut self, done: usize, total: usize) {
+        let now = Instant::now();
+        let every = if self.tty { 250 } else { 60_000 };
+        if done < total && self.last.is_some_and(|l| (now - l).as_millis() < every) {
+            return;
+        }
+        self.last = Some(now);
+        let frac = done as f64 / total.max(1) as f64;
+        let secs = self.start.elapsed().as_secs_f64();
+        let eta = if done > 0 { secs / frac - secs } else { 0.0 };
+        let bar: String = (0..30)
+            .map(|i| if (i as f64) < frac * 30.0 { '#' } else { '.' })
+            .collect();
+        let line = format!(
+            "{} [{bar}] {done}/{total} ({:.0}s, ETA {:.0}s)",
+            self.what, secs, eta
+        );
+        if self.tty {
+            eprint!("\r{line}   ");
+            if done >= total {
+                eprintln!();
+            }
+        } else if self.last.is_some() {
+            eprintln!("{line}");
+        }
+        let _ = std::io::stderr().flush();
+    }
+}
+
+fn variants(a: &EvalArgs) -> Result<Vec<Variant>> {
+    let base = a.cache.config()?;
+    let budgets = if a.budgets.is_empty() {
+        vec![base.budget]
+    } else {
+        a.budgets.clone()
+    };
+    let windows = if a.windows.is_empty() {
+        vec![base.window]
+    } else {
+        a.windows.clone()
+    };
+    let fusions = if a.fusions.is_empty() {
+        vec![base.fusion]
+    } else {
+        a.fusions
+            .iter()
+            .map(|f| f.parse())
+            .collect::<morphkv::Result<_>>()?
+    };
+    let positions = if a.both_positions {
+        vec![Positions::Absolute, Positions::Rebased]
+    } else {
+        vec![base.positions]
+    };
+    let mut out = Vec::new();
+    for p in &a.policies {
+        let policy: PolicyKind = p.parse()?;
+        if policy == PolicyKind::Full {
+            // The full cache is the reference of every figure; it always runs.
+            continue;
+        }
+        for &budget in &budgets {
+            let ws: &[usize] = if matches!(policy, PolicyKind::MorphKv | PolicyKind::H2o) {
+                &windows
+            } else {
+                &windows[..1]
+            };
+            for &window in ws {
+                let fs = if policy == PolicyKind::MorphKv {
+                    &fusions[..]
+                } else {
+                    &fusions[..1]
+                };
+                for &fusion in fs {
+                    for &pos in &positions {
+                        let cfg = CacheConfig {
+                            policy,
+                            budget,
+                            window,
+                            fusion,
+                            positions: pos,
+                            ..base.clone()
+                        };
+                        cfg.validate()?;
+                        out.push(Variant::new(cfg));
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub fn run(a: EvalArgs) -> Result<()> {
+    const TASKS: [&str; 4] = ["text", "generation", "recall", "perplexity"];
+    for t in &a.task {
+        if !TASKS.contains(&t.as_str()) {
+            bail!(
+                "invalid value for --task: `{t}` (choose from {})",
+                TASKS.join(", ")
+            );
+        }
+    }
+    if a.tokens < 2 {
+        bail!("invalid value for --tokens: give at least 2");
+    }
+    let variants = variants(&a)?;
+    let texts = Text::load(&a.texts)?;
+    let prompts = eval::load_prompts(a.prompts.as_deref())?;
+    let probes = eval::load_probes(a.probes.as_deref())?;
+    if let Some(dir) = &a.plots {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the --plots folder {}", dir.display()))?;
+    }
+    let Loaded {
+        model,
+        tokenizer,
+        path,
+    } = load(&a.model)?;
+    let style = if a.markdown {
+        Style::Markdown
+    } else {
+        Style::Plain
+    };
+    let mut rep = EvalReport {
+        model: path.display().to_string(),
+        ..EvalReport::default()
+    };
+    let heading = |s: &str| {
+        if a.markdown {
+            println!("\n### {s}\n");
+        } else {
+            println!("\n== {s} ==");
+        }
+    };
+    let tokens_of = |t: &Text| -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        if tokenizer.add_bos() {
+            ids.extend(tokenizer.bos_id());
+        }
+        ids.extend(tokenizer.encode_plain(&t.body)?);
+        Ok(ids)
+    };
+
+    if a.task.iter().any(|t| t == "text") {
+        let mut ids = Vec::new();
+        for t in texts.iter().take(a.max_texts.max(1)) {
+            let mut toks = tokens_of(t)?;
+            toks.truncate(a.tokens);
+            ids.push(toks);
+        }
+        let mut bar = Progress::new("text");
+        let fids =
+            eval::teacher_forced(&model, &ids, &variants, a.bin, &mut |d, n| bar.update(d, n))?;
+        let names: Vec<&str> = texts
+            .iter()
+            .take(a.max_texts.max(1))
+            .map(|t| t.name.as_str())
+            .collect();
+        heading(&format!(
+            "teacher-forced: {} ({} tokens each), against the full cache",
+            names.join(", "),
+            a.tokens
+        ));
+        print!("{}", report::fidelity_table(&fids, style));
+        heading("change in perplexity (%) by position");
+        print!("{}", report::bins_table(&fids, "ppl", style));
+        heading("top-1 agreement with the full cache (%) by position");
+        print!("{}", report::bins_table(&fids, "top1", style));
+        if let Some(dir) = &a.plots {
+            morphkv::eval::plot::fidelity_plots(dir, "text", &fids)?;
+        }
+        rep.text = Some(fids);
+    }
+
+    if a.task.iter().any(|t| t == "generation") {
+        let template = ChatTemplate::for_tokenizer(&tokenizer, a.chat_template.as_deref())?;
+        let prompts = &prompts[..a.max_prompts.clamp(1, prompts.len())];
+        let mut bar = Progress::new("generation");
+        let (fids, answers) = eval::long_generation(
+            &model,
+            &tokenizer,
+            &template,
+            prompts,
+            a.answer_tokens,
+            &variants,
+            a.bin,
+            &mut |d, n| bar.update(d, n),
+        )?;
+        heading(&format!(
+            "long generation: the full cache's greedy answers ({} tokens each), replayed",
+            a.answer_tokens
+        ));
+        print!("{}", report::answers_table(&answers, style));
+        println!();
+        print!("{}", report::fidelity_table(&fids, style));
+        heading("agreement with the model's own answer (%) by answer position");
+        print!("{}", report::bins_table(&fids, "top1", style));
+        if let Some(dir) = &a.plots {
+            morphkv::eval::plot::fidelity_plots(dir, "generation", &fids)?;
+        }
+        rep.generation = Some(fids);
+        rep.answers = Some(answers);
+    }
+
+    if a.task.iter().any(|t| t == "recall") {
+        let template = ChatTemplate::for_tokenizer(&tokenizer, a.chat_template.as_deref())?;
+        let filler = tokenizer.encode_plain(&texts[0].body)?;
+        let probes = &probes[..a.max_probes.clamp(1, probes.len())];
+        let mut bar = Progress::new("recall");
+        let results = eval::recall(
+            &model,
+            &tokenizer,
+            &template,
+            probes,
+            &filler,
+            a.distance,
+            &variants,
+            24,
+            &mut |d, n| bar.update(d, n),
+        )?;
+        heading(&format!(
+            "recall: {} probes, {} tokens of `{}` between fact and question",
+            probes.len(),
+            a.distance,
+            texts[0].name
+        ));
+        print!("{}", report::recall_table(&results, style));
+        rep.recall = Some(results);
+    }
+
+    if a.task.iter().any(|t| t == "perplexity") {
+        let mut ids = tokens_of(&texts[0])?;
+        ids.truncate(a.tokens.max(a.ctx_size));
+        let mut bar = Progress::new("perplexity");
+        let p = eval::perplexity(&model, &tokenizer, &ids, a.ctx_size, &mut |d, n| {
+            bar.update(d, n)
+        })?;
+        heading(&format!(
+            "perplexity (llama-perplexity procedure) of `{}`, full cache",
+            texts[0].name
+        ));
+        print!("{}", report::perplexity_text(&p));
+        rep.perplexity = Some(p);
+    }
+
+    if let Some(p) = &a.json {
+        let json = serde_json::to_string_pretty(&rep)?;
+        std::fs::write(p, json).with_context(|| format!("writing --json {}", p.display()))?;
+    }
+    Ok(())
+}
