@@ -10,7 +10,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
-use crate::cache::{CacheConfig, KvCache, PolicyKind};
+use crate::cache::{CacheConfig, KvCache, PolicyKind, Positions};
 use crate::error::{Error, Result};
 use crate::generate::prefill;
 use crate::model::{open_gguf, Logits, Model, WeightFormat};
@@ -32,6 +32,8 @@ pub struct BenchOptions {
     pub cache: CacheConfig,
     /// Policies to measure (our decoder runs once per policy).
     pub policies: Vec<PolicyKind>,
+    /// Position modes to run each policy in (empty: the cache settings' own).
+    pub positions: Vec<Positions>,
 }
 
 /// The weight forms the reference decoder can use.
@@ -193,26 +195,51 @@ pub fn run(path: &Path, weights: WeightFormat, opts: &BenchOptions) -> Result<Re
     }
     // Repetitions interleave the policies (rep 1 of each, then rep 2, ...), so that a slow
     // spell of a noisy machine hits every policy alike instead of one.
+    let modes = if opts.positions.is_empty() {
+        vec![opts.cache.positions]
+    } else {
+        opts.positions.clone()
+    };
+    let variants: Vec<CacheConfig> = opts
+        .policies
+        .iter()
+        .flat_map(|&policy| {
+            modes.iter().map(move |&positions| CacheConfig {
+                policy,
+                positions,
+                ..opts.cache.clone()
+            })
+        })
+        .collect();
+    let label = |c: &CacheConfig| {
+        if modes.len() > 1 && c.positions == Positions::Rebased {
+            format!("{} rebased", c.policy.name())
+        } else {
+            c.policy.name().to_string()
+        }
+    };
     let mut rows = Vec::new();
     for &ctx in &opts.contexts {
         let ids = prompt_tokens(&text_ids, ctx);
-        let mut runs: Vec<Vec<Run>> = vec![Vec::new(); opts.policies.len()];
+        let mut runs: Vec<Vec<Run>> = vec![Vec::new(); variants.len()];
         for _ in 0..opts.reps {
-            for (i, &policy) in opts.policies.iter().enumerate() {
-                let cfg = CacheConfig {
-                    policy,
-                    ..opts.cache.clone()
-                };
-                runs[i].push(run_once(&model, &device, cfg, &ids, opts.decode_tokens)?);
+            for (i, cfg) in variants.iter().enumerate() {
+                runs[i].push(run_once(
+                    &model,
+                    &device,
+                    cfg.clone(),
+                    &ids,
+                    opts.decode_tokens,
+                )?);
             }
         }
-        for (&policy, runs) in opts.policies.iter().zip(runs) {
+        for (cfg, runs) in variants.iter().zip(runs) {
             let last = runs.last().cloned().unwrap_or_default();
             let median = |f: &dyn Fn(&Run) -> f64| Rate::of(runs.iter().map(f).collect());
             let per_token = opts.decode_tokens as f64;
             rows.push(Row {
                 decoder: "ours".into(),
-                policy: policy.name().into(),
+                policy: label(cfg),
                 retained: last.retained,
                 kv_bytes: last.kv_bytes,
                 context: ctx,
@@ -225,7 +252,7 @@ pub fn run(path: &Path, weights: WeightFormat, opts: &BenchOptions) -> Result<Re
         }
     }
     rows.sort_by_key(|r| {
-        let p = opts.policies.iter().position(|p| p.name() == r.policy);
+        let p = variants.iter().position(|c| label(c) == r.policy);
         (p, r.context)
     });
     for &form in &opts.reference {

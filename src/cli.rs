@@ -155,6 +155,9 @@ pub struct BenchArgs {
     /// Policies to measure, comma-separated (default: --policy).
     #[arg(long, value_delimiter = ',')]
     pub policies: Vec<String>,
+    /// Run every policy with both absolute and re-based positions (the cost of re-basing).
+    #[arg(long = "both-positions")]
+    pub both_positions: bool,
     /// Instead: generate this many tokens (end-of-sequence ignored) under --policy and report
     /// memory (KV, profile, RSS and peak RSS) and speed at each of --checkpoints.
     #[arg(long)]

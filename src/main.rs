@@ -12,7 +12,7 @@ use candle_core::{DType, Device};
 use clap::Parser;
 
 use cli::{BenchArgs, Cli, Command, GenerateArgs, ModelArgs};
-use morphkv::cache::KvCache;
+use morphkv::cache::{KvCache, Positions};
 use morphkv::chat::{encode_chat, ChatTemplate, Message};
 use morphkv::generate::{generate, GenerateOptions};
 use morphkv::model::{open_gguf, Model, WeightFormat};
@@ -255,6 +255,11 @@ fn run_bench(a: BenchArgs) -> Result<()> {
         },
         cache,
         policies,
+        positions: if a.both_positions {
+            vec![Positions::Absolute, Positions::Rebased]
+        } else {
+            Vec::new()
+        },
     };
     let report = morphkv::bench::run(&path, weights, &opts)?;
     print!("{}", morphkv::bench::table(&report));
