@@ -12,6 +12,8 @@ use serde::Serialize;
 
 use crate::cache::{CacheConfig, KvCache, PolicyKind, Positions};
 use crate::error::{Error, Result};
+use crate::eval::plot::{Chart, Series};
+use crate::eval::report::{render, Style};
 use crate::generate::prefill;
 use crate::model::{open_gguf, Logits, Model, WeightFormat};
 use crate::sampling::argmax;
@@ -116,6 +118,8 @@ pub struct Row {
     pub policy_ms: f64,
     /// That time as a fraction of the decode step (median).
     pub policy_share: f64,
+    /// Peak RSS of the process during the runs (largest repetition; 0 for the reference).
+    pub peak_rss_bytes: u64,
 }
 
 /// One measured prefill + decode of our decoder.
@@ -127,6 +131,8 @@ struct Run {
     policy_secs: f64,
     retained: usize,
     kv_bytes: usize,
+    /// Peak RSS of the process during this run.
+    peak_rss: u64,
 }
 
 /// Prefills `ids` into a fresh cache under `cfg`, then decodes `decode_tokens` greedy tokens.
@@ -137,6 +143,7 @@ fn run_once(
     ids: &[u32],
     decode_tokens: usize,
 ) -> Result<Run> {
+    reset_peak_rss();
     let mut cache = KvCache::with_config(model.config(), cfg, DType::F32, device)?;
     let t0 = Instant::now();
     let logits = prefill(model, &mut cache, ids)?;
@@ -154,6 +161,7 @@ fn run_once(
         policy_secs: cache.policy_secs() - before,
         retained: cache.retained(),
         kv_bytes: cache.kv_bytes(),
+        peak_rss: rss().1,
     })
 }
 
@@ -248,6 +256,7 @@ pub fn run(path: &Path, weights: WeightFormat, opts: &BenchOptions) -> Result<Re
                 prefill_secs: median(&|r| r.prefill_secs).median,
                 policy_ms: median(&|r| 1e3 * r.policy_secs / per_token).median,
                 policy_share: median(&|r| r.policy_secs / r.decode_secs).median,
+                peak_rss_bytes: runs.iter().map(|r| r.peak_rss).max().unwrap_or(0),
             });
         }
     }
@@ -335,6 +344,7 @@ fn reference_rows(
                 prefill_secs: Rate::of(secs).median,
                 policy_ms: 0.0,
                 policy_share: 0.0,
+                peak_rss_bytes: 0,
             });
         }
         Ok(rows)
@@ -346,27 +356,32 @@ fn reference_rows(
     rows
 }
 
-/// An aligned table for the terminal: one line per policy and context, with the reference
-/// (the faster of its weight forms per column) beside it.
-pub fn table(report: &Report) -> String {
+/// A table (aligned for the terminal, or Markdown): one line per policy and context, with the
+/// reference (the faster of its weight forms per column) beside it.
+pub fn table(report: &Report, style: Style) -> String {
     let mut s = format!(
         "model {}  weights {}  threads {}\n",
         report.model, report.weights, report.threads
     );
-    s.push_str(&format!(
-        "{:>10} {:>8} {:>9}  {:>9} {:>9} {:>6}  {:>8} {:>8} {:>6}  {:>9} {:>6}\n",
+    if style == Style::Markdown {
+        s.push('\n');
+    }
+    let header = [
         "policy",
         "context",
         "retained",
-        "prefill",
+        "prefill tok/s",
         "ref",
         "ratio",
-        "decode",
+        "decode tok/s",
         "ref",
         "ratio",
+        "decode min-max",
         "policy ms",
-        "share"
-    ));
+        "share %",
+        "peak RSS MiB",
+    ];
+    let mut rows = Vec::new();
     for r in report.rows.iter().filter(|r| r.decoder == "ours") {
         let refs = || {
             report
@@ -380,25 +395,100 @@ pub fn table(report: &Report) -> String {
             |a: f64, b: Option<f64>| b.map_or("-".to_string(), |b| format!("{:.2}x", a / b));
         let rp = best(|x| x.prefill_tps.median);
         let rd = best(|x| x.decode_tps.median);
-        s.push_str(&format!(
-            "{:>10} {:>8} {:>9}  {:>9.1} {:>9} {:>6}  {:>8.1} {:>8} {:>6}  {:>9.2} {:>5.1}%\n",
-            r.policy,
-            r.context,
-            r.retained,
-            r.prefill_tps.median,
+        rows.push(vec![
+            r.policy.clone(),
+            r.context.to_string(),
+            r.retained.to_string(),
+            format!("{:.1}", r.prefill_tps.median),
             cell(rp),
             ratio(r.prefill_tps.median, rp),
-            r.decode_tps.median,
+            format!("{:.1}", r.decode_tps.median),
             cell(rd),
             ratio(r.decode_tps.median, rd),
-            r.policy_ms,
-            100.0 * r.policy_share,
-        ));
+            format!("{:.1}-{:.1}", r.decode_tps.min, r.decode_tps.max),
+            format!("{:.2}", r.policy_ms),
+            format!("{:.1}", 100.0 * r.policy_share),
+            format!("{:.0}", r.peak_rss_bytes as f64 / (1024.0 * 1024.0)),
+        ]);
     }
+    s.push_str(&render(style, &header, &rows));
     s.push_str(
-        "(tokens per second, median; ref = candle-transformers' quantized_llama with a full\n cache, the faster of its f32 and native weight forms per column; ratio = ours / ref;\n policy ms = time per decoded token spent observing attention, scoring and evicting,\n share = its part of the decode step)\n",
+        "(tokens per second, median of the repetitions; ref = candle-transformers' quantized_llama\n with a full cache, the faster of its f32 and native weight forms per column; ratio = ours /\n ref; policy ms = time per decoded token spent observing attention, scoring and evicting,\n share = its part of the decode step; peak RSS = the process's peak during that run)\n",
     );
     s
+}
+
+/// Speed against context length per policy (and the reference): decode and prefill charts.
+pub fn plots(dir: &Path, report: &Report) -> Result<()> {
+    let mut names: Vec<String> = Vec::new();
+    for r in &report.rows {
+        let n = if r.decoder == "ours" {
+            r.policy.clone()
+        } else {
+            r.decoder.clone()
+        };
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    let series = |f: fn(&Row) -> f64| -> Vec<Series> {
+        names
+            .iter()
+            .map(|n| Series {
+                name: n.clone(),
+                points: report
+                    .rows
+                    .iter()
+                    .filter(|r| {
+                        (r.decoder == "ours" && &r.policy == n)
+                            || (r.decoder != "ours" && &r.decoder == n)
+                    })
+                    .map(|r| (r.context as f64, f(r)))
+                    .collect(),
+            })
+            .collect()
+    };
+    Chart {
+        title: "Decode speed against context length".into(),
+        x_label: "context (tokens)".into(),
+        y_label: "decode tokens/s".into(),
+        series: series(|r| r.decode_tps.median),
+    }
+    .write(&dir.join("bench-decode.svg"))?;
+    Chart {
+        title: "Prefill speed against context length".into(),
+        x_label: "context (tokens)".into(),
+        y_label: "prefill tokens/s".into(),
+        series: series(|r| r.prefill_tps.median),
+    }
+    .write(&dir.join("bench-prefill.svg"))
+}
+
+/// Memory against conversation length in a long generation: KV, profile and a full cache's KV.
+pub fn checkpoint_plot(dir: &Path, rows: &[Checkpoint]) -> Result<()> {
+    let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+    let line = |name: &str, f: &dyn Fn(&Checkpoint) -> f64| Series {
+        name: name.into(),
+        points: rows.iter().map(|r| (r.tokens as f64, f(r))).collect(),
+    };
+    Chart {
+        title: "Cache memory during a long generation".into(),
+        x_label: "tokens in the conversation".into(),
+        y_label: "MiB".into(),
+        series: vec![
+            line("KV (this cache)", &|r| mib(r.kv_bytes)),
+            line("profile", &|r| mib(r.profile_bytes)),
+            line("KV (full cache)", &|r| mib(r.full_kv_bytes)),
+            line("peak RSS", &|r| r.peak_rss_bytes as f64 / (1024.0 * 1024.0)),
+        ],
+    }
+    .write(&dir.join("memory-long-run.svg"))
+}
+
+/// Resets the process's peak RSS (VmHWM) so the next run's peak is its own (Linux; a no-op
+/// elsewhere).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 /// Text whose tokens are cycled to build benchmark prompts.

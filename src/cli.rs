@@ -172,6 +172,12 @@ pub struct BenchArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Print a Markdown table instead of aligned text.
+    #[arg(long)]
+    pub markdown: bool,
+    /// Also write SVG plots (speed against context; memory against tokens) to this folder.
+    #[arg(long)]
+    pub plots: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -224,9 +224,16 @@ fn run_bench(a: BenchArgs) -> Result<()> {
     let weights: WeightFormat = a.model.weights.parse()?;
     let path = morphkv::models::resolve(a.model.model.as_deref(), &mut |l| eprintln!("{l}"))?;
     let cache = a.cache.config()?;
+    if let Some(dir) = &a.plots {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the --plots folder {}", dir.display()))?;
+    }
     if let Some(total) = a.generate {
         let rows = morphkv::bench::long_run(&path, weights, &cache, total, &a.checkpoints)?;
         print!("{}", morphkv::bench::checkpoint_table(&rows));
+        if let Some(dir) = &a.plots {
+            morphkv::bench::checkpoint_plot(dir, &rows)?;
+        }
         if let Some(p) = a.json {
             let json = serde_json::to_string_pretty(&rows)?;
             std::fs::write(&p, json).with_context(|| format!("writing {}", p.display()))?;
@@ -262,7 +269,15 @@ fn run_bench(a: BenchArgs) -> Result<()> {
         },
     };
     let report = morphkv::bench::run(&path, weights, &opts)?;
-    print!("{}", morphkv::bench::table(&report));
+    let style = if a.markdown {
+        morphkv::eval::report::Style::Markdown
+    } else {
+        morphkv::eval::report::Style::Plain
+    };
+    print!("{}", morphkv::bench::table(&report, style));
+    if let Some(dir) = &a.plots {
+        morphkv::bench::plots(dir, &report)?;
+    }
     if let Some(p) = a.json {
         let json = serde_json::to_string_pretty(&report)?;
         std::fs::write(&p, json).with_context(|| format!("writing {}", p.display()))?;

@@ -11,7 +11,8 @@ pub enum Style {
     Markdown,
 }
 
-fn render(style: Style, header: &[&str], rows: &[Vec<String>]) -> String {
+/// Renders a table: the first column left-aligned, the others right-aligned.
+pub fn render(style: Style, header: &[&str], rows: &[Vec<String>]) -> String {
     let cols = header.len();
     let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in rows {
