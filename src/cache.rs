@@ -122,7 +122,7 @@ impl FromStr for Positions {
 }
 
 /// Cache settings: policy, budget and the policies' knobs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CacheConfig {
     pub policy: PolicyKind,
     /// Tokens kept per KV head per layer, the token being decoded included.
@@ -257,6 +257,17 @@ pub struct Eviction {
     pub pos: u32,
     /// Its score when it was evicted.
     pub score: f32,
+}
+
+/// Where one layer's attention went for the last decoded token (averaged over query heads).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LayerAttention {
+    /// Probability mass on the window, on the sinks and on older retained tokens.
+    pub window: f32,
+    pub sinks: f32,
+    pub old: f32,
+    /// The most attended positions and their mass, highest first.
+    pub top: Vec<(u32, f32)>,
 }
 
 /// One layer's slots and the attention statistics its policy scores from.
@@ -590,6 +601,8 @@ pub struct KvCache {
     /// Seconds spent on the policy's side of the cache: observing attention rows, scoring,
     /// choosing and moving victims.
     policy_secs: f64,
+    /// Per layer, the last decoded token's attention summary, while recording.
+    attention: Option<Vec<LayerAttention>>,
 }
 
 impl KvCache {
@@ -630,6 +643,7 @@ impl KvCache {
             evicted: Vec::new(),
             record: false,
             policy_secs: 0.0,
+            attention: None,
         })
     }
 
@@ -720,7 +734,56 @@ impl KvCache {
             evicted: self.evicted.clone(),
             record: self.record,
             policy_secs: self.policy_secs,
+            attention: self.attention.clone(),
         })
+    }
+
+    /// Keep, per layer, where each decoded token's attention went (for the UI; off by
+    /// default).
+    pub fn record_attention(&mut self, on: bool) {
+        self.attention = on.then(|| vec![LayerAttention::default(); self.layers.len()]);
+    }
+
+    /// Per layer, where the last decoded token's attention went (empty unless recording).
+    pub fn last_attention(&self) -> &[LayerAttention] {
+        self.attention.as_deref().unwrap_or(&[])
+    }
+
+    /// Summarises a decode step's attention row of layer `l`, (H_q, 1, visible).
+    fn summarize_attention(&mut self, l: usize, probs: &Tensor) -> Result<()> {
+        let (n_head, _, visible) = probs.dims3()?;
+        let rows = probs.flatten_all()?.to_vec1::<f32>()?;
+        let layer = &self.layers[l];
+        let sinks = self.cfg.sinks() as u32;
+        let window_from = self
+            .next_pos
+            .saturating_sub(self.cfg.effective_window() as u32);
+        let mut sum = LayerAttention::default();
+        let mut by_pos: std::collections::HashMap<u32, f32> = std::collections::HashMap::new();
+        let share = 1.0 / n_head as f32;
+        for qh in 0..n_head {
+            let h = qh / layer.group;
+            for (s, &p) in rows[qh * visible..(qh + 1) * visible].iter().enumerate() {
+                let pos = layer.pos[h * layer.cap + s];
+                let p = p * share;
+                if pos < sinks {
+                    sum.sinks += p;
+                } else if pos >= window_from {
+                    sum.window += p;
+                } else {
+                    sum.old += p;
+                }
+                *by_pos.entry(pos).or_default() += p;
+            }
+        }
+        let mut top: Vec<(u32, f32)> = by_pos.into_iter().collect();
+        top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        top.truncate(5);
+        sum.top = top;
+        if let Some(a) = self.attention.as_mut() {
+            a[l] = sum;
+        }
+        Ok(())
     }
 
     /// Seconds this cache has spent on its policy so far: observing attention, scoring,
@@ -808,6 +871,9 @@ impl KvCache {
     /// Receives attention probabilities of layer `l` for rows `first_row..first_row + rows`
     /// of a step of `t` new tokens: (H_q, rows, visible slots).
     pub fn observe(&mut self, l: usize, t: usize, first_row: usize, probs: &Tensor) -> Result<()> {
+        if t == 1 && self.attention.is_some() {
+            self.summarize_attention(l, probs)?;
+        }
         if !self.needs.accumulate && self.needs.rows == 0 {
             return Ok(());
         }
