@@ -4,16 +4,27 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-/// Local language models with a constant-size KV cache (MorphKV).
+/// Local language models with a constant-size KV cache (MorphKV). With no command, opens
+/// the chat.
 #[derive(Debug, Parser)]
-#[command(name = "morphkv", version, about, long_about = None)]
+#[command(
+    name = "morphkv",
+    version,
+    about,
+    long_about = None,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub chat: ChatArgs,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Chat in the terminal, with live panels of what the cache retains.
+    Chat(ChatArgs),
     /// Generate text from a prompt, streaming it to stdout.
     Generate(GenerateArgs),
     /// Measure prefill and decode speed against context length.
@@ -255,6 +266,56 @@ pub struct EvalArgs {
     /// Also write SVG plots to this folder.
     #[arg(long)]
     pub plots: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Eviction policy: full, streaming, h2o, tova, snapkv, morphkv (default: the config
+    /// file's, else morphkv).
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// Tokens kept per KV head per layer (default: the config file's, else 600).
+    #[arg(long)]
+    pub budget: Option<usize>,
+    /// Most recent tokens always kept (default: the config file's, else 30).
+    #[arg(long)]
+    pub window: Option<usize>,
+    /// RoPE positions: absolute or rebased (default: rebased, so a chat can outgrow the
+    /// model's context).
+    #[arg(long)]
+    pub positions: Option<String>,
+    /// Colour theme: dark, light, high-contrast, a name from the config folder's themes/, or
+    /// a .toml file.
+    #[arg(long)]
+    pub theme: Option<String>,
+    /// Longest answer, in tokens.
+    #[arg(short = 'n', long = "max-tokens", default_value_t = 1024)]
+    pub max_tokens: usize,
+    /// System prompt (also `-sys`).
+    #[arg(long = "system-prompt")]
+    pub system: Option<String>,
+    /// Chat template to use instead of the model's: chatml or llama3.
+    #[arg(long = "chat-template")]
+    pub chat_template: Option<String>,
+    /// Continue a saved chat: its id, or `latest`.
+    #[arg(long)]
+    pub resume: Option<String>,
+    /// List the saved chats and exit.
+    #[arg(long)]
+    pub list: bool,
+    /// Delete a saved chat and exit.
+    #[arg(long)]
+    pub delete: Option<String>,
+    /// Rename a saved chat and exit: `--rename ID "new title"`.
+    #[arg(long, num_args = 2, value_names = ["ID", "TITLE"])]
+    pub rename: Vec<String>,
+    /// Export a saved chat as Markdown to stdout and exit.
+    #[arg(long)]
+    pub export: Option<String>,
 }
 
 impl CacheArgs {

@@ -12,11 +12,16 @@
 //! - [`generate`]: prefill + decode loop tying model, cache, sampler and tokenizer together.
 //! - [`models`]: resolving `-m` (path or preset) and fetching the default model.
 //! - [`bench`]: speed of our decoder against candle-transformers' reference.
+//! - [`eval`]: fidelity of each cache against the full cache (tables, JSON, plots).
+//! - [`engine`]: model + tokenizer + one conversation's cache on their own thread, speaking
+//!   plain-data commands and events.
+//! - [`tui`]: the terminal chat (state, update, view, themes, saved chats); no candle in it.
 //! - [`error`]: the library's one error type.
 
 pub mod bench;
 pub mod cache;
 pub mod chat;
+pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod generate;
@@ -24,5 +29,6 @@ pub mod model;
 pub mod models;
 pub mod sampling;
 pub mod tokenizer;
+pub mod tui;
 
 pub use error::{Error, Result};

@@ -1,5 +1,6 @@
 //! The `morphkv` binary: parse the command line, dispatch, and print errors on one line.
 
+mod chat_cmd;
 mod cli;
 mod eval_cmd;
 
@@ -32,9 +33,11 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Generate(a) => run_generate(a),
-        Command::Bench(a) => run_bench(a),
-        Command::Eval(a) => eval_cmd::run(a),
+        None => chat_cmd::run(cli.chat),
+        Some(Command::Chat(a)) => chat_cmd::run(a),
+        Some(Command::Generate(a)) => run_generate(a),
+        Some(Command::Bench(a)) => run_bench(a),
+        Some(Command::Eval(a)) => eval_cmd::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,46 @@
+//! Renders the README's screenshots of the chat from the recorded demo conversation (no model
+//! needed): `cargo run --release --example screenshots` writes docs/screenshots/*.svg.
+
+use morphkv::tui::app::{Action, Msg, Panel};
+use morphkv::tui::demo::{app_after_recording, svg};
+use morphkv::tui::theme::Theme;
+use morphkv::tui::view;
+use ratatui::backend::TestBackend;
+use ratatui::Terminal;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = std::path::Path::new("docs/screenshots");
+    std::fs::create_dir_all(dir)?;
+    let shots = [
+        ("retention-dark", "dark", Some(Panel::Retention), false),
+        ("cache-dark", "dark", Some(Panel::Cache), false),
+        ("attention-dark", "dark", Some(Panel::Attention), false),
+        ("retention-light", "light", Some(Panel::Retention), false),
+        (
+            "retention-high-contrast",
+            "high-contrast",
+            Some(Panel::Retention),
+            false,
+        ),
+        ("help-dark", "dark", Some(Panel::Retention), true),
+    ];
+    for (name, theme_name, panel, help) in shots {
+        let theme = Theme::load(theme_name, None)?;
+        let mut app = app_after_recording();
+        app.panel = panel;
+        if help {
+            app.update(Msg::Action(Action::Help));
+        }
+        let mut term = Terminal::new(TestBackend::new(120, 32))?;
+        term.draw(|f| view::draw(f, &app, &theme))?;
+        let (fg, bg) = match theme_name {
+            "light" => ("#262626", "#ffffff"),
+            "high-contrast" => ("#ffffff", "#000000"),
+            _ => ("#d0d0d0", "#1c1c1c"),
+        };
+        let path = dir.join(format!("{name}.svg"));
+        std::fs::write(&path, svg(term.backend().buffer(), fg, bg))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}

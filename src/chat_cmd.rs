@@ -1,0 +1,180 @@
+//! `morphkv chat` (and plain `morphkv`): settings from flags over the config file, saved-chat
+//! housekeeping, then the TUI.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use crate::cli::ChatArgs;
+use crate::{load, sampling_params, Loaded};
+use morphkv::cache::{CacheConfig, Positions};
+use morphkv::chat::ChatTemplate;
+use morphkv::engine::Settings;
+use morphkv::tui::{self, store, theme::Theme, ChatOptions};
+
+/// `config.toml` in the config folder: defaults for the chat.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    model: Option<String>,
+    policy: Option<String>,
+    budget: Option<usize>,
+    window: Option<usize>,
+    theme: Option<String>,
+    system_prompt: Option<String>,
+}
+
+/// The config and data folders (`MORPHKV_CONFIG_DIR` / `MORPHKV_DATA_DIR` override them).
+fn dirs() -> Result<(PathBuf, PathBuf)> {
+    let proj = directories::ProjectDirs::from("", "", "morphkv");
+    let pick = |var: &str, f: fn(&directories::ProjectDirs) -> PathBuf| -> Result<PathBuf> {
+        if let Some(v) = std::env::var_os(var) {
+            return Ok(PathBuf::from(v));
+        }
+        proj.as_ref()
+            .map(f)
+            .with_context(|| format!("no home directory: set {var}"))
+    };
+    Ok((
+        pick("MORPHKV_CONFIG_DIR", |d| d.config_dir().to_path_buf())?,
+        pick("MORPHKV_DATA_DIR", |d| d.data_dir().to_path_buf())?,
+    ))
+}
+
+fn read_config(dir: &std::path::Path) -> Result<Config> {
+    let path = dir.join("config.toml");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {} (keys: model, policy, budget, window, theme, system_prompt)",
+                path.display(),
+                e.message().trim()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn find_chat(chats: &std::path::Path, id: &str) -> Result<(PathBuf, store::SavedChat)> {
+    let all = store::list(chats);
+    let found = if id == "latest" {
+        all.into_iter().next()
+    } else {
+        all.into_iter().find(|(_, c)| c.id == id)
+    };
+    found.with_context(|| {
+        format!(
+            "no saved chat `{id}` in {} (morphkv chat --list shows them)",
+            chats.display()
+        )
+    })
+}
+
+pub fn run(a: ChatArgs) -> Result<()> {
+    let (config_dir, data_dir) = dirs()?;
+    let chats = data_dir.join("chats");
+    let cfg = read_config(&config_dir)?;
+
+    if a.list {
+        let all = store::list(&chats);
+        if all.is_empty() {
+            println!("no saved chats in {}", chats.display());
+        }
+        for (_, c) in all {
+            println!("{:<24} {:>3} messages  {}", c.id, c.messages.len(), c.title);
+        }
+        return Ok(());
+    }
+    if let Some(id) = &a.delete {
+        let (path, _) = find_chat(&chats, id)?;
+        std::fs::remove_file(&path).with_context(|| format!("deleting {}", path.display()))?;
+        println!("deleted {id}");
+        return Ok(());
+    }
+    if let [id, title] = a.rename.as_slice() {
+        let (_, mut c) = find_chat(&chats, id)?;
+        c.title = title.clone();
+        store::save(&chats, &c).with_context(|| format!("saving {}", chats.display()))?;
+        println!("renamed {id}: {title}");
+        return Ok(());
+    }
+    if let Some(id) = &a.export {
+        let (_, c) = find_chat(&chats, id)?;
+        println!("# {}\n", c.title);
+        for m in &c.messages {
+            println!("**{}:**\n\n{}\n", m.role, m.content.trim_end());
+        }
+        return Ok(());
+    }
+
+    let theme_name = a
+        .theme
+        .clone()
+        .or(cfg.theme.clone())
+        .unwrap_or_else(|| "dark".into());
+    let theme = Theme::load(&theme_name, Some(&config_dir.join("themes")))
+        .map_err(|e| anyhow::anyhow!("--theme: {e}"))?;
+    let cache = CacheConfig {
+        policy: a
+            .policy
+            .as_deref()
+            .or(cfg.policy.as_deref())
+            .unwrap_or("morphkv")
+            .parse()?,
+        budget: a.budget.or(cfg.budget).unwrap_or(600),
+        window: a.window.or(cfg.window).unwrap_or(30),
+        positions: match a.positions.as_deref() {
+            Some(p) => p.parse()?,
+            None => Positions::Rebased,
+        },
+        ..CacheConfig::default()
+    };
+    cache.validate()?;
+    let params = sampling_params(&a.sampling);
+    params.validate()?;
+    if a.max_tokens == 0 {
+        bail!("invalid value for --max-tokens: 0 (give a positive number)");
+    }
+    let resume = match &a.resume {
+        Some(id) => Some(find_chat(&chats, id)?.1),
+        None => None,
+    };
+    let mut model_args = a.model;
+    if model_args.model.is_none() {
+        model_args.model = cfg.model.clone();
+    }
+    let Loaded {
+        model,
+        tokenizer,
+        path,
+    } = load(&model_args)?;
+    let template = ChatTemplate::for_tokenizer(&tokenizer, a.chat_template.as_deref())?;
+    // A preset by its name, a file by its name without folders.
+    let display = match &model_args.model {
+        Some(m) if !std::path::Path::new(m).exists() => m.clone(),
+        _ => path
+            .file_stem()
+            .map_or("model".into(), |f| f.to_string_lossy().into_owned()),
+    };
+    tui::run(
+        model,
+        tokenizer,
+        template,
+        Settings {
+            cache,
+            sampling: params,
+            max_tokens: a.max_tokens,
+        },
+        ChatOptions {
+            theme,
+            chats_dir: chats,
+            log: data_dir.join("morphkv.log"),
+            model_name: display,
+            resume,
+            system: a.system.or(cfg.system_prompt),
+        },
+    )?;
+    Ok(())
+}

@@ -1,0 +1,464 @@
+//! The engine: a model, its tokenizer and one conversation's cache on a thread of their own.
+//!
+//! The UI sends [`Command`]s and receives [`Event`]s of plain owned data: no tensor crosses
+//! the boundary, so the TUI neither depends on candle nor needs a model in its tests. The
+//! conversation lives in the cache: each new turn feeds only the tokens after what the cache
+//! has already seen; a conversation that changed earlier (regenerate, edit, a new policy
+//! applied now) is prefilled again from the start.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::DType;
+use serde::{Deserialize, Serialize};
+
+use crate::cache::{CacheConfig, KvCache, LayerAttention};
+use crate::chat::{ChatTemplate, Message, Role, Segment};
+use crate::error::Result;
+use crate::model::{Logits, Model};
+use crate::sampling::{Sampler, SamplingParams};
+use crate::tokenizer::{StreamDecoder, Tokenizer};
+
+/// What the UI asks of the engine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Answer this conversation (its last message is the user's).
+    Reply(Vec<Message>),
+    /// Run the cache with these settings: at once (the conversation is prefilled again) or
+    /// from the next turn that changes the conversation's start.
+    SetCache { cache: CacheConfig, now: bool },
+    /// Sample with these settings from now on.
+    SetSampling(SamplingParams),
+    /// Longest answer, in tokens.
+    SetMaxTokens(usize),
+    /// Which (layer, KV head) the retention view details (None: all).
+    Focus(Option<(usize, usize)>),
+    /// Forget the conversation.
+    Reset,
+    /// Stop the thread.
+    Quit,
+}
+
+/// Tokens per second and sizes of one turn.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TurnStats {
+    pub prompt_tokens: usize,
+    pub prompt_tps: f64,
+    pub generated: usize,
+    pub decode_tps: f64,
+}
+
+/// The cache after one step, summarised for the panels.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepInfo {
+    /// Tokens the conversation has had (positions 0..seen).
+    pub seen: usize,
+    /// Tokens each KV head holds.
+    pub retained: usize,
+    pub budget: usize,
+    pub kv_bytes: usize,
+    pub profile_bytes: usize,
+    /// What a full cache would hold now.
+    pub full_kv_bytes: usize,
+    /// Positions from here on are in the window.
+    pub window_from: usize,
+    pub sinks: usize,
+    /// Tokens evicted by this step, over all layers and KV heads.
+    pub evicted: usize,
+    /// Per position: how many (layer, KV head) pairs retain it, of `pairs`.
+    pub retention: Vec<u16>,
+    pub pairs: usize,
+    /// Per position: retained by the focused (layer, KV head), if one is focused.
+    pub focus: Option<(usize, usize, Vec<bool>)>,
+    /// Per layer: where the last decoded token's attention went.
+    pub attention: Vec<LayerAttention>,
+    /// Decode speed of the answer so far (0 outside an answer).
+    pub decode_tps: f64,
+}
+
+/// What the engine tells the UI.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The model is loaded.
+    Ready {
+        model: String,
+        device: String,
+        layers: usize,
+        kv_heads: usize,
+        context: usize,
+    },
+    /// Prompt tokens were fed: their text, in order (for the retention view).
+    Fed(Vec<String>),
+    /// Prefill progress of a long turn.
+    Progress { done: usize, total: usize },
+    /// One sampled token: its id's text and the readable text it completes (may be empty
+    /// until a multi-byte character is whole).
+    Token { token: String, text: String },
+    /// The cache after the step.
+    Step(Box<StepInfo>),
+    /// The answer is complete (or was stopped: `cancelled`).
+    Finished {
+        text: String,
+        stats: TurnStats,
+        cancelled: bool,
+    },
+    /// The conversation was read again under new cache settings (no answer generated).
+    Prefilled { tokens: usize },
+    /// Something failed; the conversation is left as it was.
+    Failed(String),
+}
+
+/// Engine settings at start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub cache: CacheConfig,
+    pub sampling: SamplingParams,
+    pub max_tokens: usize,
+}
+
+/// Handle to the engine thread.
+pub struct Engine {
+    pub commands: Sender<Command>,
+    /// Set to stop the answer being generated.
+    pub cancel: Arc<AtomicBool>,
+    /// Step mode: while set, each token waits for a credit in `steps`.
+    pub paused: Arc<AtomicBool>,
+    /// Tokens the paused engine may still generate.
+    pub steps: Arc<AtomicUsize>,
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+impl Engine {
+    /// Starts the engine thread on a loaded model; events go to `events` through `wrap`.
+    pub fn spawn<E: Send + 'static>(
+        model: Model,
+        tok: Tokenizer,
+        template: ChatTemplate,
+        name: String,
+        settings: Settings,
+        events: Sender<E>,
+        wrap: fn(Event) -> E,
+    ) -> Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let flag = cancel.clone();
+        let paused = Arc::new(AtomicBool::new(false));
+        let steps = Arc::new(AtomicUsize::new(0));
+        let (paused_w, steps_w) = (paused.clone(), steps.clone());
+        let cache = KvCache::with_config(
+            model.config(),
+            settings.cache.clone(),
+            DType::F32,
+            model.device(),
+        )?;
+        let thread = std::thread::Builder::new()
+            .name("morphkv-engine".into())
+            .spawn(move || {
+                let send = |e: Event| {
+                    let _ = events.send(wrap(e));
+                };
+                let mut w = Worker {
+                    model,
+                    tok,
+                    template,
+                    cache,
+                    settings,
+                    fed: Vec::new(),
+                    fed_messages: Vec::new(),
+                    pending_cache: None,
+                    focus: None,
+                    cancel: flag,
+                    paused: paused_w,
+                    steps: steps_w,
+                };
+                w.cache.record_attention(true);
+                w.cache.record_evictions(true);
+                let cfg = w.model.config();
+                send(Event::Ready {
+                    model: name,
+                    device: format!("{:?}", w.model.device()).to_lowercase(),
+                    layers: cfg.n_layer,
+                    kv_heads: cfg.n_kv_head,
+                    context: cfg.context_len,
+                });
+                w.run(&rx, &send);
+            })
+            .map_err(|e| crate::error::Error::io("engine thread", e))?;
+        Ok(Self {
+            commands: tx,
+            cancel,
+            paused,
+            steps,
+            thread,
+        })
+    }
+}
+
+struct Worker {
+    model: Model,
+    tok: Tokenizer,
+    template: ChatTemplate,
+    cache: KvCache,
+    settings: Settings,
+    /// Tokens fed into the cache, in order.
+    fed: Vec<u32>,
+    /// The messages whose tokens `fed` holds (the last one may be the answer in progress).
+    fed_messages: Vec<Message>,
+    /// Cache settings to apply when the conversation is next prefilled from the start.
+    pending_cache: Option<CacheConfig>,
+    focus: Option<(usize, usize)>,
+    cancel: Arc<AtomicBool>,
+    paused: Arc<AtomicBool>,
+    steps: Arc<AtomicUsize>,
+}
+
+impl Worker {
+    fn run(&mut self, rx: &Receiver<Command>, send: &dyn Fn(Event)) {
+        while let Ok(cmd) = rx.recv() {
+            let result = match cmd {
+                Command::Quit => return,
+                Command::Reply(messages) => self.reply(messages, send),
+                Command::SetCache { cache, now } => self.set_cache(cache, now, send),
+                Command::SetSampling(p) => {
+                    self.settings.sampling = p;
+                    Ok(())
+                }
+                Command::SetMaxTokens(n) => {
+                    self.settings.max_tokens = n.max(1);
+                    Ok(())
+                }
+                Command::Focus(f) => {
+                    self.focus = f;
+                    send(Event::Step(Box::new(self.step_info(0))));
+                    Ok(())
+                }
+                Command::Reset => self.reset(),
+            };
+            if let Err(e) = result {
+                send(Event::Failed(e.to_string()));
+            }
+        }
+    }
+
+    fn reset(&mut self) -> Result<()> {
+        if let Some(cfg) = self.pending_cache.take() {
+            self.settings.cache = cfg;
+        }
+        self.cache = KvCache::with_config(
+            self.model.config(),
+            self.settings.cache.clone(),
+            DType::F32,
+            self.model.device(),
+        )?;
+        self.cache.record_attention(true);
+        self.cache.record_evictions(true);
+        self.fed.clear();
+        self.fed_messages.clear();
+        Ok(())
+    }
+
+    fn set_cache(&mut self, cache: CacheConfig, now: bool, send: &dyn Fn(Event)) -> Result<()> {
+        cache.validate()?;
+        if !now {
+            self.pending_cache = Some(cache);
+            return Ok(());
+        }
+        self.pending_cache = Some(cache);
+        let messages = std::mem::take(&mut self.fed_messages);
+        self.reset()?;
+        if !messages.is_empty() {
+            // Prefill the conversation again under the new cache; no answer is generated.
+            let segments = self.template.render(&messages, false)?;
+            let ids = crate::chat::encode_chat(&self.tok, &segments)?;
+            self.feed(&ids, send)?;
+            self.fed_messages = messages;
+        }
+        send(Event::Step(Box::new(self.step_info(0))));
+        send(Event::Prefilled {
+            tokens: self.fed.len(),
+        });
+        Ok(())
+    }
+
+    /// Tokens to feed so that the cache holds `messages` plus the opening of an answer.
+    fn delta(&mut self, messages: &[Message]) -> Result<Vec<u32>> {
+        let segments = self.template.render(messages, true)?;
+        let continues = !self.fed_messages.is_empty()
+            && messages.len() > self.fed_messages.len()
+            && messages[..self.fed_messages.len()] == self.fed_messages[..];
+        let contents = segments
+            .iter()
+            .filter(|s| matches!(s, Segment::Content(_)))
+            .count();
+        if continues && contents == messages.len() {
+            // Everything after the content of the last message already fed.
+            let mut seen = 0;
+            let at = segments.iter().position(|s| {
+                if matches!(s, Segment::Content(_)) {
+                    seen += 1;
+                }
+                seen == self.fed_messages.len()
+            });
+            if let Some(at) = at {
+                let parts: Vec<(&str, bool)> = segments[at + 1..]
+                    .iter()
+                    .map(|s| match s {
+                        Segment::Template(t) => (t.as_str(), true),
+                        Segment::Content(c) => (c.as_str(), false),
+                    })
+                    .collect();
+                return self.tok.encode_mixed(&parts);
+            }
+        }
+        // The conversation changed before its end (or this is its start): from scratch.
+        self.reset()?;
+        crate::chat::encode_chat(&self.tok, &segments)
+    }
+
+    /// Feeds prompt tokens in the cache's prefill chunks, reporting progress; returns the
+    /// last logits.
+    fn feed(&mut self, ids: &[u32], send: &dyn Fn(Event)) -> Result<Vec<f32>> {
+        send(Event::Fed(
+            ids.iter().map(|&i| self.tok.token_text(i)).collect(),
+        ));
+        let chunk = self.cache.config().prefill_chunk.max(1);
+        let mut last = Vec::new();
+        for (k, part) in ids.chunks(chunk).enumerate() {
+            let logits = self.model.forward(part, &mut self.cache, Logits::Last)?;
+            last = logits.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            self.fed.extend_from_slice(part);
+            if ids.len() > chunk {
+                send(Event::Progress {
+                    done: ((k + 1) * chunk).min(ids.len()),
+                    total: ids.len(),
+                });
+            }
+        }
+        let evicted = self.cache.take_evictions().len();
+        send(Event::Step(Box::new(self.step_info(evicted))));
+        Ok(last)
+    }
+
+    fn reply(&mut self, messages: Vec<Message>, send: &dyn Fn(Event)) -> Result<()> {
+        self.cancel.store(false, Ordering::SeqCst);
+        let ids = self.delta(&messages)?;
+        self.fed_messages = messages.clone();
+        let t0 = Instant::now();
+        let mut logits = if ids.is_empty() {
+            return Err(crate::error::Error::arg("chat", "nothing new to answer"));
+        } else {
+            self.feed(&ids, send)?
+        };
+        let prompt_secs = t0.elapsed().as_secs_f64();
+        let mut sampler = Sampler::new(self.settings.sampling.clone())?;
+        let mut stream = StreamDecoder::default();
+        let mut text = String::new();
+        let mut generated = 0;
+        let t1 = Instant::now();
+        let mut cancelled = false;
+        loop {
+            // Step mode: wait for a credit per token.
+            while self.paused.load(Ordering::SeqCst)
+                && self.steps.load(Ordering::SeqCst) == 0
+                && !self.cancel.load(Ordering::SeqCst)
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            if self.paused.load(Ordering::SeqCst) {
+                let _ = self
+                    .steps
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            }
+            if self.cancel.load(Ordering::SeqCst) {
+                cancelled = true;
+                break;
+            }
+            let next = sampler.sample(&logits, &self.fed);
+            if self.tok.stop_ids().contains(&next) {
+                break;
+            }
+            let piece = stream.push(&self.tok, next)?.unwrap_or_default();
+            text.push_str(&piece);
+            send(Event::Token {
+                token: self.tok.token_text(next),
+                text: piece,
+            });
+            generated += 1;
+            if generated >= self.settings.max_tokens {
+                break;
+            }
+            let l = self.model.forward(&[next], &mut self.cache, Logits::Last)?;
+            logits = l.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            self.fed.push(next);
+            let evicted = self.cache.take_evictions().len();
+            let mut info = self.step_info(evicted);
+            info.decode_tps = generated as f64 / t1.elapsed().as_secs_f64().max(1e-9);
+            send(Event::Step(Box::new(info)));
+        }
+        text.push_str(&stream.finish(&self.tok)?);
+        let decode_secs = t1.elapsed().as_secs_f64();
+        self.fed_messages.push(Message::assistant(text.clone()));
+        let rate = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
+        send(Event::Finished {
+            text,
+            stats: TurnStats {
+                prompt_tokens: ids.len(),
+                prompt_tps: rate(ids.len(), prompt_secs),
+                generated,
+                decode_tps: rate(generated, decode_secs),
+            },
+            cancelled,
+        });
+        Ok(())
+    }
+
+    fn step_info(&self, evicted: usize) -> StepInfo {
+        let snap = self.cache.snapshot();
+        let mut retention = vec![0u16; snap.seen];
+        let mut pairs = 0;
+        for layer in &snap.layers {
+            for head in layer {
+                pairs += 1;
+                for &p in &head.positions {
+                    if let Some(c) = retention.get_mut(p as usize) {
+                        *c += 1;
+                    }
+                }
+            }
+        }
+        let focus = self.focus.and_then(|(l, h)| {
+            let head = snap.layers.get(l)?.get(h)?;
+            let mut kept = vec![false; snap.seen];
+            for &p in &head.positions {
+                if let Some(k) = kept.get_mut(p as usize) {
+                    *k = true;
+                }
+            }
+            Some((l, h, kept))
+        });
+        StepInfo {
+            seen: snap.seen,
+            retained: snap.retained,
+            budget: snap.budget,
+            kv_bytes: snap.kv_bytes,
+            profile_bytes: snap.profile_bytes,
+            full_kv_bytes: snap.full_kv_bytes,
+            window_from: snap.window_from as usize,
+            sinks: snap.sinks,
+            evicted,
+            retention,
+            pairs,
+            focus,
+            attention: self.cache.last_attention().to_vec(),
+            decode_tps: 0.0,
+        }
+    }
+}
+
+/// Whether a message list is a conversation the engine can answer: non-empty, its last
+/// message the user's.
+pub fn answerable(messages: &[Message]) -> bool {
+    messages.last().is_some_and(|m| m.role == Role::User)
+}

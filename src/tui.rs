@@ -1,0 +1,270 @@
+//! `morphkv chat`: the terminal UI. One loop receives terminal events (from a reader thread)
+//! and engine events (from the engine thread) on one channel, turns them into [`app::Msg`]s,
+//! updates the [`app::App`], performs the effects and redraws. The terminal is restored on
+//! every exit: quit, Ctrl-C (a key in raw mode), SIGTERM/SIGHUP, an error, or a panic.
+//!
+//! A plain channel and threads instead of an async runtime: the engine's work is blocking
+//! candle code and the terminal reader blocks too; one `recv_timeout` loop is all the
+//! select this needs.
+
+pub mod app;
+pub mod demo;
+pub mod keys;
+pub mod store;
+pub mod theme;
+pub mod view;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ratatui::crossterm::event::{self, DisableMouseCapture, EnableMouseCapture};
+use ratatui::crossterm::execute;
+
+use crate::chat::{ChatTemplate, Message};
+use crate::engine::{Command, Engine, Settings};
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::tokenizer::Tokenizer;
+use app::{Action, App, Effect, Msg};
+use theme::Theme;
+
+/// Everything the chat needs besides the model.
+pub struct ChatOptions {
+    pub theme: Theme,
+    /// Where chats are saved.
+    pub chats_dir: PathBuf,
+    /// The log file (the screen belongs to the UI).
+    pub log: PathBuf,
+    /// Name shown in the status bar and saved with the chat.
+    pub model_name: String,
+    /// A saved chat to continue.
+    pub resume: Option<store::SavedChat>,
+    pub system: Option<String>,
+}
+
+enum Ev {
+    Term(event::Event),
+    Engine(crate::engine::Event),
+}
+
+/// Appends a line to the log file (best effort: logging never breaks the chat).
+pub fn log(path: &std::path::Path, line: &str) {
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{} {line}", store::SavedChat::now());
+    }
+}
+
+/// Restores the terminal when dropped (normal exit, `?` errors).
+struct Restore;
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        let _ = execute!(std::io::stdout(), DisableMouseCapture);
+        ratatui::restore();
+    }
+}
+
+/// Runs the chat until the user quits.
+pub fn run(
+    model: Model,
+    tok: Tokenizer,
+    template: ChatTemplate,
+    settings: Settings,
+    opts: ChatOptions,
+) -> Result<()> {
+    let (tx, rx) = channel::<Ev>();
+    let mut app = App::new(
+        settings.cache.clone(),
+        settings.sampling.clone(),
+        settings.max_tokens,
+    );
+    app.theme = opts.theme.name.clone();
+    let (chat_id, created) = match &opts.resume {
+        Some(c) => {
+            app.messages = c.messages.clone();
+            (c.id.clone(), c.created)
+        }
+        None => (store::new_id(), store::SavedChat::now()),
+    };
+    if let Some(sys) = &opts.system {
+        app.messages.retain(|m| m.role != crate::chat::Role::System);
+        app.messages.insert(0, Message::system(sys.clone()));
+    }
+    log(
+        &opts.log,
+        &format!("chat {chat_id} starts with {}", opts.model_name),
+    );
+    let engine = Engine::spawn(
+        model,
+        tok,
+        template,
+        opts.model_name.clone(),
+        settings,
+        tx.clone(),
+        Ev::Engine,
+    )?;
+
+    // SIGTERM and SIGHUP end the chat like a quit.
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| Error::io("signal handler", e))?;
+    }
+
+    // The panic hook restores the terminal before the message is printed.
+    let prev = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let _ = execute!(std::io::stdout(), DisableMouseCapture);
+        ratatui::restore();
+        prev(info);
+    }));
+    let mut terminal = ratatui::try_init().map_err(|e| Error::io("terminal", e))?;
+    let _restore = Restore;
+    let _ = execute!(std::io::stdout(), EnableMouseCapture);
+    if let Ok(size) = terminal.size() {
+        app.size = (size.width, size.height);
+    }
+
+    let reader_tx = tx.clone();
+    std::thread::Builder::new()
+        .name("morphkv-keys".into())
+        .spawn(move || {
+            while let Ok(ev) = event::read() {
+                if reader_tx.send(Ev::Term(ev)).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| Error::io("terminal reader thread", e))?;
+    drop(tx);
+
+    let save = |app: &mut App| {
+        if app.messages.is_empty() {
+            return;
+        }
+        let chat = store::SavedChat::new(
+            &chat_id,
+            created,
+            &opts.model_name,
+            &app.cache,
+            &app.messages,
+        );
+        if let Err(e) = store::save(&opts.chats_dir, &chat) {
+            app.notice = Some((format!("could not save the chat: {e}"), true));
+            log(&opts.log, &format!("save failed: {e}"));
+        }
+    };
+
+    // Key-to-screen latency: from a key's arrival to the end of the draw that shows it.
+    let mut pending_key: Option<std::time::Instant> = None;
+    let mut latencies: Vec<f64> = Vec::new();
+    loop {
+        terminal
+            .draw(|f| view::draw(f, &app, &opts.theme))
+            .map_err(|e| Error::io("terminal", e))?;
+        if let Some(t) = pending_key.take() {
+            latencies.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let first = match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(ev) => Some(ev),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        if stop.load(Ordering::SeqCst) {
+            log(&opts.log, "signal: quitting");
+            app.update(Msg::Action(Action::Quit));
+        }
+        // Everything already waiting, then one redraw.
+        let mut effects = Vec::new();
+        for ev in first.into_iter().chain(rx.try_iter()) {
+            let msg = match ev {
+                Ev::Engine(e) => {
+                    if let crate::engine::Event::Failed(m) = &e {
+                        log(&opts.log, &format!("engine error: {m}"));
+                    }
+                    Some(Msg::Engine(e))
+                }
+                Ev::Term(event::Event::Key(k)) => {
+                    pending_key.get_or_insert_with(std::time::Instant::now);
+                    keys::key(k, app.input.is_empty()).map(Msg::Action)
+                }
+                Ev::Term(event::Event::Mouse(m)) => keys::mouse(m).map(Msg::Action),
+                Ev::Term(event::Event::Resize(w, h)) => Some(Msg::Resize(w, h)),
+                Ev::Term(event::Event::Paste(text)) => {
+                    for c in text.chars() {
+                        effects.extend(app.update(Msg::Action(if c == '\n' {
+                            Action::Newline
+                        } else {
+                            Action::Insert(c)
+                        })));
+                    }
+                    None
+                }
+                Ev::Term(_) => None,
+            };
+            if let Some(m) = msg {
+                effects.extend(app.update(m));
+            }
+            if app.quit {
+                break;
+            }
+        }
+        for fx in effects {
+            match fx {
+                Effect::Engine(cmd) => {
+                    let _ = engine.commands.send(cmd);
+                }
+                Effect::Cancel => engine.cancel.store(true, Ordering::SeqCst),
+                Effect::Save => save(&mut app),
+                Effect::Export(file) => match std::fs::write(&file, app.markdown()) {
+                    Ok(()) => app.notice = Some((format!("saved the chat to {file}"), false)),
+                    Err(e) => app.notice = Some((format!("/save {file}: {e}"), true)),
+                },
+                Effect::Pause(on) => {
+                    engine.paused.store(on, Ordering::SeqCst);
+                    engine.steps.store(0, Ordering::SeqCst);
+                }
+                Effect::Advance => {
+                    engine.steps.fetch_add(1, Ordering::SeqCst);
+                }
+                Effect::Quit => app.quit = true,
+            }
+        }
+        if app.quit {
+            break;
+        }
+    }
+    // An answer cut short by quitting is kept as it stands.
+    if let Some(partial) = app.streaming.take() {
+        app.messages.push(Message::assistant(partial));
+    }
+    save(&mut app);
+    engine.paused.store(false, Ordering::SeqCst);
+    if !latencies.is_empty() {
+        latencies.sort_by(f64::total_cmp);
+        log(
+            &opts.log,
+            &format!(
+                "key-to-draw latency: {} keys, median {:.1} ms, max {:.1} ms",
+                latencies.len(),
+                latencies[latencies.len() / 2],
+                latencies[latencies.len() - 1]
+            ),
+        );
+    }
+    engine.cancel.store(true, Ordering::SeqCst);
+    let _ = engine.commands.send(Command::Quit);
+    log(&opts.log, &format!("chat {chat_id} ends"));
+    Ok(())
+}

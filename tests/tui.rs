@@ -1,0 +1,112 @@
+//! The chat's screens, without a model: a recorded sequence of engine events drives the app,
+//! and the whole screen is compared with reviewed snapshots (tests/snapshots) at 80x24,
+//! 120x40 and 200x60 for each panel.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use morphkv::cache::CacheConfig;
+use morphkv::sampling::SamplingParams;
+use morphkv::tui::app::{Action, App, Msg, Panel};
+use morphkv::tui::theme::Theme;
+use morphkv::tui::view;
+use ratatui::backend::TestBackend;
+use ratatui::Terminal;
+
+use morphkv::tui::demo::{app_after_recording, recorded};
+
+fn screen(app: &App, w: u16, h: u16) -> String {
+    let mut term = Terminal::new(TestBackend::new(w, h)).unwrap();
+    let theme = Theme::dark();
+    term.draw(|f| view::draw(f, app, &theme)).unwrap();
+    term.backend().to_string()
+}
+
+#[test]
+fn the_recording_leaves_a_finished_answer() {
+    let app = app_after_recording();
+    assert_eq!(app.messages.len(), 2);
+    assert!(app.messages[1].content.starts_with("The sky looks blue"));
+    assert_eq!(app.tokens.len(), 14 + 33);
+    assert_eq!(app.step.retained, 24);
+}
+
+#[test]
+fn every_panel_at_every_size() {
+    for panel in [
+        Some(Panel::Retention),
+        Some(Panel::Cache),
+        Some(Panel::Attention),
+        None,
+    ] {
+        for (w, h) in [(80, 24), (120, 40), (200, 60)] {
+            let mut app = app_after_recording();
+            app.panel = panel;
+            let name = format!(
+                "{}_{w}x{h}",
+                panel.map_or("no-panel", |p| p.title()).to_lowercase()
+            );
+            insta::assert_snapshot!(name, screen(&app, w, h));
+        }
+    }
+}
+
+#[test]
+fn help_overlay_and_small_terminal() {
+    let mut app = app_after_recording();
+    app.update(Msg::Action(Action::Help));
+    insta::assert_snapshot!("help_120x40", screen(&app, 120, 40));
+    insta::assert_snapshot!("help_80x24", screen(&app, 80, 24));
+    let s = screen(&app, 50, 12);
+    assert!(s.contains("60x16") && s.contains("Enlarge"), "{s}");
+}
+
+#[test]
+fn streaming_shows_the_partial_answer_and_the_busy_input() {
+    let mut app = App::new(CacheConfig::default(), SamplingParams::greedy(), 256);
+    let msgs = recorded();
+    // Stop before the answer finishes.
+    for m in msgs.into_iter().take(40) {
+        app.update(m);
+    }
+    let s = screen(&app, 80, 24);
+    assert!(s.contains("Assistant …"), "{s}");
+    assert!(s.contains("answering… (Esc stops)"), "{s}");
+}
+
+#[test]
+fn retention_colours_follow_the_cache() {
+    let mut app = app_after_recording();
+    app.panel = Some(Panel::Retention);
+    let mut term = Terminal::new(TestBackend::new(120, 40)).unwrap();
+    let theme = Theme::dark();
+    term.draw(|f| view::draw(f, &app, &theme)).unwrap();
+    let buf = term.backend().buffer().clone();
+    // Find the retention panel's cells by symbol on its last text row: "through." ends the
+    // transcript of tokens; the window (last 6 tokens) is kept by all pairs: brightest.
+    let area = buf.area;
+    let mut found_bright = false;
+    let mut evicted_cells = 0;
+    for y in 0..area.height {
+        for x in area.width / 2..area.width {
+            let cell = &buf[(x, y)];
+            if cell.bg == *theme.heatmap.last().unwrap() && cell.symbol() != " " {
+                found_bright = true;
+            }
+            if cell.fg == theme.evicted.fg.unwrap()
+                && cell.symbol() != " "
+                && cell.bg != theme.heatmap[0]
+            {
+                evicted_cells += 1;
+            }
+        }
+    }
+    assert!(
+        found_bright,
+        "the window's tokens are drawn in the 'kept by all' colour"
+    );
+    // More than the legend's word "evicted": the tokens no pair keeps.
+    assert!(
+        evicted_cells > 12,
+        "tokens no pair keeps are drawn dimmed ({evicted_cells} cells)"
+    );
+}
