@@ -157,11 +157,16 @@ impl Trace {
     }
 }
 
-/// Log-softmax of one row of logits.
+/// Log-softmax of one row of logits (the normaliser summed in f64: a vocabulary of ~50k
+/// terms summed in f32 would shift every log-probability by ~1e-4).
 fn log_softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = logits.iter().map(|&x| (x - max).exp()).sum::<f32>().ln() + max;
-    logits.iter().map(|&x| x - lse).collect()
+    let sum: f64 = logits.iter().map(|&x| f64::from(x - max).exp()).sum();
+    let lse = sum.ln() + f64::from(max);
+    logits
+        .iter()
+        .map(|&x| (f64::from(x) - lse) as f32)
+        .collect()
 }
 
 fn argmax(xs: &[f32]) -> usize {
@@ -188,16 +193,28 @@ fn row_f32(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.to_dtype(DType::F32)?.to_vec1::<f32>()?)
 }
 
+/// How the full cache's reference predictions are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reference {
+    /// Token by token, exactly as the caches under test run: `full` against itself and any
+    /// cache whose budget holds the whole text give exactly full's figures.
+    #[default]
+    Exact,
+    /// In chunks of 128 tokens (much faster on long texts, since the full cache's decode
+    /// slows with length); differs from token-by-token only by float rounding (~1e-5).
+    Fast,
+}
+
 /// Scores `tokens[score_from..]` under every variant against the full cache. The prefix
 /// `tokens[..score_from]` is prefilled (in each cache's chunks, compressing after each, as a
 /// prompt is); every later token is fed one at a time, so bounded caches evict exactly as
-/// they do while decoding. The full cache runs in chunks (its results do not depend on
-/// chunking). `progress(done, total)` is called as positions are scored.
+/// they do while decoding. `progress(done, total)` is called as positions are scored.
 fn trace_tokens(
     model: &Model,
     tokens: &[u32],
     score_from: usize,
     variants: &[Variant],
+    reference: Reference,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<Trace>> {
     let score_from = score_from.max(1);
@@ -213,9 +230,6 @@ fn trace_tokens(
     let cfg = model.config();
     let device = model.device();
     let mut full = KvCache::new(cfg, DType::F32, device)?;
-    if score_from > 1 {
-        prefill(model, &mut full, &tokens[..score_from - 1])?;
-    }
     let mut caches = variants
         .iter()
         .map(|v| KvCache::with_config(cfg, v.cache.clone(), DType::F32, device))
@@ -224,20 +238,34 @@ fn trace_tokens(
         .iter_mut()
         .map(|c| prefill(model, c, &tokens[..score_from]).and_then(|l| row_f32(&l)))
         .collect::<Result<Vec<_>>>()?;
+    // Exact: the full cache's current logits, advanced one token at a time.
+    let mut full_now = Vec::new();
+    if reference == Reference::Exact {
+        full_now = row_f32(&prefill(model, &mut full, &tokens[..score_from])?)?;
+    } else if score_from > 1 {
+        prefill(model, &mut full, &tokens[..score_from - 1])?;
+    }
     let mut traces = vec![Trace::default(); variants.len()];
     let total = tokens.len() - score_from;
     const CHUNK: usize = 128;
     let mut j = score_from;
     while j < tokens.len() {
         let end = (j + CHUNK).min(tokens.len());
-        // Rows r predict tokens[j + r] from tokens[.. j + r].
-        let full_rows = model
-            .forward(&tokens[j - 1..end - 1], &mut full, Logits::All)?
-            .to_dtype(DType::F32)?
-            .to_vec2::<f32>()?;
-        for (r, row) in full_rows.iter().enumerate() {
-            let pos = j + r;
+        // Fast: rows r predict tokens[j + r] from tokens[.. j + r].
+        let chunk_rows = if reference == Reference::Fast {
+            model
+                .forward(&tokens[j - 1..end - 1], &mut full, Logits::All)?
+                .to_dtype(DType::F32)?
+                .to_vec2::<f32>()?
+        } else {
+            Vec::new()
+        };
+        for pos in j..end {
             let target = tokens[pos] as usize;
+            let row = match reference {
+                Reference::Fast => &chunk_rows[pos - j],
+                Reference::Exact => &full_now,
+            };
             let lf = log_softmax(row);
             let top_full = argmax(row);
             for ((trace, cache), lg) in traces.iter_mut().zip(&mut caches).zip(&mut logits) {
@@ -252,6 +280,9 @@ fn trace_tokens(
                 if pos + 1 < tokens.len() {
                     *lg = row_f32(&model.forward(&[tokens[pos]], cache, Logits::Last)?)?;
                 }
+            }
+            if reference == Reference::Exact && pos + 1 < tokens.len() {
+                full_now = row_f32(&model.forward(&[tokens[pos]], &mut full, Logits::Last)?)?;
             }
             progress(pos + 1 - score_from, total);
         }
@@ -273,13 +304,14 @@ pub fn teacher_forced(
     texts: &[Vec<u32>],
     variants: &[Variant],
     bin: usize,
+    reference: Reference,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<Fidelity>> {
     let total: usize = texts.iter().map(|t| t.len().saturating_sub(1)).sum();
     let mut done = 0;
     let mut pooled = vec![Trace::default(); variants.len()];
     for text in texts {
-        let traces = trace_tokens(model, text, 1, variants, &mut |d, _| {
+        let traces = trace_tokens(model, text, 1, variants, reference, &mut |d, _| {
             progress(done + d, total)
         })?;
         done += text.len().saturating_sub(1);
@@ -325,6 +357,7 @@ pub fn long_generation(
     n: usize,
     variants: &[Variant],
     bin: usize,
+    reference: Reference,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(Vec<Fidelity>, Vec<Answer>)> {
     let total = prompts.len() * n * 2;
@@ -348,9 +381,14 @@ pub fn long_generation(
         }
         let text: Vec<u32> = prompt.iter().chain(&answer).copied().collect();
         let base = done;
-        let mut traces = trace_tokens(model, &text, prompt.len(), variants, &mut |d, _| {
-            progress(base + d, total)
-        })?;
+        let mut traces = trace_tokens(
+            model,
+            &text,
+            prompt.len(),
+            variants,
+            reference,
+            &mut |d, _| progress(base + d, total),
+        )?;
         done += n;
         for t in &mut traces {
             for r in &mut t.rows {

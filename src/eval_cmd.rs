@@ -137,8 +137,29 @@ fn variants(a: &EvalArgs) -> Result<Vec<Variant>> {
     Ok(out)
 }
 
-pub fn run(a: EvalArgs) -> Result<()> {
+pub fn run(mut a: EvalArgs) -> Result<()> {
     const TASKS: [&str; 4] = ["text", "generation", "recall", "perplexity"];
+    match a.suite.as_deref() {
+        None => {}
+        Some("default") => {
+            a.task = vec!["text".into(), "generation".into(), "recall".into()];
+            a.policies = morphkv::cache::POLICIES
+                .iter()
+                .map(|p| p.to_string())
+                .collect();
+            a.budgets = vec![64, 128, 256];
+            a.windows = Vec::new();
+            a.cache.window = 16;
+            a.tokens = 1024;
+            a.bin = 256;
+            a.max_texts = 1;
+            a.max_prompts = 1;
+            a.answer_tokens = 384;
+            a.max_probes = 3;
+            a.distance = 600;
+        }
+        Some(other) => bail!("invalid value for --suite: `{other}` (the one suite is `default`)"),
+    }
     for t in &a.task {
         if !TASKS.contains(&t.as_str()) {
             bail!(
@@ -190,14 +211,28 @@ pub fn run(a: EvalArgs) -> Result<()> {
 
     if a.task.iter().any(|t| t == "text") {
         let mut ids = Vec::new();
+        let largest = variants.iter().map(|v| v.cache.budget).max().unwrap_or(0);
         for t in texts.iter().take(a.max_texts.max(1)) {
             let mut toks = tokens_of(t)?;
             toks.truncate(a.tokens);
+            if toks.len() <= largest {
+                bail!(
+                    "--text: `{}` gives {} tokens, no more than the largest budget ({largest}): no cache would evict anything; give a longer text (or a larger --tokens) or smaller --budgets",
+                    t.name,
+                    toks.len()
+                );
+            }
             ids.push(toks);
         }
+        let reference = if a.fast_reference {
+            eval::Reference::Fast
+        } else {
+            eval::Reference::Exact
+        };
         let mut bar = Progress::new("text");
-        let fids =
-            eval::teacher_forced(&model, &ids, &variants, a.bin, &mut |d, n| bar.update(d, n))?;
+        let fids = eval::teacher_forced(&model, &ids, &variants, a.bin, reference, &mut |d, n| {
+            bar.update(d, n)
+        })?;
         let names: Vec<&str> = texts
             .iter()
             .take(a.max_texts.max(1))
@@ -231,6 +266,11 @@ pub fn run(a: EvalArgs) -> Result<()> {
             a.answer_tokens,
             &variants,
             a.bin,
+            if a.fast_reference {
+                eval::Reference::Fast
+            } else {
+                eval::Reference::Exact
+            },
             &mut |d, n| bar.update(d, n),
         )?;
         heading(&format!(

@@ -1,0 +1,235 @@
+//! `morphkv eval` on the real SmolLM2: exact agreement where nothing is evicted, the
+//! perplexity mode against a hand computation, the JSON's fields, and bad input.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Command;
+
+use candle_core::{DType, Device};
+use morphkv::cache::{CacheConfig, KvCache, PolicyKind, POLICIES};
+use morphkv::eval::{self, Reference, Text, Variant};
+use morphkv::model::{open_gguf, Logits, Model, WeightFormat};
+use morphkv::tokenizer::Tokenizer;
+
+fn load() -> (Model, Tokenizer) {
+    let path = common::default_model();
+    let (ct, mut reader) = open_gguf(&path).unwrap();
+    let model =
+        Model::from_gguf(&ct, &mut reader, &path, &Device::Cpu, WeightFormat::Auto).unwrap();
+    let tok = Tokenizer::from_gguf(&ct, &path).unwrap();
+    (model, tok)
+}
+
+fn text_tokens(tok: &Tokenizer, n: usize) -> Vec<u32> {
+    let text = &Text::load(&[] as &[&str]).unwrap()[0].body;
+    let mut ids = tok.encode_plain(text).unwrap();
+    ids.truncate(n);
+    ids
+}
+
+#[test]
+fn where_nothing_is_evicted_every_cache_equals_full_exactly() {
+    let (model, tok) = load();
+    let ids = text_tokens(&tok, 90);
+    // `full` against itself, and every policy with a budget above the text's length.
+    let mut variants = vec![Variant::new(CacheConfig::full())];
+    for p in POLICIES.iter().skip(1) {
+        variants.push(Variant::new(CacheConfig {
+            policy: p.parse().unwrap(),
+            budget: 200,
+            window: 8,
+            ..CacheConfig::default()
+        }));
+    }
+    let fids = eval::teacher_forced(
+        &model,
+        &[ids],
+        &variants,
+        32,
+        Reference::Exact,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(fids.len(), POLICIES.len());
+    for f in &fids {
+        assert_eq!(f.overall.count, 89, "{}", f.label);
+        assert_eq!(f.overall.ppl_change_pct, 0.0, "{}", f.label);
+        assert_eq!(f.overall.kl, 0.0, "{}", f.label);
+        assert_eq!(f.overall.top1, 1.0, "{}", f.label);
+        assert!(
+            f.overall.ppl > 1.0 && f.overall.ppl < 1000.0,
+            "{}",
+            f.overall.ppl
+        );
+        assert_eq!(f.bins.len(), 3);
+    }
+    // And with a small budget the bounded caches do lose something.
+    let small = vec![Variant::new(CacheConfig {
+        policy: PolicyKind::Streaming,
+        budget: 24,
+        window: 8,
+        ..CacheConfig::default()
+    })];
+    let ids = text_tokens(&tok, 90);
+    let f =
+        eval::teacher_forced(&model, &[ids], &small, 32, Reference::Exact, &mut |_, _| {}).unwrap();
+    assert!(f[0].overall.kl > 0.0 && f[0].overall.top1 < 1.0);
+    assert!(f[0].memory_ratio() < 0.5, "{}", f[0].memory_ratio());
+}
+
+#[test]
+fn perplexity_matches_a_hand_computation() {
+    let (model, tok) = load();
+    let ids = text_tokens(&tok, 200);
+    let n_ctx = 64;
+    let p = eval::perplexity(&model, &tok, &ids, n_ctx, &mut |_, _| {}).unwrap();
+    assert_eq!(p.chunks, 3);
+    // By hand: each chunk from an empty cache, the second half's next-token log-probs.
+    let (mut sum, mut count) = (0f64, 0usize);
+    for c in 0..3 {
+        let mut chunk = ids[c * n_ctx..(c + 1) * n_ctx].to_vec();
+        if tok.add_bos() {
+            chunk[0] = tok.bos_id().unwrap();
+        }
+        let mut cache = KvCache::new(model.config(), DType::F32, &Device::Cpu).unwrap();
+        let rows = model
+            .forward(&chunk, &mut cache, Logits::All)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        for j in n_ctx / 2..n_ctx - 1 {
+            let row: Vec<f64> = rows[j].iter().map(|&x| f64::from(x)).collect();
+            let max = row.iter().copied().fold(f64::MIN, f64::max);
+            let lse = row.iter().map(|x| (x - max).exp()).sum::<f64>().ln() + max;
+            sum += lse - row[chunk[j + 1] as usize];
+            count += 1;
+        }
+    }
+    let want = (sum / count as f64).exp();
+    assert!(
+        (p.ppl - want).abs() < 1e-4 * want,
+        "perplexity {} vs by hand {want}",
+        p.ppl
+    );
+    assert_eq!(p.running.len(), 3);
+    assert!(p.stderr > 0.0);
+}
+
+fn eval_cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_morphkv"))
+        .arg("eval")
+        .arg("-m")
+        .arg(common::default_model())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_json_has_every_documented_field() {
+    let dir = std::env::temp_dir().join(format!("morphkv-eval-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("out.json");
+    let plots = dir.join("plots");
+    let (ok, stdout, stderr) = eval_cli(&[
+        "--task",
+        "text,perplexity",
+        "--policies",
+        "streaming,morphkv",
+        "--budgets",
+        "24,40",
+        "--window",
+        "8",
+        "--tokens",
+        "80",
+        "--bin",
+        "40",
+        "-c",
+        "32",
+        "--json",
+        json.to_str().unwrap(),
+        "--plots",
+        plots.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("morphkv b24 w8 sum") && stdout.contains("Final estimate: PPL"));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let text = v["text"].as_array().unwrap();
+    assert_eq!(text.len(), 4);
+    for f in text {
+        for key in [
+            "label",
+            "policy",
+            "budget",
+            "window",
+            "overall",
+            "bins",
+            "kv_bytes",
+            "profile_bytes",
+            "full_kv_bytes",
+            "retained",
+        ] {
+            assert!(f.get(key).is_some(), "missing {key}");
+        }
+        for key in [
+            "from",
+            "to",
+            "count",
+            "ppl_full",
+            "ppl",
+            "ppl_change_pct",
+            "kl",
+            "top1",
+        ] {
+            assert!(f["overall"].get(key).is_some(), "missing overall.{key}");
+        }
+    }
+    assert!(v["perplexity"]["ppl"].as_f64().unwrap() > 1.0);
+    for svg in [
+        "text-ppl-by-position.svg",
+        "text-top1-by-position.svg",
+        "text-ppl-by-budget.svg",
+    ] {
+        let body = std::fs::read_to_string(plots.join(svg)).unwrap();
+        assert!(body.starts_with("<svg") && body.len() < 200_000, "{svg}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_input_gets_one_clear_line() {
+    let dir = std::env::temp_dir().join(format!("morphkv-evalbad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, "  \n").unwrap();
+    let missing = dir.join("nope.txt");
+    let short = dir.join("short.txt");
+    std::fs::write(&short, "Just a few words here.").unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--text", empty.to_str().unwrap()], "is empty"),
+        (vec!["--text", missing.to_str().unwrap()], "cannot read"),
+        (vec!["--budgets", "12x"], "invalid value '12x'"),
+        (
+            vec!["--text", short.to_str().unwrap(), "--budgets", "64"],
+            "no more than the largest budget",
+        ),
+        (vec!["--policies", "lru"], "unknown policy `lru`"),
+        (vec!["--task", "vibes"], "invalid value for --task"),
+        (vec!["--suite", "huge"], "invalid value for --suite"),
+    ];
+    for (args, want) in cases {
+        let (ok, _, stderr) = eval_cli(&args);
+        assert!(!ok, "{args:?} should fail");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
