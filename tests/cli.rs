@@ -251,3 +251,51 @@ fn trace_records_every_eviction() {
         "only {evictions} evictions traced"
     );
 }
+
+/// Runs `morphkv chat ARGS` with its own config and data folders.
+fn chat_with_config(config: &str, args: &[&str]) -> (i32, String) {
+    let dir = tmpdir(&format!("chat-{}", args.join("-").replace(['/', '.'], "_")));
+    std::fs::create_dir_all(dir.join("config")).unwrap();
+    std::fs::write(dir.join("config").join("config.toml"), config).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_morphkv"))
+        .arg("chat")
+        .args(args)
+        .env("MORPHKV_CONFIG_DIR", dir.join("config"))
+        .env("MORPHKV_DATA_DIR", dir.join("data"))
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn chat_bad_config_theme_and_settings() {
+    let cases: [(&str, &[&str], &[&str]); 5] = [
+        ("budget = \"lots\"\n", &["--list"], &["config.toml", "budget"]),
+        ("colour = \"red\"\n", &["--list"], &["config.toml", "unknown field `colour`"]),
+        ("", &["--theme", "neon"], &["--theme", "unknown theme `neon`", "dark"]),
+        ("policy = \"lru\"\n", &[], &["unknown policy `lru`"]),
+        ("", &["--resume", "nope"], &["no saved chat `nope`", "--list"]),
+    ];
+    for (config, args, needles) in cases {
+        let (code, err) = chat_with_config(config, args);
+        assert_ne!(code, 0, "{config:?} {args:?} should fail: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{config:?} {args:?}: {err}");
+        for n in needles {
+            assert!(err.contains(n), "{config:?} {args:?}: missing {n:?} in {err}");
+        }
+    }
+    // A malformed theme file.
+    let dir = tmpdir("badtheme");
+    let theme = dir.join("mine.toml");
+    std::fs::write(&theme, "name = \"mine\"\nforeground = \"#zzzzzz\"\n").unwrap();
+    let (code, err) = chat_with_config("", &["--theme", theme.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("mine.toml"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
