@@ -237,6 +237,9 @@ impl Worker {
                 Command::Reset => self.reset(),
             };
             if let Err(e) = result {
+                // The cache may hold part of a turn: the next one reads the conversation
+                // again from the start.
+                let _ = self.reset();
                 send(Event::Failed(e.to_string()));
             }
         }
