@@ -274,11 +274,27 @@ fn chat_with_config(config: &str, args: &[&str]) -> (i32, String) {
 #[test]
 fn chat_bad_config_theme_and_settings() {
     let cases: [(&str, &[&str], &[&str]); 5] = [
-        ("budget = \"lots\"\n", &["--list"], &["config.toml", "budget"]),
-        ("colour = \"red\"\n", &["--list"], &["config.toml", "unknown field `colour`"]),
-        ("", &["--theme", "neon"], &["--theme", "unknown theme `neon`", "dark"]),
+        (
+            "budget = \"lots\"\n",
+            &["--list"],
+            &["config.toml", "budget"],
+        ),
+        (
+            "colour = \"red\"\n",
+            &["--list"],
+            &["config.toml", "unknown field `colour`"],
+        ),
+        (
+            "",
+            &["--theme", "neon"],
+            &["--theme", "unknown theme `neon`", "dark"],
+        ),
         ("policy = \"lru\"\n", &[], &["unknown policy `lru`"]),
-        ("", &["--resume", "nope"], &["no saved chat `nope`", "--list"]),
+        (
+            "",
+            &["--resume", "nope"],
+            &["no saved chat `nope`", "--list"],
+        ),
     ];
     for (config, args, needles) in cases {
         let (code, err) = chat_with_config(config, args);
@@ -287,7 +303,10 @@ fn chat_bad_config_theme_and_settings() {
         let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
         assert_eq!(lines.len(), 1, "{config:?} {args:?}: {err}");
         for n in needles {
-            assert!(err.contains(n), "{config:?} {args:?}: missing {n:?} in {err}");
+            assert!(
+                err.contains(n),
+                "{config:?} {args:?}: missing {n:?} in {err}"
+            );
         }
     }
     // A malformed theme file.
