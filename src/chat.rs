@@ -402,7 +402,7 @@ const WEEKDAYS: [&str; 7] = [
 ];
 
 /// Year, month (1-12) and day (1-31) of a day count since 1970-01-01 (proleptic Gregorian).
-fn civil_from_days(days: i64) -> (i64, usize, u64) {
+pub(crate) fn civil_from_days(days: i64) -> (i64, usize, u64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
