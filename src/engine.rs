@@ -348,12 +348,11 @@ impl Worker {
         self.cancel.store(false, Ordering::SeqCst);
         let ids = self.delta(&messages)?;
         self.fed_messages = messages.clone();
-        let t0 = Instant::now();
-        let mut logits = if ids.is_empty() {
+        if ids.is_empty() {
             return Err(crate::error::Error::arg("chat", "nothing new to answer"));
-        } else {
-            self.feed(&ids, send)?
-        };
+        }
+        let t0 = Instant::now();
+        let mut logits = self.feed(&ids, send)?;
         let prompt_secs = t0.elapsed().as_secs_f64();
         let mut sampler = Sampler::new(self.settings.sampling.clone())?;
         let mut stream = StreamDecoder::default();

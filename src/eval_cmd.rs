@@ -172,6 +172,11 @@ pub fn run(mut a: EvalArgs) -> Result<()> {
         bail!("invalid value for --tokens: give at least 2");
     }
     let variants = variants(&a)?;
+    let reference = if a.fast_reference {
+        eval::Reference::Fast
+    } else {
+        eval::Reference::Exact
+    };
     let texts = Text::load(&a.texts)?;
     let prompts = eval::load_prompts(a.prompts.as_deref())?;
     let probes = eval::load_probes(a.probes.as_deref())?;
@@ -224,11 +229,6 @@ pub fn run(mut a: EvalArgs) -> Result<()> {
             }
             ids.push(toks);
         }
-        let reference = if a.fast_reference {
-            eval::Reference::Fast
-        } else {
-            eval::Reference::Exact
-        };
         let mut bar = Progress::new("text");
         let fids = eval::teacher_forced(&model, &ids, &variants, a.bin, reference, &mut |d, n| {
             bar.update(d, n)
@@ -266,11 +266,7 @@ pub fn run(mut a: EvalArgs) -> Result<()> {
             a.answer_tokens,
             &variants,
             a.bin,
-            if a.fast_reference {
-                eval::Reference::Fast
-            } else {
-                eval::Reference::Exact
-            },
+            reference,
             &mut |d, n| bar.update(d, n),
         )?;
         heading(&format!(

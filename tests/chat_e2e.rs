@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -257,5 +257,4 @@ fn sigkill_during_a_reply_loses_no_finished_turn() {
         .unwrap();
     let list = String::from_utf8_lossy(&out.stdout);
     assert!(list.contains("Say hello."), "{list}");
-    let _ = Path::new(&t.name);
 }
