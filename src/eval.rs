@@ -9,10 +9,13 @@
 //!   length (the paper's long-response setting).
 //! - [`recall`]: a fact stated early in a long conversation, asked for at its end: the answer's
 //!   log-probability and whether greedy decoding produces it.
+//! - [`fluency`]: each cache generates a long answer on its own (past the trained context if
+//!   asked), and a fresh full cache judges its last tokens: is it still language?
 //! - [`perplexity`]: llama.cpp's `llama-perplexity` procedure (independent chunks of `n_ctx`
 //!   tokens, the second half of each scored), to check the full-cache number against that
 //!   tool on the same GGUF and text.
 
+mod fluency;
 pub mod plot;
 pub mod report;
 mod suite;
@@ -27,6 +30,7 @@ use crate::generate::prefill;
 use crate::model::{Logits, Model};
 use crate::tokenizer::Tokenizer;
 
+pub use fluency::{distinct_ngrams, fluency, judge, Fluency, FluencyOptions};
 pub use suite::{load_probes, load_prompts, Probe, Prompt, Text, DEFAULT_TEXTS};
 
 /// One cache setting under test, with a label for tables.

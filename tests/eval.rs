@@ -14,10 +14,13 @@ use morphkv::model::{open_gguf, Logits, Model, WeightFormat};
 use morphkv::tokenizer::Tokenizer;
 
 fn load() -> (Model, Tokenizer) {
+    load_as(WeightFormat::Auto)
+}
+
+fn load_as(weights: WeightFormat) -> (Model, Tokenizer) {
     let path = common::default_model();
     let (ct, mut reader) = open_gguf(&path).unwrap();
-    let model =
-        Model::from_gguf(&ct, &mut reader, &path, &Device::Cpu, WeightFormat::Auto).unwrap();
+    let model = Model::from_gguf(&ct, &mut reader, &path, &Device::Cpu, weights).unwrap();
     let tok = Tokenizer::from_gguf(&ct, &path).unwrap();
     (model, tok)
 }
@@ -115,6 +118,55 @@ fn perplexity_matches_a_hand_computation() {
     );
     assert_eq!(p.running.len(), 3);
     assert!(p.stderr > 0.0);
+}
+
+#[test]
+fn fluency_judge_equals_the_generating_full_cache_when_it_sees_everything() {
+    // One weight form for one-token steps and whole passes alike (auto mixes two).
+    let (model, tok) = load_as(WeightFormat::F32);
+    let template = morphkv::chat::ChatTemplate::for_tokenizer(&tok, None).unwrap();
+    let opts = eval::FluencyOptions {
+        tokens: 48,
+        judged: 20,
+        // More than prompt + answer: the judge sees exactly what the generating cache saw.
+        context: 10_000,
+        sampling: morphkv::sampling::SamplingParams::default(),
+    };
+    let variants = vec![
+        Variant::new(CacheConfig::full()),
+        Variant::new(CacheConfig {
+            policy: PolicyKind::Streaming,
+            budget: 24,
+            window: 4,
+            ..CacheConfig::full()
+        }),
+    ];
+    let out = eval::fluency(
+        &model,
+        &tok,
+        &template,
+        "Tell me a long story about a lighthouse.",
+        &variants,
+        &opts,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(out.len(), 2);
+    let full = &out[0];
+    assert_eq!(full.generated, 48);
+    assert_eq!(full.context, full.prompt_tokens + 48 - 20);
+    let rel = (full.judge_ppl - full.self_ppl).abs() / full.self_ppl;
+    assert!(
+        rel < 1e-3,
+        "judge {} vs own {}",
+        full.judge_ppl,
+        full.self_ppl
+    );
+    // A cache that keeps 24 tokens saw less than the judge: its own perplexity differs.
+    let small = &out[1];
+    assert!(small.kv_bytes < full.kv_bytes);
+    assert!((small.judge_ppl - small.self_ppl).abs() / small.self_ppl > 1e-3);
+    assert!(full.distinct4 > 0.0 && full.distinct4 <= 1.0);
 }
 
 fn eval_cli(args: &[&str]) -> (bool, String, String) {

@@ -1,6 +1,6 @@
 //! Rendering eval results for people: aligned terminal tables and Markdown.
 
-use super::{Answer, Fidelity, Perplexity, RecallResult};
+use super::{Answer, Fidelity, Fluency, Perplexity, RecallResult};
 
 /// Table style.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +185,37 @@ pub fn answers_table(answers: &[Answer], style: Style) -> String {
     render(
         style,
         &["prompt", "prompt tokens", "generated", "answer begins"],
+        &rows,
+    )
+}
+
+/// Long generations judged by a fresh full cache.
+pub fn fluency_table(results: &[Fluency], style: Style) -> String {
+    let rows: Vec<Vec<String>> = results
+        .iter()
+        .map(|f| {
+            vec![
+                f.label.clone(),
+                f.generated.to_string(),
+                format!("{:.2}", f.judge_ppl),
+                format!("{:.2}", f.self_ppl),
+                format!("{:.1}", f.distinct4 * 100.0),
+                format!("{:.1}", f.decode_tps),
+                format!("{:.1}", f.kv_bytes as f64 / (1 << 20) as f64),
+            ]
+        })
+        .collect();
+    render(
+        style,
+        &[
+            "cache",
+            "generated",
+            "judge ppl (last tokens)",
+            "own ppl",
+            "distinct 4-grams %",
+            "tok/s",
+            "KV MiB",
+        ],
         &rows,
     )
 }

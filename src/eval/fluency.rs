@@ -1,0 +1,172 @@
+//! Fluency of long generation: each cache generates on its own from the same prompt (seeded
+//! sampling, end-of-turn ignored), and a fresh full cache judges the last tokens it produced.
+//!
+//! The judge sees only the `context` tokens just before the judged ones, so it stays inside
+//! the model's trained context however long the generation ran: its perplexity says whether
+//! the text is still language, whatever positions the generating cache used. The distinct
+//! 4-gram share catches the other failure, a loop, which a judge finds easy to predict.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use candle_core::DType;
+use serde::{Deserialize, Serialize};
+
+use super::{log_softmax, row_f32, Variant};
+use crate::cache::KvCache;
+use crate::chat::{encode_chat, ChatTemplate, Message};
+use crate::error::{Error, Result};
+use crate::generate::prefill;
+use crate::model::{Logits, Model};
+use crate::sampling::{Sampler, SamplingParams};
+use crate::tokenizer::Tokenizer;
+
+/// How long to generate and how to judge it.
+#[derive(Debug, Clone)]
+pub struct FluencyOptions {
+    /// Tokens each cache generates.
+    pub tokens: usize,
+    /// Tokens at the end that are judged.
+    pub judged: usize,
+    /// Tokens before them that the judge sees.
+    pub context: usize,
+    pub sampling: SamplingParams,
+}
+
+/// One cache's long generation, judged.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Fluency {
+    pub label: String,
+    pub prompt_tokens: usize,
+    pub generated: usize,
+    pub judged: usize,
+    pub context: usize,
+    /// Perplexity of the judged tokens under a fresh full cache given `context` tokens.
+    pub judge_ppl: f64,
+    /// The generating cache's own perplexity of the judged tokens (before sampling filters).
+    pub self_ppl: f64,
+    /// Distinct 4-grams over all 4-grams of the judged tokens (1 = no repetition).
+    pub distinct4: f64,
+    pub decode_tps: f64,
+    pub kv_bytes: usize,
+    pub full_kv_bytes: usize,
+    /// The last characters of the generation.
+    pub tail: String,
+}
+
+/// Distinct n-grams over all n-grams of `ids` (1 when there are none).
+pub fn distinct_ngrams(ids: &[u32], n: usize) -> f64 {
+    if n == 0 || ids.len() < n {
+        return 1.0;
+    }
+    let grams: Vec<&[u32]> = ids.windows(n).collect();
+    let set: HashSet<&[u32]> = grams.iter().copied().collect();
+    set.len() as f64 / grams.len() as f64
+}
+
+/// Perplexity of `ids[from..]` given `ids[..from]`, under a fresh full cache (one pass).
+pub fn judge(model: &Model, ids: &[u32], from: usize) -> Result<f64> {
+    if from == 0 || from >= ids.len() {
+        return Err(Error::arg(
+            "--judge-tokens",
+            "nothing to judge: the judged span must follow at least one token of context",
+        ));
+    }
+    let mut cache = KvCache::new(model.config(), DType::F32, model.device())?;
+    let rows = model
+        .forward(&ids[..ids.len() - 1], &mut cache, Logits::All)?
+        .to_dtype(DType::F32)?
+        .to_vec2::<f32>()?;
+    let nll: f64 = (from..ids.len())
+        .map(|j| -f64::from(log_softmax(&rows[j - 1])[ids[j] as usize]))
+        .sum();
+    Ok((nll / (ids.len() - from) as f64).exp())
+}
+
+/// Each variant generates `opts.tokens` tokens answering `prompt`; the last `opts.judged` are
+/// judged. Every variant samples with the same seed.
+pub fn fluency(
+    model: &Model,
+    tok: &Tokenizer,
+    template: &ChatTemplate,
+    prompt: &str,
+    variants: &[Variant],
+    opts: &FluencyOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<Fluency>> {
+    if opts.judged == 0 || opts.judged > opts.tokens {
+        return Err(Error::arg(
+            "--judge-tokens",
+            format!(
+                "{} is not between 1 and the tokens generated ({})",
+                opts.judged, opts.tokens
+            ),
+        ));
+    }
+    let segments = template.render(&[Message::user(prompt.to_string())], true)?;
+    let prompt_ids = encode_chat(tok, &segments)?;
+    let total = variants.len() * opts.tokens;
+    let mut out = Vec::new();
+    for (vi, v) in variants.iter().enumerate() {
+        let mut cache =
+            KvCache::with_config(model.config(), v.cache.clone(), DType::F32, model.device())?;
+        let mut sampler = Sampler::new(opts.sampling.clone())?;
+        let mut history = prompt_ids.clone();
+        let mut logits = row_f32(&prefill(model, &mut cache, &prompt_ids)?)?;
+        let first_judged = opts.tokens - opts.judged;
+        let mut self_nll = 0f64;
+        let t0 = Instant::now();
+        for i in 0..opts.tokens {
+            let next = sampler.sample(&logits, &history);
+            if i >= first_judged {
+                self_nll -= f64::from(log_softmax(&logits)[next as usize]);
+            }
+            history.push(next);
+            progress(vi * opts.tokens + i + 1, total);
+            if i + 1 < opts.tokens {
+                logits = row_f32(&model.forward(&[next], &mut cache, Logits::Last)?)?;
+            }
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let end = history.len();
+        let start = end.saturating_sub(opts.judged + opts.context);
+        let judged = &history[end - opts.judged..];
+        let judge_ppl = judge(model, &history[start..], end - opts.judged - start)?;
+        let text = tok.decode(judged)?;
+        let chars: Vec<char> = text.chars().collect();
+        let tail: String = chars[chars.len().saturating_sub(240)..].iter().collect();
+        out.push(Fluency {
+            label: v.label.clone(),
+            prompt_tokens: prompt_ids.len(),
+            generated: opts.tokens,
+            judged: opts.judged,
+            context: end - opts.judged - start,
+            judge_ppl,
+            self_ppl: (self_nll / opts.judged as f64).exp(),
+            distinct4: distinct_ngrams(judged, 4),
+            decode_tps: if secs > 0.0 {
+                opts.tokens as f64 / secs
+            } else {
+                0.0
+            },
+            kv_bytes: cache.kv_bytes(),
+            full_kv_bytes: cache.full_kv_bytes(),
+            tail,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distinct_ngrams_counts_repeats() {
+        assert_eq!(distinct_ngrams(&[1, 2, 3, 4, 5], 4), 1.0);
+        // A loop of period 2: only two distinct 4-grams among six.
+        let looped = [1, 2, 1, 2, 1, 2, 1, 2, 1];
+        assert!((distinct_ngrams(&looped, 4) - 2.0 / 6.0).abs() < 1e-12);
+        assert_eq!(distinct_ngrams(&[1, 2], 4), 1.0);
+    }
+}
