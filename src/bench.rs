@@ -191,9 +191,7 @@ pub fn run(path: &Path, weights: WeightFormat, opts: &BenchOptions) -> Result<Re
         return Err(Error::arg("--reps/--decode-tokens", "must be at least 1"));
     }
     let device = Device::Cpu;
-    let (ct, mut reader) = open_gguf(path)?;
-    let model = Model::from_gguf(&ct, &mut reader, path, &device, weights)?;
-    let tok = crate::tokenizer::Tokenizer::from_gguf(&ct, path)?;
+    let (model, tok) = crate::model::load(path, &device, weights)?;
     let text_ids = tok.encode_plain(BENCH_TEXT)?;
     // Warm-up: thread pools, lazily repacked quantized weights, page faults.
     {
@@ -264,8 +262,12 @@ pub fn run(path: &Path, weights: WeightFormat, opts: &BenchOptions) -> Result<Re
         let p = variants.iter().position(|c| label(c) == r.policy);
         (p, r.context)
     });
-    for &form in &opts.reference {
-        rows.extend(reference_rows(path, &ct, &text_ids, form, opts)?);
+    // The reference reads GGUF llama files only; other models are measured without it.
+    if let crate::model::Checkpoint::Gguf(file) = crate::model::Checkpoint::detect(path)? {
+        let (ct, _) = open_gguf(&file)?;
+        for &form in &opts.reference {
+            rows.extend(reference_rows(&file, &ct, &text_ids, form, opts)?);
+        }
     }
     Ok(Report {
         model: path.display().to_string(),
@@ -527,9 +529,7 @@ pub fn long_run(
     checkpoints: &[usize],
 ) -> Result<Vec<Checkpoint>> {
     let device = Device::Cpu;
-    let (ct, mut reader) = open_gguf(path)?;
-    let model = Model::from_gguf(&ct, &mut reader, path, &device, weights)?;
-    let tok = crate::tokenizer::Tokenizer::from_gguf(&ct, path)?;
+    let (model, tok) = crate::model::load(path, &device, weights)?;
     let prompt = tok.encode_plain(BENCH_TEXT)?;
     let mut kv = KvCache::with_config(model.config(), cache.clone(), DType::F32, &device)?;
     let mut next = argmax(&prefill(&model, &mut kv, &prompt)?.to_vec1::<f32>()?);

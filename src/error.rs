@@ -7,11 +7,11 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A model file that does not exist.
-    #[error("model file {path} does not exist: pass a GGUF path or a preset name with -m (see `morphkv models list`)")]
+    #[error("model file {path} does not exist: pass a GGUF file, a safetensors folder, a preset name or `owner/repo` with -m (see `morphkv models list`)")]
     ModelNotFound { path: PathBuf },
 
     /// A file that exists but is not a usable model.
-    #[error("{path} is not a usable GGUF model: {reason}")]
+    #[error("{path} is not a usable model: {reason}")]
     BadModel { path: PathBuf, reason: String },
 
     /// A model whose architecture the decoder does not implement.
@@ -23,10 +23,13 @@ pub enum Error {
     },
 
     /// A preset name that is not in `models.toml`.
-    #[error("unknown model `{name}`: not a file and not a preset (known presets: {known})")]
+    #[error("unknown model `{name}`: not a file, a preset or a Hub repo `owner/name` ({known})")]
     UnknownPreset { name: String, known: String },
 
     /// Fetching a model failed on every source.
+    #[error("{path}: {reason}")]
+    BadFile { path: String, reason: String },
+
     #[error("could not fetch {what}: {reason}")]
     Fetch { what: String, reason: String },
 

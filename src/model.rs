@@ -10,14 +10,17 @@
 //! ```
 
 pub mod attention;
+mod checkpoint;
 pub mod config;
 pub mod gguf;
 mod random;
 pub mod rope;
+pub mod safetensors;
 
 use candle_core::quantized::QMatMul;
 use candle_core::{Device, Module, Tensor};
 
+pub use checkpoint::{load, Checkpoint};
 pub use config::{Arch, Config, RopeStyle};
 pub use gguf::{open_gguf, WeightFormat};
 
@@ -40,6 +43,34 @@ pub(crate) struct Linear {
 }
 
 impl Linear {
+    /// A projection from a dense (out, in) f32 weight, kept as `format` says: Q8_0 for
+    /// decoding (where the input width allows Q8_0's 32-value blocks), a dense copy for
+    /// prompts (`Hybrid`), or dense only (`F32`, `Native`). `Auto` must be resolved first.
+    pub(crate) fn from_dense(w: Tensor, b: Option<Tensor>, format: WeightFormat) -> Result<Self> {
+        let q8 = |w: &Tensor| -> Result<Option<QMatMul>> {
+            if w.dim(1)? % 32 != 0 {
+                return Ok(None);
+            }
+            let q = candle_core::quantized::QTensor::quantize(
+                w,
+                candle_core::quantized::GgmlDType::Q8_0,
+            )?;
+            Ok(Some(QMatMul::QTensor(std::sync::Arc::new(q))))
+        };
+        let (w, dense) = match format {
+            WeightFormat::F32 | WeightFormat::Native => (QMatMul::Tensor(w), None),
+            WeightFormat::Q8_0 | WeightFormat::Auto => match q8(&w)? {
+                Some(q) => (q, None),
+                None => (QMatMul::Tensor(w), None),
+            },
+            WeightFormat::Hybrid => match q8(&w)? {
+                Some(q) => (q, Some(QMatMul::Tensor(w))),
+                None => (QMatMul::Tensor(w), None),
+            },
+        };
+        Ok(Self { w, dense, b })
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let w = match &self.dense {
             Some(d) if x.dims()[0] >= DENSE_MIN_ROWS => d,

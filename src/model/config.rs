@@ -1,4 +1,4 @@
-//! Decoder hyper-parameters, read from GGUF metadata.
+//! Decoder hyper-parameters, read from GGUF metadata or a Hugging Face `config.json`.
 
 use std::path::Path;
 
@@ -18,8 +18,8 @@ pub enum Arch {
 impl Arch {
     /// Architecture names accepted in `general.architecture`.
     pub const SUPPORTED: &'static str = "llama, qwen2";
-
-    fn parse(name: &str) -> Option<Self> {
+    /// Parses an architecture name (`general.architecture`, a preset's `arch`).
+    pub fn parse(name: &str) -> Option<Self> {
         match name {
             "llama" => Some(Self::Llama),
             "qwen2" => Some(Self::Qwen2),
@@ -60,6 +60,9 @@ pub struct Config {
     pub context_len: usize,
     pub rope_base: f32,
     pub rope_style: RopeStyle,
+    /// Per-frequency divisors of the RoPE frequencies (d/2 values): Llama 3's long-context
+    /// scaling (GGUF `rope_freqs.weight`, or `rope_scaling` in `config.json`). None = plain RoPE.
+    pub rope_factors: Option<Vec<f32>>,
     pub rms_eps: f64,
 }
 
@@ -148,7 +151,39 @@ impl Config {
                 Arch::Llama => RopeStyle::Interleaved,
                 Arch::Qwen2 => RopeStyle::HalfSplit,
             },
+            rope_factors: None,
             rms_eps: f64::from(get_f("attention.layer_norm_rms_epsilon").unwrap_or(1e-5)),
         })
     }
+}
+
+/// Llama 3's RoPE scaling as per-frequency divisors (what llama.cpp stores as
+/// `rope_freqs.weight`): long wavelengths are slowed by `factor`, short ones kept, and the band
+/// between blended smoothly.
+pub fn llama3_rope_factors(
+    head_dim: usize,
+    base: f32,
+    factor: f32,
+    low_freq_factor: f32,
+    high_freq_factor: f32,
+    original_context: f32,
+) -> Vec<f32> {
+    let low_wavelen = original_context / low_freq_factor;
+    let high_wavelen = original_context / high_freq_factor;
+    (0..head_dim)
+        .step_by(2)
+        .map(|i| {
+            let freq = 1f32 / base.powf(i as f32 / head_dim as f32);
+            let wavelen = 2.0 * std::f32::consts::PI / freq;
+            if wavelen < high_wavelen {
+                1.0
+            } else if wavelen > low_wavelen {
+                factor
+            } else {
+                let smooth = (original_context / wavelen - low_freq_factor)
+                    / (high_freq_factor - low_freq_factor);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            }
+        })
+        .collect()
 }

@@ -142,13 +142,23 @@ impl Model {
                 w_down: loader.linear(&format!("{p}.ffn_down.weight"), None)?,
             });
         }
-        let rope = Rope::new(
-            cfg.head_dim,
-            cfg.rope_base,
-            cfg.rope_style,
-            cfg.context_len,
-            device,
-        )?;
+        // Llama 3's scaled RoPE: llama.cpp stores the frequency divisors as a tensor.
+        let mut cfg = cfg;
+        if ct.tensor_infos.contains_key("rope_freqs.weight") {
+            let f = loader
+                .dense("rope_freqs.weight")?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            if f.len() != cfg.head_dim / 2 {
+                return Err(loader.bad(format!(
+                    "rope_freqs.weight has {} values, expected {}",
+                    f.len(),
+                    cfg.head_dim / 2
+                )));
+            }
+            cfg.rope_factors = Some(f);
+        }
+        let rope = Rope::new(&cfg, device)?;
         Ok(Self {
             weights: loader.format,
             cfg,

@@ -48,7 +48,7 @@ impl Model {
         let lm_head = lin(cfg.vocab, h, false)?;
         let embed = mat(cfg.vocab, h, 1.0)?;
         Ok(Self {
-            rope: Rope::new(d, cfg.rope_base, cfg.rope_style, cfg.context_len, device)?,
+            rope: Rope::new(&cfg, device)?,
             norm: Tensor::ones(h, candle_core::DType::F32, device)?,
             embed,
             layers,
@@ -75,6 +75,7 @@ impl Config {
             context_len: 512,
             rope_base: 10_000.0,
             rope_style: super::RopeStyle::Interleaved,
+            rope_factors: None,
             rms_eps: 1e-5,
         }
     }

@@ -7,7 +7,7 @@
 
 use candle_core::{Device, Tensor};
 
-use super::config::RopeStyle;
+use super::config::{Config, RopeStyle};
 use crate::error::Result;
 
 /// Inverse frequencies of one head, the pairing convention, and cos/sin tables for positions
@@ -22,17 +22,22 @@ pub struct Rope {
 }
 
 impl Rope {
-    pub fn new(
-        head_dim: usize,
-        base: f32,
-        style: RopeStyle,
-        table_len: usize,
-        device: &Device,
-    ) -> Result<Self> {
-        let inv_freq = (0..head_dim)
+    /// RoPE for `cfg`'s heads, base, pairing and frequency scaling, with tables up to its
+    /// trained context.
+    pub fn new(cfg: &Config, device: &Device) -> Result<Self> {
+        let d = cfg.head_dim;
+        let inv_freq = (0..d)
             .step_by(2)
-            .map(|i| 1f32 / base.powf(i as f32 / head_dim as f32))
+            .enumerate()
+            .map(|(j, i)| {
+                let f = 1f32 / cfg.rope_base.powf(i as f32 / d as f32);
+                match &cfg.rope_factors {
+                    Some(div) => f / div.get(j).copied().unwrap_or(1.0),
+                    None => f,
+                }
+            })
             .collect();
+        let (style, table_len) = (cfg.rope_style, cfg.context_len);
         let mut rope = Self {
             inv_freq,
             style,
