@@ -116,23 +116,31 @@ pub fn run(a: ChatArgs) -> Result<()> {
         .unwrap_or_else(|| "dark".into());
     let theme = Theme::load(&theme_name, Some(&config_dir.join("themes")))
         .map_err(|e| anyhow::anyhow!("--theme: {e}"))?;
-    let cache = CacheConfig {
-        policy: a
-            .policy
-            .as_deref()
-            .or(cfg.policy.as_deref())
-            .unwrap_or("morphkv")
-            .parse()?,
-        budget: a.budget.or(cfg.budget).unwrap_or(600),
-        window: a.window.or(cfg.window).unwrap_or(30),
-        positions: match a.positions.as_deref() {
-            Some(p) => p.parse()?,
-            None => Positions::Rebased,
-        },
-        ..CacheConfig::default()
+    // Flags, then the config file, then the model preset's suggestions, then defaults.
+    let make_cache = |pc: &morphkv::models::PresetCache| -> Result<CacheConfig> {
+        let cache = CacheConfig {
+            policy: a
+                .policy
+                .as_deref()
+                .or(cfg.policy.as_deref())
+                .or(pc.policy.as_deref())
+                .unwrap_or("morphkv")
+                .parse()?,
+            budget: a.budget.or(cfg.budget).or(pc.budget).unwrap_or(600),
+            window: a.window.or(cfg.window).or(pc.window).unwrap_or(30),
+            fusion: pc.fusion.as_deref().unwrap_or("sum").parse()?,
+            positions: match a.positions.as_deref() {
+                Some(p) => p.parse()?,
+                None => Positions::Rebased,
+            },
+            ..CacheConfig::default()
+        };
+        cache.validate()?;
+        Ok(cache)
     };
-    cache.validate()?;
-    let params = sampling_params(&a.sampling);
+    // Bad flags fail before the model loads.
+    make_cache(&morphkv::models::PresetCache::default())?;
+    let params = sampling_params(&a.sampling, rand::random());
     params.validate()?;
     if a.max_tokens == 0 {
         bail!("invalid value for --max-tokens: 0 (give a positive number)");
@@ -149,8 +157,15 @@ pub fn run(a: ChatArgs) -> Result<()> {
         model,
         tokenizer,
         path,
+        preset,
     } = load(&model_args)?;
-    let template = ChatTemplate::for_tokenizer(&tokenizer, a.chat_template.as_deref())?;
+    let cache = make_cache(&preset.as_ref().map(|p| p.cache.clone()).unwrap_or_default())?;
+    let template = ChatTemplate::for_tokenizer(
+        &tokenizer,
+        a.chat_template
+            .as_deref()
+            .or(preset.as_ref().and_then(|p| p.template.as_deref())),
+    )?;
     // A preset by its name, a file by its name without folders.
     let display = match &model_args.model {
         Some(m) if !std::path::Path::new(m).exists() => m.clone(),

@@ -30,15 +30,46 @@ pub enum Command {
     /// Measure prefill and decode speed against context length.
     Bench(BenchArgs),
     /// Measure what each cache policy forgets: fidelity against the full cache, and memory.
-    Eval(EvalArgs),
+    Eval(Box<EvalArgs>),
+    /// List, download and remove models: presets from models.toml or Hub repos.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Every preset: format, size, whether it is downloaded, and where.
+    List,
+    /// Download a preset or `owner/repo[:file]` into the Hugging Face cache.
+    Pull {
+        /// Preset name or `owner/repo[:file]`.
+        name: String,
+        /// Use the cache only (as HF_HUB_OFFLINE=1 does).
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Delete a preset's downloaded files.
+    Rm {
+        /// Preset name.
+        name: String,
+    },
+    /// Print where a downloaded preset is (a GGUF file or a checkpoint folder).
+    Path {
+        /// Preset name or `owner/repo[:file]`.
+        name: String,
+    },
 }
 
 /// Which model to run and how to hold its weights.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
-    /// GGUF file or preset name from models.toml (default: smollm2-135m-instruct).
+    /// Model: a preset name from models.toml (default: smollm2-135m-instruct), a GGUF file,
+    /// a safetensors folder, or a Hub repo `owner/repo[:file]`.
     #[arg(short = 'm', long = "model")]
     pub model: Option<String>,
+    /// Never download: use the Hugging Face cache only (as HF_HUB_OFFLINE=1 does).
+    #[arg(long)]
+    pub offline: bool,
     /// Weight storage: auto, native (file's quantization), f32, q8_0.
     #[arg(long, default_value = "auto")]
     pub weights: String,
@@ -112,21 +143,23 @@ pub struct GenerateArgs {
 /// KV-cache flags, shared by every command that runs the engine.
 #[derive(Debug, Args)]
 pub struct CacheArgs {
-    /// Eviction policy: full, streaming, h2o, tova, snapkv, morphkv.
-    #[arg(long, default_value = "morphkv")]
-    pub policy: String,
-    /// Tokens kept per KV head per layer, the token being decoded included.
-    #[arg(long, default_value_t = 600)]
-    pub budget: usize,
-    /// Most recent tokens always kept (MorphKV's R).
-    #[arg(long, default_value_t = 30)]
-    pub window: usize,
+    /// Eviction policy: full, streaming, h2o, tova, snapkv, morphkv (default: the preset's,
+    /// else morphkv).
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// Tokens kept per KV head per layer, the token being decoded included (default: the
+    /// preset's, else 600).
+    #[arg(long)]
+    pub budget: Option<usize>,
+    /// Most recent tokens always kept, MorphKV's R (default: the preset's, else 30).
+    #[arg(long)]
+    pub window: Option<usize>,
     /// First tokens always kept (default: 4 for streaming, 0 otherwise).
     #[arg(long)]
     pub sinks: Option<usize>,
-    /// MorphKV: fuse the window's rows by sum or max.
-    #[arg(long, default_value = "sum")]
-    pub fusion: String,
+    /// MorphKV: fuse the window's rows by sum or max (default: the preset's, else sum).
+    #[arg(long)]
+    pub fusion: Option<String>,
     /// MorphKV: aggregate the query heads of a KV head by sum or max.
     #[arg(long = "group-agg", default_value = "sum")]
     pub group_agg: String,
@@ -207,8 +240,9 @@ pub struct EvalArgs {
     #[arg(long = "fast-reference")]
     pub fast_reference: bool,
     /// What to measure, comma-separated: text (teacher-forced long texts), generation (replay
-    /// of the full cache's long answers), recall (facts asked for many tokens later),
-    /// perplexity (llama.cpp's llama-perplexity procedure, full cache).
+    /// of the full cache's long answers), recall (facts asked for many tokens later), fluency
+    /// (each cache generates --answer-tokens on its own; a fresh full cache judges the last
+    /// --judge-tokens), perplexity (llama.cpp's llama-perplexity procedure, full cache).
     #[arg(long, value_delimiter = ',', default_value = "text")]
     pub task: Vec<String>,
     /// Policies to compare with the full cache, comma-separated.
@@ -260,6 +294,16 @@ pub struct EvalArgs {
     /// Tokens of text between a probe's fact and its question.
     #[arg(long, default_value_t = 1500)]
     pub distance: usize,
+    /// Tokens at the end of each fluency generation that a fresh full cache judges.
+    #[arg(long = "judge-tokens", default_value_t = 1000)]
+    pub judge_tokens: usize,
+    /// Tokens before the judged ones that the judge sees.
+    #[arg(long = "judge-context", default_value_t = 1000)]
+    pub judge_context: usize,
+    /// Sampling of the fluency task's generations (the seed defaults to 42 there, so every
+    /// cache draws alike).
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// Chunk size of the perplexity task (llama-perplexity's -c).
     #[arg(short = 'c', long = "ctx-size", default_value_t = 512)]
     pub ctx_size: usize,
@@ -328,14 +372,32 @@ pub struct ChatArgs {
 }
 
 impl CacheArgs {
-    /// The cache settings these flags describe, validated.
+    /// The cache settings these flags describe, validated (built-in defaults for the rest).
     pub fn config(&self) -> morphkv::Result<morphkv::cache::CacheConfig> {
+        self.config_with(&morphkv::models::PresetCache::default())
+    }
+
+    /// The settings, taking what the flags leave out from a preset's suggestions.
+    pub fn config_with(
+        &self,
+        preset: &morphkv::models::PresetCache,
+    ) -> morphkv::Result<morphkv::cache::CacheConfig> {
+        let policy = self
+            .policy
+            .as_deref()
+            .or(preset.policy.as_deref())
+            .unwrap_or("morphkv");
+        let fusion = self
+            .fusion
+            .as_deref()
+            .or(preset.fusion.as_deref())
+            .unwrap_or("sum");
         let cfg = morphkv::cache::CacheConfig {
-            policy: self.policy.parse()?,
-            budget: self.budget,
-            window: self.window,
+            policy: policy.parse()?,
+            budget: self.budget.or(preset.budget).unwrap_or(600),
+            window: self.window.or(preset.window).unwrap_or(30),
             sinks: self.sinks,
-            fusion: self.fusion.parse()?,
+            fusion: fusion.parse()?,
             group_agg: self.group_agg.parse()?,
             evict_every: self.evict_every,
             prefill_chunk: self.prefill_chunk,

@@ -12,7 +12,7 @@ use crate::{load, Loaded};
 use morphkv::cache::{CacheConfig, PolicyKind, Positions};
 use morphkv::chat::ChatTemplate;
 use morphkv::eval::report::{self, Style};
-use morphkv::eval::{self, Answer, Fidelity, Perplexity, RecallResult, Text, Variant};
+use morphkv::eval::{self, Answer, Fidelity, Fluency, Perplexity, RecallResult, Text, Variant};
 
 /// Everything one `eval` run measured, for `--json`.
 #[derive(Debug, Default, Serialize)]
@@ -22,6 +22,7 @@ struct EvalReport {
     generation: Option<Vec<Fidelity>>,
     answers: Option<Vec<Answer>>,
     recall: Option<Vec<RecallResult>>,
+    fluency: Option<Vec<Fluency>>,
     perplexity: Option<Perplexity>,
 }
 
@@ -138,7 +139,7 @@ fn variants(a: &EvalArgs) -> Result<Vec<Variant>> {
 }
 
 pub fn run(mut a: EvalArgs) -> Result<()> {
-    const TASKS: [&str; 4] = ["text", "generation", "recall", "perplexity"];
+    const TASKS: [&str; 5] = ["text", "generation", "recall", "fluency", "perplexity"];
     match a.suite.as_deref() {
         None => {}
         Some("default") => {
@@ -149,7 +150,7 @@ pub fn run(mut a: EvalArgs) -> Result<()> {
                 .collect();
             a.budgets = vec![64, 128, 256];
             a.windows = Vec::new();
-            a.cache.window = 16;
+            a.cache.window = Some(16);
             a.tokens = 1024;
             a.bin = 256;
             a.max_texts = 1;
@@ -188,7 +189,12 @@ pub fn run(mut a: EvalArgs) -> Result<()> {
         model,
         tokenizer,
         path,
+        preset,
     } = load(&a.model)?;
+    let template_name = a
+        .chat_template
+        .as_deref()
+        .or(preset.as_ref().and_then(|p| p.template.as_deref()));
     let style = if a.markdown {
         Style::Markdown
     } else {
@@ -255,7 +261,7 @@ pub fn run(mut a: EvalArgs) -> Result<()> {
     }
 
     if a.task.iter().any(|t| t == "generation") {
-        let template = ChatTemplate::for_tokenizer(&tokenizer, a.chat_template.as_deref())?;
+        let template = ChatTemplate::for_tokenizer(&tokenizer, template_name)?;
         let prompts = &prompts[..a.max_prompts.clamp(1, prompts.len())];
         let mut bar = Progress::new("generation");
         let (fids, answers) = eval::long_generation(
@@ -286,7 +292,7 @@ pub fn run(mut a: EvalArgs) -> Result<()> {
     }
 
     if a.task.iter().any(|t| t == "recall") {
-        let template = ChatTemplate::for_tokenizer(&tokenizer, a.chat_template.as_deref())?;
+        let template = ChatTemplate::for_tokenizer(&tokenizer, template_name)?;
         let filler = tokenizer.encode_plain(&texts[0].body)?;
         let probes = &probes[..a.max_probes.clamp(1, probes.len())];
         let mut bar = Progress::new("recall");
@@ -309,6 +315,36 @@ pub fn run(mut a: EvalArgs) -> Result<()> {
         ));
         print!("{}", report::recall_table(&results, style));
         rep.recall = Some(results);
+    }
+
+    if a.task.iter().any(|t| t == "fluency") {
+        let template = ChatTemplate::for_tokenizer(&tokenizer, template_name)?;
+        let prompt = &prompts[0];
+        let opts = eval::FluencyOptions {
+            tokens: a.answer_tokens,
+            judged: a.judge_tokens,
+            context: a.judge_context,
+            sampling: crate::sampling_params(&a.sampling, 42),
+        };
+        let mut bar = Progress::new("fluency");
+        let results = eval::fluency(
+            &model,
+            &tokenizer,
+            &template,
+            &prompt.text,
+            &variants,
+            &opts,
+            &mut |d, n| bar.update(d, n),
+        )?;
+        heading(&format!(
+            "fluency: {} tokens generated per cache for `{}`, the last {} judged by a fresh full cache given the {} before them",
+            a.answer_tokens, prompt.name, a.judge_tokens, a.judge_context
+        ));
+        print!("{}", report::fluency_table(&results, style));
+        for f in &results {
+            println!("\n{} ends: {}", f.label, f.tail.replace('\n', " ").trim());
+        }
+        rep.fluency = Some(results);
     }
 
     if a.task.iter().any(|t| t == "perplexity") {

@@ -10,7 +10,8 @@
 //! - [`chat`]: chat templates (Jinja via minijinja) and messages.
 //! - [`sampling`]: greedy, temperature, top-k, top-p, min-p, repetition penalty, seeded.
 //! - [`generate`]: prefill + decode loop tying model, cache, sampler and tokenizer together.
-//! - [`models`]: resolving `-m` (path or preset) and fetching the default model.
+//! - [`models`]: presets (`models.toml`) and resolving `-m` (path, preset or Hub repo).
+//! - [`hub`]: Hugging Face Hub downloads into the shared cache: progress, resume, hash checks.
 //! - [`bench`]: speed of our decoder against candle-transformers' reference.
 //! - [`eval`]: fidelity of each cache against the full cache (tables, JSON, plots).
 //! - [`engine`]: model + tokenizer + one conversation's cache on their own thread, speaking
@@ -25,6 +26,7 @@ pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod generate;
+pub mod hub;
 pub mod model;
 pub mod models;
 pub mod sampling;

@@ -3,6 +3,7 @@
 mod chat_cmd;
 mod cli;
 mod eval_cmd;
+mod models_cmd;
 
 use std::io::{Read, Write};
 use std::ops::ControlFlow;
@@ -16,7 +17,7 @@ use cli::{BenchArgs, Cli, Command, GenerateArgs, ModelArgs};
 use morphkv::cache::{KvCache, Positions};
 use morphkv::chat::{encode_chat, ChatTemplate, Message};
 use morphkv::generate::{generate, GenerateOptions};
-use morphkv::model::{open_gguf, Model, WeightFormat};
+use morphkv::model::{Model, WeightFormat};
 use morphkv::sampling::{Sampler, SamplingParams};
 use morphkv::tokenizer::{StreamDecoder, Tokenizer};
 
@@ -37,7 +38,8 @@ fn main() -> ExitCode {
         Some(Command::Chat(a)) => chat_cmd::run(a),
         Some(Command::Generate(a)) => run_generate(a),
         Some(Command::Bench(a)) => run_bench(a),
-        Some(Command::Eval(a)) => eval_cmd::run(a),
+        Some(Command::Eval(a)) => eval_cmd::run(*a),
+        Some(Command::Models(c)) => models_cmd::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -52,8 +54,18 @@ fn main() -> ExitCode {
 struct Loaded {
     model: Model,
     tokenizer: Tokenizer,
-    /// The model file.
+    /// The model file or checkpoint folder.
     path: std::path::PathBuf,
+    /// The preset it came from (chat template and cache suggestions).
+    preset: Option<morphkv::models::Preset>,
+}
+
+impl Loaded {
+    /// `--chat-template` if given, else the preset's override, else the model's own.
+    fn template(&self, flag: Option<&str>) -> Result<ChatTemplate> {
+        let name = flag.or(self.preset.as_ref().and_then(|p| p.template.as_deref()));
+        Ok(ChatTemplate::for_tokenizer(&self.tokenizer, name)?)
+    }
 }
 
 fn load(args: &ModelArgs) -> Result<Loaded> {
@@ -65,14 +77,13 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
     let weights: WeightFormat = args.weights.parse()?;
-    let path = morphkv::models::resolve(args.model.as_deref(), &mut |line| eprintln!("{line}"))?;
-    let (ct, mut reader) = open_gguf(&path)?;
-    let model = Model::from_gguf(&ct, &mut reader, &path, &Device::Cpu, weights)?;
-    let tokenizer = Tokenizer::from_gguf(&ct, &path)?;
+    let resolved = models_cmd::resolve_preset(args.model.as_deref(), args.offline)?;
+    let (model, tokenizer) = morphkv::model::load(&resolved.path, &Device::Cpu, weights)?;
     Ok(Loaded {
         model,
         tokenizer,
-        path,
+        path: resolved.path,
+        preset: resolved.preset,
     })
 }
 
@@ -92,7 +103,8 @@ fn read_prompt(p: &str) -> Result<String> {
     Ok(text)
 }
 
-fn sampling_params(a: &cli::SamplingArgs) -> SamplingParams {
+/// The sampling flags as parameters; `seed` when none was given (random for chat/generate).
+pub(crate) fn sampling_params(a: &cli::SamplingArgs, seed: u64) -> SamplingParams {
     SamplingParams {
         temp: a.temp,
         top_k: a.top_k,
@@ -100,7 +112,7 @@ fn sampling_params(a: &cli::SamplingArgs) -> SamplingParams {
         min_p: a.min_p,
         repeat_penalty: a.repeat_penalty,
         repeat_last_n: a.repeat_last_n,
-        seed: a.seed.unwrap_or_else(rand::random),
+        seed: a.seed.unwrap_or(seed),
     }
 }
 
@@ -109,9 +121,10 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     if a.n_predict == 0 {
         bail!("invalid value for -n: 0 tokens requested (give a positive number)");
     }
-    let params = sampling_params(&a.sampling);
+    let params = sampling_params(&a.sampling, rand::random());
     params.validate()?;
-    let cache_cfg = a.cache.config()?;
+    // Bad flags fail before the model loads; the preset fills what they leave out.
+    a.cache.config()?;
     let mut trace = match &a.trace {
         Some(p) => Some(std::io::BufWriter::new(
             std::fs::File::create(p)
@@ -119,9 +132,18 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         )),
         None => None,
     };
+    let loaded = load(&a.model)?;
+    let cache_cfg = a.cache.config_with(
+        &loaded
+            .preset
+            .as_ref()
+            .map(|p| p.cache.clone())
+            .unwrap_or_default(),
+    )?;
+    let template = loaded.template(a.chat_template.as_deref())?;
     let Loaded {
         model, tokenizer, ..
-    } = load(&a.model)?;
+    } = loaded;
 
     let ids = if a.raw {
         let mut ids = Vec::new();
@@ -131,7 +153,6 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         ids.extend(tokenizer.encode_special(&prompt)?);
         ids
     } else {
-        let template = ChatTemplate::for_tokenizer(&tokenizer, a.chat_template.as_deref())?;
         let mut messages = Vec::new();
         if let Some(sys) = &a.system {
             messages.push(Message::system(sys));
@@ -225,7 +246,7 @@ fn run_bench(a: BenchArgs) -> Result<()> {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
     let weights: WeightFormat = a.model.weights.parse()?;
-    let path = morphkv::models::resolve(a.model.model.as_deref(), &mut |l| eprintln!("{l}"))?;
+    let path = models_cmd::resolve(a.model.model.as_deref(), a.model.offline)?;
     let cache = a.cache.config()?;
     if let Some(dir) = &a.plots {
         std::fs::create_dir_all(dir)

