@@ -797,6 +797,36 @@ mod tests {
     }
 
     #[test]
+    fn every_preset_parses_and_names_a_supported_architecture() {
+        let reg = Registry::builtin().unwrap();
+        assert!(reg.models.len() >= 14);
+        for p in &reg.models {
+            assert!(Arch::parse(&p.arch).is_some(), "{}: {}", p.name, p.arch);
+            assert!(valid_repo(&p.repo), "{}", p.name);
+            if let Some(t) = &p.template {
+                crate::chat::ChatTemplate::named(t).unwrap();
+            }
+            if p.is_safetensors() {
+                assert!(p.name.ends_with("-safetensors"), "{}", p.name);
+            }
+        }
+        for family in [
+            "smollm2-135m",
+            "smollm2-360m",
+            "smollm2-1.7b",
+            "qwen2.5-0.5b",
+            "qwen2.5-1.5b",
+            "llama3.2-1b",
+            "llama3.2-3b",
+        ] {
+            for suffix in ["-instruct", "-instruct-safetensors"] {
+                let name = format!("{family}{suffix}");
+                assert!(reg.get(&name).is_some(), "no preset {name}");
+            }
+        }
+    }
+
+    #[test]
     fn bad_models_toml_names_the_file_line_and_field() {
         let e = Registry::parse("default = 3", Path::new("/x/models.toml")).unwrap_err();
         assert!(e.to_string().contains("/x/models.toml:1"), "{e}");
