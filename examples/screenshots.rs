@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("retention-dark", "dark", Some(Panel::Retention), false),
         ("cache-dark", "dark", Some(Panel::Cache), false),
         ("attention-dark", "dark", Some(Panel::Attention), false),
+        ("inspector-dark", "dark", Some(Panel::Inspector), false),
         ("retention-light", "light", Some(Panel::Retention), false),
         (
             "retention-high-contrast",
@@ -28,6 +29,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let theme = Theme::load(theme_name, None)?;
         let mut app = app_after_recording();
         app.panel = panel;
+        if panel == Some(Panel::Inspector) {
+            app.inspect = Some(20);
+            app.step.inspect = Some(morphkv::tui::demo::fate(20, app.step.seen));
+        }
         if help {
             app.update(Msg::Action(Action::Help));
         }

@@ -35,6 +35,10 @@ pub enum Command {
     SetMaxTokens(usize),
     /// Which (layer, KV head) the retention view details (None: all).
     Focus(Option<(usize, usize)>),
+    /// Which token the inspector details (None: none); every step then reports its fate.
+    Inspect(Option<usize>),
+    /// Write the conversation's eviction trace as JSON Lines to this file.
+    ExportTrace(std::path::PathBuf),
     /// Forget the conversation.
     Reset,
     /// Stop the thread.
@@ -76,6 +80,35 @@ pub struct StepInfo {
     pub attention: Vec<LayerAttention>,
     /// Decode speed of the answer so far (0 outside an answer).
     pub decode_tps: f64,
+    /// The inspected token's fate in every (layer, KV head), if one is inspected.
+    pub inspect: Option<TokenFate>,
+}
+
+/// What became of one token in one KV head.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HeadFate {
+    /// Still cached, with its latest score (NaN: not scored yet, e.g. in the window).
+    Kept(f32),
+    /// Evicted when the conversation had `step` tokens, with this score.
+    Evicted { step: usize, score: f32 },
+}
+
+/// One token's fate across the cache: `heads[layer][kv_head]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenFate {
+    pub pos: usize,
+    pub heads: Vec<Vec<HeadFate>>,
+}
+
+/// One eviction, as the trace file records it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Evicted {
+    /// Tokens the conversation had when it happened.
+    step: usize,
+    layer: usize,
+    head: usize,
+    pos: u32,
+    score: f32,
 }
 
 /// What the engine tells the UI.
@@ -108,6 +141,8 @@ pub enum Event {
     Prefilled { tokens: usize },
     /// Something failed; the conversation is left as it was.
     Failed(String),
+    /// The eviction trace was written to this file.
+    Exported(String),
 }
 
 /// Engine settings at start.
@@ -169,6 +204,9 @@ impl Engine {
                     fed_messages: Vec::new(),
                     pending_cache: None,
                     focus: None,
+                    inspect: None,
+                    evictions: Vec::new(),
+                    evicted_by_pos: std::collections::HashMap::new(),
                     cancel: flag,
                     paused: paused_w,
                     steps: steps_w,
@@ -209,6 +247,11 @@ struct Worker {
     /// Cache settings to apply when the conversation is next prefilled from the start.
     pending_cache: Option<CacheConfig>,
     focus: Option<(usize, usize)>,
+    inspect: Option<usize>,
+    /// Every eviction of this conversation, in order (for the inspector and the trace).
+    evictions: Vec<Evicted>,
+    /// Position → indices into `evictions`.
+    evicted_by_pos: std::collections::HashMap<u32, Vec<usize>>,
     cancel: Arc<AtomicBool>,
     paused: Arc<AtomicBool>,
     steps: Arc<AtomicUsize>,
@@ -234,6 +277,12 @@ impl Worker {
                     send(Event::Step(Box::new(self.step_info(0))));
                     Ok(())
                 }
+                Command::Inspect(p) => {
+                    self.inspect = p;
+                    send(Event::Step(Box::new(self.step_info(0))));
+                    Ok(())
+                }
+                Command::ExportTrace(path) => self.export_trace(&path, send),
                 Command::Reset => self.reset(),
             };
             if let Err(e) = result {
@@ -259,6 +308,64 @@ impl Worker {
         self.cache.record_evictions(true);
         self.fed.clear();
         self.fed_messages.clear();
+        self.evictions.clear();
+        self.evicted_by_pos.clear();
+        Ok(())
+    }
+
+    /// Moves the cache's new evictions into the conversation's log; returns how many.
+    fn log_evictions(&mut self) -> usize {
+        let step = self.cache.seen();
+        let new = self.cache.take_evictions();
+        let n = new.len();
+        for e in new {
+            self.evicted_by_pos
+                .entry(e.pos)
+                .or_default()
+                .push(self.evictions.len());
+            self.evictions.push(Evicted {
+                step,
+                layer: e.layer,
+                head: e.head,
+                pos: e.pos,
+                score: e.score,
+            });
+        }
+        n
+    }
+
+    /// One JSON object per line: a header with the settings, every eviction, and the
+    /// final retained positions per (layer, KV head).
+    fn export_trace(&self, path: &std::path::Path, send: &dyn Fn(Event)) -> Result<()> {
+        use std::io::Write;
+        let io = |e: std::io::Error| crate::error::Error::io(path, e);
+        let mut w = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+        let c = self.cache.config();
+        let header = serde_json::json!({
+            "kind": "header",
+            "policy": c.policy.name(),
+            "budget": c.budget,
+            "window": c.window,
+            "positions": format!("{:?}", c.positions).to_lowercase(),
+            "tokens": self.fed.len(),
+            "token_text": self.fed.iter().map(|&t| self.tok.token_text(t)).collect::<Vec<_>>(),
+        });
+        writeln!(w, "{header}").map_err(io)?;
+        for e in &self.evictions {
+            let line = serde_json::json!({"kind": "evicted", "step": e.step, "layer": e.layer,
+                "head": e.head, "pos": e.pos, "score": e.score});
+            writeln!(w, "{line}").map_err(io)?;
+        }
+        let snap = self.cache.snapshot();
+        for (l, layer) in snap.layers.iter().enumerate() {
+            for (h, head) in layer.iter().enumerate() {
+                let line = serde_json::json!({"kind": "retained", "layer": l, "head": h,
+                    "positions": head.positions});
+                writeln!(w, "{line}").map_err(io)?;
+            }
+        }
+        w.flush().map_err(io)?;
+        send(Event::Exported(path.display().to_string()));
         Ok(())
     }
 
@@ -339,7 +446,7 @@ impl Worker {
                 });
             }
         }
-        let evicted = self.cache.take_evictions().len();
+        let evicted = self.log_evictions();
         send(Event::Step(Box::new(self.step_info(evicted))));
         Ok(last)
     }
@@ -394,7 +501,7 @@ impl Worker {
             let l = self.model.forward(&[next], &mut self.cache, Logits::Last)?;
             logits = l.to_dtype(DType::F32)?.to_vec1::<f32>()?;
             self.fed.push(next);
-            let evicted = self.cache.take_evictions().len();
+            let evicted = self.log_evictions();
             let mut info = self.step_info(evicted);
             info.decode_tps = generated as f64 / t1.elapsed().as_secs_f64().max(1e-9);
             send(Event::Step(Box::new(info)));
@@ -440,6 +547,45 @@ impl Worker {
             }
             Some((l, h, kept))
         });
+        let inspect = self.inspect.filter(|&p| p < snap.seen).map(|p| TokenFate {
+            pos: p,
+            heads: snap
+                .layers
+                .iter()
+                .enumerate()
+                .map(|(l, layer)| {
+                    layer
+                        .iter()
+                        .enumerate()
+                        .map(|(h, head)| {
+                            match head.positions.iter().position(|&q| q as usize == p) {
+                                Some(i) => {
+                                    HeadFate::Kept(head.scores.get(i).copied().unwrap_or(f32::NAN))
+                                }
+                                None => self
+                                    .evicted_by_pos
+                                    .get(&(p as u32))
+                                    .into_iter()
+                                    .flatten()
+                                    .rev()
+                                    .map(|&i| self.evictions[i])
+                                    .find(|e| e.layer == l && e.head == h)
+                                    .map_or(
+                                        HeadFate::Evicted {
+                                            step: 0,
+                                            score: f32::NAN,
+                                        },
+                                        |e| HeadFate::Evicted {
+                                            step: e.step,
+                                            score: e.score,
+                                        },
+                                    ),
+                            }
+                        })
+                        .collect()
+                })
+                .collect(),
+        });
         StepInfo {
             seen: snap.seen,
             retained: snap.retained,
@@ -455,6 +601,7 @@ impl Worker {
             focus,
             attention: self.cache.last_attention().to_vec(),
             decode_tps: 0.0,
+            inspect,
         }
     }
 }

@@ -1,6 +1,8 @@
-//! The chat's engine thread on the real SmolLM2: a multi-turn conversation of more than 3,000
-//! tokens at budget 300 keeps KV bytes flat, each turn feeds only its new tokens, and a
-//! policy change applied at once reads the conversation again.
+//! The chat's engine thread on the real SmolLM2, its events driving the chat's update function
+//! as in the TUI: a multi-turn conversation of more than 3,000 tokens at budget 300 keeps KV
+//! bytes flat (in the engine's steps, the chat's cache chart and its status bar), each turn
+//! feeds only its new tokens, and a policy change applied at once reads the conversation
+//! again; the inspector follows a token and the eviction trace records every eviction.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -16,6 +18,11 @@ use morphkv::engine::{Command, Engine, Event, Settings};
 use morphkv::model::{open_gguf, Model, WeightFormat};
 use morphkv::sampling::SamplingParams;
 use morphkv::tokenizer::Tokenizer;
+use morphkv::tui::app::{App, Msg};
+use morphkv::tui::theme::Theme;
+use morphkv::tui::view;
+use ratatui::backend::TestBackend;
+use ratatui::Terminal;
 
 fn start(cache: CacheConfig, max_tokens: usize) -> (Engine, Receiver<Event>) {
     let path = common::default_model();
@@ -47,10 +54,13 @@ fn start(cache: CacheConfig, max_tokens: usize) -> (Engine, Receiver<Event>) {
 }
 
 /// Events until the turn ends: (fed tokens, the answer, every step's (seen, retained, kv)).
-fn turn(rx: &Receiver<Event>) -> (usize, String, Vec<(usize, usize, usize)>) {
+/// Every event also goes through the chat's update function, as in the TUI.
+fn turn(rx: &Receiver<Event>, app: &mut App) -> (usize, String, Vec<(usize, usize, usize)>) {
     let (mut fed, mut steps) = (0, Vec::new());
     loop {
-        match rx.recv_timeout(Duration::from_secs(300)).unwrap() {
+        let event = rx.recv_timeout(Duration::from_secs(300)).unwrap();
+        app.update(Msg::Engine(event.clone()));
+        match event {
             Event::Fed(t) => fed += t.len(),
             Event::Step(s) => steps.push((s.seen, s.retained, s.kv_bytes)),
             Event::Finished { text, .. } => return (fed, text, steps),
@@ -70,7 +80,15 @@ fn a_long_conversation_keeps_kv_bytes_flat_and_feeds_only_new_tokens() {
         positions: Positions::Rebased,
         ..CacheConfig::default()
     };
-    let (engine, rx) = start(cache, 700);
+    let (engine, rx) = start(cache.clone(), 700);
+    let mut app = App::new(cache, SamplingParams::greedy(), 700);
+    app.update(Msg::Engine(Event::Ready {
+        model: "smollm2".into(),
+        device: "cpu".into(),
+        layers: 30,
+        kv_heads: 3,
+        context: 8192,
+    }));
     let prompts = [
         "Write a long story about a lighthouse keeper who finds old letters.",
         "Continue the story: what happens the next winter?",
@@ -88,7 +106,7 @@ fn a_long_conversation_keeps_kv_bytes_flat_and_feeds_only_new_tokens() {
             .commands
             .send(Command::Reply(messages.clone()))
             .unwrap();
-        let (fed, answer, steps) = turn(&rx);
+        let (fed, answer, steps) = turn(&rx, &mut app);
         assert!(!answer.is_empty());
         // Only the new turn is fed: far fewer tokens than the conversation so far.
         let prompt_len = p.split_whitespace().count();
@@ -118,6 +136,22 @@ fn a_long_conversation_keeps_kv_bytes_flat_and_feeds_only_new_tokens() {
         "KV bytes flat in {flat} of {} steps",
         all_steps.len() - full_at
     );
+    // The chat saw the same: its cache chart is flat from the point the budget filled, and
+    // its status bar reports the budget's tokens of the whole conversation.
+    let chart = &app.history;
+    let from = chart.iter().position(|p| p.retained >= budget).unwrap();
+    let flat = chart[from..].iter().filter(|p| p.kv_bytes == kv).count();
+    assert!(flat * 100 >= (chart.len() - from) * 95);
+    let mut term = Terminal::new(TestBackend::new(120, 40)).unwrap();
+    term.draw(|f| view::draw(f, &app, &Theme::dark())).unwrap();
+    let buf = term.backend().buffer().clone();
+    let status: String = (0..120)
+        .map(|x| buf[(x, 38)].symbol().to_string())
+        .collect();
+    assert!(
+        status.contains(&format!("{budget}/{seen} tok kept")),
+        "status bar: {status}"
+    );
     // A policy change applied now reads the conversation again, then the chat continues.
     let streaming = CacheConfig {
         policy: PolicyKind::Streaming,
@@ -143,12 +177,95 @@ fn a_long_conversation_keeps_kv_bytes_flat_and_feeds_only_new_tokens() {
     }
     messages.push(Message::user("Thank you!"));
     engine.commands.send(Command::Reply(messages)).unwrap();
-    let (fed, answer, steps) = turn(&rx);
+    let (fed, answer, steps) = turn(&rx, &mut app);
     assert!(
         fed < 30,
         "after the re-read only the new turn is fed ({fed})"
     );
     assert!(!answer.is_empty());
     assert!(steps.iter().all(|s| s.1 <= budget));
+    engine.commands.send(Command::Quit).unwrap();
+}
+
+#[test]
+fn the_inspector_follows_one_token_and_the_trace_records_every_eviction() {
+    let cache = CacheConfig {
+        policy: PolicyKind::MorphKv,
+        budget: 64,
+        window: 8,
+        ..CacheConfig::default()
+    };
+    let (engine, rx) = start(cache, 120);
+    engine.commands.send(Command::Inspect(Some(20))).unwrap();
+    engine
+        .commands
+        .send(Command::Reply(vec![Message::user(
+            "Tell me about lighthouses, their keepers and their lamps.",
+        )]))
+        .unwrap();
+    let (mut evicted, mut last) = (0, None);
+    loop {
+        match rx.recv_timeout(Duration::from_secs(300)).unwrap() {
+            Event::Step(s) => {
+                evicted += s.evicted;
+                last = Some(s);
+            }
+            Event::Finished { .. } => break,
+            Event::Failed(e) => panic!("engine failed: {e}"),
+            _ => {}
+        }
+    }
+    let last = last.unwrap();
+    let fate = last.inspect.as_ref().expect("the inspected token's fate");
+    assert_eq!(fate.pos, 20);
+    assert_eq!(fate.heads.len(), 30);
+    let cells: Vec<_> = fate.heads.iter().flatten().collect();
+    assert_eq!(cells.len(), 90);
+    // Its fate agrees with the retention counts, and evictions happened after it arrived.
+    let kept = cells
+        .iter()
+        .filter(|h| matches!(h, morphkv::engine::HeadFate::Kept(_)))
+        .count();
+    assert_eq!(kept, usize::from(last.retention[20]));
+    for h in &cells {
+        if let morphkv::engine::HeadFate::Evicted { step, score } = h {
+            assert!(*step > 20 && *step <= last.seen, "evicted at {step}");
+            assert!(score.is_finite());
+        }
+    }
+    assert!(kept < 90, "a budget of 64 evicted token 20 somewhere");
+
+    let dir = std::env::temp_dir().join(format!("morphkv-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("trace.jsonl");
+    engine
+        .commands
+        .send(Command::ExportTrace(path.clone()))
+        .unwrap();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(60)).unwrap() {
+            Event::Exported(p) => {
+                assert_eq!(p, path.display().to_string());
+                break;
+            }
+            Event::Failed(e) => panic!("export failed: {e}"),
+            _ => {}
+        }
+    }
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["kind"], "header");
+    assert_eq!(lines[0]["tokens"].as_u64().unwrap() as usize, last.seen);
+    let n_evicted = lines.iter().filter(|l| l["kind"] == "evicted").count();
+    assert_eq!(n_evicted, evicted);
+    let retained: Vec<_> = lines.iter().filter(|l| l["kind"] == "retained").collect();
+    assert_eq!(retained.len(), 90);
+    for r in retained {
+        assert_eq!(r["positions"].as_array().unwrap().len(), last.retained);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
     engine.commands.send(Command::Quit).unwrap();
 }

@@ -36,11 +36,16 @@ fn every_panel_at_every_size() {
         Some(Panel::Retention),
         Some(Panel::Cache),
         Some(Panel::Attention),
+        Some(Panel::Inspector),
         None,
     ] {
         for (w, h) in [(80, 24), (120, 40), (200, 60)] {
             let mut app = app_after_recording();
             app.panel = panel;
+            if panel == Some(Panel::Inspector) {
+                app.inspect = Some(20);
+                app.step.inspect = Some(morphkv::tui::demo::fate(20, app.step.seen));
+            }
             let name = format!(
                 "{}_{w}x{h}",
                 panel.map_or("no-panel", |p| p.title()).to_lowercase()
@@ -109,4 +114,56 @@ fn retention_colours_follow_the_cache() {
         evicted_cells > 12,
         "tokens no pair keeps are drawn dimmed ({evicted_cells} cells)"
     );
+}
+
+#[test]
+fn clicking_a_token_in_the_retention_panel_inspects_it() {
+    let mut app = app_after_recording();
+    app.panel = Some(Panel::Retention);
+    app.update(Msg::Resize(120, 40));
+    let mut term = Terminal::new(TestBackend::new(120, 40)).unwrap();
+    let theme = Theme::dark();
+    term.draw(|f| view::draw(f, &app, &theme)).unwrap();
+    let buf = term.backend().buffer().clone();
+    // Where the panel (right part of the screen) shows " scatters" (position 14 + 6).
+    let mut at = None;
+    for y in 0..40 {
+        let cells: Vec<String> = (60..120)
+            .map(|x| buf[(x, y)].symbol().to_string())
+            .collect();
+        if let Some(i) = (0..cells.len() - 8).find(|&i| cells[i..i + 8].concat() == "scatters") {
+            at = Some((60 + i as u16 + 2, y));
+        }
+    }
+    let (x, y) = at.expect("the retention panel shows the token");
+    let fx = app.update(Msg::Action(Action::Click { x, y }));
+    assert_eq!(app.inspect, Some(20));
+    assert_eq!(
+        fx,
+        vec![morphkv::tui::app::Effect::Engine(
+            morphkv::engine::Command::Inspect(Some(20))
+        )]
+    );
+    // A click on the transcript selects nothing.
+    let before = app.inspect;
+    assert!(app
+        .update(Msg::Action(Action::Click { x: 2, y: 2 }))
+        .is_empty());
+    assert_eq!(app.inspect, before);
+    // Ctrl+arrows walk from there, within the conversation.
+    app.update(Msg::Action(Action::Inspect(-1)));
+    assert_eq!(app.inspect, Some(19));
+    app.update(Msg::Action(Action::Inspect(1000)));
+    assert_eq!(app.inspect, Some(app.step.seen - 1));
+    // The inspected token is drawn reversed in the panel.
+    term.draw(|f| view::draw(f, &app, &theme)).unwrap();
+    let buf = term.backend().buffer().clone();
+    let reversed = (0..40).any(|y| {
+        (60..120).any(|x| {
+            buf[(x, y)]
+                .modifier
+                .contains(ratatui::style::Modifier::REVERSED)
+        })
+    });
+    assert!(reversed);
 }

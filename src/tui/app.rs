@@ -17,16 +17,24 @@ pub enum Panel {
     Cache,
     /// Where the last token's attention went, per layer.
     Attention,
+    /// One chosen token's fate in every layer and KV head.
+    Inspector,
 }
 
 impl Panel {
-    pub const ALL: [Panel; 3] = [Panel::Retention, Panel::Cache, Panel::Attention];
+    pub const ALL: [Panel; 4] = [
+        Panel::Retention,
+        Panel::Cache,
+        Panel::Attention,
+        Panel::Inspector,
+    ];
 
     pub fn title(self) -> &'static str {
         match self {
             Panel::Retention => "Retention",
             Panel::Cache => "Cache",
             Panel::Attention => "Attention",
+            Panel::Inspector => "Inspector",
         }
     }
 }
@@ -65,6 +73,13 @@ pub enum Action {
     TogglePause,
     /// Step mode: generate one token.
     StepOne,
+    /// Inspect the token this many positions before (negative) or after the inspected one.
+    Inspect(isize),
+    /// A mouse click at this cell of the screen (selects the token under it).
+    Click {
+        x: u16,
+        y: u16,
+    },
     Quit,
 }
 
@@ -153,11 +168,13 @@ pub struct App {
     pub theme: String,
     /// Step mode: generation waits for Ctrl+T before each token.
     pub paused: bool,
+    /// The token the inspector details (a position in the conversation).
+    pub inspect: Option<usize>,
     pub quit: bool,
 }
 
 /// Slash commands, for `/help` and the help overlay.
-pub const SLASH_HELP: [(&str, &str); 13] = [
+pub const SLASH_HELP: [(&str, &str); 15] = [
     ("/set temp X", "temperature (0 = greedy)"),
     ("/set top-k|top-p|min-p V", "sampling filters"),
     ("/set seed N", "sampling seed"),
@@ -172,7 +189,9 @@ pub const SLASH_HELP: [(&str, &str); 13] = [
     ("/focus L H | all", "retention of one layer and KV head"),
     ("/show", "current settings"),
     ("/clear", "new chat"),
+    ("/inspect N", "inspect the token at position N"),
     ("/save FILE.md", "export the chat as Markdown"),
+    ("/trace FILE.jsonl", "export the eviction trace"),
     ("/bye", "quit"),
 ];
 
@@ -206,6 +225,7 @@ impl App {
             size: (80, 24),
             theme: "dark".into(),
             paused: false,
+            inspect: None,
             quit: false,
         }
     }
@@ -298,6 +318,7 @@ impl App {
                     self.cache.window
                 ));
             }
+            Event::Exported(path) => self.note(format!("eviction trace written to {path}")),
             Event::Failed(msg) => {
                 self.busy = Busy::Idle;
                 if let Some(partial) = self.streaming.take() {
@@ -352,6 +373,20 @@ impl App {
                         let i = Panel::ALL.iter().position(|x| *x == p).unwrap_or(0);
                         Panel::ALL.get(i + 1).copied()
                     }
+                };
+                if self.panel == Some(Panel::Inspector) && self.inspect.is_none() {
+                    return self.inspect_default();
+                }
+            }
+            Action::Inspect(delta) => {
+                let last = self.step.seen.saturating_sub(1);
+                let from = self.inspect.unwrap_or(last) as isize;
+                let to = (from + delta).clamp(0, last as isize) as usize;
+                return self.select_token(to);
+            }
+            Action::Click { x, y } => {
+                if let Some(pos) = super::view::token_at(self, x, y) {
+                    return self.select_token(pos);
                 }
             }
             Action::Help => self.help = true,
@@ -396,6 +431,37 @@ impl App {
             }
         }
         Vec::new()
+    }
+
+    /// Inspects the token at `pos` (and shows the inspector).
+    fn select_token(&mut self, pos: usize) -> Vec<Effect> {
+        if pos >= self.step.seen {
+            self.error(format!(
+                "no token {pos} yet: the conversation has {} tokens",
+                self.step.seen
+            ));
+            return Vec::new();
+        }
+        self.inspect = Some(pos);
+        if self.panel != Some(Panel::Retention) {
+            self.panel = Some(Panel::Inspector);
+        }
+        vec![Effect::Engine(Command::Inspect(Some(pos)))]
+    }
+
+    /// Opening the inspector with nothing chosen: the newest token outside the window (the
+    /// first whose fate the policy decides).
+    fn inspect_default(&mut self) -> Vec<Effect> {
+        if self.step.seen == 0 {
+            return Vec::new();
+        }
+        let pos = self
+            .step
+            .window_from
+            .saturating_sub(1)
+            .min(self.step.seen - 1);
+        self.inspect = Some(pos);
+        vec![Effect::Engine(Command::Inspect(Some(pos)))]
     }
 
     fn byte_at(&self, chars: usize) -> usize {
@@ -495,8 +561,13 @@ impl App {
         self.history.clear();
         self.step = StepInfo::default();
         self.scroll = 0;
+        self.inspect = None;
         self.note("new chat");
-        vec![Effect::Engine(Command::Reset), Effect::Save]
+        vec![
+            Effect::Engine(Command::Reset),
+            Effect::Engine(Command::Inspect(None)),
+            Effect::Save,
+        ]
     }
 
     fn slash(&mut self, line: &str) -> Vec<Effect> {
@@ -519,6 +590,18 @@ impl App {
                 Vec::new()
             }
             ["/save", file] => vec![Effect::Export((*file).to_string())],
+            ["/trace", file] => vec![Effect::Engine(Command::ExportTrace((*file).into()))],
+            ["/trace"] => {
+                self.error("/trace needs a file name, e.g. /trace evictions.jsonl");
+                Vec::new()
+            }
+            ["/inspect", n] => match n.parse::<usize>() {
+                Ok(p) => self.select_token(p),
+                Err(_) => {
+                    self.error(format!("/inspect takes a token position, not `{n}`"));
+                    Vec::new()
+                }
+            },
             ["/save"] => {
                 self.error("/save needs a file name, e.g. /save chat.md");
                 Vec::new()
@@ -861,6 +944,8 @@ mod tests {
         assert_eq!(a.panel, Some(Panel::Cache));
         a.update(Msg::Action(Action::CyclePanel));
         a.update(Msg::Action(Action::CyclePanel));
+        assert_eq!(a.panel, Some(Panel::Inspector));
+        a.update(Msg::Action(Action::CyclePanel));
         assert_eq!(a.panel, None);
         let fx = a.update(Msg::Action(Action::FocusNext { head: false }));
         assert_eq!(fx, vec![Effect::Engine(Command::Focus(Some((0, 0))))]);
@@ -895,5 +980,51 @@ mod tests {
             vec![Effect::Cancel, Effect::Quit]
         );
         assert!(a.quit);
+    }
+
+    #[test]
+    fn inspector_commands_choose_a_token_and_export_the_trace() {
+        let mut a = app();
+        a.update(Msg::Engine(Event::Step(Box::new(StepInfo {
+            seen: 50,
+            window_from: 40,
+            ..StepInfo::default()
+        }))));
+        // Opening the inspector picks the newest token outside the window.
+        a.panel = Some(Panel::Attention);
+        assert_eq!(
+            a.update(Msg::Action(Action::CyclePanel)),
+            vec![Effect::Engine(Command::Inspect(Some(39)))]
+        );
+        assert_eq!(a.panel, Some(Panel::Inspector));
+        typed(&mut a, "/inspect 7");
+        assert_eq!(
+            a.update(Msg::Action(Action::Submit)),
+            vec![Effect::Engine(Command::Inspect(Some(7)))]
+        );
+        typed(&mut a, "/inspect 50");
+        assert!(a.update(Msg::Action(Action::Submit)).is_empty());
+        assert!(a
+            .notice
+            .as_ref()
+            .is_some_and(|(t, err)| *err && t.contains("50 tokens")));
+        assert_eq!(a.inspect, Some(7));
+        assert_eq!(
+            a.update(Msg::Action(Action::Inspect(-10))),
+            vec![Effect::Engine(Command::Inspect(Some(0)))]
+        );
+        typed(&mut a, "/trace t.jsonl");
+        assert_eq!(
+            a.update(Msg::Action(Action::Submit)),
+            vec![Effect::Engine(Command::ExportTrace("t.jsonl".into()))]
+        );
+        a.update(Msg::Engine(Event::Exported("t.jsonl".into())));
+        assert!(a
+            .notice
+            .as_ref()
+            .is_some_and(|(t, _)| t.contains("t.jsonl")));
+        // A new chat forgets the choice.
+        a.update(Msg::Action(Action::NewChat));
+        assert_eq!(a.inspect, None);
     }
 }

@@ -10,7 +10,7 @@ use ratatui::style::{Color, Modifier};
 
 use super::app::{Action, App, Msg};
 use crate::cache::{CacheConfig, LayerAttention};
-use crate::engine::{Event, StepInfo, TurnStats};
+use crate::engine::{Event, HeadFate, StepInfo, TokenFate, TurnStats};
 use crate::sampling::SamplingParams;
 
 pub const LAYERS: usize = 4;
@@ -54,6 +54,31 @@ pub fn step(seen: usize, evicted: usize) -> StepInfo {
             })
             .collect(),
         decode_tps: 30.0,
+        inspect: None,
+    }
+}
+
+/// A made-up fate of the token at `pos` after `seen` tokens, for the inspector's snapshots:
+/// kept by some (layer, head) pairs with a score, evicted from the others at a step.
+pub fn fate(pos: usize, seen: usize) -> TokenFate {
+    TokenFate {
+        pos,
+        heads: (0..LAYERS)
+            .map(|l| {
+                (0..HEADS)
+                    .map(|h| {
+                        if (l + h + pos) % 3 == 0 {
+                            HeadFate::Evicted {
+                                step: (pos + BUDGET + l).min(seen),
+                                score: 0.0012 * (l + 1) as f32,
+                            }
+                        } else {
+                            HeadFate::Kept(0.031 * (h + 1) as f32 + 0.1 * l as f32)
+                        }
+                    })
+                    .collect()
+            })
+            .collect(),
     }
 }
 

@@ -7,22 +7,27 @@ use ratatui::crossterm::event::{
 use super::app::Action;
 
 /// The keys, for the help overlay and the footer: (keys, what they do).
-pub const KEYS: [(&str, &str); 18] = [
+pub const KEYS: [(&str, &str); 20] = [
     ("Enter", "send the message or /command"),
-    ("Alt+Enter, Ctrl+J", "new line in the message"),
+    ("Alt+Enter/Ctrl+J", "new line in the message"),
     ("Esc", "stop the answer; close help"),
-    ("Tab", "next panel (retention, cache, attention, none)"),
-    ("PgUp / PgDn, wheel", "scroll the chat"),
+    (
+        "Tab",
+        "next panel (retention, cache, attention, inspector, none)",
+    ),
+    ("PgUp/PgDn, wheel", "scroll the chat"),
     ("Ctrl+R", "regenerate the last answer"),
     ("Ctrl+E", "edit and resend your last message"),
     ("Ctrl+N", "new chat"),
     ("Ctrl+P", "step mode: pause / resume generation"),
     ("Ctrl+T", "step mode: one more token"),
-    ("Alt+← / Alt+→", "previous / next layer"),
-    ("Alt+↑ / Alt+↓", "next / previous KV head"),
+    ("Alt+←/→", "previous / next layer"),
+    ("Alt+↑/↓", "next / previous KV head"),
+    ("Ctrl+←/→", "inspect the previous / next token"),
+    ("Ctrl+↑/↓, click", "inspect 10 back / on; a clicked token"),
     ("← → Home End", "move in the message"),
-    ("Backspace / Del", "delete"),
-    ("? (empty input), F1", "this help"),
+    ("Backspace/Del", "delete"),
+    ("?, F1", "this help (? on an empty message)"),
     ("Ctrl+C, Ctrl+D", "quit"),
     ("/help", "slash commands"),
     ("/bye", "quit"),
@@ -54,6 +59,10 @@ pub fn key(k: KeyEvent, input_empty: bool) -> Option<Action> {
         KeyCode::F(1) => Action::Help,
         KeyCode::Backspace => Action::Backspace,
         KeyCode::Delete => Action::Delete,
+        KeyCode::Left if ctrl => Action::Inspect(-1),
+        KeyCode::Right if ctrl => Action::Inspect(1),
+        KeyCode::Up if ctrl => Action::Inspect(-10),
+        KeyCode::Down if ctrl => Action::Inspect(10),
         KeyCode::Left if alt => Action::FocusPrev { head: false },
         KeyCode::Right if alt => Action::FocusNext { head: false },
         KeyCode::Up if alt => Action::FocusNext { head: true },
@@ -70,11 +79,15 @@ pub fn key(k: KeyEvent, input_empty: bool) -> Option<Action> {
     })
 }
 
-/// The action of a mouse event: the wheel scrolls.
+/// The action of a mouse event: the wheel scrolls, a left click selects.
 pub fn mouse(m: MouseEvent) -> Option<Action> {
     match m.kind {
         MouseEventKind::ScrollUp => Some(Action::ScrollUp(3)),
         MouseEventKind::ScrollDown => Some(Action::ScrollDown(3)),
+        MouseEventKind::Down(ratatui::crossterm::event::MouseButton::Left) => Some(Action::Click {
+            x: m.column,
+            y: m.row,
+        }),
         _ => None,
     }
 }

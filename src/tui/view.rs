@@ -33,6 +33,40 @@ pub fn draw(f: &mut Frame, app: &App, theme: &Theme) {
         );
         return;
     }
+    let Areas {
+        chat,
+        side,
+        input,
+        status,
+        footer,
+    } = areas(app, area);
+    transcript(f, app, theme, chat);
+    if let (Some(p), Some(s)) = (app.panel, side) {
+        match p {
+            Panel::Retention => retention(f, app, theme, s),
+            Panel::Cache => cache(f, app, theme, s),
+            Panel::Attention => attention(f, app, theme, s),
+            Panel::Inspector => inspector(f, app, theme, s),
+        }
+    }
+    input_box(f, app, theme, input);
+    status_bar(f, app, theme, status);
+    footer_line(f, app, theme, footer);
+    if app.help {
+        help(f, theme, area);
+    }
+}
+
+/// Where each part of the screen goes.
+struct Areas {
+    chat: Rect,
+    side: Option<Rect>,
+    input: Rect,
+    status: Rect,
+    footer: Rect,
+}
+
+fn areas(app: &App, area: Rect) -> Areas {
     let input_h = (app.input.lines().count().max(1) + usize::from(app.input.ends_with('\n')))
         .clamp(1, 6) as u16
         + 2;
@@ -56,19 +90,12 @@ pub fn draw(f: &mut Frame, app: &App, theme: &Theme) {
         }
         None => (main, None),
     };
-    transcript(f, app, theme, chat);
-    if let (Some(p), Some(s)) = (app.panel, side) {
-        match p {
-            Panel::Retention => retention(f, app, theme, s),
-            Panel::Cache => cache(f, app, theme, s),
-            Panel::Attention => attention(f, app, theme, s),
-        }
-    }
-    input_box(f, app, theme, input);
-    status_bar(f, app, theme, status);
-    footer_line(f, app, theme, footer);
-    if app.help {
-        help(f, theme, area);
+    Areas {
+        chat,
+        side,
+        input,
+        status,
+        footer,
     }
 }
 
@@ -85,11 +112,24 @@ fn block<'a>(title: &'a str, theme: &Theme, focused: bool) -> Block<'a> {
 
 /// Word-wraps styled pieces to `width` columns.
 pub fn wrap(pieces: Vec<Span<'static>>, width: usize) -> Vec<Line<'static>> {
+    wrap_tagged(pieces.into_iter().map(|p| (p, 0)).collect(), width).0
+}
+
+/// Columns `start..end` of a wrapped line that show the piece tagged `tag`.
+pub type Hit = (usize, usize, usize);
+
+/// [`wrap`], also saying where each tagged piece landed: per line, its hits.
+pub fn wrap_tagged(
+    pieces: Vec<(Span<'static>, usize)>,
+    width: usize,
+) -> (Vec<Line<'static>>, Vec<Vec<Hit>>) {
     let width = width.max(1);
     let mut lines = Vec::new();
+    let mut hits = Vec::new();
     let mut cur: Vec<Span<'static>> = Vec::new();
+    let mut cur_hits: Vec<Hit> = Vec::new();
     let mut cur_w = 0;
-    for piece in pieces {
+    for (piece, tag) in pieces {
         let style = piece.style;
         // Split into words that keep their trailing spaces.
         let text = piece.content.into_owned();
@@ -110,10 +150,12 @@ pub fn wrap(pieces: Vec<Span<'static>>, width: usize) -> Vec<Line<'static>> {
             let visible = word.trim_end().width();
             if cur_w > 0 && cur_w + visible > width {
                 lines.push(Line::from(std::mem::take(&mut cur)));
+                hits.push(std::mem::take(&mut cur_hits));
                 cur_w = 0;
             }
             if word.width() <= width - cur_w {
                 cur.push(Span::styled(word.to_string(), style));
+                cur_hits.push((cur_w, cur_w + word.width(), tag));
                 cur_w += word.width();
                 continue;
             }
@@ -122,20 +164,26 @@ pub fn wrap(pieces: Vec<Span<'static>>, width: usize) -> Vec<Line<'static>> {
             for ch in word.chars() {
                 let w = ch.to_string().width();
                 if cur_w + part.width() + w > width {
+                    let pw = part.width();
                     cur.push(Span::styled(std::mem::take(&mut part), style));
+                    cur_hits.push((cur_w, cur_w + pw, tag));
                     lines.push(Line::from(std::mem::take(&mut cur)));
+                    hits.push(std::mem::take(&mut cur_hits));
                     cur_w = 0;
                 }
                 part.push(ch);
             }
-            cur_w += part.width();
+            let pw = part.width();
+            cur_hits.push((cur_w, cur_w + pw, tag));
+            cur_w += pw;
             cur.push(Span::styled(part, style));
         }
     }
     if !cur.is_empty() || lines.is_empty() {
         lines.push(Line::from(cur));
+        hits.push(cur_hits);
     }
-    lines
+    (lines, hits)
 }
 
 /// Inline Markdown: **bold**, *italic* / _italic_, `code`.
@@ -446,8 +494,19 @@ fn retention(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     let b = block(&title, theme, true);
     let inner = b.inner(area);
     f.render_widget(b, area);
+    let (lines, _) = retention_lines(app, theme, inner.width as usize, inner.height as usize);
+    f.render_widget(Paragraph::new(lines), inner);
+}
+
+/// The retention panel's lines for an inner area of `width` x `height`, and per line which
+/// token (position) each column shows.
+fn retention_lines(
+    app: &App,
+    theme: &Theme,
+    width: usize,
+    height: usize,
+) -> (Vec<Line<'static>>, Vec<Vec<Hit>>) {
     let s = &app.step;
-    let width = inner.width as usize;
     // Legend.
     let mut legend = vec![Span::styled("kept by few ", theme.muted)];
     for k in 0..theme.heatmap.len() {
@@ -468,9 +527,11 @@ fn retention(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         Style::new().fg(theme.sink).add_modifier(Modifier::BOLD),
     ));
     let mut lines = wrap(legend, width);
+    let mut hits: Vec<Vec<Hit>> = vec![Vec::new(); lines.len()];
     let pairs = s.pairs.max(1) as f32;
     let mut pieces = Vec::new();
     let mut token_lines: Vec<Line<'static>> = Vec::new();
+    let mut token_hits: Vec<Vec<Hit>> = Vec::new();
     for (pos, tok) in app.tokens.iter().enumerate() {
         let kept = match &s.focus {
             Some((_, _, k)) => {
@@ -499,19 +560,185 @@ fn retention(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         if pos < s.sinks {
             style = style.add_modifier(Modifier::BOLD);
         }
+        if app.inspect == Some(pos) {
+            style = style.add_modifier(Modifier::REVERSED);
+        }
         let text = token_display(tok);
         let newline = tok.contains('\n');
-        pieces.push(Span::styled(text, style));
+        pieces.push((Span::styled(text, style), pos));
         if newline {
-            token_lines.extend(wrap(std::mem::take(&mut pieces), width));
+            let (l, h) = wrap_tagged(std::mem::take(&mut pieces), width);
+            token_lines.extend(l);
+            token_hits.extend(h);
         }
     }
     if !pieces.is_empty() {
-        token_lines.extend(wrap(pieces, width));
+        let (l, h) = wrap_tagged(pieces, width);
+        token_lines.extend(l);
+        token_hits.extend(h);
     }
-    let room = (inner.height as usize).saturating_sub(lines.len());
+    let room = height.saturating_sub(lines.len());
     let skip = token_lines.len().saturating_sub(room);
     lines.extend(token_lines.into_iter().skip(skip));
+    hits.extend(token_hits.into_iter().skip(skip));
+    (lines, hits)
+}
+
+/// The token under screen cell (`x`, `y`) in the retention panel, if it is shown there.
+pub fn token_at(app: &App, x: u16, y: u16) -> Option<usize> {
+    if app.panel != Some(Panel::Retention) {
+        return None;
+    }
+    let area = Rect::new(0, 0, app.size.0, app.size.1);
+    if area.width < MIN_SIZE.0 || area.height < MIN_SIZE.1 || app.help {
+        return None;
+    }
+    let side = areas(app, area).side?;
+    let inner = Block::bordered().inner(side);
+    if !inner.contains(ratatui::layout::Position { x, y }) {
+        return None;
+    }
+    let (_, hits) = retention_lines(
+        app,
+        &Theme::dark(),
+        inner.width as usize,
+        inner.height as usize,
+    );
+    let col = (x - inner.x) as usize;
+    hits.get((y - inner.y) as usize)?
+        .iter()
+        .find(|(a, b, _)| col >= *a && col < *b)
+        .map(|&(_, _, pos)| pos)
+}
+
+/// Compact score: 3 significant digits.
+fn score_text(v: f32) -> String {
+    if v.is_nan() {
+        "prot.".to_string()
+    } else if v == 0.0 {
+        "0".to_string()
+    } else if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.4}").trim_start_matches('0').to_string()
+    }
+}
+
+fn inspector(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
+    let s = &app.step;
+    let title = match app.inspect {
+        Some(p) => format!(
+            "Inspector · token {p} {:?}",
+            app.tokens
+                .get(p)
+                .map(|t| token_display(t))
+                .unwrap_or_default()
+        ),
+        None => "Inspector".to_string(),
+    };
+    let b = block(&title, theme, true);
+    let inner = b.inner(area);
+    f.render_widget(b, area);
+    let width = inner.width as usize;
+    let mut lines = wrap(
+        vec![Span::styled(
+            "Ctrl+←/→ token · Ctrl+↑/↓ ±10 · click a token in Retention · /inspect N · Alt+←/→ layer",
+            theme.muted,
+        )],
+        width,
+    );
+    let Some(fate) = s.inspect.as_ref().filter(|t| Some(t.pos) == app.inspect) else {
+        lines.push(Line::from(Span::styled(
+            if app.inspect.is_some() {
+                "waiting for the engine…"
+            } else {
+                "no token chosen yet"
+            },
+            theme.muted,
+        )));
+        f.render_widget(Paragraph::new(lines), inner);
+        return;
+    };
+    use crate::engine::HeadFate;
+    let all: Vec<&HeadFate> = fate.heads.iter().flatten().collect();
+    let kept = all
+        .iter()
+        .filter(|h| matches!(h, HeadFate::Kept(_)))
+        .count();
+    let first_evicted = all
+        .iter()
+        .filter_map(|h| match h {
+            HeadFate::Evicted { step, .. } => Some(*step),
+            HeadFate::Kept(_) => None,
+        })
+        .min();
+    let mut summary = vec![Span::styled(
+        format!("kept by {kept}/{} layer×heads", all.len()),
+        theme.accent,
+    )];
+    if let Some(step) = first_evicted {
+        summary.push(Span::styled(
+            format!(" · first evicted at token {step}"),
+            theme.base,
+        ));
+    }
+    if fate.pos >= s.window_from {
+        summary.push(Span::styled(" · in the window", theme.base));
+    } else if fate.pos < s.sinks {
+        summary.push(Span::styled(" · a sink", theme.base));
+    }
+    lines.extend(wrap(summary, width));
+    // One row per layer: a cell per KV head, full when they fit, a mark each otherwise.
+    let heads = fate.heads.first().map_or(0, Vec::len).max(1);
+    let cell_w = 14;
+    let full_cells = 5 + heads * cell_w <= width;
+    let header: String = if full_cells {
+        (0..heads).fold("layer".to_string(), |acc, h| {
+            format!("{acc}{:>w$}", format!("head {h}"), w = cell_w)
+        })
+    } else {
+        format!("layer  heads 0-{} (● kept ✕ evicted)", heads - 1)
+    };
+    lines.push(Line::from(Span::styled(header, theme.muted)));
+    let room = (inner.height as usize).saturating_sub(lines.len());
+    // Keep the layer the Alt+arrows chose in view.
+    let n = fate.heads.len();
+    let first = app
+        .attn_layer
+        .saturating_sub(room / 2)
+        .min(n.saturating_sub(room));
+    for (l, layer) in fate.heads.iter().enumerate().skip(first).take(room) {
+        let mark = if l == app.attn_layer { "▸" } else { " " };
+        let mut spans = vec![Span::styled(format!("{mark}{l:>3} "), theme.muted)];
+        for h in layer {
+            let (text, style) = match h {
+                HeadFate::Kept(v) => (
+                    if full_cells {
+                        format!("{:>w$}", format!("● {}", score_text(*v)), w = cell_w)
+                    } else {
+                        "●".to_string()
+                    },
+                    Style::new().fg(theme.heat(1.0)),
+                ),
+                HeadFate::Evicted { step, score } => (
+                    if full_cells {
+                        format!(
+                            "{:>w$}",
+                            format!("✕@{step} {}", score_text(*score)),
+                            w = cell_w
+                        )
+                    } else {
+                        "✕".to_string()
+                    },
+                    theme.evicted,
+                ),
+            };
+            spans.push(Span::styled(text, style));
+        }
+        lines.push(Line::from(spans));
+    }
     f.render_widget(Paragraph::new(lines), inner);
 }
 
