@@ -106,12 +106,14 @@ pub fn read_config(dir: &Path) -> Result<(Config, bool, bool)> {
                 )),
                 "linear" => Some(vec![num("factor", 1.0); head_dim / 2]),
                 "default" => None,
-                other => return Err(bad(
-                    &path,
-                    format!(
+                other => {
+                    return Err(bad(
+                        &path,
+                        format!(
                         "rope_scaling type `{other}` is not supported (supported: llama3, linear)"
                     ),
-                )),
+                    ))
+                }
             }
         }
     };
