@@ -23,6 +23,9 @@ struct Config {
     window: Option<usize>,
     theme: Option<String>,
     system_prompt: Option<String>,
+    /// Action name → key, e.g. `regenerate = "ctrl+g"`.
+    #[serde(default)]
+    keys: std::collections::BTreeMap<String, String>,
 }
 
 /// The config and data folders (`MORPHKV_CONFIG_DIR` / `MORPHKV_DATA_DIR` override them).
@@ -47,7 +50,7 @@ fn read_config(dir: &std::path::Path) -> Result<Config> {
     match std::fs::read_to_string(&path) {
         Ok(text) => toml::from_str(&text).map_err(|e| {
             anyhow::anyhow!(
-                "{}: {} (keys: model, policy, budget, window, theme, system_prompt)",
+                "{}: {} (keys: model, policy, budget, window, theme, system_prompt, and a [keys] table)",
                 path.display(),
                 e.message().trim()
             )
@@ -116,6 +119,8 @@ pub fn run(a: ChatArgs) -> Result<()> {
         .unwrap_or_else(|| "dark".into());
     let theme = Theme::load(&theme_name, Some(&config_dir.join("themes")))
         .map_err(|e| anyhow::anyhow!("--theme: {e}"))?;
+    let keymap = tui::keys::KeyMap::parse(&cfg.keys)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config_dir.join("config.toml").display()))?;
     // Flags, then the config file, then the model preset's suggestions, then defaults.
     let make_cache = |pc: &morphkv::models::PresetCache| -> Result<CacheConfig> {
         let cache = CacheConfig {
@@ -189,6 +194,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
             model_name: display,
             resume,
             system: a.system.or(cfg.system_prompt),
+            keymap,
         },
     )?;
     Ok(())

@@ -418,9 +418,15 @@ impl Spec {
         Err(Error::UnknownPreset {
             name: s.to_string(),
             known: if close.is_empty() {
+                let gguf: Vec<&str> = reg
+                    .models
+                    .iter()
+                    .filter(|m| !m.is_safetensors())
+                    .map(|m| m.name.as_str())
+                    .collect();
                 format!(
-                    "see `morphkv models list` for the {} presets",
-                    reg.models.len()
+                    "presets: {}; `morphkv models list` shows them all",
+                    gguf.join(", ")
                 )
             } else {
                 format!("did you mean {}?", close.join(", "))

@@ -44,6 +44,8 @@ pub struct ChatOptions {
     /// A saved chat to continue.
     pub resume: Option<store::SavedChat>,
     pub system: Option<String>,
+    /// Key bindings from the config file.
+    pub keymap: keys::KeyMap,
 }
 
 enum Ev {
@@ -90,12 +92,15 @@ pub fn run(
         settings.max_tokens,
     );
     app.theme = opts.theme.name.clone();
-    let (chat_id, created) = match &opts.resume {
+    app.custom_keys = opts.keymap.described.clone();
+    // The chat being saved: its id, creation time, and a title given by /rename or --rename
+    // (else the title follows the first message).
+    let (mut chat_id, mut created, mut title) = match &opts.resume {
         Some(c) => {
             app.messages = c.messages.clone();
-            (c.id.clone(), c.created)
+            (c.id.clone(), c.created, given_title(c))
         }
-        None => (store::new_id(), store::SavedChat::now()),
+        None => (store::new_id(), store::SavedChat::now(), None),
     };
     if let Some(sys) = &opts.system {
         app.messages.retain(|m| m.role != crate::chat::Role::System);
@@ -149,17 +154,20 @@ pub fn run(
         .map_err(|e| Error::io("terminal reader thread", e))?;
     drop(tx);
 
-    let save = |app: &mut App| {
+    let save = |app: &mut App, chat_id: &str, created: u64, title: &Option<String>| {
         if app.messages.is_empty() {
             return;
         }
-        let chat = store::SavedChat::new(
-            &chat_id,
+        let mut chat = store::SavedChat::new(
+            chat_id,
             created,
             &opts.model_name,
             &app.cache,
             &app.messages,
         );
+        if let Some(t) = title {
+            chat.title = t.clone();
+        }
         if let Err(e) = store::save(&opts.chats_dir, &chat) {
             app.notice = Some((format!("could not save the chat: {e}"), true));
             log(&opts.log, &format!("save failed: {e}"));
@@ -197,7 +205,7 @@ pub fn run(
                 }
                 Ev::Term(event::Event::Key(k)) => {
                     pending_key.get_or_insert_with(std::time::Instant::now);
-                    keys::key(k, app.input.is_empty()).map(Msg::Action)
+                    opts.keymap.key(k, app.input.is_empty()).map(Msg::Action)
                 }
                 Ev::Term(event::Event::Mouse(m)) => keys::mouse(m).map(Msg::Action),
                 Ev::Term(event::Event::Resize(w, h)) => Some(Msg::Resize(w, h)),
@@ -226,7 +234,7 @@ pub fn run(
                     let _ = engine.commands.send(cmd);
                 }
                 Effect::Cancel => engine.cancel.store(true, Ordering::SeqCst),
-                Effect::Save => save(&mut app),
+                Effect::Save => save(&mut app, &chat_id, created, &title),
                 Effect::Export(file) => match std::fs::write(&file, app.markdown()) {
                     Ok(()) => app.notice = Some((format!("saved the chat to {file}"), false)),
                     Err(e) => app.notice = Some((format!("/save {file}: {e}"), true)),
@@ -237,6 +245,41 @@ pub fn run(
                 }
                 Effect::Advance => {
                     engine.steps.fetch_add(1, Ordering::SeqCst);
+                }
+                Effect::ListChats => {
+                    let items = chat_entries(&opts.chats_dir, &chat_id);
+                    app.update(Msg::Chats(items));
+                }
+                Effect::OpenChat(id) => {
+                    match store::list(&opts.chats_dir)
+                        .into_iter()
+                        .find(|(_, c)| c.id == id)
+                    {
+                        Some((_, c)) => {
+                            log(&opts.log, &format!("chat {chat_id} closed, {id} opened"));
+                            (chat_id, created, title) = (c.id.clone(), c.created, given_title(&c));
+                            for fx in app.update(Msg::Opened(c.messages)) {
+                                if let Effect::Engine(cmd) = fx {
+                                    let _ = engine.commands.send(cmd);
+                                }
+                            }
+                        }
+                        None => app.notice = Some((format!("chat {id} is gone"), true)),
+                    }
+                }
+                Effect::DeleteChat(id) => {
+                    let path = opts.chats_dir.join(format!("{id}.json"));
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        app.notice = Some((format!("deleting {}: {e}", path.display()), true));
+                    } else {
+                        app.notice = Some((format!("deleted chat {id}"), false));
+                    }
+                    let items = chat_entries(&opts.chats_dir, &chat_id);
+                    app.update(Msg::Chats(items));
+                }
+                Effect::Rename(t) => {
+                    title = Some(t);
+                    save(&mut app, &chat_id, created, &title);
                 }
                 Effect::Quit => app.quit = true,
             }
@@ -249,7 +292,7 @@ pub fn run(
     if let Some(partial) = app.streaming.take() {
         app.messages.push(Message::assistant(partial));
     }
-    save(&mut app);
+    save(&mut app, &chat_id, created, &title);
     engine.paused.store(false, Ordering::SeqCst);
     if !latencies.is_empty() {
         latencies.sort_by(f64::total_cmp);
@@ -267,4 +310,22 @@ pub fn run(
     let _ = engine.commands.send(Command::Quit);
     log(&opts.log, &format!("chat {chat_id} ends"));
     Ok(())
+}
+
+/// A saved chat's title if someone chose it (it differs from the one its messages give).
+fn given_title(c: &store::SavedChat) -> Option<String> {
+    (c.title != store::title(&c.messages)).then(|| c.title.clone())
+}
+
+/// The saved chats for the list, marking the one on screen.
+fn chat_entries(dir: &std::path::Path, current: &str) -> Vec<app::ChatEntry> {
+    store::list(dir)
+        .into_iter()
+        .map(|(_, c)| app::ChatEntry {
+            current: c.id == current,
+            messages: c.messages.len(),
+            title: c.title,
+            id: c.id,
+        })
+        .collect()
 }

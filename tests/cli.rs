@@ -63,7 +63,7 @@ fn file_that_is_not_gguf() {
     std::fs::write(&p, "these are my notes, not a model\n".repeat(100)).unwrap();
     assert_fails(
         &gen(p.to_str().unwrap(), &[]),
-        &[p.to_str().unwrap(), "not a usable GGUF"],
+        &[p.to_str().unwrap(), "not a usable model", "GGUF"],
     );
 }
 
@@ -273,7 +273,17 @@ fn chat_with_config(config: &str, args: &[&str]) -> (i32, String) {
 
 #[test]
 fn chat_bad_config_theme_and_settings() {
-    let cases: [(&str, &[&str], &[&str]); 5] = [
+    let cases: [(&str, &[&str], &[&str]); 7] = [
+        (
+            "[keys]\nregenrate = \"ctrl+g\"\n",
+            &[],
+            &["config.toml", "[keys] regenrate", "not an action"],
+        ),
+        (
+            "[keys]\nquit = \"ctrl+\"\n",
+            &[],
+            &["config.toml", "[keys] quit", "not a key"],
+        ),
         (
             "budget = \"lots\"\n",
             &["--list"],

@@ -90,6 +90,27 @@ pub enum Msg {
     Engine(Event),
     /// The terminal was resized (its new size).
     Resize(u16, u16),
+    /// The saved chats, newest first (for the chat list).
+    Chats(Vec<ChatEntry>),
+    /// A saved chat was opened: its messages replace the conversation.
+    Opened(Vec<Message>),
+}
+
+/// One saved chat in the list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatEntry {
+    pub id: String,
+    pub title: String,
+    pub messages: usize,
+    /// The chat on screen.
+    pub current: bool,
+}
+
+/// The chat list overlay.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatList {
+    pub items: Vec<ChatEntry>,
+    pub selected: usize,
 }
 
 /// What the app asks the outside world to do.
@@ -106,6 +127,14 @@ pub enum Effect {
     Pause(bool),
     /// Step mode: one more token.
     Advance,
+    /// Read the saved chats (answered with [`Msg::Chats`]).
+    ListChats,
+    /// Open this saved chat (answered with [`Msg::Opened`]).
+    OpenChat(String),
+    /// Delete this saved chat (then list them again).
+    DeleteChat(String),
+    /// Give the chat on screen this title.
+    Rename(String),
     Quit,
 }
 
@@ -170,11 +199,15 @@ pub struct App {
     pub paused: bool,
     /// The token the inspector details (a position in the conversation).
     pub inspect: Option<usize>,
+    /// Key bindings from the config file, for the help: (key, what it does).
+    pub custom_keys: Vec<(String, String)>,
+    /// The saved-chat list, while it is open.
+    pub chats: Option<ChatList>,
     pub quit: bool,
 }
 
 /// Slash commands, for `/help` and the help overlay.
-pub const SLASH_HELP: [(&str, &str); 15] = [
+pub const SLASH_HELP: [(&str, &str); 17] = [
     ("/set temp X", "temperature (0 = greedy)"),
     ("/set top-k|top-p|min-p V", "sampling filters"),
     ("/set seed N", "sampling seed"),
@@ -189,6 +222,8 @@ pub const SLASH_HELP: [(&str, &str); 15] = [
     ("/focus L H | all", "retention of one layer and KV head"),
     ("/show", "current settings"),
     ("/clear", "new chat"),
+    ("/chats", "saved chats: ↑↓ Enter opens, Del deletes"),
+    ("/rename TITLE", "rename this chat"),
     ("/inspect N", "inspect the token at position N"),
     ("/save FILE.md", "export the chat as Markdown"),
     ("/trace FILE.jsonl", "export the eviction trace"),
@@ -226,6 +261,8 @@ impl App {
             theme: "dark".into(),
             paused: false,
             inspect: None,
+            custom_keys: Vec::new(),
+            chats: None,
             quit: false,
         }
     }
@@ -250,7 +287,33 @@ impl App {
                 Vec::new()
             }
             Msg::Engine(e) => self.on_engine(e),
+            Msg::Action(a) if self.chats.is_some() => self.on_chat_list(a),
             Msg::Action(a) => self.on_action(a),
+            Msg::Chats(items) => {
+                if items.is_empty() {
+                    self.chats = None;
+                    self.note("no saved chats yet");
+                } else {
+                    let selected = items.iter().position(|c| c.current).unwrap_or(0);
+                    self.chats = Some(ChatList { items, selected });
+                }
+                Vec::new()
+            }
+            Msg::Opened(messages) => {
+                self.chats = None;
+                self.messages = messages;
+                self.streaming = None;
+                self.tokens.clear();
+                self.history.clear();
+                self.step = StepInfo::default();
+                self.scroll = 0;
+                self.inspect = None;
+                self.note("chat opened: the next message reads it into the cache");
+                vec![
+                    Effect::Engine(Command::Reset),
+                    Effect::Engine(Command::Inspect(None)),
+                ]
+            }
         }
     }
 
@@ -433,6 +496,45 @@ impl App {
         Vec::new()
     }
 
+    /// Keys while the chat list is open: move, open, delete, close.
+    fn on_chat_list(&mut self, a: Action) -> Vec<Effect> {
+        let Some(list) = self.chats.as_mut() else {
+            return Vec::new();
+        };
+        let n = list.items.len();
+        match a {
+            Action::ScrollUp(_) => list.selected = list.selected.saturating_sub(1),
+            Action::ScrollDown(_) => list.selected = (list.selected + 1).min(n.saturating_sub(1)),
+            Action::Submit => {
+                let entry = list.items[list.selected.min(n - 1)].clone();
+                if entry.current {
+                    self.chats = None;
+                    return Vec::new();
+                }
+                if !self.idle() {
+                    self.error("wait for the answer to finish (Esc stops it)");
+                    return Vec::new();
+                }
+                return vec![Effect::Save, Effect::OpenChat(entry.id)];
+            }
+            Action::Delete => {
+                let entry = list.items[list.selected.min(n - 1)].clone();
+                if entry.current {
+                    self.error("this chat is open: open another one first, or Ctrl+N");
+                    return Vec::new();
+                }
+                return vec![Effect::DeleteChat(entry.id)];
+            }
+            Action::Quit => {
+                self.chats = None;
+                return self.on_action(Action::Quit);
+            }
+            Action::Stop | Action::Help => self.chats = None,
+            _ => {}
+        }
+        Vec::new()
+    }
+
     /// Inspects the token at `pos` (and shows the inspector).
     fn select_token(&mut self, pos: usize) -> Vec<Effect> {
         if pos >= self.step.seen {
@@ -590,6 +692,12 @@ impl App {
                 Vec::new()
             }
             ["/save", file] => vec![Effect::Export((*file).to_string())],
+            ["/chats"] => vec![Effect::ListChats],
+            ["/rename", rest @ ..] if !rest.is_empty() => {
+                let title = rest.join(" ");
+                self.note(format!("this chat is now “{title}”"));
+                vec![Effect::Rename(title)]
+            }
             ["/trace", file] => vec![Effect::Engine(Command::ExportTrace((*file).into()))],
             ["/trace"] => {
                 self.error("/trace needs a file name, e.g. /trace evictions.jsonl");
@@ -1026,5 +1134,50 @@ mod tests {
         // A new chat forgets the choice.
         a.update(Msg::Action(Action::NewChat));
         assert_eq!(a.inspect, None);
+    }
+
+    #[test]
+    fn the_chat_list_opens_deletes_and_renames() {
+        let mut a = app();
+        typed(&mut a, "/chats");
+        assert_eq!(
+            a.update(Msg::Action(Action::Submit)),
+            vec![Effect::ListChats]
+        );
+        let entry = |id: &str, current: bool| ChatEntry {
+            id: id.into(),
+            title: format!("chat {id}"),
+            messages: 2,
+            current,
+        };
+        a.update(Msg::Chats(vec![entry("b", false), entry("a", true)]));
+        // The list opens on the chat on screen.
+        assert_eq!(a.chats.as_ref().unwrap().selected, 1);
+        // It cannot delete the open chat; it can another.
+        assert!(a.update(Msg::Action(Action::Delete)).is_empty());
+        a.update(Msg::Action(Action::ScrollUp(1)));
+        assert_eq!(
+            a.update(Msg::Action(Action::Delete)),
+            vec![Effect::DeleteChat("b".into())]
+        );
+        assert_eq!(
+            a.update(Msg::Action(Action::Submit)),
+            vec![Effect::Save, Effect::OpenChat("b".into())]
+        );
+        let fx = a.update(Msg::Opened(vec![Message::user("old question")]));
+        assert!(a.chats.is_none());
+        assert_eq!(a.messages, vec![Message::user("old question")]);
+        assert_eq!(fx[0], Effect::Engine(Command::Reset));
+        // Typing goes nowhere while the list is open; Esc closes it.
+        a.update(Msg::Chats(vec![entry("b", true)]));
+        a.update(Msg::Action(Action::Insert('x')));
+        assert!(a.input.is_empty());
+        a.update(Msg::Action(Action::Stop));
+        assert!(a.chats.is_none());
+        typed(&mut a, "/rename Lighthouse notes");
+        assert_eq!(
+            a.update(Msg::Action(Action::Submit)),
+            vec![Effect::Rename("Lighthouse notes".into())]
+        );
     }
 }

@@ -79,6 +79,176 @@ pub fn key(k: KeyEvent, input_empty: bool) -> Option<Action> {
     })
 }
 
+/// Actions a user can bind in `config.toml`'s `[keys]` table: (name, action, what it does).
+pub fn bindable() -> Vec<(&'static str, Action, &'static str)> {
+    vec![
+        ("send", Action::Submit, "send the message or /command"),
+        ("newline", Action::Newline, "new line in the message"),
+        ("stop", Action::Stop, "stop the answer; close help"),
+        ("next_panel", Action::CyclePanel, "next panel"),
+        ("help", Action::Help, "this help"),
+        (
+            "regenerate",
+            Action::Regenerate,
+            "regenerate the last answer",
+        ),
+        (
+            "edit_last",
+            Action::EditLast,
+            "edit and resend your last message",
+        ),
+        ("new_chat", Action::NewChat, "new chat"),
+        ("pause", Action::TogglePause, "step mode: pause / resume"),
+        ("step", Action::StepOne, "step mode: one more token"),
+        ("scroll_up", Action::ScrollUp(10), "scroll the chat up"),
+        (
+            "scroll_down",
+            Action::ScrollDown(10),
+            "scroll the chat down",
+        ),
+        (
+            "layer_prev",
+            Action::FocusPrev { head: false },
+            "previous layer",
+        ),
+        (
+            "layer_next",
+            Action::FocusNext { head: false },
+            "next layer",
+        ),
+        (
+            "head_prev",
+            Action::FocusPrev { head: true },
+            "previous KV head",
+        ),
+        (
+            "head_next",
+            Action::FocusNext { head: true },
+            "next KV head",
+        ),
+        (
+            "inspect_prev",
+            Action::Inspect(-1),
+            "inspect the previous token",
+        ),
+        ("inspect_next", Action::Inspect(1), "inspect the next token"),
+        ("quit", Action::Quit, "quit"),
+    ]
+}
+
+/// Key bindings from the config file, looked up before the built-in ones.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KeyMap {
+    bindings: Vec<(KeyCode, KeyModifiers, Action)>,
+    /// (key as written, what it does), for the help overlay.
+    pub described: Vec<(String, String)>,
+}
+
+/// Parses `ctrl+g`, `alt+enter`, `f2`, `x`, `shift+tab`, … (case-insensitive).
+pub fn parse_key(spec: &str) -> Option<(KeyCode, KeyModifiers)> {
+    let lower = spec.trim().to_lowercase();
+    let mut mods = KeyModifiers::NONE;
+    let mut rest = lower.as_str();
+    loop {
+        if let Some(r) = rest.strip_prefix("ctrl+") {
+            mods |= KeyModifiers::CONTROL;
+            rest = r;
+        } else if let Some(r) = rest.strip_prefix("alt+") {
+            mods |= KeyModifiers::ALT;
+            rest = r;
+        } else if let Some(r) = rest.strip_prefix("shift+") {
+            mods |= KeyModifiers::SHIFT;
+            rest = r;
+        } else {
+            break;
+        }
+    }
+    let code = match rest {
+        "enter" | "return" => KeyCode::Enter,
+        "tab" => KeyCode::Tab,
+        "esc" | "escape" => KeyCode::Esc,
+        "backspace" => KeyCode::Backspace,
+        "delete" | "del" => KeyCode::Delete,
+        "up" => KeyCode::Up,
+        "down" => KeyCode::Down,
+        "left" => KeyCode::Left,
+        "right" => KeyCode::Right,
+        "home" => KeyCode::Home,
+        "end" => KeyCode::End,
+        "pageup" | "pgup" => KeyCode::PageUp,
+        "pagedown" | "pgdn" => KeyCode::PageDown,
+        "space" => KeyCode::Char(' '),
+        f if f.len() > 1 && f.starts_with('f') => {
+            let n: u8 = f[1..].parse().ok()?;
+            if !(1..=12).contains(&n) {
+                return None;
+            }
+            KeyCode::F(n)
+        }
+        c if c.chars().count() == 1 => KeyCode::Char(c.chars().next()?),
+        _ => return None,
+    };
+    Some((code, mods))
+}
+
+impl KeyMap {
+    /// Builds the map from `[keys]` (action name → key); errors name the entry at fault.
+    pub fn parse<'a>(
+        entries: impl IntoIterator<Item = (&'a String, &'a String)>,
+    ) -> Result<Self, String> {
+        let actions = bindable();
+        let mut map = Self::default();
+        for (name, spec) in entries {
+            let Some((_, action, what)) = actions.iter().find(|(n, _, _)| n == name) else {
+                let names: Vec<&str> = actions.iter().map(|(n, _, _)| *n).collect();
+                return Err(format!(
+                    "[keys] {name}: not an action (actions: {})",
+                    names.join(", ")
+                ));
+            };
+            let Some((code, mods)) = parse_key(spec) else {
+                return Err(format!(
+                    "[keys] {name} = \"{spec}\": not a key (write e.g. \"ctrl+g\", \"alt+enter\", \"f2\")"
+                ));
+            };
+            if let KeyCode::Char(_) = code {
+                if mods.is_empty() || mods == KeyModifiers::SHIFT {
+                    return Err(format!(
+                        "[keys] {name} = \"{spec}\": a plain character is typed into the message; add ctrl+ or alt+"
+                    ));
+                }
+            }
+            map.bindings.push((code, mods, action.clone()));
+            map.described.push((spec.clone(), what.to_string()));
+        }
+        Ok(map)
+    }
+
+    /// The action of a key press: a configured binding, else the built-in one.
+    pub fn key(&self, k: KeyEvent, input_empty: bool) -> Option<Action> {
+        if k.kind == KeyEventKind::Release {
+            return None;
+        }
+        let (code, mods) = match k.code {
+            // Terminals report shifted letters as upper case.
+            KeyCode::Char(c) => (
+                KeyCode::Char(c.to_ascii_lowercase()),
+                k.modifiers - KeyModifiers::SHIFT,
+            ),
+            other => (other, k.modifiers),
+        };
+        self.bindings
+            .iter()
+            .find(|(c, m, _)| {
+                *c == code
+                    && (*m == mods
+                        || (matches!(code, KeyCode::Char(_)) && *m - KeyModifiers::SHIFT == mods))
+            })
+            .map(|(_, _, a)| a.clone())
+            .or_else(|| key(k, input_empty))
+    }
+}
+
 /// The action of a mouse event: the wheel scrolls, a left click selects.
 pub fn mouse(m: MouseEvent) -> Option<Action> {
     match m.kind {
@@ -98,6 +268,43 @@ mod tests {
 
     fn k(code: KeyCode, m: KeyModifiers) -> KeyEvent {
         KeyEvent::new(code, m)
+    }
+
+    #[test]
+    fn configured_bindings_come_first_and_bad_ones_are_named() {
+        let entries = [
+            ("regenerate".to_string(), "ctrl+g".to_string()),
+            ("quit".to_string(), "F10".to_string()),
+            ("inspect_next".to_string(), "alt+n".to_string()),
+        ];
+        let map = KeyMap::parse(entries.iter().map(|(a, b)| (a, b))).unwrap();
+        let none = KeyModifiers::NONE;
+        assert_eq!(
+            map.key(k(KeyCode::Char('g'), KeyModifiers::CONTROL), false),
+            Some(Action::Regenerate)
+        );
+        assert_eq!(map.key(k(KeyCode::F(10), none), false), Some(Action::Quit));
+        assert_eq!(
+            map.key(
+                k(KeyCode::Char('N'), KeyModifiers::ALT | KeyModifiers::SHIFT),
+                false
+            ),
+            Some(Action::Inspect(1))
+        );
+        // Built-in keys still work.
+        assert_eq!(
+            map.key(k(KeyCode::Char('r'), KeyModifiers::CONTROL), false),
+            Some(Action::Regenerate)
+        );
+        assert_eq!(map.described.len(), 3);
+        let bad = |a: &str, b: &str| {
+            let e = [(a.to_string(), b.to_string())];
+            KeyMap::parse(e.iter().map(|(a, b)| (a, b))).unwrap_err()
+        };
+        assert!(bad("regenrate", "ctrl+g").contains("not an action"));
+        assert!(bad("quit", "ctrl+").contains("not a key"));
+        assert!(bad("quit", "f13").contains("not a key"));
+        assert!(bad("quit", "q").contains("typed into the message"));
     }
 
     #[test]

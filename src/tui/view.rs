@@ -53,7 +53,10 @@ pub fn draw(f: &mut Frame, app: &App, theme: &Theme) {
     status_bar(f, app, theme, status);
     footer_line(f, app, theme, footer);
     if app.help {
-        help(f, theme, area);
+        help(f, app, theme, area);
+    }
+    if app.chats.is_some() {
+        chat_list(f, app, theme, area);
     }
 }
 
@@ -903,13 +906,62 @@ fn attention(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     f.render_widget(Paragraph::new(lines), inner);
 }
 
-fn help(f: &mut Frame, theme: &Theme, area: Rect) {
-    let rows = (KEYS.len() + SLASH_HELP.len() + 2) as u16;
+fn chat_list(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
+    let Some(list) = &app.chats else { return };
+    let w = area.width.saturating_sub(4).min(90);
+    let h = (list.items.len() as u16 + 4).min(area.height.saturating_sub(2));
+    let r = Rect {
+        x: area.x + (area.width - w) / 2,
+        y: area.y + (area.height - h) / 2,
+        width: w,
+        height: h,
+    };
+    f.render_widget(Clear, r);
+    let b = block(
+        "Saved chats · ↑↓ choose · Enter open · Del delete · Esc close",
+        theme,
+        true,
+    )
+    .style(theme.base);
+    let inner = b.inner(r);
+    f.render_widget(b, r);
+    let rows = inner.height as usize;
+    // Keep the selection in view.
+    let first = list.selected.saturating_sub(rows.saturating_sub(1));
+    let lines: Vec<Line<'static>> = list
+        .items
+        .iter()
+        .enumerate()
+        .skip(first)
+        .take(rows)
+        .map(|(i, c)| {
+            let mark = if c.current { "● " } else { "  " };
+            let text = format!("{mark}{:<24} {:>3} msgs  {}", c.id, c.messages, c.title);
+            let style = if i == list.selected {
+                theme.accent.add_modifier(Modifier::REVERSED)
+            } else {
+                theme.base
+            };
+            Line::from(Span::styled(text, style))
+        })
+        .collect();
+    f.render_widget(Paragraph::new(lines), inner);
+}
+
+fn help(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
+    // Bindings from config.toml first, then the built-in ones.
+    let custom: Vec<(&str, &str)> = app
+        .custom_keys
+        .iter()
+        .map(|(k, w)| (k.as_str(), w.as_str()))
+        .collect();
+    let keys: Vec<(&str, &str)> = custom.iter().chain(KEYS.iter()).copied().collect();
+    let rows = (keys.len() + SLASH_HELP.len() + 2) as u16;
     // One column when it fits, else keys and commands side by side.
     let two = rows + 2 > area.height && area.width >= 70;
     let w = if two { area.width } else { area.width.min(78) };
     let need = if two {
-        KEYS.len().max(SLASH_HELP.len()) as u16 + 3
+        keys.len().max(SLASH_HELP.len()) as u16 + 3
     } else {
         rows + 2
     };
@@ -945,13 +997,13 @@ fn help(f: &mut Frame, theme: &Theme, area: Rect) {
             Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)])
                 .spacing(2)
                 .areas(inner);
-        f.render_widget(Paragraph::new(section("Keys", &KEYS, left.width)), left);
+        f.render_widget(Paragraph::new(section("Keys", &keys, left.width)), left);
         f.render_widget(
             Paragraph::new(section("Commands", &SLASH_HELP, right.width)),
             right,
         );
     } else {
-        let mut lines = section("Keys", &KEYS, inner.width);
+        let mut lines = section("Keys", &keys, inner.width);
         lines.extend(section("Commands", &SLASH_HELP, inner.width));
         f.render_widget(Paragraph::new(lines), inner);
     }
