@@ -329,21 +329,13 @@ fn verify(path: &Path, total: Option<u64>) -> std::result::Result<(), String> {
         .unwrap_or_default();
     let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
     let actual = if hex(&etag, 64) {
-        file_digest(&blob, sha2::Sha256::new())?
+        let mut h = sha2::Sha256::new();
+        read_chunks(&blob, &mut |b| h.update(b))?;
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
     } else if hex(&etag, 40) {
         let mut h = sha1_smol::Sha1::new();
         h.update(format!("blob {len}\0").as_bytes());
-        let mut f = std::fs::File::open(&blob).map_err(|e| format!("{}: {e}", blob.display()))?;
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let n = f
-                .read(&mut buf)
-                .map_err(|e| format!("{}: {e}", blob.display()))?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
+        read_chunks(&blob, &mut |b| h.update(b))?;
         h.digest().to_string()
     } else {
         // Not a content hash (some mirrors): the size check is all there is.
@@ -358,7 +350,8 @@ fn verify(path: &Path, total: Option<u64>) -> std::result::Result<(), String> {
     }
 }
 
-fn file_digest(path: &Path, mut h: sha2::Sha256) -> std::result::Result<String, String> {
+/// Feeds the file's bytes to `update`, a megabyte at a time.
+fn read_chunks(path: &Path, update: &mut dyn FnMut(&[u8])) -> std::result::Result<(), String> {
     let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -366,11 +359,10 @@ fn file_digest(path: &Path, mut h: sha2::Sha256) -> std::result::Result<String, 
             .read(&mut buf)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         if n == 0 {
-            break;
+            return Ok(());
         }
-        h.update(&buf[..n]);
+        update(&buf[..n]);
     }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[cfg(test)]

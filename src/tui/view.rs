@@ -906,16 +906,22 @@ fn attention(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     f.render_widget(Paragraph::new(lines), inner);
 }
 
-fn chat_list(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
-    let Some(list) = &app.chats else { return };
-    let w = area.width.saturating_sub(4).min(90);
-    let h = (list.items.len() as u16 + 4).min(area.height.saturating_sub(2));
-    let r = Rect {
+/// A `w` x `h` rectangle in the middle of `area` (no larger than it).
+fn centered(area: Rect, w: u16, h: u16) -> Rect {
+    let (w, h) = (w.min(area.width), h.min(area.height));
+    Rect {
         x: area.x + (area.width - w) / 2,
         y: area.y + (area.height - h) / 2,
         width: w,
         height: h,
-    };
+    }
+}
+
+fn chat_list(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
+    let Some(list) = &app.chats else { return };
+    let w = area.width.saturating_sub(4).min(90);
+    let h = (list.items.len() as u16 + 4).min(area.height.saturating_sub(2));
+    let r = centered(area, w, h);
     f.render_widget(Clear, r);
     let b = block(
         "Saved chats · ↑↓ choose · Enter open · Del delete · Esc close",
@@ -965,13 +971,7 @@ fn help(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     } else {
         rows + 2
     };
-    let h = area.height.min(need);
-    let r = Rect {
-        x: area.x + (area.width - w) / 2,
-        y: area.y + (area.height - h) / 2,
-        width: w,
-        height: h,
-    };
+    let r = centered(area, w, area.height.min(need));
     f.render_widget(Clear, r);
     let b = block("Help (any key closes)", theme, true).style(theme.base);
     let inner = b.inner(r);
