@@ -64,7 +64,7 @@ impl std::fmt::Display for WeightFormat {
 
 /// `Auto` keeps a dense f32 copy only up to this many parameters (f32 weights of a
 /// 500M-parameter model take 2 GB).
-const AUTO_HYBRID_MAX_PARAMS: usize = 500_000_000;
+pub(super) const AUTO_HYBRID_MAX_PARAMS: usize = 500_000_000;
 
 /// Opens a GGUF file and reads its header: metadata and tensor index, no tensor data.
 pub fn open_gguf(path: &Path) -> Result<(gguf_file::Content, BufReader<File>)> {

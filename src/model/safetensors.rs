@@ -219,10 +219,11 @@ impl Weights<'_> {
     }
 }
 
-/// Picks the concrete format for `Auto` by parameter count, as for GGUF.
+/// Picks the concrete format for `Auto` by parameter count, at GGUF's threshold (dense
+/// weights have no slow quantization to avoid, so above it they are Q8_0).
 fn resolve_format(asked: WeightFormat, params: usize) -> WeightFormat {
     match asked {
-        WeightFormat::Auto if params <= 500_000_000 => WeightFormat::Hybrid,
+        WeightFormat::Auto if params <= super::gguf::AUTO_HYBRID_MAX_PARAMS => WeightFormat::Hybrid,
         WeightFormat::Auto => WeightFormat::Q8_0,
         other => other,
     }
