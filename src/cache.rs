@@ -31,7 +31,7 @@ mod tova;
 use std::str::FromStr;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Storage, Tensor};
 use half::f16;
 use serde::Serialize;
 
@@ -352,6 +352,31 @@ impl LayerCache {
         ))
     }
 
+    /// Runs `f` on the host values of the keys and values, (H_kv, capacity, d) each, of which
+    /// the first [`LayerCache::len`] slots per head are used. Errors unless they are f32 in
+    /// host memory.
+    pub fn with_kv_host<R>(&self, f: impl FnOnce(&[f32], &[f32]) -> R) -> Result<R> {
+        let (ks, kl) = self.k.storage_and_layout();
+        let (vs, vl) = self.v.storage_and_layout();
+        match (&*ks, &*vs) {
+            (Storage::Cpu(k), Storage::Cpu(v)) => {
+                let (k, v) = (k.as_slice::<f32>()?, v.as_slice::<f32>()?);
+                let n = self.k.elem_count();
+                let (k0, v0) = (kl.start_offset(), vl.start_offset());
+                Ok(f(&k[k0..k0 + n], &v[v0..v0 + n]))
+            }
+            _ => Err(Error::arg(
+                "cache",
+                "keys and values are not in host memory",
+            )),
+        }
+    }
+
+    /// Slots per KV head.
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
     /// A deep copy (tensors are shared by reference when cloned; these are written in place).
     fn fork(&self) -> Result<Self> {
         Ok(Self {
@@ -657,6 +682,11 @@ impl KvCache {
         self.layers.len()
     }
 
+    /// The element type of the stored keys and values.
+    pub fn dtype(&self) -> DType {
+        self.layers.first().map_or(DType::F32, |l| l.k.dtype())
+    }
+
     /// One layer's slots.
     pub fn layer(&self, l: usize) -> &LayerCache {
         &self.layers[l]
@@ -750,9 +780,12 @@ impl KvCache {
     }
 
     /// Summarises a decode step's attention row of layer `l`, (H_q, 1, visible).
-    fn summarize_attention(&mut self, l: usize, probs: &Tensor) -> Result<()> {
-        let (n_head, _, visible) = probs.dims3()?;
-        let rows = probs.flatten_all()?.to_vec1::<f32>()?;
+    fn summarize_attention(
+        &mut self,
+        l: usize,
+        rows: &[f32],
+        (n_head, _, visible): (usize, usize, usize),
+    ) {
         let layer = &self.layers[l];
         let sinks = self.cfg.sinks() as u32;
         let window_from = self
@@ -783,7 +816,6 @@ impl KvCache {
         if let Some(a) = self.attention.as_mut() {
             a[l] = sum;
         }
-        Ok(())
     }
 
     /// Seconds this cache has spent on its policy so far: observing attention, scoring,
@@ -871,30 +903,68 @@ impl KvCache {
     /// Receives attention probabilities of layer `l` for rows `first_row..first_row + rows`
     /// of a step of `t` new tokens: (H_q, rows, visible slots).
     pub fn observe(&mut self, l: usize, t: usize, first_row: usize, probs: &Tensor) -> Result<()> {
+        if !self.wants_probs(t) {
+            return Ok(());
+        }
+        let dims = probs.dims3()?;
+        let data = probs.flatten_all()?.to_vec1::<f32>()?;
+        self.observe_slice(l, t, first_row, &data, dims)
+    }
+
+    /// Whether [`KvCache::observe`] does anything with a step of `t` tokens (the policy keeps
+    /// attention, or the UI asked for its summary).
+    pub fn wants_probs(&self, t: usize) -> bool {
+        (t == 1 && self.attention.is_some()) || self.needs.accumulate || self.needs.rows > 0
+    }
+
+    /// [`KvCache::observe`] on host values: `probs` is (H_q, rows, visible) row-major, its
+    /// shape `dims`.
+    pub fn observe_slice(
+        &mut self,
+        l: usize,
+        t: usize,
+        first_row: usize,
+        probs: &[f32],
+        dims: (usize, usize, usize),
+    ) -> Result<()> {
+        if probs.len() != dims.0 * dims.1 * dims.2 {
+            return Err(Error::arg(
+                "observe",
+                format!("{} values for shape {dims:?}", probs.len()),
+            ));
+        }
         if t == 1 && self.attention.is_some() {
-            self.summarize_attention(l, probs)?;
+            self.summarize_attention(l, probs, dims);
         }
         if !self.needs.accumulate && self.needs.rows == 0 {
             return Ok(());
         }
         let clock = Instant::now();
-        let result = self.observe_rows(l, t, first_row, probs);
+        self.observe_rows(l, t, first_row, probs, dims);
         self.policy_secs += clock.elapsed().as_secs_f64();
-        result
+        Ok(())
     }
 
-    fn observe_rows(&mut self, l: usize, t: usize, first_row: usize, probs: &Tensor) -> Result<()> {
+    fn observe_rows(
+        &mut self,
+        l: usize,
+        t: usize,
+        first_row: usize,
+        probs: &[f32],
+        (n_head, rows, visible): (usize, usize, usize),
+    ) {
         let layer = &mut self.layers[l];
-        let (n_head, rows, visible) = probs.dims3()?;
         let group = layer.group;
         let cap = layer.cap;
         if self.needs.accumulate {
-            // (H_q, rows, visible) → (H_q, visible): attention received, summed over rows.
-            let sums = probs.sum(1)?.to_vec2::<f32>()?;
-            for (qh, row) in sums.iter().enumerate() {
+            // (H_q, rows, visible): attention received, summed over rows and query heads.
+            for qh in 0..n_head {
                 let h = qh / group;
-                for (s, p) in row.iter().enumerate() {
-                    layer.acc[h * cap + s] += p;
+                for r in 0..rows {
+                    let row = &probs[(qh * rows + r) * visible..(qh * rows + r + 1) * visible];
+                    for (acc, p) in layer.acc[h * cap..h * cap + visible].iter_mut().zip(row) {
+                        *acc += p;
+                    }
                 }
             }
         }
@@ -902,19 +972,13 @@ impl KvCache {
         // Rows of this block among the step's last `keep` rows.
         let from = (t.saturating_sub(keep)).max(first_row);
         if keep == 0 || from >= first_row + rows {
-            return Ok(());
+            return;
         }
-        let kept = first_row + rows - from;
-        // (H_q, kept, visible), flattened
-        let part = probs
-            .narrow(1, from - first_row, kept)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
         let mut scratch = Vec::with_capacity(visible);
-        for i in 0..kept {
+        for i in from - first_row..rows {
             let r = layer.ring_next;
             for qh in 0..n_head {
-                let src = &part[(qh * kept + i) * visible..(qh * kept + i + 1) * visible];
+                let src = &probs[(qh * rows + i) * visible..(qh * rows + i + 1) * visible];
                 let start = (qh * layer.ring_cap + r) * cap;
                 let dst = &mut layer.ring[start..start + cap];
                 layer.mass[qh * layer.ring_cap + r] =
@@ -924,7 +988,6 @@ impl KvCache {
             layer.ring_next = (r + 1) % layer.ring_cap;
             layer.ring_len = (layer.ring_len + 1).min(layer.ring_cap);
         }
-        Ok(())
     }
 
     /// Closes the step opened by [`KvCache::begin`]; compresses a prefilled chunk that left

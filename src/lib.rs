@@ -3,6 +3,8 @@
 //! Module map (each module has one owner and one job):
 //! - [`model`]: config, GGUF loading, weights and the explicit decoder `forward`; knows tensors
 //!   and file formats, never policies.
+//! - [`kernels`]: CPU matrix × vector kernels for single-token decoding (quantized blocks and
+//!   f32); the crate's only `unsafe`.
 //! - [`cache`]: the slot KV cache the decoder writes into and reads from; owns storage,
 //!   positions and the attention rows the eviction policies score.
 //! - [`tokenizer`]: tokenizers built from GGUF metadata or `tokenizer.json`, incremental
@@ -27,6 +29,7 @@ pub mod error;
 pub mod eval;
 pub mod generate;
 pub mod hub;
+pub mod kernels;
 pub mod model;
 pub mod models;
 pub mod sampling;

@@ -1,4 +1,5 @@
-//! The decoder on a tiny random-weight model: incremental decoding equals one pass.
+//! The decoder on a tiny random-weight model: incremental decoding equals one pass; on the
+//! real model, the single-token kernels track the dense prompt path.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -88,4 +89,69 @@ fn cache_grows_past_its_first_allocation() {
     }
     assert!(common::max_abs_diff(&whole, &out) < 1e-4);
     assert_eq!(cache.kv_bytes(), cache.bytes_per_token() * 300);
+}
+
+/// Teacher-forced logits of `ids` on the real model: one pass (candle's batched kernels) and
+/// token by token (the single-token kernels of `morphkv::kernels`).
+fn one_pass_and_stepwise(weights: morphkv::model::WeightFormat) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    let (model, tok) =
+        morphkv::model::load(&common::default_model(), &Device::Cpu, weights).unwrap();
+    let ids = tok
+        .encode_plain(
+            "The quick brown fox jumps over the lazy dog because it was in a hurry to get home.",
+        )
+        .unwrap();
+    let mut cache = fresh(&model);
+    let all = model
+        .forward(&ids, &mut cache, Logits::All)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let mut cache = fresh(&model);
+    let steps = ids
+        .iter()
+        .map(|&id| last(&model, &mut cache, &[id]))
+        .collect();
+    (all, steps)
+}
+
+fn argmax(v: &[f32]) -> usize {
+    morphkv::sampling::argmax(v) as usize
+}
+
+#[test]
+fn q4_1_single_token_kernels_track_the_dense_prompt_path() {
+    // `auto` on this model: the file's Q4_1 read by the single-token kernels with 8-bit
+    // activations, dense f32 (the same weights dequantized) for prompts. The two differ by
+    // the activations' rounding only: the same next token almost everywhere, logits close.
+    let (all, steps) = one_pass_and_stepwise(morphkv::model::WeightFormat::Auto);
+    let agree = all
+        .iter()
+        .zip(&steps)
+        .filter(|(a, s)| argmax(a) == argmax(s))
+        .count();
+    assert!(
+        agree * 10 >= all.len() * 9,
+        "{agree} of {} agree",
+        all.len()
+    );
+    let worst = all
+        .iter()
+        .zip(&steps)
+        .map(|(a, s)| common::max_abs_diff(a, s))
+        .fold(0f32, f32::max);
+    let mean = all
+        .iter()
+        .zip(&steps)
+        .map(|(a, s)| a.iter().zip(s).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32)
+        .sum::<f32>()
+        / all.len() as f32;
+    assert!(
+        worst < 3.0 && mean < 0.3,
+        "max |Δlogit| {worst}, mean {mean}"
+    );
+    eprintln!(
+        "q4_1 single-token vs dense: {agree}/{} argmax agree, |Δlogit| max {worst} mean {mean}",
+        all.len()
+    );
 }

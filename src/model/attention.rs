@@ -82,3 +82,45 @@ pub fn causal_mask(t: usize, past: usize, device: &Device) -> Result<Tensor> {
     }
     Ok(Tensor::from_vec(m, (t, n), device)?)
 }
+
+/// Shapes of one layer's cache for [`attend_one`].
+#[derive(Debug, Clone, Copy)]
+pub struct Slots {
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    /// Slots per KV head in the storage.
+    pub cap: usize,
+    /// Used slots per KV head (the new token's included, last).
+    pub len: usize,
+}
+
+/// The single-token form of [`attention`], on host values: one new query per head over the
+/// used slots, query heads split across threads.
+///
+/// - `q`: (H_q, d), post-RoPE; query head `h` reads KV head `h / G`.
+/// - `k`, `v`: (H_kv, cap, d); slots `0..len` of each head are used, the new token's last.
+/// - `probs`: written, (H_q, len): softmax of the scaled scores, what [`attention`] gives
+///   `observe`.
+/// - `out`: written, (H_q, d).
+pub fn attend_one(q: &[f32], k: &[f32], v: &[f32], s: Slots, probs: &mut [f32], out: &mut [f32]) {
+    use rayon::prelude::*;
+    let (d, n) = (s.head_dim, s.len);
+    let group = s.n_head / s.n_kv_head;
+    let scale = 1.0 / (d as f32).sqrt();
+    probs
+        .par_chunks_mut(n)
+        .zip(out.par_chunks_mut(d))
+        .enumerate()
+        .for_each(|(h, (p, o))| {
+            let qh = &q[h * d..(h + 1) * d];
+            // (cap, d) of this query head's KV head.
+            let base = (h / group) * s.cap * d;
+            let (kh, vh) = (&k[base..base + n * d], &v[base..base + n * d]);
+            // (len): q · k_s, scaled; then softmax.
+            crate::kernels::scores(qh, kh, scale, p);
+            crate::kernels::softmax(p);
+            // (d) = Σ_s p_s · v_s
+            crate::kernels::weighted_sum(p, vh, o);
+        });
+}

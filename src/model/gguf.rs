@@ -18,12 +18,13 @@ use crate::error::{Error, Result};
 /// How projection weights are kept in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightFormat {
-    /// Small models (up to 500M parameters): Q8_0 for single-token decoding plus a dense f32
-    /// copy for prompts. Larger ones: Q8_0 where the file's type has no fast CPU kernel
+    /// Small models (up to 500M parameters): the file's Q4_0/Q4_1/Q8_0 (else Q8_0) for
+    /// single-token decoding plus a dense f32 copy for prompts. Larger ones: Q8_0 where the file's type has no fast CPU kernel
     /// (Q4_1, Q5_0, Q5_1), the file's own quantization otherwise.
     #[default]
     Auto,
-    /// Both Q8_0 (decode) and dense f32 (prefill) copies, as `Auto` picks for small models.
+    /// Both a quantized (decode) and a dense f32 (prefill) copy, as `Auto` picks for small
+    /// models.
     Hybrid,
     /// Keep the file's quantization and use candle's quantized kernels.
     Native,
@@ -287,20 +288,28 @@ impl Loader<'_> {
                 QMatMul::QTensor(Arc::new(QTensor::quantize(&dense, GgmlDType::Q8_0)?))
             })
         };
-        let (w, dense) = match self.format {
-            _ if dense_type => (QMatMul::Tensor(q.dequantize(self.device)?), None),
-            WeightFormat::F32 => (QMatMul::Tensor(q.dequantize(self.device)?), None),
-            WeightFormat::Native => (QMatMul::QTensor(q), None),
-            WeightFormat::Q8_0 | WeightFormat::Auto => (to_q8(q, self.device)?, None),
-            WeightFormat::Hybrid => {
-                let dense = QMatMul::Tensor(q.dequantize(self.device)?);
-                (to_q8(q, self.device)?, Some(dense))
-            }
-        };
         let b = match bias {
             Some(name) => Some(self.dense(&name)?),
             None => None,
         };
-        Ok(Linear { w, dense, b })
+        match self.format {
+            _ if dense_type => Linear::new(QMatMul::Tensor(q.dequantize(self.device)?), None, b),
+            WeightFormat::F32 => Linear::new(QMatMul::Tensor(q.dequantize(self.device)?), None, b),
+            WeightFormat::Native => Linear::new(QMatMul::QTensor(q), None, b),
+            WeightFormat::Q8_0 | WeightFormat::Auto => Linear::new(to_q8(q, self.device)?, None, b),
+            WeightFormat::Hybrid => {
+                let dense = q.dequantize(self.device)?;
+                // The single-row kernels read Q4_0, Q4_1 and Q8_0 as they are in the file.
+                match q.dtype() {
+                    GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0 => {
+                        Linear::packed_and_dense(&q, dense, b)
+                    }
+                    _ => match to_q8(q, self.device)? {
+                        QMatMul::QTensor(q8) => Linear::packed_and_dense(&q8, dense, b),
+                        other => Linear::new(other, Some(QMatMul::Tensor(dense)), b),
+                    },
+                }
+            }
+        }
     }
 }

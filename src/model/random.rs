@@ -24,15 +24,12 @@ impl Model {
         let (h, d, nq, nkv, f) = (cfg.hidden, cfg.head_dim, cfg.n_head, cfg.n_kv_head, cfg.ffn);
         let mut lin = |out: usize, inp: usize, bias: bool| -> Result<Linear> {
             let scale = 1.0 / (inp as f32).sqrt();
-            Ok(Linear {
-                w: QMatMul::Tensor(mat(out, inp, scale)?),
-                dense: None,
-                b: if bias {
-                    Some(mat(1, out, 0.1)?.squeeze(0)?)
-                } else {
-                    None
-                },
-            })
+            let b = if bias {
+                Some(mat(1, out, 0.1)?.squeeze(0)?)
+            } else {
+                None
+            };
+            Linear::new(QMatMul::Tensor(mat(out, inp, scale)?), None, b)
         };
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for _ in 0..cfg.n_layer {

@@ -92,6 +92,35 @@ impl Rope {
         ))
     }
 
+    /// cos and sin of each frequency at position `pos`, (d/2) each: one row of
+    /// [`Rope::tables`], for [`Rope::rotate_host`].
+    pub fn angles(&self, pos: u32) -> (Vec<f32>, Vec<f32>) {
+        self.inv_freq
+            .iter()
+            .map(|&f| {
+                let angle = pos as f32 * f;
+                (angle.cos(), angle.sin())
+            })
+            .unzip()
+    }
+
+    /// Rotates `x`: (H, d) host values of one token, in place, with one row of tables from
+    /// [`Rope::angles`]; the same arithmetic as candle's kernels.
+    pub fn rotate_host(&self, x: &mut [f32], cos: &[f32], sin: &[f32]) {
+        let half = cos.len();
+        for head in x.chunks_exact_mut(2 * half) {
+            for i in 0..half {
+                let (a, b) = match self.style {
+                    RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                    RopeStyle::HalfSplit => (i, i + half),
+                };
+                let (x0, x1) = (head[a], head[b]);
+                head[a] = x0 * cos[i] - x1 * sin[i];
+                head[b] = x0 * sin[i] + x1 * cos[i];
+            }
+        }
+    }
+
     /// Rotates `x`: (H, T, d) → (H, T, d), with tables from [`Rope::tables`].
     pub fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         // candle's kernels take (B, H, T, d) and need a contiguous input.

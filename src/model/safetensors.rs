@@ -71,14 +71,14 @@ pub fn read_config(dir: &Path) -> Result<(Config, bool, bool)> {
     };
     let n_head = hf.num_attention_heads;
     let n_kv_head = hf.num_key_value_heads.unwrap_or(n_head);
-    if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 {
+    if n_head == 0 || n_kv_head == 0 || !n_head.is_multiple_of(n_kv_head) {
         return Err(bad(
             &path,
             format!("inconsistent heads: {n_head} query heads, {n_kv_head} KV heads"),
         ));
     }
     let head_dim = hf.head_dim.unwrap_or(hf.hidden_size / n_head);
-    if head_dim == 0 || head_dim % 2 != 0 {
+    if head_dim == 0 || !head_dim.is_multiple_of(2) {
         return Err(bad(&path, format!("head dimension {head_dim} is not even")));
     }
     let rope_base = hf.rope_theta.unwrap_or(10_000.0);

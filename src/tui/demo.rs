@@ -67,7 +67,7 @@ pub fn fate(pos: usize, seen: usize) -> TokenFate {
             .map(|l| {
                 (0..HEADS)
                     .map(|h| {
-                        if (l + h + pos) % 3 == 0 {
+                        if (l + h + pos).is_multiple_of(3) {
                             HeadFate::Evicted {
                                 step: (pos + BUDGET + l).min(seen),
                                 score: 0.0012 * (l + 1) as f32,
