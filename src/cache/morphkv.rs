@@ -12,6 +12,9 @@
 //! at every step: scores match an f32 computation to about 1e-3 relative, so only tokens whose
 //! scores tie to that precision may be ranked differently.
 
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
 use super::policy::{Fusion, GroupAgg, Needs, Policy, ScoreCtx};
 
 /// Window-attention scoring.
@@ -54,19 +57,21 @@ impl Policy for MorphKv {
                 }
                 for g in 0..ctx.group {
                     let q = h * ctx.group + g;
-                    ctx.row_into(q, r, &mut row);
-                    let denom = old_mass(&row, ctx.row_mass(q, r), &protected, cand);
+                    let raw = ctx.row(q, r);
+                    let denom = old_mass(raw, ctx.row_mass(q, r), &protected, cand, &mut row);
                     if denom <= 0.0 {
                         continue;
                     }
                     let inv = 1.0 / denom;
-                    // Sum over heads and window: one pass straight into the scores.
-                    let target = if sum_sum { &mut *fused } else { &mut agg[..] };
+                    if sum_sum {
+                        // Sum over heads and window: straight from the ring into the scores.
+                        crate::kernels::axpy_f16(inv, raw, fused);
+                        continue;
+                    }
+                    ctx.row_into(q, r, &mut row);
                     match self.group_agg {
-                        GroupAgg::Sum => {
-                            target.iter_mut().zip(&row).for_each(|(a, p)| *a += p * inv)
-                        }
-                        GroupAgg::Max => target
+                        GroupAgg::Sum => agg.iter_mut().zip(&row).for_each(|(a, p)| *a += p * inv),
+                        GroupAgg::Max => agg
                             .iter_mut()
                             .zip(&row)
                             .for_each(|(a, p)| *a = a.max(p * inv)),
@@ -86,15 +91,17 @@ impl Policy for MorphKv {
 
 /// A ring row's probability mass over old (candidate) slots: its mass over all used slots
 /// minus the protected slots' part. When the protected slots hold nearly all of it, the
-/// subtraction would cancel digits, so the old slots are summed directly instead.
-fn old_mass(row: &[f32], mass: f32, protected: &[usize], cand: &[bool]) -> f32 {
-    let kept: f32 = protected.iter().map(|&s| row[s]).sum();
+/// subtraction would cancel digits, so the old slots are summed directly instead (`buf` is
+/// scratch of the row's length).
+fn old_mass(raw: &[f16], mass: f32, protected: &[usize], cand: &[bool], buf: &mut [f32]) -> f32 {
+    let kept: f32 = protected.iter().map(|&s| raw[s].to_f32()).sum();
     let old = mass - kept;
     if old >= 0.125 * mass {
         return old;
     }
+    raw.convert_to_f32_slice(buf);
     let mut acc = [0f32; 8];
-    let (rc, cc) = (row.chunks_exact(8), cand.chunks_exact(8));
+    let (rc, cc) = (buf.chunks_exact(8), cand.chunks_exact(8));
     let tail: f32 = rc
         .remainder()
         .iter()
