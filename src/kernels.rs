@@ -560,6 +560,59 @@ mod avx2 {
         }
     }
 
+    /// [`super::axpy_rows_f16`], eight columns at a time. Needs every row at least
+    /// `y.len()` long and `w.len() == rows.len()`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn axpy_rows_f16(w: &[f32], rows: &[&[f16]], y: &mut [f32]) {
+        let n = y.len();
+        let body = n - n % 8;
+        let yp = y.as_mut_ptr();
+        let mut c = 0;
+        while c < body {
+            // SAFETY: `c + 8 <= n`, within `y` and within every row (the caller's contract).
+            unsafe {
+                let mut acc = _mm256_loadu_ps(yp.add(c));
+                for (&a, r) in w.iter().zip(rows) {
+                    let x = _mm256_cvtph_ps(_mm_loadu_si128(r.as_ptr().add(c).cast()));
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(a), x, acc);
+                }
+                _mm256_storeu_ps(yp.add(c), acc);
+            }
+            c += 8;
+        }
+        for (a, r) in w.iter().zip(rows) {
+            for (y, x) in y[body..].iter_mut().zip(&r[body..n]) {
+                *y += a * x.to_f32();
+            }
+        }
+    }
+
+    /// [`super::dot_f16`], sixteen values at a time on two accumulators. Needs equal lengths.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_f16(x: &[f16], y: &[f32]) -> f32 {
+        let n = x.len();
+        let body = n - n % 16;
+        let (xp, yp) = (x.as_ptr().cast::<u16>(), y.as_ptr());
+        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut i = 0;
+        while i < body {
+            // SAFETY: `i + 16 <= n`, within both slices.
+            unsafe {
+                let x0 = _mm256_cvtph_ps(_mm_loadu_si128(xp.add(i).cast()));
+                let x1 = _mm256_cvtph_ps(_mm_loadu_si128(xp.add(i + 8).cast()));
+                a0 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(yp.add(i)), a0);
+                a1 = _mm256_fmadd_ps(x1, _mm256_loadu_ps(yp.add(i + 8)), a1);
+            }
+            i += 16;
+        }
+        let tail: f32 = x[body..]
+            .iter()
+            .zip(&y[body..])
+            .map(|(x, y)| x.to_f32() * y)
+            .sum();
+        hsum(_mm256_add_ps(a0, a1)) + tail
+    }
+
     /// Sum of the 8 lanes.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn hsum(v: __m256) -> f32 {
@@ -771,6 +824,40 @@ pub fn axpy_f16(a: f32, x: &[f16], y: &mut [f32]) {
     for (y, x) in y.iter_mut().zip(x) {
         *y += a * x.to_f32();
     }
+}
+
+/// `y[s] += Σ_r w[r] · rows[r][s]` for f16 rows (converted on the fly), every row at least
+/// `y.len()` long: columns outermost, so `y` is loaded and stored once per 8 columns however
+/// many rows there are.
+pub fn axpy_rows_f16(w: &[f32], rows: &[&[f16]], y: &mut [f32]) {
+    assert!(w.len() == rows.len() && rows.iter().all(|r| r.len() >= y.len()));
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx2") && has!("fma") && has!("f16c") {
+            // SAFETY: AVX2, FMA and F16C detected; every row covers `y` (asserted).
+            return unsafe { avx2::axpy_rows_f16(w, rows, y) };
+        }
+    }
+    for (a, x) in w.iter().zip(rows) {
+        for (y, x) in y.iter_mut().zip(x.iter()) {
+            *y += a * x.to_f32();
+        }
+    }
+}
+
+/// `Σ x[s] · y[s]` for f16 `x` (converted on the fly) and f32 `y` of the same length.
+pub fn dot_f16(x: &[f16], y: &[f32]) -> f32 {
+    assert_eq!(x.len(), y.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx2") && has!("fma") && has!("f16c") {
+            // SAFETY: AVX2, FMA and F16C detected; equal lengths (asserted).
+            return unsafe { avx2::dot_f16(x, y) };
+        }
+    }
+    x.iter().zip(y).map(|(x, y)| x.to_f32() * y).sum()
 }
 
 /// Softmax of `p` in place.
@@ -1007,6 +1094,44 @@ mod tests {
                 let want = y0[i] + 0.37 * x[i].to_f32();
                 assert!((y[i] - want).abs() < 1e-5 * want.abs().max(1.0));
             }
+        }
+    }
+
+    #[test]
+    fn f16_row_sums_match_plain_arithmetic() {
+        let n = 603;
+        let data: Vec<Vec<f16>> = (0..5)
+            .map(|r| {
+                random_vec(n + r, 20 + r as u64)
+                    .iter()
+                    .map(|&v| f16::from_f32(v))
+                    .collect()
+            })
+            .collect();
+        let rows: Vec<&[f16]> = data.iter().map(|r| &r[..]).collect();
+        let w = [0.5, -1.0, 2.0, 0.0, 0.25];
+        let y0 = random_vec(n, 30);
+        let mut y = y0.clone();
+        axpy_rows_f16(&w, &rows, &mut y);
+        for s in 0..n {
+            let want = y0[s] + (0..5).map(|r| w[r] * rows[r][s].to_f32()).sum::<f32>();
+            assert!(
+                (y[s] - want).abs() < 1e-5 * want.abs().max(1.0),
+                "column {s}"
+            );
+        }
+    }
+
+    #[test]
+    fn f16_dot_matches_plain_arithmetic() {
+        for n in [5, 16, 603] {
+            let x: Vec<f16> = random_vec(n, 40)
+                .iter()
+                .map(|&v| f16::from_f32(v))
+                .collect();
+            let y = random_vec(n, 41);
+            let want: f32 = x.iter().zip(&y).map(|(x, y)| x.to_f32() * y).sum();
+            assert!((dot_f16(&x, &y) - want).abs() < 1e-4 * want.abs().max(1.0));
         }
     }
 

@@ -12,9 +12,6 @@
 //! at every step: scores match an f32 computation to about 1e-3 relative, so only tokens whose
 //! scores tie to that precision may be ranked differently.
 
-use half::f16;
-use half::slice::HalfFloatSliceExt;
-
 use super::policy::{Fusion, GroupAgg, Needs, Policy, ScoreCtx};
 
 /// Window-attention scoring.
@@ -42,30 +39,37 @@ impl Policy for MorphKv {
         let mut agg = vec![0f32; n];
         // One row converted from the ring's f16 (scaled units: the scale cancels in p / D).
         let mut row = vec![0f32; n];
-        let mut protected = Vec::new();
+        // 1 for the head's old (candidate) slots, 0 for the window and sinks: a row's old mass
+        // is its dot product with this.
+        let mut old = vec![0f32; n];
+        let sum_sum = self.group_agg == GroupAgg::Sum && self.fusion == Fusion::Sum;
+        // Sum over heads and window (the default): every row of the KV head, weighted by its
+        // inverse old mass, added into the scores in one pass over the columns.
+        let (mut weights, mut rows) = (Vec::new(), Vec::new());
         for h in 0..ctx.n_kv {
             let cand = &ctx.candidate[ctx.at(h, 0)..ctx.at(h, n)];
-            // The window and sinks: few slots, so a row's old mass is its mass minus theirs.
-            protected.clear();
-            protected.extend((0..n).filter(|&s| !cand[s]));
+            for (o, &c) in old.iter_mut().zip(cand) {
+                *o = if c { 1.0 } else { 0.0 };
+            }
             let fused = &mut out[ctx.at(h, 0)..ctx.at(h, n)];
             fused.fill(0.0);
+            weights.clear();
+            rows.clear();
             for r in 0..ctx.ring_len {
-                let sum_sum = self.group_agg == GroupAgg::Sum && self.fusion == Fusion::Sum;
                 if !sum_sum {
                     agg.fill(0.0);
                 }
                 for g in 0..ctx.group {
                     let q = h * ctx.group + g;
                     let raw = ctx.row(q, r);
-                    let denom = old_mass(raw, ctx.row_mass(q, r), &protected, cand, &mut row);
+                    let denom = crate::kernels::dot_f16(raw, &old);
                     if denom <= 0.0 {
                         continue;
                     }
                     let inv = 1.0 / denom;
                     if sum_sum {
-                        // Sum over heads and window: straight from the ring into the scores.
-                        crate::kernels::axpy_f16(inv, raw, fused);
+                        weights.push(inv);
+                        rows.push(raw);
                         continue;
                     }
                     ctx.row_into(q, r, &mut row);
@@ -85,33 +89,9 @@ impl Policy for MorphKv {
                     Fusion::Max => fused.iter_mut().zip(&agg).for_each(|(f, a)| *f = f.max(*a)),
                 }
             }
+            if sum_sum {
+                crate::kernels::axpy_rows_f16(&weights, &rows, fused);
+            }
         }
     }
-}
-
-/// A ring row's probability mass over old (candidate) slots: its mass over all used slots
-/// minus the protected slots' part. When the protected slots hold nearly all of it, the
-/// subtraction would cancel digits, so the old slots are summed directly instead (`buf` is
-/// scratch of the row's length).
-fn old_mass(raw: &[f16], mass: f32, protected: &[usize], cand: &[bool], buf: &mut [f32]) -> f32 {
-    let kept: f32 = protected.iter().map(|&s| raw[s].to_f32()).sum();
-    let old = mass - kept;
-    if old >= 0.125 * mass {
-        return old;
-    }
-    raw.convert_to_f32_slice(buf);
-    let mut acc = [0f32; 8];
-    let (rc, cc) = (buf.chunks_exact(8), cand.chunks_exact(8));
-    let tail: f32 = rc
-        .remainder()
-        .iter()
-        .zip(cc.remainder())
-        .map(|(p, &c)| if c { *p } else { 0.0 })
-        .sum();
-    for (r, c) in rc.zip(cc) {
-        for i in 0..8 {
-            acc[i] += if c[i] { r[i] } else { 0.0 };
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
