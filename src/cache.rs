@@ -571,6 +571,17 @@ impl LayerCache {
             return Ok(());
         }
         let d = self.k.dims()[2];
+        if self.k.device().is_cpu() {
+            let op = SlotCopy {
+                moves,
+                cap: self.cap,
+                d,
+            };
+            self.k.inplace_op1(&op)?;
+            self.v.inplace_op1(&op)?;
+            self.move_bookkeeping(moves);
+            return Ok(());
+        }
         let (mut src, mut dst) = (Vec::with_capacity(self.n_kv * m * d), Vec::new());
         dst.reserve(self.n_kv * m * d);
         for mv in moves {
@@ -590,6 +601,12 @@ impl LayerCache {
             let rows = buf.gather(&src, 1)?;
             buf.scatter_set(&dst, &rows, 1)?;
         }
+        self.move_bookkeeping(moves);
+        Ok(())
+    }
+
+    /// The per-slot bookkeeping's side of [`LayerCache::move_slots`].
+    fn move_bookkeeping(&mut self, moves: &[Vec<(usize, usize)>]) {
         let cap = self.cap;
         for (h, mv) in moves.iter().enumerate() {
             for &(s, t) in mv {
@@ -598,6 +615,100 @@ impl LayerCache {
                 self.score[h * cap + t] = self.score[h * cap + s];
                 self.rank[h * cap + t] = self.rank[h * cap + s];
             }
+        }
+    }
+
+    /// Writes one token's keys and values, (H_kv, d) host values each, into slot `len` of
+    /// every head (in place, host memory only): [`LayerCache::append`] without tensors.
+    pub fn append_host(&mut self, k: &[f32], v: &[f32]) -> Result<()> {
+        if self.len + 1 > self.cap {
+            return Err(Error::arg(
+                "cache",
+                format!("{} slots used + 1 new > capacity {}", self.len, self.cap),
+            ));
+        }
+        let (cap, slot) = (self.cap, self.len);
+        self.k.inplace_op1(&SlotWrite { rows: k, cap, slot })?;
+        self.v.inplace_op1(&SlotWrite { rows: v, cap, slot })?;
+        self.len += 1;
+        Ok(())
+    }
+}
+
+/// Copies whole slots within a (H_kv, cap, d) buffer in host memory: `moves[h]` holds the
+/// (source, destination) slot pairs of head `h`, sources and destinations disjoint.
+struct SlotCopy<'a> {
+    moves: &'a [Vec<(usize, usize)>],
+    cap: usize,
+    d: usize,
+}
+
+impl SlotCopy<'_> {
+    fn apply<T: Copy>(&self, buf: &mut [T]) {
+        for (h, mv) in self.moves.iter().enumerate() {
+            let base = h * self.cap * self.d;
+            for &(s, t) in mv {
+                let from = base + s * self.d;
+                buf.copy_within(from..from + self.d, base + t * self.d);
+            }
+        }
+    }
+}
+
+impl candle_core::InplaceOp1 for SlotCopy<'_> {
+    fn name(&self) -> &'static str {
+        "slot-copy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &mut candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        use candle_core::CpuStorage as S;
+        let o = layout.start_offset();
+        match storage {
+            S::F32(b) => self.apply(&mut b[o..]),
+            S::F16(b) => self.apply(&mut b[o..]),
+            S::BF16(b) => self.apply(&mut b[o..]),
+            _ => candle_core::bail!("slot-copy: keys and values must be f32, f16 or bf16"),
+        }
+        Ok(())
+    }
+}
+
+/// Writes one token's rows, (H_kv, d) f32, into slot `slot` of each head of a (H_kv, cap, d)
+/// f32 buffer in host memory.
+struct SlotWrite<'a> {
+    rows: &'a [f32],
+    cap: usize,
+    slot: usize,
+}
+
+impl candle_core::InplaceOp1 for SlotWrite<'_> {
+    fn name(&self) -> &'static str {
+        "slot-write"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &mut candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        let candle_core::CpuStorage::F32(buf) = storage else {
+            candle_core::bail!("slot-write: keys and values must be f32");
+        };
+        let (n_kv, cap, d) = layout.shape().dims3()?;
+        if cap != self.cap || self.rows.len() != n_kv * d {
+            candle_core::bail!(
+                "slot-write: {} values for {n_kv} heads of {d}",
+                self.rows.len()
+            );
+        }
+        let o = layout.start_offset();
+        for (h, row) in self.rows.chunks_exact(d).enumerate() {
+            let at = o + (h * cap + self.slot) * d;
+            buf[at..at + d].copy_from_slice(row);
         }
         Ok(())
     }

@@ -62,11 +62,7 @@ impl Model {
             let (k, v) = kv.split_at_mut(n_kv * d);
             self.rope.rotate_host(q, &cos, &sin);
             self.rope.rotate_host(k, &cos, &sin);
-            let device = &self.device;
-            cache.layer_mut(l).append(
-                &Tensor::from_slice(k, (n_kv, 1, d), device)?,
-                &Tensor::from_slice(v, (n_kv, 1, d), device)?,
-            )?;
+            cache.layer_mut(l).append_host(k, v)?;
             let layer_cache = cache.layer(l);
             let slots = Slots {
                 n_head,
