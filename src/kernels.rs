@@ -882,6 +882,15 @@ pub fn softmax(p: &mut [f32]) {
     }
 }
 
+/// `silu(x) = x · sigmoid(x)` through [`exp_nonpositive`] (branch-free, so loops over it
+/// become SIMD): `e = e^-|x|`, `sigmoid(x) = 1 / (1 + e)` for `x >= 0`, `e / (1 + e)` below.
+#[inline]
+pub fn silu(x: f32) -> f32 {
+    let e = exp_nonpositive(-x.abs());
+    let sigmoid = if x >= 0.0 { 1.0 } else { e } / (1.0 + e);
+    x * sigmoid
+}
+
 /// `e^x` for `x <= 0` (softmax after subtracting the maximum), within 2 ulp of `f32::exp`
 /// and branch-free, so a loop over it becomes SIMD: `x = k·ln 2 + r`, `e^r` by Cephes' degree
 /// 6 polynomial, `2^k` by building the exponent bits.
@@ -1132,6 +1141,15 @@ mod tests {
             let y = random_vec(n, 41);
             let want: f32 = x.iter().zip(&y).map(|(x, y)| x.to_f32() * y).sum();
             assert!((dot_f16(&x, &y) - want).abs() < 1e-4 * want.abs().max(1.0));
+        }
+    }
+
+    #[test]
+    fn silu_matches_its_definition() {
+        for i in -2000..=2000 {
+            let x = i as f32 * 0.05;
+            let want = x / (1.0 + (-x).exp());
+            assert!((silu(x) - want).abs() <= 1e-6 * want.abs().max(1e-3), "{x}");
         }
     }
 

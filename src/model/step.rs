@@ -87,7 +87,7 @@ impl Model {
             layer.w_gate_up.forward_one(&h, &mut acts, &mut gate_up)?;
             let (gate, up) = gate_up.split_at(cfg.ffn);
             for ((a, g), u) in act.iter_mut().zip(gate).zip(up) {
-                *a = g / (1.0 + (-g).exp()) * u;
+                *a = crate::kernels::silu(*g) * u;
             }
             layer.w_down.forward_one(&act, &mut acts, &mut proj)?;
             for (x, p) in x.iter_mut().zip(&proj) {
