@@ -48,8 +48,14 @@ PY
     echo "== building llama-bench (cmake from PyPI)"
     python3 -m venv "$PEER_DIR/venv"
     "$PEER_DIR/venv/bin/pip" install -q cmake ninja
+    # GGML_NATIVE (-march=native) built a llama-bench that died of SIGILL on our CI-class VM,
+    # so the SIMD levels are named from /proc/cpuinfo instead.
+    SIMD=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON)
+    if grep -qw avx512f /proc/cpuinfo 2>/dev/null; then SIMD+=(-DGGML_AVX512=ON); fi
+    if grep -qw avx512_vnni /proc/cpuinfo 2>/dev/null; then SIMD+=(-DGGML_AVX512_VNNI=ON); fi
+    if grep -qw avx512_bf16 /proc/cpuinfo 2>/dev/null; then SIMD+=(-DGGML_AVX512_BF16=ON); fi
     PATH="$PEER_DIR/venv/bin:$PATH" cmake -S "$PEER_DIR/src" -B "$PEER_DIR/build" -G Ninja \
-        -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
+        -DCMAKE_BUILD_TYPE=Release "${SIMD[@]}" -DLLAMA_CURL=OFF \
         -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null
     PATH="$PEER_DIR/venv/bin:$PATH" cmake --build "$PEER_DIR/build" --target llama-bench -j "$THREADS"
 fi
