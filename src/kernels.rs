@@ -246,14 +246,22 @@ mod avx2 {
     use half::f16;
     use std::arch::x86_64::*;
 
-    pub(super) fn dot(w: &Packed, r: usize, a: &QActs) -> f32 {
+    /// Row `r` of `w` as the raw pointers the row kernels read (scales, minimums, values)
+    /// and its block count, after checking that every read they make is in bounds.
+    pub(super) fn row_parts(w: &Packed, r: usize, a: &QActs) -> RowParts {
         let (d, m, qs) = w.row(r);
         let nb = d.len();
         assert!(a.q.len() >= nb * BLOCK && a.d.len() >= nb && a.ds.len() >= nb);
         assert!(qs.len() == nb * p_values(w.kind) && (m.is_empty() || m.len() == nb));
-        let (d, m, q) = (d.as_ptr().cast(), m.as_ptr().cast(), qs.as_ptr());
+        (d.as_ptr().cast(), m.as_ptr().cast(), qs.as_ptr(), nb)
+    }
+
+    pub(super) type RowParts = (*const u16, *const u16, *const u8, usize);
+
+    pub(super) fn dot(w: &Packed, r: usize, a: &QActs) -> f32 {
+        let (d, m, q, nb) = row_parts(w, r, a);
         // SAFETY: `dot_fn` hands out this function only after detecting AVX2, FMA and F16C;
-        // the asserts above keep every read below in bounds.
+        // `row_parts` checked that every read is in bounds.
         unsafe {
             match w.kind {
                 QKind::Q4_0 => row::<0>(d, m, q, a, nb),
@@ -624,7 +632,7 @@ mod avx2 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{avx2, p_values, Packed, QActs, QKind, BLOCK};
+    use super::{avx2, Packed, QActs, QKind};
     use std::arch::x86_64::*;
 
     /// Sixteen f32 lanes: the first eight accumulate even blocks, the last eight odd ones.
@@ -638,13 +646,9 @@ mod avx512 {
     }
 
     pub(super) fn dot(w: &Packed, r: usize, a: &QActs) -> f32 {
-        let (d, m, qs) = w.row(r);
-        let nb = d.len();
-        assert!(a.q.len() >= nb * BLOCK && a.d.len() >= nb && a.ds.len() >= nb);
-        assert!(qs.len() == nb * p_values(w.kind) && (m.is_empty() || m.len() == nb));
-        let (d, m, q) = (d.as_ptr().cast(), m.as_ptr().cast(), qs.as_ptr());
+        let (d, m, q, nb) = avx2::row_parts(w, r, a);
         // SAFETY: `dot_fn` hands out this function only after detecting AVX2, FMA, F16C and
-        // AVX-512 F/BW/DQ/VNNI; the asserts above keep every read in bounds.
+        // AVX-512 F/BW/DQ/VNNI; `row_parts` checked that every read is in bounds.
         unsafe {
             match w.kind {
                 QKind::Q4_0 => row::<0>(d, m, q, a, nb),
