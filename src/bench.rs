@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::eval::plot::{Chart, Series};
 use crate::eval::report::{render, Style};
 use crate::generate::prefill;
-use crate::model::{open_gguf, Logits, Model, WeightFormat};
+use crate::model::{open_gguf, Config, Logits, Model, WeightFormat};
 use crate::sampling::argmax;
 
 /// What to measure.
@@ -170,6 +170,8 @@ fn run_once(
 pub struct Report {
     pub model: String,
     pub weights: String,
+    /// `cpu`, `cuda:0`, ...
+    pub device: String,
     pub threads: usize,
     pub rows: Vec<Row>,
 }
@@ -179,8 +181,51 @@ fn prompt_tokens(text_ids: &[u32], n: usize) -> Vec<u32> {
     text_ids.iter().copied().cycle().take(n).collect()
 }
 
-/// Runs the benchmark on the GGUF at `path`.
-pub fn run(path: &Path, weights: WeightFormat, opts: &BenchOptions) -> Result<Report> {
+/// The decoder a bench measures.
+#[derive(Debug, Clone)]
+pub enum BenchModel {
+    /// A model file or checkpoint folder, its weights held as `weights`.
+    File {
+        path: std::path::PathBuf,
+        weights: WeightFormat,
+    },
+    /// A preset's architecture and shapes with random dense f32 values (`--random-weights`):
+    /// speed does not depend on the values, and nothing has to be downloaded.
+    Random { preset: String, config: Config },
+}
+
+impl BenchModel {
+    /// The decoder on `device` and prompt material: a fixed text's tokens (random ids of the
+    /// vocabulary for random weights).
+    fn open(&self, device: &Device) -> Result<(Model, Vec<u32>)> {
+        match self {
+            Self::File { path, weights } => {
+                let (model, tok) = crate::model::load(path, device, *weights)?;
+                let ids = tok.encode_plain(BENCH_TEXT)?;
+                Ok((model, ids))
+            }
+            Self::Random { config, .. } => {
+                let vocab = config.vocab as u64;
+                // A fixed spread of ids (a multiplicative hash of 0..256).
+                let ids = (0..256u64)
+                    .map(|i| (i.wrapping_mul(2_654_435_761) % vocab) as u32)
+                    .collect();
+                Ok((Model::random_fast(config.clone(), device)?, ids))
+            }
+        }
+    }
+
+    /// How reports name it.
+    fn label(&self) -> String {
+        match self {
+            Self::File { path, .. } => path.display().to_string(),
+            Self::Random { preset, .. } => format!("{preset} (random weights)"),
+        }
+    }
+}
+
+/// Runs the benchmark of `source` on `device`.
+pub fn run(source: &BenchModel, device: &Device, opts: &BenchOptions) -> Result<Report> {
     if opts.contexts.is_empty() || opts.contexts.contains(&0) {
         return Err(Error::arg(
             "--contexts",
@@ -190,12 +235,10 @@ pub fn run(path: &Path, weights: WeightFormat, opts: &BenchOptions) -> Result<Re
     if opts.reps == 0 || opts.decode_tokens == 0 {
         return Err(Error::arg("--reps/--decode-tokens", "must be at least 1"));
     }
-    let device = Device::Cpu;
-    let (model, tok) = crate::model::load(path, &device, weights)?;
-    let text_ids = tok.encode_plain(BENCH_TEXT)?;
+    let (model, text_ids) = source.open(device)?;
     // Warm-up: thread pools, lazily repacked quantized weights, page faults.
     {
-        let mut cache = KvCache::new(model.config(), DType::F32, &device)?;
+        let mut cache = KvCache::new(model.config(), DType::F32, device)?;
         prefill(&model, &mut cache, &prompt_tokens(&text_ids, 32))?;
         model.forward(&text_ids[..1], &mut cache, Logits::Last)?;
     }
@@ -232,7 +275,7 @@ pub fn run(path: &Path, weights: WeightFormat, opts: &BenchOptions) -> Result<Re
             for (i, cfg) in variants.iter().enumerate() {
                 runs[i].push(run_once(
                     &model,
-                    &device,
+                    device,
                     cfg.clone(),
                     &ids,
                     opts.decode_tokens,
@@ -262,16 +305,20 @@ pub fn run(path: &Path, weights: WeightFormat, opts: &BenchOptions) -> Result<Re
         let p = variants.iter().position(|c| label(c) == r.policy);
         (p, r.context)
     });
-    // The reference reads GGUF llama files only; other models are measured without it.
-    if let crate::model::Checkpoint::Gguf(file) = crate::model::Checkpoint::detect(path)? {
-        let (ct, _) = open_gguf(&file)?;
-        for &form in &opts.reference {
-            rows.extend(reference_rows(&file, &ct, &text_ids, form, opts)?);
+    // The reference reads GGUF llama files only, on the CPU; other models are measured
+    // without it.
+    if let (BenchModel::File { path, .. }, true) = (source, device.is_cpu()) {
+        if let crate::model::Checkpoint::Gguf(file) = crate::model::Checkpoint::detect(path)? {
+            let (ct, _) = open_gguf(&file)?;
+            for &form in &opts.reference {
+                rows.extend(reference_rows(&file, &ct, &text_ids, form, opts)?);
+            }
         }
     }
     Ok(Report {
-        model: path.display().to_string(),
+        model: source.label(),
         weights: model.weight_format().to_string(),
+        device: crate::device::name(device),
         threads: candle_core::utils::get_num_threads(),
         rows,
     })
@@ -362,8 +409,8 @@ fn reference_rows(
 /// reference (the faster of its weight forms per column) beside it.
 pub fn table(report: &Report, style: Style) -> String {
     let mut s = format!(
-        "model {}  weights {}  threads {}\n",
-        report.model, report.weights, report.threads
+        "model {}  weights {}  device {}  threads {}\n",
+        report.model, report.weights, report.device, report.threads
     );
     if style == Style::Markdown {
         s.push('\n');
@@ -522,16 +569,14 @@ pub struct Checkpoint {
 /// Generates `total` tokens greedily (end-of-sequence ignored) after a short prompt under
 /// `cache`, reporting memory and speed when the conversation reaches each checkpoint.
 pub fn long_run(
-    path: &Path,
-    weights: WeightFormat,
+    source: &BenchModel,
+    device: &Device,
     cache: &CacheConfig,
     total: usize,
     checkpoints: &[usize],
 ) -> Result<Vec<Checkpoint>> {
-    let device = Device::Cpu;
-    let (model, tok) = crate::model::load(path, &device, weights)?;
-    let prompt = tok.encode_plain(BENCH_TEXT)?;
-    let mut kv = KvCache::with_config(model.config(), cache.clone(), DType::F32, &device)?;
+    let (model, prompt) = source.open(device)?;
+    let mut kv = KvCache::with_config(model.config(), cache.clone(), DType::F32, device)?;
     let mut next = argmax(&prefill(&model, &mut kv, &prompt)?.to_vec1::<f32>()?);
     let mut out = Vec::new();
     let mut marks: Vec<usize> = checkpoints

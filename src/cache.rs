@@ -300,6 +300,8 @@ pub struct LayerCache {
     /// Mass of each ring row over the used slots: `[qhead * ring_cap + row]`. Set when the
     /// row is written, reduced by the columns of evicted tokens.
     mass: Vec<f32>,
+    /// Tensor ops only, as on a GPU, even on the CPU (see [`KvCache::set_portable`]).
+    portable: bool,
 }
 
 impl LayerCache {
@@ -321,6 +323,7 @@ impl LayerCache {
             ring_len: 0,
             ring_next: 0,
             mass: vec![0.0; cfg.n_head * ring_cap],
+            portable: false,
         })
     }
 
@@ -395,6 +398,7 @@ impl LayerCache {
             ring_len: self.ring_len,
             ring_next: self.ring_next,
             mass: self.mass.clone(),
+            portable: self.portable,
         })
     }
 
@@ -571,7 +575,7 @@ impl LayerCache {
             return Ok(());
         }
         let d = self.k.dims()[2];
-        if self.k.device().is_cpu() {
+        if self.k.device().is_cpu() && !self.portable {
             let op = SlotCopy {
                 moves,
                 cap: self.cap,
@@ -877,6 +881,20 @@ impl KvCache {
             policy_secs: self.policy_secs,
             attention: self.attention.clone(),
         })
+    }
+
+    /// Tensor ops only, even on the CPU: the decoder and the cache take the path a GPU takes
+    /// (no host kernels, no in-place slot ops), so tests can check that path against the host
+    /// one on machines without a GPU. Off by default.
+    pub fn set_portable(&mut self, on: bool) {
+        for l in &mut self.layers {
+            l.portable = on;
+        }
+    }
+
+    /// Whether [`KvCache::set_portable`] is on.
+    pub fn portable(&self) -> bool {
+        self.layers.first().is_some_and(|l| l.portable)
     }
 
     /// Keep, per layer, where each decoded token's attention went (for the UI; off by

@@ -76,6 +76,10 @@ pub struct ModelArgs {
     /// CPU threads (default: all cores).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
+    /// Where to run: auto (the first CUDA or Apple GPU this build supports, else the CPU),
+    /// cpu, cuda[:N], metal[:N].
+    #[arg(long, default_value = "auto")]
+    pub device: String,
 }
 
 /// Sampling flags, as in llama.cpp.
@@ -202,6 +206,11 @@ pub struct BenchArgs {
     /// Run every policy with both absolute and re-based positions (the cost of re-basing).
     #[arg(long = "both-positions")]
     pub both_positions: bool,
+    /// Measure a preset's architecture and shapes with random f32 weights instead of a model
+    /// file (nothing is downloaded; speed does not depend on the values), e.g.
+    /// llama3.2-1b-instruct. -m is ignored.
+    #[arg(long = "random-weights", value_name = "PRESET")]
+    pub random_weights: Option<String>,
     /// Instead: generate this many tokens (end-of-sequence ignored) under --policy and report
     /// memory (KV, profile, RSS and peak RSS) and speed at each of --checkpoints.
     #[arg(long)]

@@ -216,7 +216,7 @@ impl Engine {
                 let cfg = w.model.config();
                 send(Event::Ready {
                     model: name,
-                    device: format!("{:?}", w.model.device()).to_lowercase(),
+                    device: crate::device::name(w.model.device()),
                     layers: cfg.n_layer,
                     kv_heads: cfg.n_kv_head,
                     context: cfg.context_len,

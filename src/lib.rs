@@ -5,6 +5,7 @@
 //!   and file formats, never policies.
 //! - [`kernels`]: CPU matrix × vector kernels for single-token decoding (quantized blocks and
 //!   f32); the crate's only `unsafe`.
+//! - [`device`]: `--device`: parsing it and opening the best device a build supports.
 //! - [`cache`]: the slot KV cache the decoder writes into and reads from; owns storage,
 //!   positions and the attention rows the eviction policies score.
 //! - [`tokenizer`]: tokenizers built from GGUF metadata or `tokenizer.json`, incremental
@@ -24,6 +25,7 @@
 pub mod bench;
 pub mod cache;
 pub mod chat;
+pub mod device;
 pub mod engine;
 pub mod error;
 pub mod eval;

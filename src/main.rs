@@ -10,12 +10,14 @@ use std::ops::ControlFlow;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::DType;
 use clap::Parser;
 
 use cli::{BenchArgs, Cli, Command, GenerateArgs, ModelArgs};
+use morphkv::bench::BenchModel;
 use morphkv::cache::{KvCache, Positions};
 use morphkv::chat::{encode_chat, ChatTemplate, Message};
+use morphkv::device::DeviceSpec;
 use morphkv::generate::{generate, GenerateOptions};
 use morphkv::model::{Model, WeightFormat};
 use morphkv::sampling::{Sampler, SamplingParams};
@@ -77,8 +79,10 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
     let weights: WeightFormat = args.weights.parse()?;
+    // Before the model is resolved: a bad --device fails fast, before any download.
+    let device = args.device.parse::<DeviceSpec>()?.open()?;
     let resolved = models_cmd::resolve_preset(args.model.as_deref(), args.offline)?;
-    let (model, tokenizer) = morphkv::model::load(&resolved.path, &Device::Cpu, weights)?;
+    let (model, tokenizer) = morphkv::model::load(&resolved.path, &device, weights)?;
     Ok(Loaded {
         model,
         tokenizer,
@@ -227,7 +231,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     let c = cache.config();
     let saving = 100.0 * (1.0 - stats.kv_bytes as f64 / stats.full_kv_bytes.max(1) as f64);
     eprintln!(
-        "kv cache: {} budget {} window {} | {} tokens retained per head of {} seen | KV {} + profile {} (full cache: {}, {saving:.0}% saved) | weights {}",
+        "kv cache: {} budget {} window {} | {} tokens retained per head of {} seen | KV {} + profile {} (full cache: {}, {saving:.0}% saved) | weights {} on {}",
         c.policy.name(),
         c.budget,
         c.effective_window(),
@@ -237,6 +241,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         human_bytes(stats.profile_bytes),
         human_bytes(stats.full_kv_bytes),
         model.weight_format(),
+        morphkv::device::name(model.device()),
     );
     Ok(())
 }
@@ -246,14 +251,24 @@ fn run_bench(a: BenchArgs) -> Result<()> {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
     let weights: WeightFormat = a.model.weights.parse()?;
-    let path = models_cmd::resolve(a.model.model.as_deref(), a.model.offline)?;
+    let device = a.model.device.parse::<DeviceSpec>()?.open()?;
     let cache = a.cache.config()?;
+    let source = match &a.random_weights {
+        Some(name) => BenchModel::Random {
+            preset: name.clone(),
+            config: morphkv::models::Registry::load()?.random_config(name)?,
+        },
+        None => BenchModel::File {
+            path: models_cmd::resolve(a.model.model.as_deref(), a.model.offline)?,
+            weights,
+        },
+    };
     if let Some(dir) = &a.plots {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the --plots folder {}", dir.display()))?;
     }
     if let Some(total) = a.generate {
-        let rows = morphkv::bench::long_run(&path, weights, &cache, total, &a.checkpoints)?;
+        let rows = morphkv::bench::long_run(&source, &device, &cache, total, &a.checkpoints)?;
         print!("{}", morphkv::bench::checkpoint_table(&rows));
         if let Some(dir) = &a.plots {
             morphkv::bench::checkpoint_plot(dir, &rows)?;
@@ -292,7 +307,7 @@ fn run_bench(a: BenchArgs) -> Result<()> {
             Vec::new()
         },
     };
-    let report = morphkv::bench::run(&path, weights, &opts)?;
+    let report = morphkv::bench::run(&source, &device, &opts)?;
     let style = if a.markdown {
         morphkv::eval::report::Style::Markdown
     } else {

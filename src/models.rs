@@ -75,9 +75,69 @@ pub struct Preset {
     pub cache: PresetCache,
     #[serde(default)]
     pub wheel: Option<WheelSource>,
+    /// The decoder's shapes, for `bench --random-weights` (optional).
+    #[serde(default)]
+    pub shape: Option<Shape>,
+}
+
+/// A decoder's shapes as a preset states them: enough to build a random-weight twin of the
+/// model for speed measurements, where values do not matter.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Shape {
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub hidden: usize,
+    pub ffn: usize,
+    pub vocab: usize,
+    pub rope_base: f32,
 }
 
 impl Preset {
+    /// The decoder config of this preset's [`Shape`] (random weights; plain RoPE), or an error
+    /// naming the preset when it states none or an impossible one.
+    pub fn random_config(&self) -> Result<crate::model::Config> {
+        use crate::model::RopeStyle;
+        let bad =
+            |reason: String| Error::arg("--random-weights", format!("{}: {reason}", self.name));
+        let s = self
+            .shape
+            .as_ref()
+            .ok_or_else(|| bad("the preset has no `shape` table; add one to models.toml".into()))?;
+        let arch =
+            Arch::parse(&self.arch).ok_or_else(|| bad(format!("unknown arch `{}`", self.arch)))?;
+        if s.layers == 0
+            || s.kv_heads == 0
+            || s.heads % s.kv_heads != 0
+            || s.head_dim % 2 != 0
+            || s.hidden == 0
+            || s.ffn == 0
+            || s.vocab == 0
+        {
+            return Err(bad(format!("impossible shape {s:?}")));
+        }
+        Ok(crate::model::Config {
+            arch,
+            n_layer: s.layers,
+            n_head: s.heads,
+            n_kv_head: s.kv_heads,
+            head_dim: s.head_dim,
+            hidden: s.hidden,
+            ffn: s.ffn,
+            vocab: s.vocab,
+            context_len: self.context.unwrap_or(8192),
+            rope_base: s.rope_base,
+            rope_style: match arch {
+                Arch::Llama => RopeStyle::Interleaved,
+                Arch::Qwen2 => RopeStyle::HalfSplit,
+            },
+            rope_factors: None,
+            rms_eps: 1e-5,
+        })
+    }
+
     /// Whether the preset is a safetensors checkpoint (else one GGUF file).
     pub fn is_safetensors(&self) -> bool {
         self.file.is_none()
@@ -312,6 +372,35 @@ impl Registry {
     /// The preset called `name`.
     pub fn get(&self, name: &str) -> Option<&Preset> {
         self.models.iter().find(|m| m.name == name)
+    }
+
+    /// The random-weight config of preset `name` (`bench --random-weights`), or an error
+    /// naming the flag, the closest names and the presets that state a shape.
+    pub fn random_config(&self, name: &str) -> Result<crate::model::Config> {
+        match self.get(name) {
+            Some(p) => p.random_config(),
+            None => {
+                let with_shape: Vec<&str> = self
+                    .models
+                    .iter()
+                    .filter(|m| m.shape.is_some())
+                    .map(|m| m.name.as_str())
+                    .collect();
+                let near = self.suggest(name);
+                let hint = if near.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (did you mean {}?)", near.join(", "))
+                };
+                Err(Error::arg(
+                    "--random-weights",
+                    format!(
+                        "no preset `{name}`{hint}; presets with a shape: {}",
+                        with_shape.join(", ")
+                    ),
+                ))
+            }
+        }
     }
 
     /// Up to three preset names closest to `name` (edit distance, or containing it).
@@ -790,6 +879,39 @@ pub fn remove(preset: &Preset, dir: &Path, hub: &Hub) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_configs_come_from_shapes_and_bad_ones_are_named() {
+        let reg = Registry::builtin().unwrap();
+        let c = reg.random_config("llama3.2-1b-instruct").unwrap();
+        assert_eq!((c.n_layer, c.n_head, c.n_kv_head, c.hidden), (16, 32, 8, 2048));
+        let text = r#"
+default = "odd"
+
+[[model]]
+name = "odd"
+repo = "a/b"
+file = "x.gguf"
+arch = "llama"
+shape = { layers = 2, heads = 9, kv_heads = 4, head_dim = 64, hidden = 576, ffn = 8, vocab = 9, rope_base = 1e4 }
+
+[[model]]
+name = "shapeless"
+repo = "a/b"
+file = "y.gguf"
+arch = "llama"
+"#;
+        let reg = Registry::parse(text, Path::new("models.toml")).unwrap();
+        for (name, needle) in [
+            ("odd", "impossible shape"),
+            ("shapeless", "no `shape` table"),
+            ("nope", "no preset `nope`"),
+        ] {
+            let e = reg.random_config(name).err().map(|e| e.to_string());
+            let e = e.unwrap_or_default();
+            assert!(e.contains("--random-weights") && e.contains(needle), "{e}");
+        }
+    }
 
     #[test]
     fn builtin_registry_has_the_default() {

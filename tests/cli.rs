@@ -328,3 +328,71 @@ fn chat_bad_config_theme_and_settings() {
     assert!(err.contains("mine.toml"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn bad_device() {
+    assert_fails(
+        &gen("/no/such/model.gguf", &["--device", "gpu"]),
+        &["--device", "`gpu`", "cuda:N"],
+    );
+    #[cfg(not(feature = "cuda"))]
+    assert_fails(
+        &gen("/no/such/model.gguf", &["--device", "cuda:1"]),
+        &["--device", "--features cuda", "--device cpu"],
+    );
+}
+
+#[test]
+fn bench_with_random_weights() {
+    assert_fails(
+        &["bench", "--random-weights", "smollm2-135m-instruc"],
+        &[
+            "--random-weights",
+            "smollm2-135m-instruc",
+            "did you mean",
+            "llama3.2-1b-instruct",
+        ],
+    );
+    let json = tmpdir("random-bench").join("bench.json");
+    let (code, err) = run(&[
+        "bench",
+        "--random-weights",
+        "smollm2-135m-instruct",
+        "--device",
+        "cpu",
+        "--policies",
+        "full,morphkv",
+        "--budget",
+        "40",
+        "--window",
+        "8",
+        "--contexts",
+        "16,64",
+        "--decode-tokens",
+        "4",
+        "--reps",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["device"], "cpu");
+    assert!(report["model"].as_str().unwrap().contains("random weights"));
+    let rows = report["rows"].as_array().unwrap();
+    // Ours only (no reference on random weights): 2 policies × 2 contexts.
+    assert_eq!(rows.len(), 4, "{report}");
+    for r in rows {
+        assert_eq!(r["decoder"], "ours");
+        assert!(r["decode_tps"]["median"].as_f64().unwrap() > 0.0);
+        let (ctx, held) = (
+            r["context"].as_u64().unwrap(),
+            r["retained"].as_u64().unwrap(),
+        );
+        match r["policy"].as_str().unwrap() {
+            "full" => assert_eq!(held, ctx + 4),
+            _ => assert!(held <= 40 && (ctx < 40 || held >= 33), "{r}"),
+        }
+    }
+}

@@ -155,3 +155,36 @@ fn q4_1_single_token_kernels_track_the_dense_prompt_path() {
         all.len()
     );
 }
+
+#[test]
+fn the_default_presets_shape_is_the_real_models() {
+    let (model, _) = morphkv::model::load(
+        &common::default_model(),
+        &Device::Cpu,
+        morphkv::model::WeightFormat::Native,
+    )
+    .unwrap();
+    let real = model.config();
+    let reg = morphkv::models::Registry::builtin().unwrap();
+    let shape = reg.random_config("smollm2-135m-instruct").unwrap();
+    let dims = |c: &Config| {
+        (
+            c.n_layer,
+            c.n_head,
+            c.n_kv_head,
+            c.head_dim,
+            c.hidden,
+            c.ffn,
+            c.vocab,
+        )
+    };
+    assert_eq!(dims(&shape), dims(real));
+    assert_eq!(shape.rope_base, real.rope_base);
+    assert_eq!(shape.rope_style, real.rope_style);
+    // A random twin of it decodes, with the same shapes.
+    let twin = Model::random_fast(shape, &Device::Cpu).unwrap();
+    let mut cache = fresh(&twin);
+    let logits = last(&twin, &mut cache, &[1, 2, 3]);
+    assert_eq!(logits.len(), real.vocab);
+    assert!(logits.iter().all(|v| v.is_finite()));
+}

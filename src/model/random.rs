@@ -11,15 +11,31 @@ use crate::error::Result;
 
 impl Model {
     /// A decoder with `cfg`'s shapes and seeded random weights (dense f32), with biases on
-    /// q/k/v when the architecture has them.
+    /// q/k/v when the architecture has them. Values are drawn on the host, so one seed gives
+    /// the same weights on every device.
     pub fn random(cfg: Config, seed: u64, device: &Device) -> Result<Self> {
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut mat = |rows: usize, cols: usize, scale: f32| -> Result<Tensor> {
+        Self::random_with(cfg, device, |rows, cols, scale| {
             let data: Vec<f32> = (0..rows * cols)
                 .map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale)
                 .collect();
             Ok(Tensor::from_vec(data, (rows, cols), device)?)
-        };
+        })
+    }
+
+    /// The same with values drawn on `device` itself, unseeded: fast for billion-parameter
+    /// shapes, for speed measurements where values do not matter.
+    pub fn random_fast(cfg: Config, device: &Device) -> Result<Self> {
+        Self::random_with(cfg, device, |rows, cols, scale| {
+            Ok(Tensor::rand(-scale, scale, (rows, cols), device)?)
+        })
+    }
+
+    fn random_with(
+        cfg: Config,
+        device: &Device,
+        mut mat: impl FnMut(usize, usize, f32) -> Result<Tensor>,
+    ) -> Result<Self> {
         let has_bias = cfg.arch == super::Arch::Qwen2;
         let (h, d, nq, nkv, f) = (cfg.hidden, cfg.head_dim, cfg.n_head, cfg.n_kv_head, cfg.ffn);
         let mut lin = |out: usize, inp: usize, bias: bool| -> Result<Linear> {

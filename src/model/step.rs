@@ -23,11 +23,12 @@ fn rms_norm(x: &[f32], w: &Tensor, eps: f32, out: &mut [f32]) -> Result<()> {
 }
 
 impl Model {
-    /// Whether [`Model::forward_host`] can run this step: one token, CPU, f32 cache, positions
-    /// applied at write time.
+    /// Whether [`Model::forward_host`] can run this step: one token, CPU, f32 cache (not
+    /// portable), positions applied at write time.
     pub(super) fn host_step_fits(&self, t: usize, step: &Step, cache: &KvCache) -> bool {
         t == 1
             && self.device.is_cpu()
+            && !cache.portable()
             && !step.rotate_keys
             && cache.dtype() == candle_core::DType::F32
     }
