@@ -297,9 +297,14 @@ pub struct LayerCache {
     ring_cap: usize,
     ring_len: usize,
     ring_next: usize,
-    /// Mass of each ring row over the used slots: `[qhead * ring_cap + row]`. Set when the
-    /// row is written, reduced by the columns of evicted tokens.
-    mass: Vec<f32>,
+    /// Each ring row's old mass: the sum of its stored values over the head's old slots,
+    /// those with `sinks <= position < old_to` (`[qhead * ring_cap + row]`). Kept exactly
+    /// (see [`ScoreCtx::old_mass`]): set when the row is written, raised when tokens leave the
+    /// window, lowered by evicted columns.
+    old_mass: Vec<f64>,
+    /// The window's lower edge (a position) at the last scoring: tokens below it and at or
+    /// above the sinks are old.
+    old_to: u32,
     /// Tensor ops only, as on a GPU, even on the CPU (see [`KvCache::set_portable`]).
     portable: bool,
 }
@@ -322,7 +327,8 @@ impl LayerCache {
             ring_cap,
             ring_len: 0,
             ring_next: 0,
-            mass: vec![0.0; cfg.n_head * ring_cap],
+            old_mass: vec![0.0; cfg.n_head * ring_cap],
+            old_to: 0,
             portable: false,
         })
     }
@@ -397,7 +403,8 @@ impl LayerCache {
             ring_cap: self.ring_cap,
             ring_len: self.ring_len,
             ring_next: self.ring_next,
-            mass: self.mass.clone(),
+            old_mass: self.old_mass.clone(),
+            old_to: self.old_to,
             portable: self.portable,
         })
     }
@@ -473,12 +480,14 @@ impl LayerCache {
         recent_from: u32,
     ) -> Result<Vec<Eviction>> {
         let (n, cap) = (self.len, self.cap);
-        let candidate: Vec<bool> = (0..self.n_kv * cap)
-            .map(|i| {
-                let p = self.pos[i];
-                i % cap < n && p >= sinks && p < recent_from
-            })
-            .collect();
+        self.advance_old(sinks, recent_from);
+        let mut candidate = vec![false; self.n_kv * cap];
+        for h in 0..self.n_kv {
+            let at = h * cap;
+            for (c, &p) in candidate[at..at + n].iter_mut().zip(&self.pos[at..at + n]) {
+                *c = p >= sinks && p < recent_from;
+            }
+        }
         let mut scores = vec![0f32; self.n_kv * cap];
         let ctx = ScoreCtx {
             n_kv: self.n_kv,
@@ -491,7 +500,7 @@ impl LayerCache {
             ring: &self.ring,
             ring_cap: self.ring_cap,
             ring_len: self.ring_len,
-            mass: &self.mass,
+            old_mass: &self.old_mass,
         };
         policy.score(&ctx, &mut scores);
         let mut evicted = Vec::new();
@@ -543,8 +552,58 @@ impl LayerCache {
         Ok(evicted)
     }
 
+    /// Moves the old/window edge up to `to`: the tokens that left the window since the last
+    /// scoring (at or above the sinks) become old, and every ring row's old mass takes their
+    /// columns (one per KV head per decoded token; a gather per row).
+    fn advance_old(&mut self, sinks: u32, to: u32) {
+        let from = self.old_to.max(sinks);
+        if to <= from {
+            self.old_to = self.old_to.max(to);
+            return;
+        }
+        let (n, cap) = (self.len, self.cap);
+        let mut slots = Vec::new();
+        for h in 0..self.n_kv {
+            slots.clear();
+            let pos = &self.pos[h * cap..h * cap + n];
+            slots.extend((0..n).filter(|&s| (from..to).contains(&pos[s])));
+            if slots.is_empty() {
+                continue;
+            }
+            for q in h * self.group..(h + 1) * self.group {
+                for r in 0..self.ring_len {
+                    let row = &self.ring[(q * self.ring_cap + r) * cap..][..n];
+                    let add: f64 = slots.iter().map(|&s| f64::from(row[s])).sum();
+                    self.old_mass[q * self.ring_cap + r] += add;
+                }
+            }
+        }
+        self.old_to = to;
+    }
+
+    /// Largest |maintained − recomputed| old mass over the valid ring rows (exact arithmetic
+    /// makes it 0; tests check the bookkeeping with it).
+    #[doc(hidden)]
+    pub fn old_mass_error(&self, sinks: u32) -> f64 {
+        let (n, cap) = (self.len, self.cap);
+        let mut worst = 0f64;
+        for q in 0..self.old_mass.len() / self.ring_cap.max(1) {
+            let h = q / self.group;
+            let pos = &self.pos[h * cap..h * cap + n];
+            for r in 0..self.ring_len {
+                let row = &self.ring[(q * self.ring_cap + r) * cap..][..n];
+                let sum: f64 = (0..n)
+                    .filter(|&s| pos[s] >= sinks && pos[s] < self.old_to)
+                    .map(|s| f64::from(row[s]))
+                    .sum();
+                worst = worst.max((sum - self.old_mass[q * self.ring_cap + r]).abs());
+            }
+        }
+        worst
+    }
+
     /// The ring's side of evicting `victims` from KV head `h` (slots `0..len` used): each row
-    /// of the head's query heads loses the victims' mass, takes the `moves` (src, dst) and
+    /// of the head's query heads loses the victims' old mass, takes the `moves` (src, dst) and
     /// clears the freed columns `keep_len..len`, which later tokens reuse and which rows
     /// written before them never saw. One visit per row, while it is still warm from scoring.
     fn evict_columns(
@@ -558,8 +617,8 @@ impl LayerCache {
         for q in h * self.group..(h + 1) * self.group {
             for r in 0..self.ring_len {
                 let row = &mut self.ring[(q * self.ring_cap + r) * cap..][..n];
-                let gone: f32 = victims.iter().map(|&s| row[s].to_f32()).sum();
-                self.mass[q * self.ring_cap + r] -= gone;
+                let gone: f64 = victims.iter().map(|&s| f64::from(row[s])).sum();
+                self.old_mass[q * self.ring_cap + r] -= gone;
                 for &(s, t) in moves {
                     row[t] = row[s];
                 }
@@ -959,6 +1018,7 @@ impl KvCache {
             l.len = 0;
             l.ring_len = 0;
             l.ring_next = 0;
+            l.old_to = 0;
             // Rows written later must read 0 in columns their tokens never saw.
             l.ring.fill(f16::ZERO);
         }
@@ -1103,15 +1163,16 @@ impl KvCache {
         if keep == 0 || from >= first_row + rows {
             return;
         }
-        let mut scratch = Vec::with_capacity(visible);
+        let (lo, hi) = (self.cfg.sinks() as u32, layer.old_to);
         for i in from - first_row..rows {
             let r = layer.ring_next;
             for qh in 0..n_head {
                 let src = &probs[(qh * rows + i) * visible..(qh * rows + i + 1) * visible];
                 let start = (qh * layer.ring_cap + r) * cap;
                 let dst = &mut layer.ring[start..start + cap];
-                layer.mass[qh * layer.ring_cap + r] =
-                    policy::encode_row(src, &mut dst[..visible], &mut scratch);
+                let pos = &layer.pos[(qh / group) * cap..][..visible];
+                layer.old_mass[qh * layer.ring_cap + r] =
+                    policy::encode_row(src, &mut dst[..visible], pos, lo..hi);
                 dst[visible..].fill(f16::ZERO);
             }
             layer.ring_next = (r + 1) % layer.ring_cap;

@@ -544,30 +544,6 @@ mod avx2 {
         _mm256_andnot_ps(tiny, y)
     }
 
-    /// [`super::axpy_f16`], eight values at a time. Needs `y.len() >= x.len()`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn axpy_f16(a: f32, x: &[f16], y: &mut [f32]) {
-        let n = x.len();
-        let body = n - n % 8;
-        let (xp, yp) = (x.as_ptr().cast::<u16>(), y.as_mut_ptr());
-        let a8 = _mm256_set1_ps(a);
-        let mut i = 0;
-        while i < body {
-            // SAFETY: `i + 8 <= n <= y.len()`.
-            unsafe {
-                let xs = _mm256_cvtph_ps(_mm_loadu_si128(xp.add(i).cast()));
-                _mm256_storeu_ps(
-                    yp.add(i),
-                    _mm256_fmadd_ps(a8, xs, _mm256_loadu_ps(yp.add(i))),
-                );
-            }
-            i += 8;
-        }
-        for (y, x) in y[body..n].iter_mut().zip(&x[body..]) {
-            *y += a * x.to_f32();
-        }
-    }
-
     /// [`super::axpy_rows_f16`], eight columns at a time. Needs every row at least
     /// `y.len()` long and `w.len() == rows.len()`.
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -575,18 +551,44 @@ mod avx2 {
         let n = y.len();
         let body = n - n % 8;
         let yp = y.as_mut_ptr();
-        let mut c = 0;
-        while c < body {
-            // SAFETY: `c + 8 <= n`, within `y` and within every row (the caller's contract).
-            unsafe {
-                let mut acc = _mm256_loadu_ps(yp.add(c));
-                for (&a, r) in w.iter().zip(rows) {
-                    let x = _mm256_cvtph_ps(_mm_loadu_si128(r.as_ptr().add(c).cast()));
-                    acc = _mm256_fmadd_ps(_mm256_set1_ps(a), x, acc);
+        // Four rows per sweep over `y`: four sequential streams, which the hardware prefetcher
+        // follows (the rows come from memory, `y` stays in L1).
+        let mut i = 0;
+        while i + 4 <= rows.len() {
+            let (r0, r1, r2, r3) = (rows[i], rows[i + 1], rows[i + 2], rows[i + 3]);
+            let (w0, w1) = (_mm256_set1_ps(w[i]), _mm256_set1_ps(w[i + 1]));
+            let (w2, w3) = (_mm256_set1_ps(w[i + 2]), _mm256_set1_ps(w[i + 3]));
+            let mut c = 0;
+            while c < body {
+                // SAFETY: `c + 8 <= n`, within `y` and within every row (the caller's contract).
+                unsafe {
+                    let x0 = _mm256_cvtph_ps(_mm_loadu_si128(r0.as_ptr().add(c).cast()));
+                    let x1 = _mm256_cvtph_ps(_mm_loadu_si128(r1.as_ptr().add(c).cast()));
+                    let x2 = _mm256_cvtph_ps(_mm_loadu_si128(r2.as_ptr().add(c).cast()));
+                    let x3 = _mm256_cvtph_ps(_mm_loadu_si128(r3.as_ptr().add(c).cast()));
+                    let mut acc = _mm256_loadu_ps(yp.add(c));
+                    acc = _mm256_fmadd_ps(w0, x0, acc);
+                    acc = _mm256_fmadd_ps(w1, x1, acc);
+                    acc = _mm256_fmadd_ps(w2, x2, acc);
+                    acc = _mm256_fmadd_ps(w3, x3, acc);
+                    _mm256_storeu_ps(yp.add(c), acc);
                 }
-                _mm256_storeu_ps(yp.add(c), acc);
+                c += 8;
             }
-            c += 8;
+            i += 4;
+        }
+        for (&a, r) in w[i..].iter().zip(&rows[i..]) {
+            let wa = _mm256_set1_ps(a);
+            let mut c = 0;
+            while c < body {
+                // SAFETY: as above.
+                unsafe {
+                    let x = _mm256_cvtph_ps(_mm_loadu_si128(r.as_ptr().add(c).cast()));
+                    let acc = _mm256_fmadd_ps(wa, x, _mm256_loadu_ps(yp.add(c)));
+                    _mm256_storeu_ps(yp.add(c), acc);
+                }
+                c += 8;
+            }
         }
         for (a, r) in w.iter().zip(rows) {
             for (y, x) in y[body..].iter_mut().zip(&r[body..n]) {
@@ -595,30 +597,52 @@ mod avx2 {
         }
     }
 
-    /// [`super::dot_f16`], sixteen values at a time on two accumulators. Needs equal lengths.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot_f16(x: &[f16], y: &[f32]) -> f32 {
-        let n = x.len();
-        let body = n - n % 16;
-        let (xp, yp) = (x.as_ptr().cast::<u16>(), y.as_ptr());
-        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    /// [`super::encode_f16`], eight values at a time. Needs equal lengths.
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) unsafe fn encode_f16(
+        src: &[f32],
+        scale: f32,
+        dst: &mut [f16],
+        pos: &[u32],
+        (lo, hi): (u32, u32),
+    ) -> f64 {
+        let n = src.len();
+        let body = n - n % 8;
+        let (sp, dp, pp) = (src.as_ptr(), dst.as_mut_ptr().cast::<u16>(), pos.as_ptr());
+        let k = _mm256_set1_ps(scale);
+        // Unsigned `lo <= p < hi` as signed compares after flipping the sign bit.
+        let flip = _mm256_set1_epi32(i32::MIN);
+        let lo_v = _mm256_set1_epi32((lo ^ 0x8000_0000) as i32);
+        let hi_v = _mm256_set1_epi32((hi ^ 0x8000_0000) as i32);
+        let (mut s0, mut s1) = (_mm256_setzero_pd(), _mm256_setzero_pd());
         let mut i = 0;
         while i < body {
-            // SAFETY: `i + 16 <= n`, within both slices.
+            // SAFETY: `i + 8 <= n`, within all three slices.
             unsafe {
-                let x0 = _mm256_cvtph_ps(_mm_loadu_si128(xp.add(i).cast()));
-                let x1 = _mm256_cvtph_ps(_mm_loadu_si128(xp.add(i + 8).cast()));
-                a0 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(yp.add(i)), a0);
-                a1 = _mm256_fmadd_ps(x1, _mm256_loadu_ps(yp.add(i + 8)), a1);
+                let h = _mm256_cvtps_ph(_mm256_mul_ps(_mm256_loadu_ps(sp.add(i)), k), 0);
+                _mm_storeu_si128(dp.add(i).cast(), h);
+                let stored = _mm256_cvtph_ps(h);
+                let p = _mm256_xor_si256(_mm256_loadu_si256(pp.add(i).cast()), flip);
+                let below_lo = _mm256_cmpgt_epi32(lo_v, p);
+                let below_hi = _mm256_cmpgt_epi32(hi_v, p);
+                let keep = _mm256_andnot_si256(below_lo, below_hi);
+                let v = _mm256_and_ps(stored, _mm256_castsi256_ps(keep));
+                s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+                s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
             }
-            i += 16;
+            i += 8;
         }
-        let tail: f32 = x[body..]
-            .iter()
-            .zip(&y[body..])
-            .map(|(x, y)| x.to_f32() * y)
-            .sum();
-        hsum(_mm256_add_ps(a0, a1)) + tail
+        let mut lanes = [0f64; 4];
+        // SAFETY: `lanes` holds four f64.
+        unsafe { _mm256_storeu_pd(lanes.as_mut_ptr(), _mm256_add_pd(s0, s1)) };
+        lanes.iter().sum::<f64>()
+            + super::encode_f16_plain(
+                &src[body..],
+                scale,
+                &mut dst[body..],
+                &pos[body..],
+                (lo, hi),
+            )
     }
 
     /// Sum of the 8 lanes.
@@ -814,22 +838,6 @@ pub fn weighted_sum(p: &[f32], v: &[f32], out: &mut [f32]) {
     }
 }
 
-/// `y += a · x` for f16 `x` (converted on the fly).
-pub fn axpy_f16(a: f32, x: &[f16], y: &mut [f32]) {
-    assert!(y.len() >= x.len());
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::is_x86_feature_detected as has;
-        if has!("avx2") && has!("fma") && has!("f16c") {
-            // SAFETY: AVX2, FMA and F16C detected; `y` is at least as long as `x` (asserted).
-            return unsafe { avx2::axpy_f16(a, x, y) };
-        }
-    }
-    for (y, x) in y.iter_mut().zip(x) {
-        *y += a * x.to_f32();
-    }
-}
-
 /// `y[s] += Σ_r w[r] · rows[r][s]` for f16 rows (converted on the fly), every row at least
 /// `y.len()` long: columns outermost, so `y` is loaded and stored once per 8 columns however
 /// many rows there are.
@@ -850,18 +858,37 @@ pub fn axpy_rows_f16(w: &[f32], rows: &[&[f16]], y: &mut [f32]) {
     }
 }
 
-/// `Σ x[s] · y[s]` for f16 `x` (converted on the fly) and f32 `y` of the same length.
-pub fn dot_f16(x: &[f16], y: &[f32]) -> f32 {
-    assert_eq!(x.len(), y.len());
+/// Stores `src · scale` as f16 in `dst` (round to nearest even) and returns the sum, in f64,
+/// of the stored values whose `pos` lies in `lo..hi`. f64 sums of f16 values are exact, so
+/// the result does not depend on the order of the additions (SIMD lanes or not).
+pub fn encode_f16(src: &[f32], scale: f32, dst: &mut [f16], pos: &[u32], lo: u32, hi: u32) -> f64 {
+    assert!(src.len() == dst.len() && src.len() == pos.len());
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::is_x86_feature_detected as has;
-        if has!("avx2") && has!("fma") && has!("f16c") {
-            // SAFETY: AVX2, FMA and F16C detected; equal lengths (asserted).
-            return unsafe { avx2::dot_f16(x, y) };
+        if has!("avx2") && has!("f16c") {
+            // SAFETY: AVX2 and F16C detected; equal lengths (asserted).
+            return unsafe { avx2::encode_f16(src, scale, dst, pos, (lo, hi)) };
         }
     }
-    x.iter().zip(y).map(|(x, y)| x.to_f32() * y).sum()
+    encode_f16_plain(src, scale, dst, pos, (lo, hi))
+}
+
+fn encode_f16_plain(
+    src: &[f32],
+    scale: f32,
+    dst: &mut [f16],
+    pos: &[u32],
+    (lo, hi): (u32, u32),
+) -> f64 {
+    let mut sum = 0f64;
+    for ((x, d), &p) in src.iter().zip(dst.iter_mut()).zip(pos) {
+        *d = f16::from_f32(x * scale);
+        if (lo..hi).contains(&p) {
+            sum += f64::from(*d);
+        }
+    }
+    sum
 }
 
 /// Softmax of `p` in place.
@@ -1094,23 +1121,6 @@ mod tests {
     }
 
     #[test]
-    fn f16_axpy_matches_plain_arithmetic() {
-        for n in [3, 8, 603] {
-            let x: Vec<f16> = random_vec(n, 13)
-                .iter()
-                .map(|&v| f16::from_f32(v))
-                .collect();
-            let y0 = random_vec(n, 14);
-            let mut y = y0.clone();
-            axpy_f16(0.37, &x, &mut y);
-            for i in 0..n {
-                let want = y0[i] + 0.37 * x[i].to_f32();
-                assert!((y[i] - want).abs() < 1e-5 * want.abs().max(1.0));
-            }
-        }
-    }
-
-    #[test]
     fn f16_row_sums_match_plain_arithmetic() {
         let n = 603;
         let data: Vec<Vec<f16>> = (0..5)
@@ -1136,15 +1146,17 @@ mod tests {
     }
 
     #[test]
-    fn f16_dot_matches_plain_arithmetic() {
+    fn f16_encoding_and_old_sums_match_plain_arithmetic() {
         for n in [5, 16, 603] {
-            let x: Vec<f16> = random_vec(n, 40)
-                .iter()
-                .map(|&v| f16::from_f32(v))
-                .collect();
-            let y = random_vec(n, 41);
-            let want: f32 = x.iter().zip(&y).map(|(x, y)| x.to_f32() * y).sum();
-            assert!((dot_f16(&x, &y) - want).abs() < 1e-4 * want.abs().max(1.0));
+            let src: Vec<f32> = random_vec(n, 40).iter().map(|v| v.abs() * 1e-3).collect();
+            let pos: Vec<u32> = (0..n as u32).map(|i| (i * 7919) % 1000).collect();
+            for (lo, hi) in [(0, 0), (4, 500), (0, u32::MAX), (3_000_000_000, u32::MAX)] {
+                let (mut a, mut b) = (vec![f16::ZERO; n], vec![f16::ZERO; n]);
+                let got = encode_f16(&src, 32768.0, &mut a, &pos, lo, hi);
+                let want = encode_f16_plain(&src, 32768.0, &mut b, &pos, (lo, hi));
+                assert_eq!(a, b, "n {n}");
+                assert_eq!(got, want, "n {n} {lo}..{hi}");
+            }
         }
     }
 

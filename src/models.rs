@@ -884,7 +884,10 @@ mod tests {
     fn random_configs_come_from_shapes_and_bad_ones_are_named() {
         let reg = Registry::builtin().unwrap();
         let c = reg.random_config("llama3.2-1b-instruct").unwrap();
-        assert_eq!((c.n_layer, c.n_head, c.n_kv_head, c.hidden), (16, 32, 8, 2048));
+        assert_eq!(
+            (c.n_layer, c.n_head, c.n_kv_head, c.hidden),
+            (16, 32, 8, 2048)
+        );
         let text = r#"
 default = "odd"
 

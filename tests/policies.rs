@@ -79,6 +79,10 @@ fn check_invariants(cache: &KvCache, c: &CacheConfig, decoded: usize, what: &str
                 );
             }
         }
+        // The ring rows' old mass, kept incrementally, equals a recount (exactly: f64 sums
+        // of f16 values).
+        let err = cache.layer(l).old_mass_error(c.sinks() as u32);
+        assert_eq!(err, 0.0, "{what}: layer {l} old mass off by {err}");
     }
 }
 
@@ -237,8 +241,6 @@ struct Scene {
     queries: Vec<Vec<f32>>,
     /// As the cache stores it: scaled f16.
     ring: Vec<f16>,
-    /// Each ring row's sum over the slots (scaled units).
-    mass: Vec<f32>,
     pos: Vec<u32>,
 }
 
@@ -250,8 +252,6 @@ impl Scene {
             .map(|_| rand_vec(&mut rng, D))
             .collect();
         let mut ring = vec![f16::ZERO; NKV * GROUP * rows * n];
-        let mut mass = vec![0f32; NKV * GROUP * rows];
-        let mut scratch = Vec::new();
         for qh in 0..NKV * GROUP {
             let h = qh / GROUP;
             for r in 0..rows {
@@ -260,10 +260,11 @@ impl Scene {
                     .map(|s| dot(q, &keys[h * n + s]) / (D as f32).sqrt())
                     .collect();
                 let p = softmax(&logits);
-                mass[qh * rows + r] = encode_row(
+                encode_row(
                     &p,
                     &mut ring[(qh * rows + r) * n..(qh * rows + r + 1) * n],
-                    &mut scratch,
+                    &vec![0; n],
+                    0..0,
                 );
             }
         }
@@ -281,12 +282,30 @@ impl Scene {
             keys,
             queries,
             ring,
-            mass,
             pos,
         }
     }
 
-    fn ctx<'a>(&'a self, candidate: &'a [bool], acc: &'a [f32]) -> ScoreCtx<'a> {
+    /// Each ring row's sum over the candidate slots of its head, as the cache keeps it.
+    fn old_mass(&self, candidate: &[bool]) -> Vec<f64> {
+        (0..NKV * GROUP * self.rows)
+            .map(|i| {
+                let h = i / self.rows / GROUP;
+                let row = &self.ring[i * self.n..(i + 1) * self.n];
+                (0..self.n)
+                    .filter(|&s| candidate[h * self.n + s])
+                    .map(|s| f64::from(row[s]))
+                    .sum()
+            })
+            .collect()
+    }
+
+    fn ctx<'a>(
+        &'a self,
+        candidate: &'a [bool],
+        acc: &'a [f32],
+        old_mass: &'a [f64],
+    ) -> ScoreCtx<'a> {
         ScoreCtx {
             n_kv: NKV,
             group: GROUP,
@@ -298,7 +317,7 @@ impl Scene {
             ring: &self.ring,
             ring_cap: self.rows,
             ring_len: self.rows,
-            mass: &self.mass,
+            old_mass,
         }
     }
 }
@@ -325,7 +344,10 @@ fn morphkv_scores_equal_brute_force() {
                 };
                 let policy = c.build_policy();
                 let mut got = vec![0f32; NKV * n];
-                policy.score(&scene.ctx(&candidate, &acc), &mut got);
+                policy.score(
+                    &scene.ctx(&candidate, &acc, &scene.old_mass(&candidate)),
+                    &mut got,
+                );
                 for h in 0..NKV {
                     let old: Vec<usize> = (0..n).filter(|&s| candidate[h * n + s]).collect();
                     let mut fused = vec![f32::NAN; n];
@@ -377,7 +399,10 @@ fn snapkv_selection_equals_brute_force() {
     let acc = vec![0f32; NKV * n];
     let policy = cfg(PolicyKind::SnapKv, 40, 8).build_policy();
     let mut got = vec![0f32; NKV * n];
-    policy.score(&scene.ctx(&candidate, &acc), &mut got);
+    policy.score(
+        &scene.ctx(&candidate, &acc, &scene.old_mass(&candidate)),
+        &mut got,
+    );
     let keep = 20;
     for h in 0..NKV {
         // Votes: attention from every window query of the group, summed.

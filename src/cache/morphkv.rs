@@ -39,18 +39,11 @@ impl Policy for MorphKv {
         let mut agg = vec![0f32; n];
         // One row converted from the ring's f16 (scaled units: the scale cancels in p / D).
         let mut row = vec![0f32; n];
-        // 1 for the head's old (candidate) slots, 0 for the window and sinks: a row's old mass
-        // is its dot product with this.
-        let mut old = vec![0f32; n];
         let sum_sum = self.group_agg == GroupAgg::Sum && self.fusion == Fusion::Sum;
         // Sum over heads and window (the default): every row of the KV head, weighted by its
         // inverse old mass, added into the scores in one pass over the columns.
         let (mut weights, mut rows) = (Vec::new(), Vec::new());
         for h in 0..ctx.n_kv {
-            let cand = &ctx.candidate[ctx.at(h, 0)..ctx.at(h, n)];
-            for (o, &c) in old.iter_mut().zip(cand) {
-                *o = if c { 1.0 } else { 0.0 };
-            }
             let fused = &mut out[ctx.at(h, 0)..ctx.at(h, n)];
             fused.fill(0.0);
             weights.clear();
@@ -62,11 +55,12 @@ impl Policy for MorphKv {
                 for g in 0..ctx.group {
                     let q = h * ctx.group + g;
                     let raw = ctx.row(q, r);
-                    let denom = crate::kernels::dot_f16(raw, &old);
+                    // The row's softmax over old slots is its stored values over their sum.
+                    let denom = ctx.old_mass(q, r);
                     if denom <= 0.0 {
                         continue;
                     }
-                    let inv = 1.0 / denom;
+                    let inv = (1.0 / denom) as f32;
                     if sum_sum {
                         weights.push(inv);
                         rows.push(raw);

@@ -45,10 +45,11 @@ pub struct ScoreCtx<'a> {
     pub ring: &'a [f16],
     pub ring_cap: usize,
     pub ring_len: usize,
-    /// Each ring row's probability mass over the used slots (what is left of the row's
-    /// softmax once evicted tokens' columns are gone), in the ring's scaled units, summed
-    /// from its stored values: `[qhead * ring_cap + row]`.
-    pub mass: &'a [f32],
+    /// Each ring row's old mass: the sum of its stored values (scaled units) over the KV
+    /// head's candidate slots, `[qhead * ring_cap + row]`. The cache keeps it up to date
+    /// without re-reading rows (a row is read whole only when written), in f64, where sums of
+    /// f16 values are exact: no cancellation however much of a row the window holds.
+    pub old_mass: &'a [f64],
 }
 
 impl ScoreCtx<'_> {
@@ -57,9 +58,9 @@ impl ScoreCtx<'_> {
         head * self.cap + slot
     }
 
-    /// Mass of one ring row over the used slots (see [`ScoreCtx::mass`]).
-    pub fn row_mass(&self, qhead: usize, row: usize) -> f32 {
-        self.mass[qhead * self.ring_cap + row]
+    /// Old mass of one ring row (see [`ScoreCtx::old_mass`]).
+    pub fn old_mass(&self, qhead: usize, row: usize) -> f64 {
+        self.old_mass[qhead * self.ring_cap + row]
     }
 
     /// One ring row of query head `qhead` as stored: scaled probabilities over slots
@@ -81,14 +82,11 @@ impl ScoreCtx<'_> {
 /// and it is read whole at every MorphKV step).
 pub const RING_SCALE: f32 = 32768.0;
 
-/// Stores probabilities `src` as scaled f16 in `dst` and returns the stored values' sum (in
-/// scaled units). `scratch` is reused between calls.
-pub fn encode_row(src: &[f32], dst: &mut [f16], scratch: &mut Vec<f32>) -> f32 {
-    scratch.clear();
-    scratch.extend(src.iter().map(|p| p * RING_SCALE));
-    dst.convert_from_f32_slice(scratch);
-    dst.convert_to_f32_slice(scratch);
-    scratch.iter().sum()
+/// Stores probabilities `src` as a ring row: f16 scaled by [`RING_SCALE`] (round to nearest
+/// even). Returns the row's old mass: the exact sum of the stored values whose slot's position
+/// (`pos`) lies in `old`.
+pub fn encode_row(src: &[f32], dst: &mut [f16], pos: &[u32], old: std::ops::Range<u32>) -> f64 {
+    crate::kernels::encode_f16(src, RING_SCALE, dst, pos, old.start, old.end)
 }
 
 /// What a policy needs the cache to keep from each attention step.
