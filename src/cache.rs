@@ -478,6 +478,7 @@ impl LayerCache {
         m: usize,
         sinks: u32,
         recent_from: u32,
+        next_from: u32,
     ) -> Result<Vec<Eviction>> {
         let (n, cap) = (self.len, self.cap);
         self.advance_old(sinks, recent_from);
@@ -543,12 +544,19 @@ impl LayerCache {
             let holes = victims.iter().copied().filter(|&s| s < keep_len);
             let tail = (keep_len..n).filter(|s| victims.binary_search(s).is_err());
             let head_moves = tail.zip(holes).collect::<Vec<_>>();
-            self.evict_columns(h, victims, &head_moves, keep_len);
+            // Tokens that leave the window before the next scoring turn old then: their
+            // columns join the old mass now, while the rows are warm (slots before the moves).
+            let lo = self.old_to.max(sinks);
+            let ahead: Vec<usize> = (0..n)
+                .filter(|&s| (lo..next_from).contains(&pos[base + s]))
+                .collect();
+            self.evict_columns(h, victims, &ahead, &head_moves, keep_len);
             moves.push(head_moves);
             new_len = keep_len;
         }
         self.move_slots(&moves)?;
         self.len = new_len;
+        self.old_to = self.old_to.max(next_from);
         Ok(evicted)
     }
 
@@ -556,9 +564,14 @@ impl LayerCache {
     /// scoring (at or above the sinks) become old, and every ring row's old mass takes their
     /// columns (one per KV head per decoded token; a gather per row).
     fn advance_old(&mut self, sinks: u32, to: u32) {
+        if to < self.old_to {
+            // The edge moved back (not on any path the cache takes): recount from the rows.
+            self.recount_old(sinks, to);
+            return;
+        }
         let from = self.old_to.max(sinks);
-        if to <= from {
-            self.old_to = self.old_to.max(to);
+        if to <= from || self.ring_len == 0 {
+            self.old_to = to;
             return;
         }
         let (n, cap) = (self.len, self.cap);
@@ -576,6 +589,23 @@ impl LayerCache {
                     let add: f64 = slots.iter().map(|&s| f64::from(row[s])).sum();
                     self.old_mass[q * self.ring_cap + r] += add;
                 }
+            }
+        }
+        self.old_to = to;
+    }
+
+    /// Sets every valid row's old mass to its sum over `sinks <= position < to`, read from
+    /// the rows.
+    fn recount_old(&mut self, sinks: u32, to: u32) {
+        let (n, cap) = (self.len, self.cap);
+        for q in 0..self.old_mass.len() / self.ring_cap.max(1) {
+            let pos = &self.pos[(q / self.group) * cap..][..n];
+            for r in 0..self.ring_len {
+                let row = &self.ring[(q * self.ring_cap + r) * cap..][..n];
+                self.old_mass[q * self.ring_cap + r] = (0..n)
+                    .filter(|&s| (sinks..to).contains(&pos[s]))
+                    .map(|s| f64::from(row[s]))
+                    .sum();
             }
         }
         self.old_to = to;
@@ -603,13 +633,15 @@ impl LayerCache {
     }
 
     /// The ring's side of evicting `victims` from KV head `h` (slots `0..len` used): each row
-    /// of the head's query heads loses the victims' old mass, takes the `moves` (src, dst) and
+    /// of the head's query heads loses the victims' old mass and gains that of the `ahead`
+    /// slots (tokens turning old before the next scoring), takes the `moves` (src, dst) and
     /// clears the freed columns `keep_len..len`, which later tokens reuse and which rows
     /// written before them never saw. One visit per row, while it is still warm from scoring.
     fn evict_columns(
         &mut self,
         h: usize,
         victims: &[usize],
+        ahead: &[usize],
         moves: &[(usize, usize)],
         keep_len: usize,
     ) {
@@ -618,7 +650,8 @@ impl LayerCache {
             for r in 0..self.ring_len {
                 let row = &mut self.ring[(q * self.ring_cap + r) * cap..][..n];
                 let gone: f64 = victims.iter().map(|&s| f64::from(row[s])).sum();
-                self.old_mass[q * self.ring_cap + r] -= gone;
+                let turned: f64 = ahead.iter().map(|&s| f64::from(row[s])).sum();
+                self.old_mass[q * self.ring_cap + r] += turned - gone;
                 for &(s, t) in moves {
                     row[t] = row[s];
                 }
@@ -1034,7 +1067,8 @@ impl KvCache {
         let len = self.retained();
         if t == 1 && len + 1 > self.cfg.budget && self.policy.evicts(Phase::Decode) {
             let m = self.cfg.evict_every.max(len + 1 - self.cfg.budget);
-            self.evict(m)?;
+            // Before the token is appended: the next scoring comes with the next token.
+            self.evict(m, 1)?;
         }
         let bounded = self.cfg.bounded();
         for layer in &mut self.layers {
@@ -1188,25 +1222,29 @@ impl KvCache {
         let len = self.retained();
         if t > 1 && len > self.cfg.budget && self.policy.evicts(Phase::Prefill) {
             let clock = Instant::now();
-            self.evict(len - self.cfg.budget)?;
+            // After the chunk: the next scoring (the next token's) sees the same window.
+            self.evict(len - self.cfg.budget, 0)?;
             self.policy_secs += clock.elapsed().as_secs_f64();
         }
         Ok(())
     }
 
     /// Evicts up to `m` tokens per KV head in every layer (layers in parallel: each one's
-    /// scoring is independent).
-    fn evict(&mut self, m: usize) -> Result<()> {
+    /// scoring is independent). `ahead` is how many tokens later the next scoring's window
+    /// starts (1 before a decoded token, 0 after a chunk).
+    fn evict(&mut self, m: usize, ahead: u32) -> Result<()> {
         use rayon::prelude::*;
         let window = self.cfg.effective_window() as u32;
         let sinks = self.cfg.sinks() as u32;
         let recent_from = self.next_pos.saturating_sub(window);
+        // The window's edge at the next scoring, if it comes one decoded token later.
+        let next_from = (self.next_pos + ahead).saturating_sub(window);
         let policy = &*self.policy;
         let evicted = self
             .layers
             .par_iter_mut()
             .enumerate()
-            .map(|(l, layer)| layer.evict(l, policy, m, sinks, recent_from))
+            .map(|(l, layer)| layer.evict(l, policy, m, sinks, recent_from, next_from))
             .collect::<Result<Vec<_>>>()?;
         if self.record {
             self.evicted.extend(evicted.into_iter().flatten());

@@ -192,14 +192,27 @@ impl QActs {
 
 type DotFn = fn(&Packed, usize, &QActs) -> f32;
 
+/// Whether the AVX-512 kernels may run: the CPU has AVX-512 F/BW/DQ and
+/// `MORPHKV_NO_AVX512` is unset (read once).
+#[cfg(target_arch = "x86_64")]
+fn wide() -> bool {
+    use std::arch::is_x86_feature_detected as has;
+    static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WIDE.get_or_init(|| {
+        has!("avx512f")
+            && has!("avx512bw")
+            && has!("avx512dq")
+            && std::env::var_os("MORPHKV_NO_AVX512").is_none()
+    })
+}
+
 /// The fastest row·activations dot product this CPU runs.
 fn dot_fn() -> DotFn {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::is_x86_feature_detected as has;
         if has!("avx2") && has!("fma") && has!("f16c") {
-            let wide = has!("avx512f") && has!("avx512bw") && has!("avx512dq");
-            if wide && has!("avx512vnni") && std::env::var_os("MORPHKV_NO_AVX512").is_none() {
+            if wide() && has!("avx512vnni") {
                 return avx512::dot;
             }
             return avx2::dot;
