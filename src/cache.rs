@@ -597,35 +597,34 @@ impl LayerCache {
     /// Sets every valid row's old mass to its sum over `sinks <= position < to`, read from
     /// the rows.
     fn recount_old(&mut self, sinks: u32, to: u32) {
-        let (n, cap) = (self.len, self.cap);
         for q in 0..self.old_mass.len() / self.ring_cap.max(1) {
-            let pos = &self.pos[(q / self.group) * cap..][..n];
             for r in 0..self.ring_len {
-                let row = &self.ring[(q * self.ring_cap + r) * cap..][..n];
-                self.old_mass[q * self.ring_cap + r] = (0..n)
-                    .filter(|&s| (sinks..to).contains(&pos[s]))
-                    .map(|s| f64::from(row[s]))
-                    .sum();
+                self.old_mass[q * self.ring_cap + r] = self.counted_old(q, r, sinks..to);
             }
         }
         self.old_to = to;
+    }
+
+    /// Ring row `r` of query head `q` summed, from the row, over the slots whose positions lie
+    /// in `old`.
+    fn counted_old(&self, q: usize, r: usize, old: std::ops::Range<u32>) -> f64 {
+        let (n, cap) = (self.len, self.cap);
+        let pos = &self.pos[(q / self.group) * cap..][..n];
+        let row = &self.ring[(q * self.ring_cap + r) * cap..][..n];
+        (0..n)
+            .filter(|&s| old.contains(&pos[s]))
+            .map(|s| f64::from(row[s]))
+            .sum()
     }
 
     /// Largest |maintained − recomputed| old mass over the valid ring rows (exact arithmetic
     /// makes it 0; tests check the bookkeeping with it).
     #[doc(hidden)]
     pub fn old_mass_error(&self, sinks: u32) -> f64 {
-        let (n, cap) = (self.len, self.cap);
         let mut worst = 0f64;
         for q in 0..self.old_mass.len() / self.ring_cap.max(1) {
-            let h = q / self.group;
-            let pos = &self.pos[h * cap..h * cap + n];
             for r in 0..self.ring_len {
-                let row = &self.ring[(q * self.ring_cap + r) * cap..][..n];
-                let sum: f64 = (0..n)
-                    .filter(|&s| pos[s] >= sinks && pos[s] < self.old_to)
-                    .map(|s| f64::from(row[s]))
-                    .sum();
+                let sum = self.counted_old(q, r, sinks..self.old_to);
                 worst = worst.max((sum - self.old_mass[q * self.ring_cap + r]).abs());
             }
         }
