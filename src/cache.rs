@@ -562,7 +562,9 @@ impl LayerCache {
 
     /// Moves the old/window edge up to `to`: the tokens that left the window since the last
     /// scoring (at or above the sinks) become old, and every ring row's old mass takes their
-    /// columns (one per KV head per decoded token; a gather per row).
+    /// columns (a gather per row). Decoding one token at a time this finds nothing left to
+    /// do: the previous eviction already added the token that was about to leave (see
+    /// [`LayerCache::evict_columns`]); it catches up after steps that did not evict.
     fn advance_old(&mut self, sinks: u32, to: u32) {
         if to < self.old_to {
             // The edge moved back (not on any path the cache takes): recount from the rows.
