@@ -270,6 +270,30 @@ pub struct LayerAttention {
     pub top: Vec<(u32, f32)>,
 }
 
+/// The candidate slot with the lowest score, ties going to the older token: the first of the
+/// order the general selection uses, found in one branch-free pass. A slot's key packs its
+/// score's total-order bits above its position, so one integer minimum decides both, and the
+/// position (unique within a head) finds the slot again.
+fn lowest(scores: &[f32], candidate: &[bool], pos: &[u32]) -> Option<usize> {
+    let key = |(&s, (&c, &p)): (&f32, (&bool, &u32))| {
+        let bits = s.to_bits() as i32;
+        // `f32::total_cmp`'s key: negative values' magnitude bits flipped.
+        let ordered = bits ^ (((bits >> 31) as u32) >> 1) as i32;
+        if c {
+            (i64::from(ordered) << 32) | i64::from(p)
+        } else {
+            i64::MAX
+        }
+    };
+    // (Without candidates the minimum is `i64::MAX`, and no candidate matches below.)
+    let at = scores
+        .iter()
+        .zip(candidate.iter().zip(pos))
+        .map(key)
+        .min()? as u32;
+    (0..scores.len()).find(|&s| candidate[s] && pos[s] == at)
+}
+
 /// One layer's slots and the attention statistics its policy scores from.
 #[derive(Debug)]
 pub struct LayerCache {
@@ -510,21 +534,29 @@ impl LayerCache {
         let mut cands = Vec::with_capacity(n);
         for h in 0..self.n_kv {
             let base = h * cap;
-            cands.clear();
-            cands.extend((0..n).filter(|&s| candidate[base + s]));
-            let take = m.min(cands.len());
-            // Lowest score first; ties evict the older token (a total order, so the set of
-            // victims is deterministic).
             let pos = &self.pos;
-            let order = |a: &usize, b: &usize| {
-                scores[base + a]
-                    .total_cmp(&scores[base + b])
-                    .then(pos[base + a].cmp(&pos[base + b]))
-            };
-            if take > 0 && take < cands.len() {
-                cands.select_nth_unstable_by(take - 1, order);
+            let (head_scores, head_cand) = (&scores[base..base + n], &candidate[base..base + n]);
+            cands.clear();
+            if m == 1 {
+                // The decode step's case, in one pass.
+                cands.extend(lowest(head_scores, head_cand, &pos[base..base + n]));
+            } else {
+                cands.extend((0..n).filter(|&s| head_cand[s]));
+                let take = m.min(cands.len());
+                // Lowest score first; ties evict the older token (a total order, so the set
+                // of victims is deterministic).
+                let order = |a: &usize, b: &usize| {
+                    head_scores[*a]
+                        .total_cmp(&head_scores[*b])
+                        .then(pos[base + a].cmp(&pos[base + b]))
+                };
+                if take > 0 && take < cands.len() {
+                    cands.select_nth_unstable_by(take - 1, order);
+                }
+                cands.truncate(take);
             }
-            let victims = &mut cands[..take];
+            let take = cands.len();
+            let victims = &mut cands[..];
             victims.sort_unstable();
             self.score[base..base + n].copy_from_slice(&scores[base..base + n]);
             evicted.extend(victims.iter().map(|&s| Eviction {
@@ -536,8 +568,17 @@ impl LayerCache {
             // Survivors' ranks close the gaps the victims leave (re-based positions).
             let mut gone: Vec<u32> = victims.iter().map(|&s| self.rank[base + s]).collect();
             gone.sort_unstable();
-            for r in &mut self.rank[base..base + n] {
-                *r -= gone.partition_point(|&g| g < *r) as u32;
+            let ranks = &mut self.rank[base..base + n];
+            if gone.len() <= 4 {
+                // A few victims (decoding): one branch-free sweep per victim, highest rank
+                // first, so that each compares with ranks the later ones have not moved.
+                for &g in gone.iter().rev() {
+                    ranks.iter_mut().for_each(|r| *r -= u32::from(*r > g));
+                }
+            } else {
+                for r in ranks {
+                    *r -= gone.partition_point(|&g| g < *r) as u32;
+                }
             }
             // Refill holes below the new length with survivors from the tail.
             let keep_len = n - take;
@@ -1308,4 +1349,38 @@ pub struct Snapshot {
     pub full_kv_bytes: usize,
     /// `layers[l][h]`.
     pub layers: Vec<Vec<HeadSnapshot>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lowest;
+
+    /// `lowest` picks what the general selection picks first: the minimum by score's total
+    /// order, then by position, among candidates only.
+    #[test]
+    fn lowest_matches_the_total_order() {
+        let mut seed = 7u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let values = [-1.5f32, -0.0, 0.0, 0.25, 0.25, 3.0, f32::INFINITY, f32::NAN];
+        for n in [0usize, 1, 2, 7, 64, 601] {
+            for _ in 0..50 {
+                let scores: Vec<f32> = (0..n).map(|_| values[next() as usize % 8]).collect();
+                let candidate: Vec<bool> = (0..n).map(|_| next() % 4 != 0).collect();
+                // Distinct positions in shuffled order.
+                let mut pos: Vec<u32> = (0..n as u32).map(|p| p * 3 + 1).collect();
+                for i in (1..n).rev() {
+                    pos.swap(i, next() as usize % (i + 1));
+                }
+                let want = (0..n)
+                    .filter(|&s| candidate[s])
+                    .min_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(pos[a].cmp(&pos[b])));
+                assert_eq!(lowest(&scores, &candidate, &pos), want, "n {n}");
+            }
+        }
+    }
 }
