@@ -688,6 +688,21 @@ impl LayerCache {
         keep_len: usize,
     ) {
         let (cap, n) = (self.cap, self.len);
+        // The scoring sweep read the rows without keeping them in L2 (see
+        // `kernels::axpy_rows_f16`): ask for the few lines each row needs here, all at once,
+        // before touching any.
+        for q in h * self.group..(h + 1) * self.group {
+            for r in 0..self.ring_len {
+                let row = &self.ring[(q * self.ring_cap + r) * cap..][..n];
+                for &s in victims.iter().chain(ahead) {
+                    crate::kernels::prefetch(row, s);
+                }
+                for &(s, _) in moves {
+                    crate::kernels::prefetch(row, s);
+                }
+                crate::kernels::prefetch(row, keep_len);
+            }
+        }
         for q in h * self.group..(h + 1) * self.group {
             for r in 0..self.ring_len {
                 let row = &mut self.ring[(q * self.ring_cap + r) * cap..][..n];
