@@ -321,6 +321,9 @@ pub struct LayerCache {
     ring_cap: usize,
     ring_len: usize,
     ring_next: usize,
+    /// Per ring row, the end of the columns that may be nonzero (`[qhead * ring_cap + row]`):
+    /// a row written over another clears only up to it.
+    ring_dirty: Vec<u32>,
     /// Each ring row's old mass: the sum of its stored values over the head's old slots,
     /// those with `sinks <= position < old_to` (`[qhead * ring_cap + row]`). Kept exactly
     /// (see [`ScoreCtx::old_mass`]): set when the row is written, raised when tokens leave the
@@ -351,6 +354,7 @@ impl LayerCache {
             ring_cap,
             ring_len: 0,
             ring_next: 0,
+            ring_dirty: vec![0; cfg.n_head * ring_cap],
             old_mass: vec![0.0; cfg.n_head * ring_cap],
             old_to: 0,
             portable: false,
@@ -427,6 +431,7 @@ impl LayerCache {
             ring_cap: self.ring_cap,
             ring_len: self.ring_len,
             ring_next: self.ring_next,
+            ring_dirty: self.ring_dirty.clone(),
             old_mass: self.old_mass.clone(),
             old_to: self.old_to,
             portable: self.portable,
@@ -470,6 +475,9 @@ impl LayerCache {
         self.acc = remap(&self.acc, n_kv, 0.0, old, cap, len);
         self.score = remap(&self.score, n_kv, f32::NAN, old, cap, len);
         self.ring = remap(&self.ring, self.ring.len() / old, f16::ZERO, old, cap, len);
+        self.ring_dirty
+            .iter_mut()
+            .for_each(|e| *e = (*e).min(len as u32));
         (self.k, self.v, self.pos, self.cap) = (k, v, pos, cap);
         Ok(())
     }
@@ -713,6 +721,8 @@ impl LayerCache {
                     row[t] = row[s];
                 }
                 row[keep_len..].fill(f16::ZERO);
+                let dirty = &mut self.ring_dirty[q * self.ring_cap + r];
+                *dirty = (*dirty).min(keep_len as u32);
             }
         }
     }
@@ -1264,7 +1274,12 @@ impl KvCache {
                 let pos = &layer.pos[(qh / group) * cap..][..visible];
                 layer.old_mass[qh * layer.ring_cap + r] =
                     policy::encode_row(src, &mut dst[..visible], pos, lo..hi);
-                dst[visible..].fill(f16::ZERO);
+                // Columns past `visible` are tokens this query never saw.
+                let dirty = &mut layer.ring_dirty[qh * layer.ring_cap + r];
+                if (*dirty as usize) > visible {
+                    dst[visible..*dirty as usize].fill(f16::ZERO);
+                }
+                *dirty = visible as u32;
             }
             layer.ring_next = (r + 1) % layer.ring_cap;
             layer.ring_len = (layer.ring_len + 1).min(layer.ring_cap);

@@ -630,7 +630,6 @@ mod avx2 {
         (lo, hi): (u32, u32),
     ) -> f64 {
         let n = src.len();
-        let body = n - n % 8;
         let (sp, dp, pp) = (src.as_ptr(), dst.as_mut_ptr().cast::<u16>(), pos.as_ptr());
         let k = _mm256_set1_ps(scale);
         // Unsigned `lo <= p < hi` as signed compares after flipping the sign bit.
@@ -638,12 +637,18 @@ mod avx2 {
         let lo_v = _mm256_set1_epi32((lo ^ 0x8000_0000) as i32);
         let hi_v = _mm256_set1_epi32((hi ^ 0x8000_0000) as i32);
         let (mut s0, mut s1) = (_mm256_setzero_pd(), _mm256_setzero_pd());
-        let mut i = 0;
+        // Streaming (non-temporal) stores need 16-byte alignment: values before the first
+        // boundary go through the plain twin. They skip reading the lines first: a ring row is written
+        // whole and read again only at the next step's scoring, from memory anyway.
+        let first = dp.align_offset(16).min(n);
+        let body = first + (n - first) / 8 * 8;
+        let mut i = first;
         while i < body {
-            // SAFETY: `i + 8 <= n`, within all three slices.
+            // SAFETY: `i + 8 <= n`, within all three slices; `dp.add(i)` is 16-byte aligned
+            // (`first` aligns it and `i - first` is a multiple of 8 u16s).
             unsafe {
                 let h = _mm256_cvtps_ph(_mm256_mul_ps(_mm256_loadu_ps(sp.add(i)), k), 0);
-                _mm_storeu_si128(dp.add(i).cast(), h);
+                _mm_stream_si128(dp.add(i).cast(), h);
                 let stored = _mm256_cvtph_ps(h);
                 let p = _mm256_xor_si256(_mm256_loadu_si256(pp.add(i).cast()), flip);
                 let below_lo = _mm256_cmpgt_epi32(lo_v, p);
@@ -655,10 +660,19 @@ mod avx2 {
             }
             i += 8;
         }
+        // Streaming stores are weakly ordered: fence them before the row is handed on.
+        _mm_sfence();
         let mut lanes = [0f64; 4];
         // SAFETY: `lanes` holds four f64.
         unsafe { _mm256_storeu_pd(lanes.as_mut_ptr(), _mm256_add_pd(s0, s1)) };
         lanes.iter().sum::<f64>()
+            + super::encode_f16_plain(
+                &src[..first],
+                scale,
+                &mut dst[..first],
+                &pos[..first],
+                (lo, hi),
+            )
             + super::encode_f16_plain(
                 &src[body..],
                 scale,
@@ -1189,11 +1203,15 @@ mod tests {
             let src: Vec<f32> = random_vec(n, 40).iter().map(|v| v.abs() * 1e-3).collect();
             let pos: Vec<u32> = (0..n as u32).map(|i| (i * 7919) % 1000).collect();
             for (lo, hi) in [(0, 0), (4, 500), (0, u32::MAX), (3_000_000_000, u32::MAX)] {
-                let (mut a, mut b) = (vec![f16::ZERO; n], vec![f16::ZERO; n]);
-                let got = encode_f16(&src, 32768.0, &mut a, &pos, lo, hi);
-                let want = encode_f16_plain(&src, 32768.0, &mut b, &pos, (lo, hi));
-                assert_eq!(a, b, "n {n}");
-                assert_eq!(got, want, "n {n} {lo}..{hi}");
+                // Destinations starting at every 2-byte offset from a 16-byte boundary (the
+                // aligned part uses streaming stores, the rest the plain code).
+                for skip in 0..8 {
+                    let (mut a, mut b) = (vec![f16::ZERO; n + 8], vec![f16::ZERO; n]);
+                    let got = encode_f16(&src, 32768.0, &mut a[skip..skip + n], &pos, lo, hi);
+                    let want = encode_f16_plain(&src, 32768.0, &mut b, &pos, (lo, hi));
+                    assert_eq!(a[skip..skip + n], b, "n {n} skip {skip}");
+                    assert_eq!(got, want, "n {n} skip {skip} {lo}..{hi}");
+                }
             }
         }
     }
