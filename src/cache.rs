@@ -294,6 +294,39 @@ fn lowest(scores: &[f32], candidate: &[bool], pos: &[u32]) -> Option<usize> {
     (0..scores.len()).find(|&s| candidate[s] && pos[s] == at)
 }
 
+/// One eviction round, the same for every layer.
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    /// Tokens to evict per KV head (at most).
+    m: usize,
+    /// Positions below it are sinks (protected).
+    sinks: u32,
+    /// The window's lower edge: positions from it on are protected.
+    recent_from: u32,
+    /// The window's lower edge at the next scoring.
+    next_from: u32,
+    /// Whether to keep the slots' ranks (re-based positions).
+    ranks: bool,
+}
+
+/// Closes the gaps that evicting the slots `victims` leaves in one head's `ranks` (its used
+/// slots'; victims' own entries become meaningless).
+fn close_ranks(ranks: &mut [u32], victims: &[usize]) {
+    let mut gone: Vec<u32> = victims.iter().map(|&s| ranks[s]).collect();
+    gone.sort_unstable();
+    if gone.len() <= 4 {
+        // A few victims (decoding): one branch-free sweep per victim, highest rank first, so
+        // that each compares with ranks the later ones have not moved.
+        for &g in gone.iter().rev() {
+            ranks.iter_mut().for_each(|r| *r -= u32::from(*r > g));
+        }
+    } else {
+        for r in ranks {
+            *r -= gone.partition_point(|&g| g < *r) as u32;
+        }
+    }
+}
+
 /// One layer's slots and the attention statistics its policy scores from.
 #[derive(Debug)]
 pub struct LayerCache {
@@ -313,7 +346,8 @@ pub struct LayerCache {
     /// Latest score of each slot (NaN: not scored yet): `[head * cap + slot]`.
     score: Vec<f32>,
     /// Rank of each slot's token among its head's retained tokens, in conversation order
-    /// (the re-based RoPE position): `[head * cap + slot]`.
+    /// (the re-based RoPE position): `[head * cap + slot]`. Kept up to date only when
+    /// positions are re-based.
     rank: Vec<u32>,
     /// Ring of recent query rows, scaled f16 (see [`policy::RING_SCALE`]):
     /// `[(qhead * ring_cap + row) * cap + slot]`.
@@ -501,17 +535,15 @@ impl LayerCache {
         self.kv()
     }
 
-    /// Scores this layer's candidates with `policy` and evicts up to `m` per KV head:
-    /// protected are positions below `sinks` and from `recent_from` on.
-    fn evict(
-        &mut self,
-        l: usize,
-        policy: &dyn Policy,
-        m: usize,
-        sinks: u32,
-        recent_from: u32,
-        next_from: u32,
-    ) -> Result<Vec<Eviction>> {
+    /// Scores this layer's candidates with `policy` and evicts up to `round.m` per KV head.
+    fn evict(&mut self, l: usize, policy: &dyn Policy, round: &Round) -> Result<Vec<Eviction>> {
+        let Round {
+            m,
+            sinks,
+            recent_from,
+            next_from,
+            ranks,
+        } = *round;
         let (n, cap) = (self.len, self.cap);
         self.advance_old(sinks, recent_from);
         let mut candidate = vec![false; self.n_kv * cap];
@@ -574,19 +606,8 @@ impl LayerCache {
                 score: scores[base + s],
             }));
             // Survivors' ranks close the gaps the victims leave (re-based positions).
-            let mut gone: Vec<u32> = victims.iter().map(|&s| self.rank[base + s]).collect();
-            gone.sort_unstable();
-            let ranks = &mut self.rank[base..base + n];
-            if gone.len() <= 4 {
-                // A few victims (decoding): one branch-free sweep per victim, highest rank
-                // first, so that each compares with ranks the later ones have not moved.
-                for &g in gone.iter().rev() {
-                    ranks.iter_mut().for_each(|r| *r -= u32::from(*r > g));
-                }
-            } else {
-                for r in ranks {
-                    *r -= gone.partition_point(|&g| g < *r) as u32;
-                }
+            if ranks {
+                close_ranks(&mut self.rank[base..base + n], victims);
             }
             // Refill holes below the new length with survivors from the tail.
             let keep_len = n - take;
@@ -1180,7 +1201,7 @@ impl KvCache {
     }
 
     /// Re-based RoPE positions of layer `l`'s used slots, (H_kv, len) as u32, for rotating
-    /// keys stored before RoPE.
+    /// keys stored before RoPE (kept only when the cache's positions are re-based).
     pub fn key_ranks(&self, l: usize, device: &Device) -> Result<Tensor> {
         let layer = &self.layers[l];
         let mut ranks = Vec::with_capacity(layer.n_kv * layer.len);
@@ -1312,11 +1333,18 @@ impl KvCache {
         // The window's edge at the next scoring, if it comes one decoded token later.
         let next_from = (self.next_pos + ahead).saturating_sub(window);
         let policy = &*self.policy;
+        let round = Round {
+            m,
+            sinks,
+            recent_from,
+            next_from,
+            ranks: self.cfg.positions == Positions::Rebased,
+        };
         let evicted = self
             .layers
             .par_iter_mut()
             .enumerate()
-            .map(|(l, layer)| layer.evict(l, policy, m, sinks, recent_from, next_from))
+            .map(|(l, layer)| layer.evict(l, policy, &round))
             .collect::<Result<Vec<_>>>()?;
         if self.record {
             self.evicted.extend(evicted.into_iter().flatten());
