@@ -358,6 +358,9 @@ pub struct LayerCache {
     /// Per ring row, the end of the columns that may be nonzero (`[qhead * ring_cap + row]`):
     /// a row written over another clears only up to it.
     ring_dirty: Vec<u32>,
+    /// Position of the query whose rows ring row `r` holds (`[row]`, for every query head):
+    /// a row never saw tokens after it, so it holds 0 in their columns.
+    ring_qpos: Vec<u32>,
     /// Each ring row's old mass: the sum of its stored values over the head's old slots,
     /// those with `sinks <= position < old_to` (`[qhead * ring_cap + row]`). Kept exactly
     /// (see [`ScoreCtx::old_mass`]): set when the row is written, raised when tokens leave the
@@ -389,6 +392,7 @@ impl LayerCache {
             ring_len: 0,
             ring_next: 0,
             ring_dirty: vec![0; cfg.n_head * ring_cap],
+            ring_qpos: vec![0; ring_cap],
             old_mass: vec![0.0; cfg.n_head * ring_cap],
             old_to: 0,
             portable: false,
@@ -466,6 +470,7 @@ impl LayerCache {
             ring_len: self.ring_len,
             ring_next: self.ring_next,
             ring_dirty: self.ring_dirty.clone(),
+            ring_qpos: self.ring_qpos.clone(),
             old_mass: self.old_mass.clone(),
             old_to: self.old_to,
             portable: self.portable,
@@ -707,7 +712,9 @@ impl LayerCache {
     /// of the head's query heads loses the victims' old mass and gains that of the `ahead`
     /// slots (tokens turning old before the next scoring), takes the `moves` (src, dst) and
     /// clears the freed columns `keep_len..len`, which later tokens reuse and which rows
-    /// written before them never saw. One visit per row, while it is still warm from scoring.
+    /// written before them never saw. Columns of tokens newer than a row's query hold 0 in
+    /// it: moving or clearing them needs no read (decoding, the tail slot that fills the
+    /// victim's hole holds the newest token, which only the newest row saw).
     fn evict_columns(
         &mut self,
         h: usize,
@@ -717,31 +724,43 @@ impl LayerCache {
         keep_len: usize,
     ) {
         let (cap, n) = (self.cap, self.len);
+        // Slot positions before the moves.
+        let pos = &self.pos[h * cap..h * cap + n];
         // The scoring sweep read the rows without keeping them in L2 (see
         // `kernels::axpy_rows_f16`): ask for the few lines each row needs here, all at once,
         // before touching any.
         for q in h * self.group..(h + 1) * self.group {
             for r in 0..self.ring_len {
-                let row = &self.ring[(q * self.ring_cap + r) * cap..][..n];
+                let (row, seen) = (
+                    &self.ring[(q * self.ring_cap + r) * cap..][..n],
+                    self.ring_qpos[r],
+                );
                 for &s in victims.iter().chain(ahead) {
                     crate::kernels::prefetch(row, s);
                 }
-                for &(s, _) in moves {
+                for &(s, _) in moves.iter().filter(|&&(s, _)| pos[s] <= seen) {
                     crate::kernels::prefetch(row, s);
                 }
-                crate::kernels::prefetch(row, keep_len);
+                if keep_len < n && pos[keep_len..].iter().any(|&p| p <= seen) {
+                    crate::kernels::prefetch(row, keep_len);
+                }
             }
         }
         for q in h * self.group..(h + 1) * self.group {
             for r in 0..self.ring_len {
+                let seen = self.ring_qpos[r];
                 let row = &mut self.ring[(q * self.ring_cap + r) * cap..][..n];
                 let gone: f64 = victims.iter().map(|&s| f64::from(row[s])).sum();
                 let turned: f64 = ahead.iter().map(|&s| f64::from(row[s])).sum();
                 self.old_mass[q * self.ring_cap + r] += turned - gone;
                 for &(s, t) in moves {
-                    row[t] = row[s];
+                    row[t] = if pos[s] <= seen { row[s] } else { f16::ZERO };
                 }
-                row[keep_len..].fill(f16::ZERO);
+                for (v, &p) in row[keep_len..].iter_mut().zip(&pos[keep_len..]) {
+                    if p <= seen {
+                        *v = f16::ZERO;
+                    }
+                }
                 let dirty = &mut self.ring_dirty[q * self.ring_cap + r];
                 *dirty = (*dirty).min(keep_len as u32);
             }
@@ -1288,6 +1307,7 @@ impl KvCache {
         let (lo, hi) = (self.cfg.sinks() as u32, layer.old_to);
         for i in from - first_row..rows {
             let r = layer.ring_next;
+            layer.ring_qpos[r] = self.next_pos + (first_row + i) as u32;
             for qh in 0..n_head {
                 let src = &probs[(qh * rows + i) * visible..(qh * rows + i + 1) * visible];
                 let start = (qh * layer.ring_cap + r) * cap;
