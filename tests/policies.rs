@@ -757,3 +757,49 @@ fn rebased_ranks_number_each_heads_tokens_in_order() {
         assert!(cache.seen() > cache.retained());
     }
 }
+
+/// Recorded evictions name exactly the tokens each step removed (layer, head and position),
+/// with the score the policy gave them; nothing is recorded while recording is off.
+#[test]
+fn recorded_evictions_are_exactly_the_tokens_that_left() {
+    let model = tiny();
+    for p in [PolicyKind::MorphKv, PolicyKind::H2o, PolicyKind::Streaming] {
+        let c = CacheConfig {
+            evict_every: 2,
+            ..cfg(p, 30, 6)
+        };
+        let mut cache = KvCache::with_config(model.config(), c, DType::F32, &Device::Cpu).unwrap();
+        model
+            .forward(&tiny_prompt(40), &mut cache, Logits::Last)
+            .unwrap();
+        assert!(
+            cache.take_evictions().is_empty(),
+            "{p:?}: recorded while off"
+        );
+        cache.record_evictions(true);
+        let mut total = 0;
+        for t in 0..20u32 {
+            let before = held(&cache);
+            model.forward(&[t % 97], &mut cache, Logits::Last).unwrap();
+            let after = held(&cache);
+            let mut gone: Vec<(usize, usize, u32)> = Vec::new();
+            for (l, heads) in before.iter().enumerate() {
+                for (h, pos) in heads.iter().enumerate() {
+                    gone.extend(pos.difference(&after[l][h]).map(|&x| (l, h, x)));
+                }
+            }
+            let evictions = cache.take_evictions();
+            let mut got: Vec<(usize, usize, u32)> =
+                evictions.iter().map(|e| (e.layer, e.head, e.pos)).collect();
+            got.sort_unstable();
+            gone.sort_unstable();
+            assert_eq!(got, gone, "{p:?} step {t}");
+            assert!(
+                evictions.iter().all(|e| e.score.is_finite()),
+                "{p:?} step {t}"
+            );
+            total += got.len();
+        }
+        assert!(total > 0, "{p:?}: nothing was evicted");
+    }
+}
