@@ -307,6 +307,8 @@ struct Round {
     next_from: u32,
     /// Whether to keep the slots' ranks (re-based positions).
     ranks: bool,
+    /// Whether to return the evictions (the cache records them).
+    record: bool,
 }
 
 /// Closes the gaps that evicting the slots `victims` leaves in one head's `ranks` (its used
@@ -371,6 +373,8 @@ pub struct LayerCache {
     old_to: u32,
     /// Tensor ops only, as on a GPU, even on the CPU (see [`KvCache::set_portable`]).
     portable: bool,
+    /// Scratch for eviction rounds: whether each slot is a candidate.
+    candidate: Vec<bool>,
 }
 
 impl LayerCache {
@@ -396,6 +400,7 @@ impl LayerCache {
             old_mass: vec![0.0; cfg.n_head * ring_cap],
             old_to: 0,
             portable: false,
+            candidate: Vec::new(),
         })
     }
 
@@ -474,6 +479,7 @@ impl LayerCache {
             old_mass: self.old_mass.clone(),
             old_to: self.old_to,
             portable: self.portable,
+            candidate: Vec::new(),
         })
     }
 
@@ -548,17 +554,21 @@ impl LayerCache {
             recent_from,
             next_from,
             ranks,
+            record,
         } = *round;
         let (n, cap) = (self.len, self.cap);
         self.advance_old(sinks, recent_from);
-        let mut candidate = vec![false; self.n_kv * cap];
+        // Reused between rounds (entries past `n` are stale and unread).
+        let mut candidate = std::mem::take(&mut self.candidate);
+        candidate.resize(self.n_kv * cap, false);
         for h in 0..self.n_kv {
             let at = h * cap;
             for (c, &p) in candidate[at..at + n].iter_mut().zip(&self.pos[at..at + n]) {
                 *c = p >= sinks && p < recent_from;
             }
+            // The policy scores straight into the slots' latest scores.
+            self.score[at..at + n].fill(0.0);
         }
-        let mut scores = vec![0f32; self.n_kv * cap];
         let ctx = ScoreCtx {
             n_kv: self.n_kv,
             group: self.group,
@@ -572,9 +582,12 @@ impl LayerCache {
             ring_len: self.ring_len,
             old_mass: &self.old_mass,
         };
-        policy.score(&ctx, &mut scores);
+        policy.score(&ctx, &mut self.score);
+        let scores = &self.score;
         let mut evicted = Vec::new();
         let mut moves = Vec::with_capacity(self.n_kv);
+        // Per head: victims, slots turning old, the length kept (the ring's side, below).
+        let mut columns = Vec::with_capacity(self.n_kv);
         let mut new_len = n;
         let mut cands = Vec::with_capacity(n);
         for h in 0..self.n_kv {
@@ -603,13 +616,14 @@ impl LayerCache {
             let take = cands.len();
             let victims = &mut cands[..];
             victims.sort_unstable();
-            self.score[base..base + n].copy_from_slice(&scores[base..base + n]);
-            evicted.extend(victims.iter().map(|&s| Eviction {
-                layer: l,
-                head: h,
-                pos: self.pos[base + s],
-                score: scores[base + s],
-            }));
+            if record {
+                evicted.extend(victims.iter().map(|&s| Eviction {
+                    layer: l,
+                    head: h,
+                    pos: pos[base + s],
+                    score: scores[base + s],
+                }));
+            }
             // Survivors' ranks close the gaps the victims leave (re-based positions).
             if ranks {
                 close_ranks(&mut self.rank[base..base + n], victims);
@@ -620,15 +634,19 @@ impl LayerCache {
             let tail = (keep_len..n).filter(|s| victims.binary_search(s).is_err());
             let head_moves = tail.zip(holes).collect::<Vec<_>>();
             // Tokens that leave the window before the next scoring turn old then: their
-            // columns join the old mass now, while the rows are warm (slots before the moves).
+            // columns join the old mass now (slots before the moves).
             let lo = self.old_to.max(sinks);
             let ahead: Vec<usize> = (0..n)
                 .filter(|&s| (lo..next_from).contains(&pos[base + s]))
                 .collect();
-            self.evict_columns(h, victims, &ahead, &head_moves, keep_len);
+            columns.push((victims.to_vec(), ahead, keep_len));
             moves.push(head_moves);
             new_len = keep_len;
         }
+        for (h, (victims, ahead, keep_len)) in columns.iter().enumerate() {
+            self.evict_columns(h, victims, ahead, &moves[h], *keep_len);
+        }
+        self.candidate = candidate;
         self.move_slots(&moves)?;
         self.len = new_len;
         self.old_to = self.old_to.max(next_from);
@@ -1359,6 +1377,7 @@ impl KvCache {
             recent_from,
             next_from,
             ranks: self.cfg.positions == Positions::Rebased,
+            record: self.record,
         };
         let evicted = self
             .layers

@@ -36,10 +36,11 @@ impl Policy for MorphKv {
 
     fn score(&self, ctx: &ScoreCtx<'_>, out: &mut [f32]) {
         let n = ctx.n;
-        let mut agg = vec![0f32; n];
-        // One row converted from the ring's f16 (scaled units: the scale cancels in p / D).
-        let mut row = vec![0f32; n];
         let sum_sum = self.group_agg == GroupAgg::Sum && self.fusion == Fusion::Sum;
+        // The other combinations' buffers: the aggregate over the group, and one row
+        // converted from the ring's f16 (scaled units: the scale cancels in p / D).
+        let len = if sum_sum { 0 } else { n };
+        let (mut agg, mut row) = (vec![0f32; len], vec![0f32; len]);
         // Sum over heads and window (the default): every row of the KV head, weighted by its
         // inverse old mass, added into the scores in one pass over the columns.
         let (mut weights, mut rows) = (Vec::new(), Vec::new());
