@@ -803,3 +803,37 @@ fn recorded_evictions_are_exactly_the_tokens_that_left() {
         assert!(total > 0, "{p:?}: nothing was evicted");
     }
 }
+
+/// A bounded cache that evicts while decoding gives back the room a prompt chunk needed (its
+/// slots then lie without gaps) and takes it again for the next chunk.
+#[test]
+fn decoding_gives_back_the_prompt_chunks_room() {
+    let model = tiny();
+    for p in [PolicyKind::MorphKv, PolicyKind::Streaming] {
+        let c = cfg(p, 30, 6);
+        let mut cache =
+            KvCache::with_config(model.config(), c.clone(), DType::F32, &Device::Cpu).unwrap();
+        model
+            .forward(&tiny_prompt(40), &mut cache, Logits::Last)
+            .unwrap();
+        let chunk_room = c.budget + c.prefill_chunk;
+        assert_eq!(
+            cache.layer(0).capacity(),
+            chunk_room,
+            "{p:?} after the prompt"
+        );
+        model.forward(&[5], &mut cache, Logits::Last).unwrap();
+        for l in 0..cache.n_layers() {
+            assert_eq!(
+                cache.layer(l).capacity(),
+                c.budget,
+                "{p:?} layer {l} decoding"
+            );
+        }
+        model
+            .forward(&tiny_prompt(20), &mut cache, Logits::Last)
+            .unwrap();
+        assert!(cache.layer(0).capacity() >= chunk_room, "{p:?} next chunk");
+        check_invariants(&cache, &c, 1, &format!("{p:?} after the second chunk"));
+    }
+}
