@@ -1196,6 +1196,8 @@ impl KvCache {
             // Before the token is appended: the next scoring comes with the next token.
             self.evict(m, 1)?;
         }
+        // Making room is the cache's storage, not the policy: the clock stops for it.
+        self.policy_secs += clock.elapsed().as_secs_f64();
         let bounded = self.cfg.bounded();
         // Decoding under a policy that holds the budget, the room a prompt chunk needed goes:
         // slots, their K/V and the ring's rows then lie without gaps, which the hardware
@@ -1215,6 +1217,7 @@ impl KvCache {
                 layer.grow(cap)?;
             }
         }
+        let clock = Instant::now();
         let past = self.retained();
         self.pending = t;
         let positions = (0..t as u32).map(|i| self.next_pos + i).collect::<Vec<_>>();
