@@ -14,6 +14,10 @@ pub enum Error {
     #[error("{path} is not a usable model: {reason}")]
     BadModel { path: PathBuf, reason: String },
 
+    /// A model whose output is not a number, or the same for every token: damaged weights.
+    #[error("{path}: the model's output is {what}: its weights are likely corrupt (download the file again, or pass another with -m)")]
+    CorruptOutput { path: PathBuf, what: &'static str },
+
     /// A model whose architecture the decoder does not implement.
     #[error("{path}: architecture `{arch}` is not supported (supported: {supported})")]
     UnsupportedArch {

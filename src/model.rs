@@ -208,9 +208,38 @@ pub struct Model {
     rope: Rope,
     device: Device,
     weights: WeightFormat,
+    /// The file or folder the weights came from (named in errors about them).
+    source: std::path::PathBuf,
 }
 
 impl Model {
+    /// The file or folder the weights came from.
+    pub fn source(&self) -> &std::path::Path {
+        &self.source
+    }
+
+    /// Non-finite logits, or logits that are all equal, come from damaged weights (a NaN
+    /// scale, zeroed blocks): an error instead of a silent end of sequence.
+    fn check_logits(&self, logits: &[f32]) -> Result<()> {
+        let (mut lo, mut hi, mut finite) = (f32::INFINITY, f32::NEG_INFINITY, true);
+        for &x in logits {
+            finite &= x.is_finite();
+            lo = lo.min(x);
+            hi = hi.max(x);
+        }
+        let what = if !finite {
+            "not a number (NaN or infinite)"
+        } else if lo == hi {
+            "the same for every token"
+        } else {
+            return Ok(());
+        };
+        Err(Error::CorruptOutput {
+            path: self.source.clone(),
+            what,
+        })
+    }
+
     /// The decoder's shapes and constants.
     pub fn config(&self) -> &Config {
         &self.cfg
@@ -246,6 +275,7 @@ impl Model {
         if self.host_step_fits(t, &step, cache) {
             let logits = self.forward_host(ids[0], &step, cache)?;
             cache.end()?;
+            self.check_logits(&logits)?;
             let vocab = logits.len();
             let logits = Tensor::from_vec(logits, vocab, &self.device)?;
             return Ok(match which {
@@ -315,9 +345,15 @@ impl Model {
         let x = candle_nn::ops::rms_norm(&x, &self.norm, self.cfg.rms_eps as f32)?;
         // (T', hidden) → (T', vocab)
         let logits = self.lm_head.forward(&x)?;
-        Ok(match which {
+        let logits = match which {
             Logits::Last => logits.squeeze(0)?,
             Logits::All => logits,
-        })
+        };
+        if which == Logits::Last && logits.device().is_cpu() {
+            with_f32(&logits.contiguous()?, |v| self.check_logits(v))??;
+        } else if !logits.sum_all()?.to_scalar::<f32>()?.is_finite() {
+            self.check_logits(&[f32::NAN])?;
+        }
+        Ok(logits)
     }
 }

@@ -66,7 +66,68 @@ pub struct Config {
     pub rms_eps: f64,
 }
 
+/// Largest sizes a config may declare: well past any published llama-family model, and small
+/// enough that a crafted file cannot ask for an allocation the machine cannot make.
+pub const MAX_LAYERS: usize = 1024;
+pub const MAX_HEADS: usize = 1024;
+pub const MAX_HEAD_DIM: usize = 1024;
+pub const MAX_WIDTH: usize = 1 << 17;
+pub const MAX_FFN: usize = 1 << 20;
+pub const MAX_VOCAB: usize = 1 << 22;
+pub const MAX_CONTEXT: usize = 1 << 24;
+
 impl Config {
+    /// Checks every size and constant for range and finiteness; the error says which key is
+    /// wrong and what it holds (the caller names the file).
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let sizes = [
+            ("block_count (layers)", self.n_layer, MAX_LAYERS),
+            ("head_count", self.n_head, MAX_HEADS),
+            ("head_count_kv", self.n_kv_head, MAX_HEADS),
+            ("head dimension", self.head_dim, MAX_HEAD_DIM),
+            ("feed_forward_length", self.ffn, MAX_FFN),
+            ("vocabulary size", self.vocab, MAX_VOCAB),
+            ("context_length", self.context_len, MAX_CONTEXT),
+        ];
+        for (what, v, max) in sizes {
+            if v == 0 || v > max {
+                return Err(format!("{what} is {v}: it must be between 1 and {max}"));
+            }
+        }
+        if !self.n_head.is_multiple_of(self.n_kv_head) || !self.head_dim.is_multiple_of(2) {
+            return Err(format!(
+                "inconsistent heads: {} query heads, {} KV heads of dimension {}",
+                self.n_head, self.n_kv_head, self.head_dim
+            ));
+        }
+        if self.hidden == 0 || self.hidden > MAX_WIDTH {
+            return Err(format!(
+                "embedding_length is {}: it must be between 1 and {MAX_WIDTH}",
+                self.hidden
+            ));
+        }
+        if !(self.rope_base.is_finite() && self.rope_base > 1.0) {
+            return Err(format!(
+                "rope.freq_base is {}: it must be a finite number above 1",
+                self.rope_base
+            ));
+        }
+        if !(self.rms_eps.is_finite() && self.rms_eps > 0.0 && self.rms_eps < 1.0) {
+            return Err(format!(
+                "layer_norm_rms_epsilon is {}: it must be between 0 and 1",
+                self.rms_eps
+            ));
+        }
+        if let Some(f) = &self.rope_factors {
+            if let Some(x) = f.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
+                return Err(format!(
+                    "a RoPE frequency factor is {x}: they must be finite and positive"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Query heads per KV head (GQA group size).
     pub fn group(&self) -> usize {
         self.n_head / self.n_kv_head
@@ -136,7 +197,7 @@ impl Config {
                 .map(Vec::len)
                 .ok_or_else(|| bad("no vocab_size and no tokenizer.ggml.tokens".into()))?,
         };
-        Ok(Self {
+        let cfg = Self {
             arch,
             n_layer: get_u("block_count")?,
             n_head,
@@ -153,7 +214,9 @@ impl Config {
             },
             rope_factors: None,
             rms_eps: f64::from(get_f("attention.layer_norm_rms_epsilon").unwrap_or(1e-5)),
-        })
+        };
+        cfg.check().map_err(bad)?;
+        Ok(cfg)
     }
 }
 

@@ -13,6 +13,8 @@ use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{Device, Tensor};
 
 use super::{Arch, Config, Layer, Linear, Model, Rope};
+
+pub mod header;
 use crate::error::{Error, Result};
 
 /// How projection weights are kept in memory.
@@ -67,23 +69,114 @@ impl std::fmt::Display for WeightFormat {
 /// 500M-parameter model take 2 GB).
 pub(super) const AUTO_HYBRID_MAX_PARAMS: usize = 500_000_000;
 
-/// Opens a GGUF file and reads its header: metadata and tensor index, no tensor data.
+/// Opens a GGUF file and reads its header: metadata and tensor index, no tensor data. Every
+/// count, length and byte range in it is checked first (see [`header`]).
 pub fn open_gguf(path: &Path) -> Result<(gguf_file::Content, BufReader<File>)> {
-    if !path.exists() {
-        return Err(Error::ModelNotFound {
-            path: path.to_path_buf(),
-        });
+    let bad = |reason: String| Error::BadModel {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::ModelNotFound {
+                path: path.to_path_buf(),
+            })
+        }
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    // A FIFO or a device would block or never end: only regular files are read.
+    if !meta.is_file() {
+        return Err(bad(
+            "not a regular file: pass a GGUF file or a safetensors folder with -m".into(),
+        ));
     }
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut reader = BufReader::new(file);
-    let content = gguf_file::Content::read(&mut reader).map_err(|e| Error::BadModel {
-        path: path.to_path_buf(),
-        reason: format!(
-            "{} (is it a GGUF file? re-download it or pass another with -m)",
-            crate::error::candle_message(&e)
-        ),
+    let content = header::read(&mut reader, meta.len()).map_err(|reason| {
+        bad(format!(
+            "{reason} (is it a GGUF file? download it again or pass another with -m)"
+        ))
     })?;
     Ok((content, reader))
+}
+
+/// Checks that the file holds every tensor the config calls for, with the type and shape it
+/// calls for, before any of them is read.
+fn check_tensors(ct: &gguf_file::Content, cfg: &Config) -> std::result::Result<(), String> {
+    let (h, d) = (cfg.hidden, cfg.head_dim);
+    let embed = ct
+        .tensor_infos
+        .get("token_embd.weight")
+        .ok_or("tensor token_embd.weight is missing")?;
+    let vocab = embed.shape.dims().first().copied().unwrap_or(0);
+    let mut want: Vec<(String, Vec<usize>)> = vec![
+        ("token_embd.weight".into(), vec![vocab, h]),
+        ("output_norm.weight".into(), vec![h]),
+    ];
+    if ct.tensor_infos.contains_key("output.weight") {
+        want.push(("output.weight".into(), vec![vocab, h]));
+    }
+    if ct.tensor_infos.contains_key("rope_freqs.weight") {
+        want.push(("rope_freqs.weight".into(), vec![d / 2]));
+    }
+    let (q, kv) = (cfg.n_head * d, cfg.n_kv_head * d);
+    for i in 0..cfg.n_layer {
+        let p = format!("blk.{i}");
+        // Checked layer by layer, so a huge block_count fails at its first missing layer.
+        if !ct
+            .tensor_infos
+            .contains_key(&format!("{p}.attn_norm.weight"))
+        {
+            return Err(format!(
+                "tensor {p}.attn_norm.weight is missing (block_count says {} layers)",
+                cfg.n_layer
+            ));
+        }
+        want.extend([
+            (format!("{p}.attn_norm.weight"), vec![h]),
+            (format!("{p}.attn_q.weight"), vec![q, h]),
+            (format!("{p}.attn_k.weight"), vec![kv, h]),
+            (format!("{p}.attn_v.weight"), vec![kv, h]),
+            (format!("{p}.attn_output.weight"), vec![h, q]),
+            (format!("{p}.ffn_norm.weight"), vec![h]),
+            (format!("{p}.ffn_gate.weight"), vec![cfg.ffn, h]),
+            (format!("{p}.ffn_up.weight"), vec![cfg.ffn, h]),
+            (format!("{p}.ffn_down.weight"), vec![h, cfg.ffn]),
+        ]);
+        if cfg.arch == Arch::Qwen2 {
+            want.extend([
+                (format!("{p}.attn_q.bias"), vec![q]),
+                (format!("{p}.attn_k.bias"), vec![kv]),
+                (format!("{p}.attn_v.bias"), vec![kv]),
+            ]);
+        }
+    }
+    for (name, dims) in &want {
+        let t = ct
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| format!("tensor {name} is missing"))?;
+        if t.shape.dims() != dims.as_slice() {
+            return Err(format!(
+                "tensor {name} has shape {:?}, but the metadata calls for {dims:?}",
+                t.shape.dims()
+            ));
+        }
+    }
+    let tokens = ct
+        .metadata
+        .get("tokenizer.ggml.tokens")
+        .and_then(|v| v.to_vec().ok())
+        .map_or(0, Vec::len);
+    if vocab < cfg.vocab.max(tokens) {
+        return Err(format!(
+            "token_embd.weight has {vocab} rows, fewer than the vocabulary's {} tokens",
+            cfg.vocab.max(tokens)
+        ));
+    }
+    // Norms, biases and RoPE factors are read as f32; any type candle reads will do.
+    Ok(())
 }
 
 impl Model {
@@ -96,6 +189,10 @@ impl Model {
         weights: WeightFormat,
     ) -> Result<Self> {
         let cfg = Config::from_gguf(ct, path)?;
+        check_tensors(ct, &cfg).map_err(|reason| Error::BadModel {
+            path: path.to_path_buf(),
+            reason,
+        })?;
         let mut loader = Loader {
             ct,
             reader,
@@ -112,6 +209,7 @@ impl Model {
             )));
         }
         let embed = embed_q.dequantize(device)?;
+        loader.finite("token_embd.weight", &embed)?;
         // Tied embeddings: no output.weight means the embedding matrix is the LM head.
         let lm_head = if ct.tensor_infos.contains_key("output.weight") {
             loader.linear("output.weight", None)?
@@ -169,6 +267,7 @@ impl Model {
             lm_head,
             rope,
             device: device.clone(),
+            source: path.to_path_buf(),
         })
     }
 }
@@ -227,7 +326,21 @@ impl Loader<'_> {
 
     /// A small tensor (norm weights, biases) as dense f32.
     fn dense(&mut self, name: &str) -> Result<candle_core::Tensor> {
-        Ok(self.qtensor(name)?.dequantize(self.device)?)
+        let t = self.qtensor(name)?.dequantize(self.device)?;
+        self.finite(name, &t)?;
+        Ok(t)
+    }
+
+    /// A NaN or infinity in a weight the decoder reads as f32 (norms, biases, the embedding)
+    /// is damage: refused by name rather than left to turn the output into noise.
+    fn finite(&self, name: &str, t: &Tensor) -> Result<()> {
+        // A sum propagates any NaN or infinity (real weights are far from overflowing it).
+        if t.sum_all()?.to_scalar::<f32>()?.is_finite() {
+            return Ok(());
+        }
+        Err(self.bad(format!(
+            "tensor {name} holds values that are not finite (NaN or infinite): the file is damaged, download it again"
+        )))
     }
 
     /// Projections stacked along their output dimension into one (one GEMM instead of

@@ -67,6 +67,7 @@ impl Model {
             layers,
             lm_head,
             device: device.clone(),
+            source: "(random weights)".into(),
             weights: WeightFormat::F32,
             cfg,
         })

@@ -78,8 +78,14 @@ pub fn read_config(dir: &Path) -> Result<(Config, bool, bool)> {
         ));
     }
     let head_dim = hf.head_dim.unwrap_or(hf.hidden_size / n_head);
-    if head_dim == 0 || !head_dim.is_multiple_of(2) {
-        return Err(bad(&path, format!("head dimension {head_dim} is not even")));
+    if head_dim == 0 || !head_dim.is_multiple_of(2) || head_dim > super::config::MAX_HEAD_DIM {
+        return Err(bad(
+            &path,
+            format!(
+                "head dimension {head_dim} must be even and at most {}",
+                super::config::MAX_HEAD_DIM
+            ),
+        ));
     }
     let rope_base = hf.rope_theta.unwrap_or(10_000.0);
     let rope_factors = match &hf.rope_scaling {
@@ -133,6 +139,7 @@ pub fn read_config(dir: &Path) -> Result<(Config, bool, bool)> {
         rope_factors,
         rms_eps: hf.rms_norm_eps.unwrap_or(1e-5),
     };
+    cfg.check().map_err(|reason| bad(&path, reason))?;
     Ok((cfg, bias, hf.tie_word_embeddings))
 }
 
@@ -305,6 +312,7 @@ impl Model {
             lm_head,
             rope,
             device: device.clone(),
+            source: dir.to_path_buf(),
         })
     }
 }

@@ -17,4 +17,5 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+pub mod gguf_edit;
 pub mod tiny;
