@@ -22,6 +22,7 @@
 
 mod full;
 mod h2o;
+pub mod limits;
 mod morphkv;
 pub mod policy;
 mod snapkv;
@@ -184,24 +185,32 @@ impl CacheConfig {
 
     /// Checks the settings, naming the flag of the first bad one.
     pub fn validate(&self) -> Result<()> {
-        if self.window == 0 {
-            return Err(Error::arg("--window", "must be at least 1"));
+        self.validate_with(&|name| format!("--{name}"))
+    }
+
+    /// Checks every setting against its [`limits`] and against each other, with overflow-safe
+    /// arithmetic. `origin` names where a setting came from (`budget` → `--budget`, or
+    /// `budget in config.toml`), and the error names it.
+    pub fn validate_with(&self, origin: &dyn Fn(&str) -> String) -> Result<()> {
+        let checks = [
+            (limits::BUDGET, self.budget),
+            (limits::WINDOW, self.window),
+            (limits::SINKS, self.sinks.unwrap_or(0)),
+            (limits::EVICT_EVERY, self.evict_every),
+            (limits::PREFILL_CHUNK, self.prefill_chunk),
+        ];
+        for (limit, v) in checks {
+            limit
+                .check(v)
+                .map_err(|reason| Error::arg(origin(limit.name), reason))?;
         }
-        if self.evict_every == 0 {
-            return Err(Error::arg(
-                "--evict-every",
-                "must be at least 1 (1 = every step)",
-            ));
-        }
-        if self.prefill_chunk == 0 {
-            return Err(Error::arg("--prefill-chunk", "must be at least 1"));
-        }
+        // In range, so no sum below can overflow.
         let floor = self.effective_window() + self.sinks() + 1;
         if self.policy != PolicyKind::Full && self.budget < floor {
             return Err(Error::arg(
-                "--budget",
+                origin("budget"),
                 format!(
-                    "{} is smaller than window {} + sinks {} + 1: raise --budget to at least {floor} or lower --window/--sinks",
+                    "{} is smaller than window {} + sinks {} + 1: raise the budget to at least {floor} or lower the window/sinks",
                     self.budget,
                     self.effective_window(),
                     self.sinks()
@@ -963,6 +972,17 @@ pub struct KvCache {
     attention: Option<Vec<LayerAttention>>,
 }
 
+/// Bytes a cache of `cap` slots per KV head takes in all layers: K and V, the per-slot
+/// records, and the profile's ring. None if the product overflows.
+fn first_allocation(model: &Config, cap: usize, ring_rows: usize, dtype: DType) -> Option<u64> {
+    let kv = (model.n_kv_head * model.head_dim).checked_mul(2 * dtype.size_in_bytes())?;
+    let records = model.n_kv_head.checked_mul(16)?;
+    let ring = model.n_head.checked_mul(ring_rows)?.checked_mul(2)?;
+    let per_slot = kv.checked_add(records)?.checked_add(ring)?;
+    let bytes = per_slot.checked_mul(cap)?.checked_mul(model.n_layer)?;
+    u64::try_from(bytes).ok()
+}
+
 impl KvCache {
     /// An empty cache that keeps every token (the `full` policy).
     pub fn new(cfg: &Config, dtype: DType, device: &Device) -> Result<Self> {
@@ -984,6 +1004,25 @@ impl KvCache {
         } else {
             INITIAL_SLOTS
         };
+        let bytes = first_allocation(model, cap, needs.rows, dtype);
+        let total = limits::total_memory();
+        if let (Some(total), Some(bytes)) = (total, bytes) {
+            if bytes > total {
+                return Err(Error::arg(
+                    "--budget",
+                    format!(
+                        "a cache of {} slots per KV head ({} budget + {} prefill chunk) needs {:.1} GiB for this model, more than this machine's {:.1} GiB: lower --budget or --prefill-chunk",
+                        cap,
+                        cache.budget,
+                        cache.prefill_chunk,
+                        bytes as f64 / f64::from(1u32 << 30),
+                        total as f64 / f64::from(1u32 << 30)
+                    ),
+                ));
+            }
+        } else if bytes.is_none() {
+            return Err(Error::arg("--budget", "the cache would not fit in memory"));
+        }
         let layers = (0..model.n_layer)
             .map(|_| LayerCache::new(model, cap, needs.rows, dtype, device))
             .collect::<Result<_>>()?;

@@ -19,13 +19,37 @@ use morphkv::tui::{self, store, theme::Theme, ChatOptions};
 struct Config {
     model: Option<String>,
     policy: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "morphkv::cache::limits::deserialize_budget"
+    )]
     budget: Option<usize>,
+    #[serde(
+        default,
+        deserialize_with = "morphkv::cache::limits::deserialize_window"
+    )]
     window: Option<usize>,
     theme: Option<String>,
     system_prompt: Option<String>,
     /// Action name → key, e.g. `regenerate = "ctrl+g"`.
     #[serde(default)]
     keys: std::collections::BTreeMap<String, String>,
+}
+
+/// `path:line:column: message` for a TOML error, on one line.
+pub(crate) fn toml_error(path: &std::path::Path, text: &str, e: &toml::de::Error) -> String {
+    let at = e.span().map(|span| {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        format!(":{line}:{col}")
+    });
+    format!(
+        "{}{}: {}",
+        path.display(),
+        at.unwrap_or_default(),
+        e.message().trim()
+    )
 }
 
 /// The config and data folders (`MORPHKV_CONFIG_DIR` / `MORPHKV_DATA_DIR` override them).
@@ -50,9 +74,8 @@ fn read_config(dir: &std::path::Path) -> Result<Config> {
     match std::fs::read_to_string(&path) {
         Ok(text) => toml::from_str(&text).map_err(|e| {
             anyhow::anyhow!(
-                "{}: {} (keys: model, policy, budget, window, theme, system_prompt, and a [keys] table)",
-                path.display(),
-                e.message().trim()
+                "{} (keys: model, policy, budget, window, theme, system_prompt, and a [keys] table)",
+                toml_error(&path, &text, &e)
             )
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
@@ -140,7 +163,33 @@ pub fn run(a: ChatArgs) -> Result<()> {
             },
             ..CacheConfig::default()
         };
-        cache.validate()?;
+        // Errors name where the value came from.
+        let config_file = config_dir.join("config.toml");
+        let origin = |name: &str| -> String {
+            let (flag, file, preset) = match name {
+                "budget" => (
+                    a.budget.is_some(),
+                    cfg.budget.is_some(),
+                    pc.budget.is_some(),
+                ),
+                "window" => (
+                    a.window.is_some(),
+                    cfg.window.is_some(),
+                    pc.window.is_some(),
+                ),
+                _ => (true, false, false),
+            };
+            if flag {
+                format!("--{name}")
+            } else if file {
+                format!("{name} in {}", config_file.display())
+            } else if preset {
+                format!("the model preset's {name}")
+            } else {
+                format!("the default {name}")
+            }
+        };
+        cache.validate_with(&origin)?;
         Ok(cache)
     };
     // Bad flags fail before the model loads.

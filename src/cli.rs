@@ -3,6 +3,19 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use morphkv::cache::limits::{self, Limit};
+
+/// Most CPU threads `-t` accepts (ggml's own limit).
+const THREADS: Limit = Limit {
+    name: "threads",
+    min: 1,
+    max: 512,
+};
+
+/// A clap parser for a bounded whole number: the error says the range.
+fn limited(limit: Limit) -> impl Fn(&str) -> Result<usize, String> + Clone + Send + Sync {
+    move |s| limit.parse(s)
+}
 
 /// Local language models with a constant-size KV cache (MorphKV). With no command, opens
 /// the chat.
@@ -74,7 +87,7 @@ pub struct ModelArgs {
     #[arg(long, default_value = "auto")]
     pub weights: String,
     /// CPU threads (default: all cores).
-    #[arg(short = 't', long)]
+    #[arg(short = 't', long, value_parser = limited(THREADS))]
     pub threads: Option<usize>,
     /// Where to run: auto (the first CUDA or Apple GPU this build supports, else the CPU),
     /// cpu, cuda[:N], metal[:N].
@@ -121,8 +134,16 @@ pub struct GenerateArgs {
     #[command(flatten)]
     pub cache: CacheArgs,
     /// Prompt text; `-` reads it from stdin.
-    #[arg(short = 'p', long)]
-    pub prompt: String,
+    #[arg(
+        short = 'p',
+        long,
+        required_unless_present = "file",
+        conflicts_with = "file"
+    )]
+    pub prompt: Option<String>,
+    /// Read the prompt from this file (llama.cpp's -f).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
     /// Tokens to generate at most.
     #[arg(short = 'n', long = "n-predict", default_value_t = 256)]
     pub n_predict: usize,
@@ -153,13 +174,13 @@ pub struct CacheArgs {
     pub policy: Option<String>,
     /// Tokens kept per KV head per layer, the token being decoded included (default: the
     /// preset's, else 600).
-    #[arg(long)]
+    #[arg(long, value_parser = limited(limits::BUDGET))]
     pub budget: Option<usize>,
     /// Most recent tokens always kept, MorphKV's R (default: the preset's, else 30).
-    #[arg(long)]
+    #[arg(long, value_parser = limited(limits::WINDOW))]
     pub window: Option<usize>,
     /// First tokens always kept (default: 4 for streaming, 0 otherwise).
-    #[arg(long)]
+    #[arg(long, value_parser = limited(limits::SINKS))]
     pub sinks: Option<usize>,
     /// MorphKV: fuse the window's rows by sum or max (default: the preset's, else sum).
     #[arg(long)]
@@ -168,10 +189,10 @@ pub struct CacheArgs {
     #[arg(long = "group-agg", default_value = "sum")]
     pub group_agg: String,
     /// Evict this many tokens at once when the cache is full (1 = every step).
-    #[arg(long = "evict-every", default_value_t = 1)]
+    #[arg(long = "evict-every", default_value_t = 1, value_parser = limited(limits::EVICT_EVERY))]
     pub evict_every: usize,
     /// Prompt tokens per forward pass; the cache is compressed after each.
-    #[arg(long = "prefill-chunk", default_value_t = 512)]
+    #[arg(long = "prefill-chunk", default_value_t = 512, value_parser = limited(limits::PREFILL_CHUNK))]
     pub prefill_chunk: usize,
     /// RoPE positions: absolute (as in the paper) or rebased (numbered inside the cache, so a
     /// conversation can run past the model's trained context).
@@ -262,10 +283,10 @@ pub struct EvalArgs {
     )]
     pub policies: Vec<String>,
     /// Budgets to try, comma-separated (default: --budget).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = limited(limits::BUDGET))]
     pub budgets: Vec<usize>,
     /// Windows to try for MorphKV and H2O, comma-separated (default: --window).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = limited(limits::WINDOW))]
     pub windows: Vec<usize>,
     /// MorphKV fusions to try, comma-separated (default: --fusion).
     #[arg(long, value_delimiter = ',')]
@@ -341,10 +362,10 @@ pub struct ChatArgs {
     #[arg(long)]
     pub policy: Option<String>,
     /// Tokens kept per KV head per layer (default: the config file's, else 600).
-    #[arg(long)]
+    #[arg(long, value_parser = limited(limits::BUDGET))]
     pub budget: Option<usize>,
     /// Most recent tokens always kept (default: the config file's, else 30).
-    #[arg(long)]
+    #[arg(long, value_parser = limited(limits::WINDOW))]
     pub window: Option<usize>,
     /// RoPE positions: absolute or rebased (default: rebased, so a chat can outgrow the
     /// model's context).
@@ -418,11 +439,17 @@ impl CacheArgs {
 }
 
 /// Rewrites llama.cpp's single-dash long flags to ours (`-sys` → `--system-prompt`).
-pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
+/// Arguments are OS strings: one that is not UTF-8 reaches clap, which names it.
+pub fn normalize_args(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
     args.into_iter()
-        .map(|a| match a.as_str() {
-            "-sys" => "--system-prompt".to_string(),
-            _ => a,
+        .map(|a| {
+            if a == "-sys" {
+                "--system-prompt".into()
+            } else {
+                a
+            }
         })
         .collect()
 }

@@ -24,8 +24,14 @@ use morphkv::sampling::{Sampler, SamplingParams};
 use morphkv::tokenizer::{StreamDecoder, Tokenizer};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse_from(cli::normalize_args(std::env::args())) {
+    let cli = match Cli::try_parse_from(cli::normalize_args(std::env::args_os())) {
         Ok(c) => c,
+        Err(e) if e.kind() == clap::error::ErrorKind::ValueValidation => {
+            // One line, like every other error: clap's says the flag, the value and why.
+            let text = e.render().to_string();
+            eprintln!("{}", text.lines().next().unwrap_or("error: invalid value"));
+            return ExitCode::from(2);
+        }
         Err(e) => {
             let _ = e.print();
             return if e.use_stderr() {
@@ -72,9 +78,6 @@ impl Loaded {
 
 fn load(args: &ModelArgs) -> Result<Loaded> {
     if let Some(n) = args.threads {
-        if n == 0 {
-            bail!("invalid value for --threads: 0 (give at least 1)");
-        }
         // candle's CPU kernels read RAYON_NUM_THREADS when their pool starts.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
@@ -91,18 +94,42 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
     })
 }
 
-fn read_prompt(p: &str) -> Result<String> {
-    let text = if p == "-" {
-        let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .context("reading the prompt from stdin")?;
-        s
-    } else {
-        p.to_string()
+/// Largest prompt file `-f` reads (a prompt that size is ~100M tokens).
+const MAX_PROMPT_FILE: u64 = 256 << 20;
+
+/// The prompt from `-p TEXT`, `-p -` (stdin) or `-f FILE`.
+fn read_prompt(p: Option<&str>, file: Option<&std::path::Path>) -> Result<String> {
+    let text = match (p, file) {
+        (_, Some(f)) => {
+            let meta = std::fs::metadata(f)
+                .with_context(|| format!("-f {}: cannot read it", f.display()))?;
+            if !meta.is_file() {
+                bail!("-f {}: not a regular file: pass a text file", f.display());
+            }
+            if meta.len() > MAX_PROMPT_FILE {
+                bail!(
+                    "-f {}: {} bytes, over the {} MiB a prompt file may have",
+                    f.display(),
+                    meta.len(),
+                    MAX_PROMPT_FILE >> 20
+                );
+            }
+            let bytes = std::fs::read(f).with_context(|| format!("-f {}", f.display()))?;
+            String::from_utf8(bytes)
+                .map_err(|e| anyhow::anyhow!("-f {}: not UTF-8 text ({e})", f.display()))?
+        }
+        (Some("-"), None) => {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("reading the prompt from stdin")?;
+            s
+        }
+        (Some(p), None) => p.to_string(),
+        (None, None) => bail!("no prompt: pass text with -p, -p - for stdin, or -f FILE"),
     };
     if text.trim().is_empty() {
-        bail!("the prompt is empty: pass text with -p, or -p - to read it from stdin");
+        bail!("the prompt is empty: pass text with -p, -p - to read it from stdin, or -f FILE");
     }
     Ok(text)
 }
@@ -121,7 +148,7 @@ pub(crate) fn sampling_params(a: &cli::SamplingArgs, seed: u64) -> SamplingParam
 }
 
 fn run_generate(a: GenerateArgs) -> Result<()> {
-    let prompt = read_prompt(&a.prompt)?;
+    let prompt = read_prompt(a.prompt.as_deref(), a.file.as_deref())?;
     if a.n_predict == 0 {
         bail!("invalid value for -n: 0 tokens requested (give a positive number)");
     }

@@ -39,7 +39,9 @@ pub struct WheelSource {
 #[serde(deny_unknown_fields)]
 pub struct PresetCache {
     pub policy: Option<String>,
+    #[serde(default, deserialize_with = "crate::cache::limits::deserialize_budget")]
     pub budget: Option<usize>,
+    #[serde(default, deserialize_with = "crate::cache::limits::deserialize_window")]
     pub window: Option<usize>,
     pub fusion: Option<String>,
 }

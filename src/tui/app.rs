@@ -3,7 +3,7 @@
 //! for the outside world (engine commands, saving, quitting). No terminal, thread or model
 //! here, so all of it is testable with plain values.
 
-use crate::cache::{CacheConfig, PolicyKind};
+use crate::cache::{limits, CacheConfig, PolicyKind};
 use crate::chat::{Message, Role};
 use crate::engine::{Command, Event, StepInfo, TurnStats};
 use crate::sampling::SamplingParams;
@@ -809,14 +809,16 @@ impl App {
         let mut cfg = self.cache.clone();
         let parsed = match key {
             "policy" => value.parse::<PolicyKind>().map(|p| cfg.policy = p),
-            "budget" => value.parse().map(|b| cfg.budget = b).map_err(|_| {
-                crate::Error::arg("budget", format!("`{value}` is not a whole number"))
-            }),
-            _ => value.parse().map(|w| cfg.window = w).map_err(|_| {
-                crate::Error::arg("window", format!("`{value}` is not a whole number"))
-            }),
+            "budget" => limits::BUDGET
+                .parse(value)
+                .map(|b| cfg.budget = b)
+                .map_err(|e| crate::Error::arg("budget", e)),
+            _ => limits::WINDOW
+                .parse(value)
+                .map(|w| cfg.window = w)
+                .map_err(|e| crate::Error::arg("window", e)),
         };
-        if let Err(e) = parsed.and_then(|()| cfg.validate()) {
+        if let Err(e) = parsed.and_then(|()| cfg.validate_with(&|name| name.to_string())) {
             self.error(format!("/set {key}: {e}"));
             return Vec::new();
         }

@@ -1,0 +1,98 @@
+//! Bounds of every numeric cache setting, whichever source it comes from (a flag,
+//! `config.toml`, a preset, `/set`), and the memory a cache of given settings takes before
+//! its first token.
+
+/// The range one setting may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Limit {
+    /// The setting's name in `config.toml`, presets and `/set` (flags add `--`).
+    pub name: &'static str,
+    pub min: usize,
+    pub max: usize,
+}
+
+impl Limit {
+    /// `v` if it is in range, else a sentence saying the range.
+    pub fn check(&self, v: usize) -> Result<usize, String> {
+        if (self.min..=self.max).contains(&v) {
+            Ok(v)
+        } else {
+            Err(format!(
+                "{v} is out of range: {} must be between {} and {}",
+                self.name, self.min, self.max
+            ))
+        }
+    }
+
+    /// Parses a whole number and checks it (for flags and `/set`).
+    pub fn parse(&self, s: &str) -> Result<usize, String> {
+        let v = s
+            .trim()
+            .parse::<usize>()
+            .map_err(|_| format!("`{s}` is not a whole number"))?;
+        self.check(v)
+    }
+}
+
+/// Tokens kept per KV head (2^20: 1M tokens, far past any trained context).
+pub const BUDGET: Limit = Limit {
+    name: "budget",
+    min: 1,
+    max: 1 << 20,
+};
+/// Most recent tokens always kept.
+pub const WINDOW: Limit = Limit {
+    name: "window",
+    min: 1,
+    max: 1 << 20,
+};
+/// First tokens always kept.
+pub const SINKS: Limit = Limit {
+    name: "sinks",
+    min: 0,
+    max: 1 << 20,
+};
+/// Tokens evicted at once.
+pub const EVICT_EVERY: Limit = Limit {
+    name: "evict-every",
+    min: 1,
+    max: 1 << 20,
+};
+/// Prompt tokens per forward pass (the attention of a chunk is chunk × cache wide).
+pub const PREFILL_CHUNK: Limit = Limit {
+    name: "prefill-chunk",
+    min: 1,
+    max: 1 << 16,
+};
+
+/// Physical memory of this machine in bytes, where the OS says (Linux).
+pub fn total_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// serde's `deserialize_with` for an optional bounded setting: out of range is an error at
+/// the value's position (TOML reports its line and column).
+fn bounded<'de, D: serde::Deserializer<'de>>(
+    d: D,
+    limit: Limit,
+) -> Result<Option<usize>, D::Error> {
+    let v = <usize as serde::Deserialize>::deserialize(d)?;
+    limit.check(v).map(Some).map_err(serde::de::Error::custom)
+}
+
+/// [`BUDGET`] for serde (`#[serde(default, deserialize_with = "...")]`).
+pub fn deserialize_budget<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<usize>, D::Error> {
+    bounded(d, BUDGET)
+}
+
+/// [`WINDOW`] for serde.
+pub fn deserialize_window<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<usize>, D::Error> {
+    bounded(d, WINDOW)
+}
