@@ -24,7 +24,22 @@
 //! as template text (its control-token strings are then parsed as control tokens).
 //!
 //! [`encode_chat`] turns segments into ids.
+//!
+//! # Budgets
+//!
+//! A template from a model file (or any file) is code written by a stranger, so every
+//! rendering runs with a [`Budget`]: minijinja's fuel (a cap on the steps it executes, so
+//! endless and nested loops stop) and a cap on the rendered size. Fuel cannot bound memory: a
+//! string doubled 30 times is 1 GiB after about a hundred steps, and minijinja has no memory
+//! hook. So where a [`sandbox`] is enabled (the `morphkv` binary enables one), untrusted
+//! templates render in a child process with an address-space limit, a CPU limit and a
+//! wall-clock timeout; the built-in templates, our own code, always render in-process. Every
+//! error names the template's [`TemplateSource`] and how to use a built-in template instead.
 
+pub mod sandbox;
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use minijinja::{context, Environment, ErrorKind};
@@ -32,6 +47,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
+
+pub use sandbox::Sandbox;
 
 /// Marks the start of a message's content in the rendered template.
 const CONTENT_OPEN: char = '\u{E000}';
@@ -43,6 +60,113 @@ const TEMPLATE_NAME: &str = "chat_template";
 
 /// Names accepted by [`ChatTemplate::named`].
 pub const BUILTIN_TEMPLATES: &[&str] = &["chatml", "llama3"];
+
+/// How a user replaces a template that fails: the flag (or a preset's `template`).
+const OVERRIDE_HINT: &str = "to use a built-in template instead, pass --chat-template chatml \
+                             (or llama3), or set `template` in the model's preset";
+
+/// Default fuel: the steps one rendering may take. Real templates take a few hundred steps a
+/// message; this is under a second of work.
+pub const DEFAULT_FUEL: u64 = 10_000_000;
+
+/// Default cap on the rendered size, in bytes, on top of four times the messages' text.
+pub const DEFAULT_MAX_OUTPUT: usize = 16 << 20;
+
+/// The longest `strftime_now` format accepted, in bytes.
+const MAX_STRFTIME_FORMAT: usize = 256;
+
+/// The most a rendering may do. Fuel counts minijinja's steps (loop iterations, expressions);
+/// the output cap is `max_output` plus four times the bytes of the messages' content, so long
+/// conversations always fit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    /// Steps one rendering may take.
+    pub fuel: u64,
+    /// Rendered bytes allowed beyond four times the content's size.
+    pub max_output: usize,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self {
+            fuel: DEFAULT_FUEL,
+            max_output: DEFAULT_MAX_OUTPUT,
+        }
+    }
+}
+
+/// Where a template came from: named in every error about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TemplateSource {
+    /// One of [`BUILTIN_TEMPLATES`]: our own code, rendered in-process.
+    Builtin(&'static str),
+    /// A GGUF file's `tokenizer.chat_template`.
+    Gguf(PathBuf),
+    /// A checkpoint's `tokenizer_config.json` (its `chat_template`).
+    TokenizerConfig(PathBuf),
+    /// The model's own template, file unknown.
+    Model,
+    /// A template file.
+    File(PathBuf),
+    /// Template text given to [`ChatTemplate::from_source`].
+    Text,
+}
+
+impl TemplateSource {
+    /// The source of the template stored with the model at `path`: a GGUF file's
+    /// `tokenizer.chat_template`, or a checkpoint folder's `tokenizer_config.json`.
+    pub fn model(path: &Path) -> Self {
+        if path.is_dir() {
+            Self::TokenizerConfig(path.join("tokenizer_config.json"))
+        } else {
+            Self::Gguf(path.to_owned())
+        }
+    }
+
+    /// Whether the template is someone else's code (everything but the built-in ones).
+    pub fn is_untrusted(&self) -> bool {
+        !matches!(self, Self::Builtin(_))
+    }
+}
+
+impl std::fmt::Display for TemplateSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Builtin(name) => write!(f, "the built-in template `{name}`"),
+            Self::Gguf(p) => write!(f, "`tokenizer.chat_template` of {}", p.display()),
+            Self::TokenizerConfig(p) => write!(f, "`chat_template` of {}", p.display()),
+            Self::Model => f.write_str("the model's chat template"),
+            Self::File(p) => write!(f, "template file {}", p.display()),
+            Self::Text => f.write_str("the chat template"),
+        }
+    }
+}
+
+/// How untrusted templates are rendered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Renderer {
+    /// In this process, bounded by fuel and the output cap only (memory is not bounded).
+    InProcess,
+    /// In a child process: fuel, the output cap, and memory, CPU and time limits.
+    Sandbox(Sandbox),
+}
+
+/// Why a rendering stopped.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// A minijinja error (including `raise_exception`), on one line.
+    Template(String),
+    /// The fuel ran out.
+    OutOfFuel(u64),
+    /// The output passed its cap (bytes).
+    OutputTooLarge(usize),
+    /// The child process passed its memory limit (bytes).
+    OutOfMemory(u64),
+    /// The child process passed its time limit.
+    Timeout(std::time::Duration),
+    /// The child process could not be run, or failed in another way.
+    Sandbox(String),
+}
 
 /// ChatML (Qwen, SmolLM, many fine-tunes), without a default system prompt.
 const CHATML: &str = "{%- for message in messages %}\
@@ -149,8 +273,14 @@ pub fn segments_to_string(segments: &[Segment]) -> String {
 #[derive(Debug)]
 pub struct ChatTemplate {
     env: Environment<'static>,
+    /// The template text (sent to the sandbox).
+    src: String,
     bos: String,
     eos: String,
+    source: TemplateSource,
+    budget: Budget,
+    /// `None`: the process-wide [`sandbox::enabled`] one for untrusted templates.
+    renderer: Option<Renderer>,
 }
 
 /// A minijinja error with its chain of causes, on one line.
@@ -165,30 +295,164 @@ fn describe(e: &minijinja::Error) -> String {
     msg
 }
 
+/// An environment with our settings (as `transformers` renders) holding `src`, with `fuel`.
+pub(crate) fn environment(
+    src: &str,
+    fuel: u64,
+) -> std::result::Result<Environment<'static>, minijinja::Error> {
+    let mut env = Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    minijinja_contrib::add_to_environment(&mut env);
+    env.add_function("raise_exception", raise_exception);
+    env.add_function("strftime_now", strftime_now);
+    env.set_fuel(Some(fuel));
+    env.add_template_owned(TEMPLATE_NAME, src.to_owned())?;
+    Ok(env)
+}
+
+/// An `io::Write` into memory that refuses to grow past `cap` bytes.
+struct CappedWriter {
+    out: Vec<u8>,
+    cap: usize,
+    over: bool,
+}
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.out.len().saturating_add(buf.len()) > self.cap {
+            self.over = true;
+            return Err(std::io::Error::other("the rendered text passed its cap"));
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Whether `e` or one of its causes is minijinja running out of fuel.
+fn out_of_fuel(e: &minijinja::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(m) = err.downcast_ref::<minijinja::Error>() {
+            if m.kind() == ErrorKind::OutOfFuel {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// The output cap for a conversation: `max_output` plus four times its content.
+pub(crate) fn output_cap(max_output: usize, messages: &[Message]) -> usize {
+    let content: usize = messages.iter().map(|m| m.content.len()).sum();
+    max_output.saturating_add(content.saturating_mul(4))
+}
+
+/// Renders `env`'s template over `messages` (already wrapped in content markers) with the
+/// environment's fuel and at most `cap` bytes of output. Shared by the in-process path and
+/// the sandbox's child.
+pub(crate) fn render_env(
+    env: &Environment<'_>,
+    messages: &[Message],
+    add_generation_prompt: bool,
+    bos: &str,
+    eos: &str,
+    cap: usize,
+) -> std::result::Result<String, Failure> {
+    let template = env
+        .get_template(TEMPLATE_NAME)
+        .map_err(|e| Failure::Template(describe(&e)))?;
+    let mut w = CappedWriter {
+        out: Vec::new(),
+        cap,
+        over: false,
+    };
+    let rendered = template
+        .render_captured_to(
+            context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => bos,
+                eos_token => eos,
+            },
+            &mut w,
+        )
+        .map(drop);
+    if w.over {
+        return Err(Failure::OutputTooLarge(cap));
+    }
+    match rendered {
+        Err(e) if out_of_fuel(&e) => Err(Failure::OutOfFuel(env.fuel().unwrap_or(0))),
+        Err(e) => Err(Failure::Template(describe(&e))),
+        Ok(()) => String::from_utf8(w.out)
+            .map_err(|_| Failure::Template("the rendered text is not UTF-8".into())),
+    }
+}
+
+/// Bytes in MiB, for messages.
+fn mib(bytes: u64) -> String {
+    let m = bytes as f64 / f64::from(1u32 << 20);
+    if m >= 10.0 {
+        format!("{m:.0} MiB")
+    } else {
+        format!("{m:.1} MiB")
+    }
+}
+
 impl ChatTemplate {
     /// Compiles a Jinja chat template; `bos` and `eos` are the values of `bos_token` and
-    /// `eos_token` in it (the model's BOS/EOS token strings, or empty).
+    /// `eos_token` in it (the model's BOS/EOS token strings, or empty). Errors call it "the
+    /// chat template": see [`ChatTemplate::from_source_at`] to name where it came from.
     pub fn from_source(src: &str, bos: &str, eos: &str) -> Result<Self> {
-        let mut env = Environment::new();
-        env.set_trim_blocks(true);
-        env.set_lstrip_blocks(true);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        minijinja_contrib::add_to_environment(&mut env);
-        env.add_function("raise_exception", raise_exception);
-        env.add_function("strftime_now", strftime_now);
-        env.add_template_owned(TEMPLATE_NAME, src.to_owned())
-            .map_err(|e| {
-                Error::Template(format!(
-                    "the template does not compile: {}; fix it, or use a built-in one ({})",
-                    describe(&e),
-                    BUILTIN_TEMPLATES.join(", ")
-                ))
-            })?;
+        Self::from_source_at(src, bos, eos, TemplateSource::Text)
+    }
+
+    /// [`ChatTemplate::from_source`] for a template from `source`, which its errors name.
+    /// Untrusted sources render in the [`sandbox`] when one is enabled.
+    pub fn from_source_at(src: &str, bos: &str, eos: &str, source: TemplateSource) -> Result<Self> {
+        let budget = Budget::default();
+        let env = environment(src, budget.fuel).map_err(|e| {
+            let hint = if source.is_untrusted() {
+                format!("; fix it, or {OVERRIDE_HINT}")
+            } else {
+                String::new()
+            };
+            Error::Template(format!("{source} does not compile: {}{hint}", describe(&e)))
+        })?;
         Ok(Self {
             env,
+            src: src.to_owned(),
             bos: bos.to_owned(),
             eos: eos.to_owned(),
+            source,
+            budget,
+            renderer: None,
         })
+    }
+
+    /// Where the template came from.
+    pub fn source(&self) -> &TemplateSource {
+        &self.source
+    }
+
+    /// The template with another budget (fuel and output cap).
+    pub fn with_budget(mut self, budget: Budget) -> Self {
+        self.env.set_fuel(Some(budget.fuel));
+        self.budget = budget;
+        self
+    }
+
+    /// The template rendered by `renderer` when it is untrusted (built-in templates always
+    /// render in-process), instead of the process-wide default ([`sandbox::enabled`]).
+    pub fn with_renderer(mut self, renderer: Renderer) -> Self {
+        self.renderer = Some(renderer);
+        self
     }
 
     /// A built-in template: `chatml` (`<|im_start|>role\n...<|im_end|>`) or `llama3`
@@ -196,8 +460,15 @@ impl ChatTemplate {
     /// `<|begin_of_text|>`). Each comes with its family's BOS and EOS strings.
     pub fn named(name: &str) -> Result<Self> {
         match name {
-            "chatml" => Self::from_source(CHATML, "", "<|im_end|>"),
-            "llama3" => Self::from_source(LLAMA3, "<|begin_of_text|>", "<|eot_id|>"),
+            "chatml" => {
+                Self::from_source_at(CHATML, "", "<|im_end|>", TemplateSource::Builtin("chatml"))
+            }
+            "llama3" => Self::from_source_at(
+                LLAMA3,
+                "<|begin_of_text|>",
+                "<|eot_id|>",
+                TemplateSource::Builtin("llama3"),
+            ),
             _ => Err(Error::Template(format!(
                 "unknown built-in template `{name}`; the built-in ones are: {}",
                 BUILTIN_TEMPLATES.join(", ")
@@ -208,12 +479,24 @@ impl ChatTemplate {
     /// The template for `tok`'s model: `override_name` if given, else the model's own, else
     /// ChatML; with the model's BOS and EOS strings.
     pub fn for_tokenizer(tok: &Tokenizer, override_name: Option<&str>) -> Result<Self> {
+        Self::for_model(tok, override_name, None)
+    }
+
+    /// [`ChatTemplate::for_tokenizer`] for the model at `model_path` (a GGUF file or a
+    /// checkpoint folder), which errors about the model's own template name.
+    pub fn for_model(
+        tok: &Tokenizer,
+        override_name: Option<&str>,
+        model_path: Option<&Path>,
+    ) -> Result<Self> {
         let text = |id: Option<u32>| id.and_then(|i| tok.token_str(i)).unwrap_or_default();
-        Self::pick(
+        let source = model_path.map_or(TemplateSource::Model, TemplateSource::model);
+        Self::pick_at(
             tok.chat_template(),
             override_name,
             &text(tok.bos_id()),
             &text(tok.eos_id()),
+            source,
         )
     }
 
@@ -225,10 +508,73 @@ impl ChatTemplate {
         bos: &str,
         eos: &str,
     ) -> Result<Self> {
+        Self::pick_at(
+            model_template,
+            override_name,
+            bos,
+            eos,
+            TemplateSource::Model,
+        )
+    }
+
+    /// [`ChatTemplate::pick`], naming the model's template `source` in errors.
+    fn pick_at(
+        model_template: Option<&str>,
+        override_name: Option<&str>,
+        bos: &str,
+        eos: &str,
+        source: TemplateSource,
+    ) -> Result<Self> {
         match (override_name, model_template) {
             (Some(name), _) => Self::named(name),
-            (None, Some(src)) => Self::from_source(src, bos, eos),
+            (None, Some(src)) => Self::from_source_at(src, bos, eos, source),
             (None, None) => Self::named("chatml"),
+        }
+    }
+
+    /// The renderer this template uses now.
+    fn renderer(&self) -> Renderer {
+        if !self.source.is_untrusted() {
+            return Renderer::InProcess;
+        }
+        match (&self.renderer, sandbox::enabled()) {
+            (Some(r), _) => r.clone(),
+            (None, Some(s)) => Renderer::Sandbox(s.clone()),
+            (None, None) => Renderer::InProcess,
+        }
+    }
+
+    /// The error for a failed rendering: what happened, the template's source and, for
+    /// untrusted templates, how to use a built-in one instead.
+    fn failure(&self, f: Failure) -> Error {
+        let source = &self.source;
+        let what = match f {
+            Failure::Template(msg) => format!(
+                "rendering {source} failed: {msg}; the template may not support this \
+                 conversation (e.g. roles, order)"
+            ),
+            Failure::OutOfFuel(fuel) => format!(
+                "{source} did not finish within its budget of {fuel} steps (an endless or \
+                 very long loop)"
+            ),
+            Failure::OutputTooLarge(cap) => format!(
+                "{source} wrote more than {} (the cap on a rendered prompt)",
+                mib(cap as u64)
+            ),
+            Failure::OutOfMemory(limit) => format!(
+                "{source} used more than its {} of memory (a string or list that keeps \
+                 growing)",
+                mib(limit)
+            ),
+            Failure::Timeout(t) => {
+                format!("{source} did not finish within {:.1} s", t.as_secs_f64())
+            }
+            Failure::Sandbox(msg) => format!("rendering {source} failed: {msg}"),
+        };
+        if source.is_untrusted() {
+            Error::Template(format!("{what}; {OVERRIDE_HINT}"))
+        } else {
+            Error::Template(what)
         }
     }
 
@@ -255,25 +601,27 @@ impl ChatTemplate {
                 format!("{CONTENT_OPEN}{}{CONTENT_CLOSE}", m.content),
             ));
         }
-        let template = self
-            .env
-            .get_template(TEMPLATE_NAME)
-            .map_err(|e| Error::Template(describe(&e)))?;
-        let out = template
-            .render(context! {
-                messages => wrapped,
-                add_generation_prompt => add_generation_prompt,
-                bos_token => self.bos,
-                eos_token => self.eos,
-            })
-            .map_err(|e| {
-                Error::Template(format!(
-                    "rendering failed: {}; the template may not support this conversation \
-                     (e.g. roles, order), or use a built-in template ({})",
-                    describe(&e),
-                    BUILTIN_TEMPLATES.join(", ")
-                ))
-            })?;
+        let cap = output_cap(self.budget.max_output, &wrapped);
+        let out = match self.renderer() {
+            Renderer::InProcess => render_env(
+                &self.env,
+                &wrapped,
+                add_generation_prompt,
+                &self.bos,
+                &self.eos,
+                cap,
+            ),
+            Renderer::Sandbox(s) => s.render(&sandbox::Request {
+                template: Cow::Borrowed(&self.src),
+                bos: Cow::Borrowed(&self.bos),
+                eos: Cow::Borrowed(&self.eos),
+                messages: Cow::Borrowed(wrapped.as_slice()),
+                add_generation_prompt,
+                fuel: self.budget.fuel,
+                max_output: cap,
+            }),
+        }
+        .map_err(|f| self.failure(f))?;
         Ok(split_segments(&out))
     }
 
@@ -369,12 +717,23 @@ fn raise_exception(message: String) -> std::result::Result<String, minijinja::Er
     Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
 }
 
-/// `strftime_now(format)`, as in `transformers`: the current UTC time, formatted.
-fn strftime_now(format: String) -> String {
+/// `strftime_now(format)`, as in `transformers`: the current UTC time, formatted. Formats
+/// longer than [`MAX_STRFTIME_FORMAT`] bytes are refused, so the output stays under a few KiB.
+fn strftime_now(format: String) -> std::result::Result<String, minijinja::Error> {
+    if format.len() > MAX_STRFTIME_FORMAT {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!(
+                "strftime_now: the format is {} bytes long, more than the {MAX_STRFTIME_FORMAT} \
+                 allowed",
+                format.len()
+            ),
+        ));
+    }
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    format_utc(secs, &format)
+    Ok(format_utc(secs, &format))
 }
 
 const MONTHS: [&str; 12] = [
@@ -668,6 +1027,148 @@ mod tests {
         let ids = encode_chat(&with_bos, &segs)?;
         assert_eq!(ids, tok.encode_special(&segments_to_string(&segs))?);
         Ok(())
+    }
+
+    /// Runs `f` on its own thread and fails the test if it takes longer than `secs`: a
+    /// regression that loops forever fails instead of hanging the suite.
+    fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        match rx.recv_timeout(std::time::Duration::from_secs(secs)) {
+            Ok(v) => v,
+            Err(_) => panic!("the rendering did not finish within {secs} s"),
+        }
+    }
+
+    /// Renders `src` as a model file's template (in-process) and returns the error message.
+    fn budget_error(src: &'static str, budget: Budget) -> String {
+        let started = std::time::Instant::now();
+        let r = within(20, move || {
+            let t = ChatTemplate::from_source_at(
+                src,
+                "",
+                "",
+                TemplateSource::Gguf("crafted.gguf".into()),
+            )?
+            .with_budget(budget)
+            .with_renderer(Renderer::InProcess);
+            t.render(&[Message::user("Hi")], true)
+        });
+        let msg = match r {
+            Err(Error::Template(msg)) => msg,
+            other => panic!("expected a template error, got {other:?}"),
+        };
+        assert!(
+            msg.contains("`tokenizer.chat_template` of crafted.gguf"),
+            "{msg}"
+        );
+        assert!(msg.contains("--chat-template chatml"), "{msg}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
+        );
+        msg
+    }
+
+    #[test]
+    fn nested_loops_run_out_of_fuel() {
+        let msg = budget_error(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            Budget::default(),
+        );
+        assert!(msg.contains("budget of 10000000 steps"), "{msg}");
+        // A macro calling itself twice, 40 deep: fuel is shared by the calls.
+        let msg = budget_error(
+            "{% macro f(n) %}{% if n > 0 %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}\
+             {% endmacro %}{{ f(40) }}",
+            Budget::default(),
+        );
+        assert!(msg.contains("steps"), "{msg}");
+    }
+
+    #[test]
+    fn huge_output_is_capped() {
+        // 40 MB of output in 400 steps: the cap stops it, not the fuel.
+        let msg = budget_error(
+            "{% for i in range(400) %}{{ 'x' * 100000 }}{% endfor %}",
+            Budget::default(),
+        );
+        assert!(msg.contains("wrote more than 16 MiB"), "{msg}");
+        let msg = budget_error(
+            "{% for i in range(100) %}{{ 'x' * 100000 }}{% endfor %}",
+            Budget {
+                fuel: DEFAULT_FUEL,
+                max_output: 1 << 20,
+            },
+        );
+        assert!(msg.contains("wrote more than 1.0 MiB"), "{msg}");
+    }
+
+    #[test]
+    fn output_cap_grows_with_the_conversation() -> TestResult {
+        // A conversation larger than the fixed cap still renders.
+        let t = ChatTemplate::named("chatml")?.with_budget(Budget {
+            fuel: DEFAULT_FUEL,
+            max_output: 1000,
+        });
+        let long = "y".repeat(100_000);
+        let text = t.render_string(&[Message::user(long.clone())], true)?;
+        assert!(text.contains(&long));
+        Ok(())
+    }
+
+    #[test]
+    fn huge_strftime_format_is_refused() {
+        let msg = budget_error("{{ strftime_now('%B' * 1000000) }}", Budget::default());
+        assert!(msg.contains("strftime_now"), "{msg}");
+        assert!(msg.contains("256"), "{msg}");
+    }
+
+    #[test]
+    fn builtin_templates_errors_name_them_without_the_override_hint() -> TestResult {
+        let t = ChatTemplate::named("chatml")?.with_budget(Budget {
+            fuel: 3,
+            max_output: DEFAULT_MAX_OUTPUT,
+        });
+        match t.render(&[Message::user("a"), Message::user("b")], true) {
+            Err(Error::Template(msg)) => {
+                assert!(msg.contains("the built-in template `chatml`"), "{msg}");
+                assert!(!msg.contains("--chat-template"), "{msg}");
+            }
+            other => return Err(format!("expected a template error, got {other:?}").into()),
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn template_sources_are_named() {
+        assert_eq!(
+            TemplateSource::model(Path::new("/nonexistent/m.gguf")).to_string(),
+            "`tokenizer.chat_template` of /nonexistent/m.gguf"
+        );
+        let dir = std::env::temp_dir();
+        assert_eq!(
+            TemplateSource::model(&dir).to_string(),
+            format!(
+                "`chat_template` of {}",
+                dir.join("tokenizer_config.json").display()
+            )
+        );
+        assert!(!TemplateSource::Builtin("chatml").is_untrusted());
+        assert!(TemplateSource::Model.is_untrusted());
+        let err = ChatTemplate::from_source_at(
+            "{% for %}",
+            "",
+            "",
+            TemplateSource::File("t.jinja".into()),
+        );
+        assert!(
+            matches!(&err, Err(Error::Template(m)) if m.contains("template file t.jinja does not compile") && m.contains("--chat-template")),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -214,11 +214,12 @@ pub fn run(a: ChatArgs) -> Result<()> {
         preset,
     } = load(&model_args)?;
     let cache = make_cache(&preset.as_ref().map(|p| p.cache.clone()).unwrap_or_default())?;
-    let template = ChatTemplate::for_tokenizer(
+    let template = ChatTemplate::for_model(
         &tokenizer,
         a.chat_template
             .as_deref()
             .or(preset.as_ref().and_then(|p| p.template.as_deref())),
+        Some(&path),
     )?;
     // A preset by its name, a file by its name without folders.
     let display = match &model_args.model {

@@ -261,7 +261,7 @@ pub fn run(mut a: EvalArgs) -> Result<()> {
     }
 
     if a.task.iter().any(|t| t == "generation") {
-        let template = ChatTemplate::for_tokenizer(&tokenizer, template_name)?;
+        let template = ChatTemplate::for_model(&tokenizer, template_name, Some(&path))?;
         let prompts = &prompts[..a.max_prompts.clamp(1, prompts.len())];
         let mut bar = Progress::new("generation");
         let (fids, answers) = eval::long_generation(
@@ -292,7 +292,7 @@ pub fn run(mut a: EvalArgs) -> Result<()> {
     }
 
     if a.task.iter().any(|t| t == "recall") {
-        let template = ChatTemplate::for_tokenizer(&tokenizer, template_name)?;
+        let template = ChatTemplate::for_model(&tokenizer, template_name, Some(&path))?;
         let filler = tokenizer.encode_plain(&texts[0].body)?;
         let probes = &probes[..a.max_probes.clamp(1, probes.len())];
         let mut bar = Progress::new("recall");
@@ -318,7 +318,7 @@ pub fn run(mut a: EvalArgs) -> Result<()> {
     }
 
     if a.task.iter().any(|t| t == "fluency") {
-        let template = ChatTemplate::for_tokenizer(&tokenizer, template_name)?;
+        let template = ChatTemplate::for_model(&tokenizer, template_name, Some(&path))?;
         let prompt = &prompts[0];
         let opts = eval::FluencyOptions {
             tokens: a.answer_tokens,

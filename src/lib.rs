@@ -4,13 +4,14 @@
 //! - [`model`]: config, GGUF loading, weights and the explicit decoder `forward`; knows tensors
 //!   and file formats, never policies.
 //! - [`kernels`]: CPU matrix × vector kernels for single-token decoding (quantized blocks and
-//!   f32); the crate's only `unsafe`.
+//!   f32); the crate's only `unsafe` but for two `rlimit` calls in [`chat::sandbox`].
 //! - [`device`]: `--device`: parsing it and opening the best device a build supports.
 //! - [`cache`]: the slot KV cache the decoder writes into and reads from; owns storage,
 //!   positions and the attention rows the eviction policies score.
 //! - [`tokenizer`]: tokenizers built from GGUF metadata or `tokenizer.json`, incremental
 //!   detokenizing for streaming.
-//! - [`chat`]: chat templates (Jinja via minijinja) and messages.
+//! - [`chat`]: chat templates (Jinja via minijinja) and messages; templates from model files
+//!   render with a budget, in a child process with memory and time limits ([`chat::sandbox`]).
 //! - [`sampling`]: greedy, temperature, top-k, top-p, min-p, repetition penalty, seeded.
 //! - [`generate`]: prefill + decode loop tying model, cache, sampler and tokenizer together.
 //! - [`models`]: presets (`models.toml`) and resolving `-m` (path, preset or Hub repo).

@@ -24,6 +24,11 @@ use morphkv::sampling::{Sampler, SamplingParams};
 use morphkv::tokenizer::{StreamDecoder, Tokenizer};
 
 fn main() -> ExitCode {
+    // Chat templates from model files render in a child process: this binary, started again.
+    if let Some(code) = morphkv::chat::sandbox::serve_if_asked() {
+        return code;
+    }
+    morphkv::chat::sandbox::enable_for_this_binary();
     let cli = match Cli::try_parse_from(cli::normalize_args(std::env::args_os())) {
         Ok(c) => c,
         Err(e) if e.kind() == clap::error::ErrorKind::ValueValidation => {
@@ -72,7 +77,11 @@ impl Loaded {
     /// `--chat-template` if given, else the preset's override, else the model's own.
     fn template(&self, flag: Option<&str>) -> Result<ChatTemplate> {
         let name = flag.or(self.preset.as_ref().and_then(|p| p.template.as_deref()));
-        Ok(ChatTemplate::for_tokenizer(&self.tokenizer, name)?)
+        Ok(ChatTemplate::for_model(
+            &self.tokenizer,
+            name,
+            Some(&self.path),
+        )?)
     }
 }
 
