@@ -37,7 +37,12 @@ impl Rope {
                 }
             })
             .collect();
-        let (style, table_len) = (cfg.rope_style, cfg.context_len);
+        // The table covers the trained context up to 64 MiB (Llama 3.1's 128K positions at
+        // head dim 128); positions past it are computed when needed.
+        const MAX_TABLE_BYTES: usize = 64 << 20;
+        let per_position = (inv_freq.len() * 2 * std::mem::size_of::<f32>()).max(1);
+        let table_len = cfg.context_len.min(MAX_TABLE_BYTES / per_position);
+        let style = cfg.rope_style;
         let mut rope = Self {
             inv_freq,
             style,
