@@ -1,7 +1,7 @@
 //! `morphkv chat` (and plain `morphkv`): settings from flags over the config file, saved-chat
 //! housekeeping, then the TUI.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
@@ -83,19 +83,64 @@ fn read_config(dir: &std::path::Path) -> Result<Config> {
     }
 }
 
-fn find_chat(chats: &std::path::Path, id: &str) -> Result<(PathBuf, store::SavedChat)> {
-    let all = store::list(chats);
-    let found = if id == "latest" {
-        all.into_iter().next()
-    } else {
-        all.into_iter().find(|(_, c)| c.id == id)
-    };
-    found.with_context(|| {
+/// The chat `id` names (`latest`: the newest), for `verb`. A damaged file is an error that
+/// names it and what to do: never skipped, so `latest` never means an older chat.
+fn find_chat(chats: &Path, id: &str, verb: &str) -> Result<(PathBuf, store::SavedChat)> {
+    match store::find(chats, id)? {
+        Some(store::Entry::Chat { path, chat }) => Ok((path, chat)),
+        Some(store::Entry::Damaged {
+            id: found, reason, ..
+        }) => {
+            let which = if id == "latest" {
+                format!("the newest saved chat, `{found}`,")
+            } else {
+                format!("saved chat `{found}`")
+            };
+            bail!(
+                "cannot {verb} {which}: it is damaged ({reason}); it is left as it is: \
+                 {verb} another by its id (morphkv chat --list shows them), or remove this one \
+                 with `morphkv chat --delete {found}`"
+            )
+        }
+        None => bail!(
+            "no saved chat `{id}` in {} (morphkv chat --list shows them)",
+            chats.display()
+        ),
+    }
+}
+
+/// `--delete ID`: a chat, or a damaged file named by its id; `latest` never deletes a
+/// damaged file. Prints what it removed.
+fn delete_chat(chats: &Path, id: &str) -> Result<()> {
+    let entry = store::find(chats, id)?.with_context(|| {
         format!(
             "no saved chat `{id}` in {} (morphkv chat --list shows them)",
             chats.display()
         )
-    })
+    })?;
+    let path = entry.path();
+    if let store::Entry::Damaged {
+        id: found, reason, ..
+    } = &entry
+    {
+        if id == "latest" {
+            bail!(
+                "the newest saved chat, `{found}`, is damaged ({reason}): --delete latest deletes \
+                 nothing; to remove that file, name it: `morphkv chat --delete {found}`"
+            );
+        }
+    }
+    let meta = std::fs::symlink_metadata(path).with_context(|| format!("{}", path.display()))?;
+    if meta.is_dir() {
+        bail!(
+            "{} is a folder, not a saved chat: nothing deleted; remove it yourself if you mean to",
+            path.display()
+        );
+    }
+    // A link goes, never what it points to.
+    std::fs::remove_file(path).with_context(|| format!("deleting {}", path.display()))?;
+    println!("deleted {} ({})", entry.id(), path.display());
+    Ok(())
 }
 
 pub fn run(a: ChatArgs) -> Result<()> {
@@ -104,30 +149,42 @@ pub fn run(a: ChatArgs) -> Result<()> {
     let cfg = read_config(&config_dir)?;
 
     if a.list {
-        let all = store::list(&chats);
+        let all = store::scan(&chats)?;
         if all.is_empty() {
             println!("no saved chats in {}", chats.display());
         }
-        for (_, c) in all {
-            println!("{:<24} {:>3} messages  {}", c.id, c.messages.len(), c.title);
+        let mut damaged = false;
+        for e in &all {
+            match e {
+                store::Entry::Chat { chat: c, .. } => {
+                    println!("{:<24} {:>3} messages  {}", c.id, c.messages.len(), c.title)
+                }
+                store::Entry::Damaged { id, reason, .. } => {
+                    damaged = true;
+                    println!("{id:<24} DAMAGED       {reason}");
+                }
+            }
+        }
+        if damaged {
+            println!(
+                "\nDAMAGED files are left as they are: fix them, or remove one with \
+                 `morphkv chat --delete ID`."
+            );
         }
         return Ok(());
     }
     if let Some(id) = &a.delete {
-        let (path, _) = find_chat(&chats, id)?;
-        std::fs::remove_file(&path).with_context(|| format!("deleting {}", path.display()))?;
-        println!("deleted {id}");
-        return Ok(());
+        return delete_chat(&chats, id);
     }
     if let [id, title] = a.rename.as_slice() {
-        let (_, mut c) = find_chat(&chats, id)?;
+        let (_, mut c) = find_chat(&chats, id, "rename")?;
         c.title = title.clone();
-        store::save(&chats, &c).with_context(|| format!("saving {}", chats.display()))?;
-        println!("renamed {id}: {title}");
+        let path = store::save(&chats, &c)?;
+        println!("renamed {} ({}): {title}", c.id, path.display());
         return Ok(());
     }
     if let Some(id) = &a.export {
-        let (_, c) = find_chat(&chats, id)?;
+        let (_, c) = find_chat(&chats, id, "export")?;
         println!("# {}\n", c.title);
         for m in &c.messages {
             println!("**{}:**\n\n{}\n", m.role, m.content.trim_end());
@@ -200,7 +257,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
         bail!("invalid value for --max-tokens: 0 (give a positive number)");
     }
     let resume = match &a.resume {
-        Some(id) => Some(find_chat(&chats, id)?.1),
+        Some(id) => Some(find_chat(&chats, id, "resume")?.1),
         None => None,
     };
     let mut model_args = a.model;

@@ -154,9 +154,10 @@ pub fn run(
         .map_err(|e| Error::io("terminal reader thread", e))?;
     drop(tx);
 
-    let save = |app: &mut App, chat_id: &str, created: u64, title: &Option<String>| {
+    // A failed save shows in the status line; the last one, at quit, also fails the run.
+    let save = |app: &mut App, chat_id: &str, created: u64, title: &Option<String>| -> Result<()> {
         if app.messages.is_empty() {
-            return;
+            return Ok(());
         }
         let mut chat = store::SavedChat::new(
             chat_id,
@@ -171,7 +172,9 @@ pub fn run(
         if let Err(e) = store::save(&opts.chats_dir, &chat) {
             app.notice = Some((format!("could not save the chat: {e}"), true));
             log(&opts.log, &format!("save failed: {e}"));
+            return Err(e);
         }
+        Ok(())
     };
 
     // Key-to-screen latency: from a key's arrival to the end of the draw that shows it.
@@ -234,7 +237,9 @@ pub fn run(
                     let _ = engine.commands.send(cmd);
                 }
                 Effect::Cancel => engine.cancel.store(true, Ordering::SeqCst),
-                Effect::Save => save(&mut app, &chat_id, created, &title),
+                Effect::Save => {
+                    let _ = save(&mut app, &chat_id, created, &title);
+                }
                 Effect::Export(file) => match std::fs::write(&file, app.markdown()) {
                     Ok(()) => app.notice = Some((format!("saved the chat to {file}"), false)),
                     Err(e) => app.notice = Some((format!("/save {file}: {e}"), true)),
@@ -279,7 +284,7 @@ pub fn run(
                 }
                 Effect::Rename(t) => {
                     title = Some(t);
-                    save(&mut app, &chat_id, created, &title);
+                    let _ = save(&mut app, &chat_id, created, &title);
                 }
                 Effect::Quit => app.quit = true,
             }
@@ -292,7 +297,7 @@ pub fn run(
     if let Some(partial) = app.streaming.take() {
         app.messages.push(Message::assistant(partial));
     }
-    save(&mut app, &chat_id, created, &title);
+    let saved = save(&mut app, &chat_id, created, &title);
     engine.paused.store(false, Ordering::SeqCst);
     if !latencies.is_empty() {
         latencies.sort_by(f64::total_cmp);
@@ -309,7 +314,14 @@ pub fn run(
     engine.cancel.store(true, Ordering::SeqCst);
     let _ = engine.commands.send(Command::Quit);
     log(&opts.log, &format!("chat {chat_id} ends"));
-    Ok(())
+    // Said after the terminal is restored (the caller prints it), with a failing exit.
+    saved.map_err(|e| Error::BadFile {
+        path: opts.chats_dir.display().to_string(),
+        reason: format!(
+            "chat {chat_id} was not saved: {e}; make the folder writable, or set \
+             MORPHKV_DATA_DIR to a folder that is"
+        ),
+    })
 }
 
 /// A saved chat's title if someone chose it (it differs from the one its messages give).

@@ -16,6 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::chat::{Message, Role};
+use crate::error::{Error, Result};
 
 /// One saved chat.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,40 +66,168 @@ pub fn title(messages: &[Message]) -> String {
     t
 }
 
-/// Writes `chat` to `dir/<id>.json` atomically.
-pub fn save(dir: &Path, chat: &SavedChat) -> std::io::Result<PathBuf> {
-    std::fs::create_dir_all(dir)?;
+/// Writes `chat` to `dir/<id>.json` atomically. An error names the folder or file that
+/// could not be written and the OS's reason.
+pub fn save(dir: &Path, chat: &SavedChat) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let path = dir.join(format!("{}.json", chat.id));
     let tmp = dir.join(format!(".{}.json.tmp", chat.id));
-    let json = serde_json::to_vec_pretty(chat).map_err(std::io::Error::other)?;
-    {
+    let json = serde_json::to_vec_pretty(chat).map_err(|e| Error::io(&path, e.into()))?;
+    let written = (|| {
         use std::io::Write;
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&json)?;
-        f.sync_all()?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(&tmp, e));
     }
-    std::fs::rename(&tmp, &path)?;
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
     Ok(path)
 }
 
-/// Reads one saved chat.
-pub fn load(path: &Path) -> Result<SavedChat, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("{}: not a saved chat: {e}", path.display()))
+/// The chat format version this build reads and writes.
+pub const VERSION: u32 = 1;
+
+/// Reads one saved chat: a file (not a folder or a pipe) holding version-1 JSON whose id is
+/// its file name. The error names the file and says what is wrong with it.
+pub fn load(path: &Path) -> std::result::Result<SavedChat, String> {
+    let bad = |why: String| format!("{}: {why}", path.display());
+    let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+    if meta.is_dir() {
+        return Err(bad("a folder, not a saved chat".into()));
+    }
+    if !meta.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(bad("empty file, not a saved chat".into()));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| bad("not UTF-8 text".into()))?;
+    // The version first: a newer format may not parse as this one at all.
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not a saved chat: {e}")))?;
+    match value.get("version").and_then(serde_json::Value::as_u64) {
+        Some(v) if v == u64::from(VERSION) => {}
+        Some(v) => {
+            return Err(bad(format!(
+                "format version {v}, but this morphkv reads version {VERSION} (a newer morphkv wrote it?)"
+            )))
+        }
+        None => return Err(bad("not a saved chat: no format version".into())),
+    }
+    let chat: SavedChat =
+        serde_json::from_value(value).map_err(|e| bad(format!("not a saved chat: {e}")))?;
+    let stem = path.file_stem().map(|s| s.to_string_lossy());
+    if stem.as_deref() != Some(chat.id.as_str()) {
+        return Err(bad(format!(
+            "its id `{}` is not its file name (renaming or saving it would write another file)",
+            chat.id
+        )));
+    }
+    Ok(chat)
 }
 
-/// Saved chats in `dir`, newest first (unreadable files are skipped).
-pub fn list(dir: &Path) -> Vec<(PathBuf, SavedChat)> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
+/// One `*.json` entry in the chats folder.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Entry {
+    /// A chat this build reads.
+    Chat { path: PathBuf, chat: SavedChat },
+    /// Something that is not (truncated, garbage, empty, a folder, an unknown version): shown
+    /// as damaged, never modified, never removed unless asked for by its id.
+    Damaged {
+        path: PathBuf,
+        /// The file name without `.json`.
+        id: String,
+        /// What is wrong, naming the file.
+        reason: String,
+        /// Last modification, seconds since the epoch (0 when unknown).
+        modified: u64,
+    },
+}
+
+impl Entry {
+    /// The chat's id (a damaged one's file name without `.json`).
+    pub fn id(&self) -> &str {
+        match self {
+            Self::Chat { chat, .. } => &chat.id,
+            Self::Damaged { id, .. } => id,
+        }
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Chat { path, .. } | Self::Damaged { path, .. } => path,
+        }
+    }
+
+    /// When it was last written: a chat's own `updated`, else the file's time.
+    pub fn when(&self) -> u64 {
+        match self {
+            Self::Chat { chat, .. } => chat.updated,
+            Self::Damaged { modified, .. } => *modified,
+        }
+    }
+}
+
+/// Every `*.json` entry in `dir`, newest first, damaged ones included. A missing folder has
+/// none; a folder that cannot be read is an error naming it.
+pub fn scan(dir: &Path) -> Result<Vec<Entry>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(dir, e)),
     };
-    let mut chats: Vec<(PathBuf, SavedChat)> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .filter_map(|p| load(&p).ok().map(|c| (p, c)))
-        .collect();
-    chats.sort_by(|a, b| b.1.updated.cmp(&a.1.updated).then(b.1.id.cmp(&a.1.id)));
-    chats
+    let mut out = Vec::new();
+    for e in entries {
+        let path = e.map_err(|e| Error::io(dir, e))?.path();
+        if path.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        out.push(match load(&path) {
+            Ok(chat) => Entry::Chat { path, chat },
+            Err(reason) => Entry::Damaged {
+                id: path
+                    .file_stem()
+                    .map_or(String::new(), |s| s.to_string_lossy().into_owned()),
+                modified: std::fs::symlink_metadata(&path)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_secs()),
+                path,
+                reason,
+            },
+        });
+    }
+    out.sort_by(|a, b| b.when().cmp(&a.when()).then(b.id().cmp(a.id())));
+    Ok(out)
+}
+
+/// The entry `id` names (`latest`: the newest, damaged or not), if any.
+pub fn find(dir: &Path, id: &str) -> Result<Option<Entry>> {
+    let all = scan(dir)?;
+    Ok(if id == "latest" {
+        all.into_iter().next()
+    } else {
+        all.into_iter().find(|e| e.id() == id)
+    })
+}
+
+/// The saved chats in `dir` that this build reads, newest first (damaged ones are left out:
+/// [`scan`] has them).
+pub fn list(dir: &Path) -> Vec<(PathBuf, SavedChat)> {
+    scan(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|e| match e {
+            Entry::Chat { path, chat } => Some((path, chat)),
+            Entry::Damaged { .. } => None,
+        })
+        .collect()
 }
 
 impl SavedChat {
@@ -111,7 +240,7 @@ impl SavedChat {
         messages: &[Message],
     ) -> Self {
         Self {
-            version: 1,
+            version: VERSION,
             id: id.to_string(),
             title: title(messages),
             created,
@@ -165,6 +294,74 @@ mod tests {
             .unwrap_err()
             .contains("not a saved chat"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn damaged_files_are_listed_and_latest_does_not_skip_them() {
+        let dir =
+            std::env::temp_dir().join(format!("morphkv-store-damaged-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut chat = SavedChat::new(
+            "20200101-000000-1",
+            1,
+            "smol",
+            &crate::cache::CacheConfig::default(),
+            &[Message::user("hi")],
+        );
+        chat.updated = 10;
+        save(&dir, &chat).unwrap();
+        assert!(matches!(
+            find(&dir, "latest").unwrap(),
+            Some(Entry::Chat { .. })
+        ));
+        for (name, bytes, needle) in [
+            ("a.json", &b""[..], "empty"),
+            ("b.json", b"{\"version\": 1, \"id\"", "not a saved chat"),
+            ("c.json", b"\xff\xfe", "UTF-8"),
+            ("d.json", b"{\"version\": 7}", "version 7"),
+        ] {
+            std::fs::write(dir.join(name), bytes).unwrap();
+            let latest = find(&dir, "latest").unwrap().unwrap();
+            match &latest {
+                Entry::Damaged { reason, id, .. } => {
+                    assert!(reason.contains(name) && reason.contains(needle), "{reason}");
+                    assert_eq!(id, &name[..1]);
+                }
+                Entry::Chat { .. } => panic!("{name}: latest skipped the damaged file"),
+            }
+            assert_eq!(std::fs::read(dir.join(name)).unwrap(), bytes);
+            std::fs::remove_file(dir.join(name)).unwrap();
+        }
+        // A folder named like a chat, and a chat whose id is not its file name.
+        std::fs::create_dir_all(dir.join("e.json")).unwrap();
+        let mut other = chat.clone();
+        other.id = "someone-else".into();
+        std::fs::write(dir.join("f.json"), serde_json::to_vec(&other).unwrap()).unwrap();
+        let all = scan(&dir).unwrap();
+        assert_eq!(all.len(), 3);
+        let reason = |id: &str| match all.iter().find(|e| e.id() == id) {
+            Some(Entry::Damaged { reason, .. }) => reason.clone(),
+            other => panic!("{id}: {other:?}"),
+        };
+        assert!(reason("e").contains("folder"));
+        assert!(reason("f").contains("someone-else"));
+        assert_eq!(list(&dir).len(), 1);
+        assert!(find(&dir, "nope").unwrap().is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn save_errors_name_the_folder() {
+        let base =
+            std::env::temp_dir().join(format!("morphkv-store-blocked-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let dir = base.join("chats");
+        std::fs::write(&dir, b"a file where the folder goes").unwrap();
+        let chat = SavedChat::new("x", 1, "m", &crate::cache::CacheConfig::default(), &[]);
+        let e = save(&dir, &chat).unwrap_err().to_string();
+        assert!(e.contains(&dir.display().to_string()), "{e}");
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]
