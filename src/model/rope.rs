@@ -26,7 +26,7 @@ impl Rope {
     /// trained context.
     pub fn new(cfg: &Config, device: &Device) -> Result<Self> {
         let d = cfg.head_dim;
-        let inv_freq = (0..d)
+        let inv_freq: Vec<f32> = (0..d)
             .step_by(2)
             .enumerate()
             .map(|(j, i)| {
