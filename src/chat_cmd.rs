@@ -285,7 +285,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
             .file_stem()
             .map_or("model".into(), |f| f.to_string_lossy().into_owned()),
     };
-    tui::run(
+    let ended = tui::run(
         model,
         tokenizer,
         template,
@@ -304,5 +304,10 @@ pub fn run(a: ChatArgs) -> Result<()> {
             keymap,
         },
     )?;
+    if let tui::Ended::Signal(sig) = ended {
+        // The terminal is restored and the chat saved: exit as the signal's default would
+        // have, so a shell or service manager sees 128 + N (130 for SIGINT, 143 for SIGTERM).
+        std::process::exit(128 + sig);
+    }
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! `morphkv chat`: the terminal UI. One loop receives terminal events (from a reader thread)
 //! and engine events (from the engine thread) on one channel, turns them into [`app::Msg`]s,
 //! updates the [`app::App`], performs the effects and redraws. The terminal is restored on
-//! every exit: quit, Ctrl-C (a key in raw mode), SIGTERM/SIGHUP, an error, or a panic.
+//! every exit: quit, Ctrl-C (a key in raw mode), SIGINT/SIGTERM/SIGHUP (then the process exits
+//! with 128 + the signal), an error, or a panic.
 //!
 //! A plain channel and threads instead of an async runtime: the engine's work is blocking
 //! candle code and the terminal reader blocks too; one `recv_timeout` loop is all the
@@ -16,7 +17,7 @@ pub mod view;
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,14 +78,25 @@ impl Drop for Restore {
     }
 }
 
-/// Runs the chat until the user quits.
+/// How a chat ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The user quit.
+    Quit,
+    /// A signal (SIGINT, SIGTERM or SIGHUP) asked it to: the process should exit with
+    /// 128 + this number, as shells expect.
+    Signal(i32),
+}
+
+/// Runs the chat until the user quits or a signal asks it to; the terminal is restored
+/// either way.
 pub fn run(
     model: Model,
     tok: Tokenizer,
     template: ChatTemplate,
     settings: Settings,
     opts: ChatOptions,
-) -> Result<()> {
+) -> Result<Ended> {
     let (tx, rx) = channel::<Ev>();
     let mut app = App::new(
         settings.cache.clone(),
@@ -120,10 +132,15 @@ pub fn run(
         Ev::Engine,
     )?;
 
-    // SIGTERM and SIGHUP end the chat like a quit.
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
-        signal_hook::flag::register(sig, stop.clone())
+    // SIGINT (Ctrl-C is a key in raw mode, so only `kill -INT`), SIGTERM and SIGHUP end
+    // the chat like a quit; the flag holds the last one's number.
+    let stop = Arc::new(AtomicUsize::new(0));
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        signal_hook::flag::register_usize(sig, stop.clone(), sig as usize)
             .map_err(|e| Error::io("signal handler", e))?;
     }
 
@@ -192,7 +209,7 @@ pub fn run(
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        if stop.load(Ordering::SeqCst) {
+        if stop.load(Ordering::SeqCst) != 0 && !app.quit {
             log(&opts.log, "signal: quitting");
             app.update(Msg::Action(Action::Quit));
         }
@@ -315,12 +332,17 @@ pub fn run(
     let _ = engine.commands.send(Command::Quit);
     log(&opts.log, &format!("chat {chat_id} ends"));
     // Said after the terminal is restored (the caller prints it), with a failing exit.
+    let signal = stop.load(Ordering::SeqCst);
     saved.map_err(|e| Error::BadFile {
         path: opts.chats_dir.display().to_string(),
         reason: format!(
             "chat {chat_id} was not saved: {e}; make the folder writable, or set \
              MORPHKV_DATA_DIR to a folder that is"
         ),
+    })?;
+    Ok(match i32::try_from(signal) {
+        Ok(sig) if sig > 0 => Ended::Signal(sig),
+        _ => Ended::Quit,
     })
 }
 

@@ -258,3 +258,36 @@ fn sigkill_during_a_reply_loses_no_finished_turn() {
     let list = String::from_utf8_lossy(&out.stdout);
     assert!(list.contains("Say hello."), "{list}");
 }
+
+#[test]
+fn sigterm_and_sigint_restore_the_terminal_and_exit_with_the_conventional_code() {
+    for (signal, code) in [("-TERM", "143"), ("-INT", "130")] {
+        let t = Tmux::start(&format!("sig{code}"), &["--temp", "0", "-n", "16"]);
+        t.wait("the model to load", 120, |s| s.contains("┌ Message "));
+        t.type_line("Say hello.");
+        t.wait("the answer", 120, |s| {
+            s.contains("Assistant") && s.contains("┌ Message ") && !s.contains("answering…")
+        });
+        let pid = t.display("#{pane_pid}");
+        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(status.success());
+        let start = Instant::now();
+        while !t.dead() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{signal}: still running"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let how = t.display("status #{pane_dead_status} signal #{pane_dead_signal}");
+        assert_eq!(how, format!("status {code} signal"), "{signal}");
+        assert_eq!(
+            t.display("#{alternate_on}"),
+            "0",
+            "{signal}: terminal restored"
+        );
+        let chats = t.chats();
+        assert_eq!(chats.len(), 1, "{signal}: the chat is saved");
+        assert_eq!(chats[0]["messages"].as_array().unwrap().len(), 2);
+    }
+}
