@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use serde::Deserialize;
 
 use crate::cli::ChatArgs;
 use crate::{load, sampling_params, Loaded};
@@ -12,45 +11,6 @@ use morphkv::cache::{CacheConfig, Positions};
 use morphkv::chat::ChatTemplate;
 use morphkv::engine::Settings;
 use morphkv::tui::{self, store, theme::Theme, ChatOptions};
-
-/// `config.toml` in the config folder: defaults for the chat.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Config {
-    model: Option<String>,
-    policy: Option<String>,
-    #[serde(
-        default,
-        deserialize_with = "morphkv::cache::limits::deserialize_budget"
-    )]
-    budget: Option<usize>,
-    #[serde(
-        default,
-        deserialize_with = "morphkv::cache::limits::deserialize_window"
-    )]
-    window: Option<usize>,
-    theme: Option<String>,
-    system_prompt: Option<String>,
-    /// Action name → key, e.g. `regenerate = "ctrl+g"`.
-    #[serde(default)]
-    keys: std::collections::BTreeMap<String, String>,
-}
-
-/// `path:line:column: message` for a TOML error, on one line.
-pub(crate) fn toml_error(path: &std::path::Path, text: &str, e: &toml::de::Error) -> String {
-    let at = e.span().map(|span| {
-        let before = &text[..span.start.min(text.len())];
-        let line = before.matches('\n').count() + 1;
-        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-        format!(":{line}:{col}")
-    });
-    format!(
-        "{}{}: {}",
-        path.display(),
-        at.unwrap_or_default(),
-        e.message().trim()
-    )
-}
 
 /// The config and data folders (`MORPHKV_CONFIG_DIR` / `MORPHKV_DATA_DIR` override them).
 fn dirs() -> Result<(PathBuf, PathBuf)> {
@@ -67,20 +27,6 @@ fn dirs() -> Result<(PathBuf, PathBuf)> {
         pick("MORPHKV_CONFIG_DIR", |d| d.config_dir().to_path_buf())?,
         pick("MORPHKV_DATA_DIR", |d| d.data_dir().to_path_buf())?,
     ))
-}
-
-fn read_config(dir: &std::path::Path) -> Result<Config> {
-    let path = dir.join("config.toml");
-    match std::fs::read_to_string(&path) {
-        Ok(text) => toml::from_str(&text).map_err(|e| {
-            anyhow::anyhow!(
-                "{} (keys: model, policy, budget, window, theme, system_prompt, and a [keys] table)",
-                toml_error(&path, &text, &e)
-            )
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
 }
 
 /// The chat `id` names (`latest`: the newest), for `verb`. A damaged file is an error that
@@ -146,7 +92,7 @@ fn delete_chat(chats: &Path, id: &str) -> Result<()> {
 pub fn run(a: ChatArgs) -> Result<()> {
     let (config_dir, data_dir) = dirs()?;
     let chats = data_dir.join("chats");
-    let cfg = read_config(&config_dir)?;
+    let cfg = tui::config::read(&config_dir).map_err(anyhow::Error::msg)?;
 
     if a.list {
         let all = store::scan(&chats)?;

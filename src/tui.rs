@@ -9,6 +9,7 @@
 //! select this needs.
 
 pub mod app;
+pub mod config;
 pub mod demo;
 pub mod keys;
 pub mod store;

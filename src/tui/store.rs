@@ -102,13 +102,20 @@ pub fn load(path: &Path) -> std::result::Result<SavedChat, String> {
         return Err(bad("not a regular file".into()));
     }
     let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    parse(&bytes, path)
+}
+
+/// A saved chat from the bytes of the file at `path` (named in errors; its stem must be the
+/// chat's id).
+pub fn parse(bytes: &[u8], path: &Path) -> std::result::Result<SavedChat, String> {
+    let bad = |why: String| format!("{}: {why}", path.display());
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(bad("empty file, not a saved chat".into()));
     }
-    let text = String::from_utf8(bytes).map_err(|_| bad("not UTF-8 text".into()))?;
+    let text = std::str::from_utf8(bytes).map_err(|_| bad("not UTF-8 text".into()))?;
     // The version first: a newer format may not parse as this one at all.
     let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| bad(format!("not a saved chat: {e}")))?;
+        serde_json::from_str(text).map_err(|e| bad(format!("not a saved chat: {e}")))?;
     match value.get("version").and_then(serde_json::Value::as_u64) {
         Some(v) if v == u64::from(VERSION) => {}
         Some(v) => {

@@ -1,0 +1,80 @@
+//! `config.toml` in the config folder: the chat's defaults. Every value is checked as it is
+//! read (cache settings against their limits), and an error names the file, the line and the
+//! column.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// The chat's defaults; flags override them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub model: Option<String>,
+    pub policy: Option<String>,
+    #[serde(default, deserialize_with = "crate::cache::limits::deserialize_budget")]
+    pub budget: Option<usize>,
+    #[serde(default, deserialize_with = "crate::cache::limits::deserialize_window")]
+    pub window: Option<usize>,
+    pub theme: Option<String>,
+    pub system_prompt: Option<String>,
+    /// Action name → key, e.g. `regenerate = "ctrl+g"`.
+    #[serde(default)]
+    pub keys: BTreeMap<String, String>,
+}
+
+/// Parses `text`, the content of `path`.
+pub fn parse(text: &str, path: &Path) -> Result<Config, String> {
+    toml::from_str(text).map_err(|e| {
+        format!(
+            "{} (keys: model, policy, budget, window, theme, system_prompt, and a [keys] table)",
+            toml_error(path, text, &e)
+        )
+    })
+}
+
+/// `dir/config.toml`, or the defaults where there is none.
+pub fn read(dir: &Path) -> Result<Config, String> {
+    let path = dir.join("config.toml");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => parse(&text, &path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+        Err(e) => Err(format!("reading {}: {e}", path.display())),
+    }
+}
+
+/// `path:line:column: message` for a TOML error, on one line.
+pub fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> String {
+    let at = e.span().map(|span| {
+        let before = text.get(..span.start).unwrap_or(text);
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        format!(":{line}:{col}")
+    });
+    format!(
+        "{}{}: {}",
+        path.display(),
+        at.unwrap_or_default(),
+        e.message().trim()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_line_and_column() {
+        let path = Path::new("/x/config.toml");
+        let e = parse("policy = \"h2o\"\n\nbudget = 99999999999\n", path).unwrap_err();
+        assert!(e.starts_with("/x/config.toml:3:10: "), "{e}");
+        assert!(e.contains("between 1 and"), "{e}");
+        let e = parse("window = -3\n", path).unwrap_err();
+        assert!(e.starts_with("/x/config.toml:1:10: "), "{e}");
+        let e = parse("[keys]\nquit = 3\n", path).unwrap_err();
+        assert!(e.starts_with("/x/config.toml:2:8: "), "{e}");
+        let ok = parse("budget = 300\nwindow = 20\n", path).unwrap();
+        assert_eq!((ok.budget, ok.window), (Some(300), Some(20)));
+    }
+}
