@@ -353,14 +353,37 @@ fn given_title(c: &store::SavedChat) -> Option<String> {
 }
 
 /// The saved chats for the list, marking the one on screen.
+/// The chats folder for the `/chats` list, damaged files included (marked, never hidden).
 fn chat_entries(dir: &std::path::Path, current: &str) -> Vec<app::ChatEntry> {
-    store::list(dir)
+    let entries = match store::scan(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            return vec![app::ChatEntry {
+                id: dir.display().to_string(),
+                title: String::new(),
+                messages: 0,
+                current: false,
+                damaged: Some(e.to_string()),
+            }]
+        }
+    };
+    entries
         .into_iter()
-        .map(|(_, c)| app::ChatEntry {
-            current: c.id == current,
-            messages: c.messages.len(),
-            title: c.title,
-            id: c.id,
+        .map(|e| match e {
+            store::Entry::Chat { chat: c, .. } => app::ChatEntry {
+                current: c.id == current,
+                messages: c.messages.len(),
+                title: c.title,
+                id: c.id,
+                damaged: None,
+            },
+            store::Entry::Damaged { id, reason, .. } => app::ChatEntry {
+                id,
+                title: String::new(),
+                messages: 0,
+                current: false,
+                damaged: Some(reason),
+            },
         })
         .collect()
 }

@@ -104,6 +104,8 @@ pub struct ChatEntry {
     pub messages: usize,
     /// The chat on screen.
     pub current: bool,
+    /// What is wrong with a file that is not a readable chat (shown, never hidden).
+    pub damaged: Option<String>,
 }
 
 /// The chat list overlay.
@@ -509,6 +511,10 @@ impl App {
                 let entry = list.items[list.selected.min(n - 1)].clone();
                 if entry.current {
                     self.chats = None;
+                    return Vec::new();
+                }
+                if let Some(reason) = &entry.damaged {
+                    self.error(format!("{reason} (Del deletes it)"));
                     return Vec::new();
                 }
                 if !self.idle() {
@@ -1151,6 +1157,7 @@ mod tests {
             title: format!("chat {id}"),
             messages: 2,
             current,
+            damaged: None,
         };
         a.update(Msg::Chats(vec![entry("b", false), entry("a", true)]));
         // The list opens on the chat on screen.
@@ -1180,6 +1187,31 @@ mod tests {
         assert_eq!(
             a.update(Msg::Action(Action::Submit)),
             vec![Effect::Rename("Lighthouse notes".into())]
+        );
+    }
+
+    #[test]
+    fn a_damaged_chat_is_listed_cannot_be_opened_and_can_be_deleted() {
+        let mut a = app();
+        typed(&mut a, "/chats");
+        a.update(Msg::Action(Action::Submit));
+        let damaged = ChatEntry {
+            id: "20260101-000000-1".into(),
+            title: String::new(),
+            messages: 0,
+            current: false,
+            damaged: Some("chats/20260101-000000-1.json: empty file, not a saved chat".into()),
+        };
+        a.update(Msg::Chats(vec![damaged]));
+        assert!(a.update(Msg::Action(Action::Submit)).is_empty());
+        let (text, is_error) = a.notice.clone().unwrap();
+        assert!(
+            is_error && text.contains("empty file") && text.contains("Del"),
+            "{text}"
+        );
+        assert_eq!(
+            a.update(Msg::Action(Action::Delete)),
+            vec![Effect::DeleteChat("20260101-000000-1".into())]
         );
     }
 }

@@ -942,11 +942,17 @@ fn chat_list(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         .take(rows)
         .map(|(i, c)| {
             let mark = if c.current { "● " } else { "  " };
-            let text = format!("{mark}{:<24} {:>3} msgs  {}", c.id, c.messages, c.title);
-            let style = if i == list.selected {
-                theme.accent.add_modifier(Modifier::REVERSED)
-            } else {
-                theme.base
+            let (text, base) = match &c.damaged {
+                Some(reason) => (format!("{mark}{:<24} DAMAGED  {reason}", c.id), theme.error),
+                None => (
+                    format!("{mark}{:<24} {:>3} msgs  {}", c.id, c.messages, c.title),
+                    theme.base,
+                ),
+            };
+            let style = match (i == list.selected, c.damaged.is_some()) {
+                (true, false) => theme.accent.add_modifier(Modifier::REVERSED),
+                (true, true) => base.add_modifier(Modifier::REVERSED),
+                (false, _) => base,
             };
             Line::from(Span::styled(text, style))
         })
