@@ -303,6 +303,81 @@ fn lowest(scores: &[f32], candidate: &[bool], pos: &[u32]) -> Option<usize> {
     (0..scores.len()).find(|&s| candidate[s] && pos[s] == at)
 }
 
+/// Where one decoded token's attention went in `layer`, from its rows (H_q, 1, visible) over
+/// the used slots: the mass on the sinks, the window and older tokens, and the five most
+/// attended positions, each query head weighing 1/H_q. A token sits in different slots of
+/// different KV heads, so masses meet by position in a small open-addressing table: one probe
+/// per (KV head, slot), then plain array adds per row entry, in query-head order.
+///
+/// `slots` holds each KV head's slot positions at a stride of `cap`; query head `q` reads KV
+/// head `q / group`; `sinks` and `window_from` are the positions the sinks end and the window
+/// starts at.
+fn summarize_rows(
+    (slots, cap, group): (&[u32], usize, usize),
+    rows: &[f32],
+    (n_head, visible): (usize, usize),
+    (sinks, window_from): (u32, u32),
+) -> LayerAttention {
+    let group = group.max(1);
+    let n_kv = n_head.div_ceil(group);
+    let bits = (2 * n_kv * visible)
+        .max(16)
+        .next_power_of_two()
+        .trailing_zeros();
+    let size = 1usize << bits;
+    let (mut keys, mut full, mut mass) = (vec![0u32; size], vec![false; size], vec![0f32; size]);
+    let mut used = Vec::with_capacity(n_kv * visible);
+    // Table index of each (KV head, slot).
+    let mut at = vec![0u32; n_kv * visible];
+    for h in 0..n_kv {
+        let pos = &slots[h * cap..h * cap + visible];
+        for (a, &p) in at[h * visible..(h + 1) * visible].iter_mut().zip(pos) {
+            // Fibonacci hashing; linear probing.
+            let mut i = (u64::from(p).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - bits)) as usize;
+            while full[i] && keys[i] != p {
+                i = (i + 1) & (size - 1);
+            }
+            if !full[i] {
+                (full[i], keys[i]) = (true, p);
+                used.push(i);
+            }
+            *a = i as u32;
+        }
+    }
+    // Sinks, old tokens, window.
+    let mut class = [0f32; 3];
+    let share = 1.0 / n_head as f32;
+    for qh in 0..n_head {
+        let h = qh / group;
+        let pos = &slots[h * cap..h * cap + visible];
+        let at = &at[h * visible..(h + 1) * visible];
+        let row = &rows[qh * visible..(qh + 1) * visible];
+        for ((&p, &position), &i) in row.iter().zip(pos).zip(at) {
+            let p = p * share;
+            let c = usize::from(position >= sinks) * (1 + usize::from(position >= window_from));
+            class[c] += p;
+            mass[i as usize] += p;
+        }
+    }
+    // Highest mass first, then the older token.
+    let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    let mut top: Vec<(u32, f32)> = Vec::with_capacity(6);
+    for &i in &used {
+        let e = (keys[i], mass[i]);
+        if top.len() < 5 || top.last().is_some_and(|last| order(&e, last).is_lt()) {
+            let k = top.partition_point(|x| order(x, &e).is_lt());
+            top.insert(k, e);
+            top.truncate(5);
+        }
+    }
+    LayerAttention {
+        window: class[2],
+        sinks: class[0],
+        old: class[1],
+        top,
+    }
+}
+
 /// One eviction round, the same for every layer.
 #[derive(Debug, Clone, Copy)]
 struct Round {
@@ -1172,33 +1247,17 @@ impl KvCache {
         rows: &[f32],
         (n_head, _, visible): (usize, usize, usize),
     ) {
-        let layer = &self.layers[l];
         let sinks = self.cfg.sinks() as u32;
         let window_from = self
             .next_pos
             .saturating_sub(self.cfg.effective_window() as u32);
-        let mut sum = LayerAttention::default();
-        let mut by_pos: std::collections::HashMap<u32, f32> = std::collections::HashMap::new();
-        let share = 1.0 / n_head as f32;
-        for qh in 0..n_head {
-            let h = qh / layer.group;
-            for (s, &p) in rows[qh * visible..(qh + 1) * visible].iter().enumerate() {
-                let pos = layer.pos[h * layer.cap + s];
-                let p = p * share;
-                if pos < sinks {
-                    sum.sinks += p;
-                } else if pos >= window_from {
-                    sum.window += p;
-                } else {
-                    sum.old += p;
-                }
-                *by_pos.entry(pos).or_default() += p;
-            }
-        }
-        let mut top: Vec<(u32, f32)> = by_pos.into_iter().collect();
-        top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        top.truncate(5);
-        sum.top = top;
+        let layer = &self.layers[l];
+        let sum = summarize_rows(
+            (&layer.pos, layer.cap, layer.group),
+            rows,
+            (n_head, visible),
+            (sinks, window_from),
+        );
         if let Some(a) = self.attention.as_mut() {
             a[l] = sum;
         }
@@ -1500,7 +1559,63 @@ pub struct Snapshot {
 
 #[cfg(test)]
 mod tests {
-    use super::lowest;
+    use super::{lowest, summarize_rows, LayerAttention};
+
+    /// The attention summary merges positions across KV heads exactly as summing them in a
+    /// map, query head by query head, would: the same masses, bit for bit, and the same top.
+    #[test]
+    fn attention_summaries_match_a_map_by_position() {
+        let mut seed = 3u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let (n_head, group, cap) = (6, 3, 50);
+        for (visible, sinks, window_from) in [(1, 0, 0), (37, 4, 90), (50, 4, 2), (50, 0, 400)] {
+            // Each KV head holds distinct positions, many shared with the other head.
+            let mut slots = vec![0u32; 2 * cap];
+            for h in 0..2 {
+                let mut p: Vec<u32> = (0..120).collect();
+                for i in (1..p.len()).rev() {
+                    p.swap(i, next() as usize % (i + 1));
+                }
+                slots[h * cap..(h + 1) * cap].copy_from_slice(&p[..cap]);
+            }
+            let rows: Vec<f32> = (0..n_head * visible)
+                .map(|_| (next() % 1000) as f32 / 997.0)
+                .collect();
+            let mut want = LayerAttention::default();
+            let mut by_pos = std::collections::HashMap::<u32, f32>::new();
+            let share = 1.0 / n_head as f32;
+            for qh in 0..n_head {
+                for s in 0..visible {
+                    let pos = slots[(qh / group) * cap + s];
+                    let p = rows[qh * visible + s] * share;
+                    if pos < sinks {
+                        want.sinks += p;
+                    } else if pos >= window_from {
+                        want.window += p;
+                    } else {
+                        want.old += p;
+                    }
+                    *by_pos.entry(pos).or_default() += p;
+                }
+            }
+            let mut top: Vec<(u32, f32)> = by_pos.into_iter().collect();
+            top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            top.truncate(5);
+            want.top = top;
+            let got = summarize_rows(
+                (&slots, cap, group),
+                &rows,
+                (n_head, visible),
+                (sinks, window_from),
+            );
+            assert_eq!(got, want, "visible {visible}");
+        }
+    }
 
     /// `lowest` picks what the general selection picks first: the minimum by score's total
     /// order, then by position, among candidates only.
