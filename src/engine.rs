@@ -495,16 +495,18 @@ impl Worker {
                 text: piece,
             });
             generated += 1;
-            if generated >= self.settings.max_tokens {
-                break;
-            }
+            // Every token of the answer goes into the cache, the last one of an answer cut at
+            // max tokens too: the next turn feeds only what follows the answer's text.
             let l = self.model.forward(&[next], &mut self.cache, Logits::Last)?;
-            logits = l.to_dtype(DType::F32)?.to_vec1::<f32>()?;
             self.fed.push(next);
             let evicted = self.log_evictions();
             let mut info = self.step_info(evicted);
             info.decode_tps = generated as f64 / t1.elapsed().as_secs_f64().max(1e-9);
             send(Event::Step(Box::new(info)));
+            if generated >= self.settings.max_tokens {
+                break;
+            }
+            logits = l.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         }
         text.push_str(&stream.finish(&self.tok)?);
         let decode_secs = t1.elapsed().as_secs_f64();
