@@ -176,6 +176,7 @@ impl Engine {
         events: Sender<E>,
         wrap: fn(Event) -> E,
     ) -> Result<Self> {
+        tune_allocator();
         let (tx, rx) = std::sync::mpsc::channel();
         let cancel = Arc::new(AtomicBool::new(false));
         let flag = cancel.clone();
@@ -385,6 +386,7 @@ impl Worker {
             self.feed(&ids, send)?;
             self.fed_messages = messages;
         }
+        release_free_memory();
         send(Event::Step(Box::new(self.step_info(0))));
         send(Event::Prefilled {
             tokens: self.fed.len(),
@@ -503,6 +505,10 @@ impl Worker {
             let mut info = self.step_info(evicted);
             info.decode_tps = generated as f64 / t1.elapsed().as_secs_f64().max(1e-9);
             send(Event::Step(Box::new(info)));
+            if generated == 1 {
+                // The cache has just given back the room the prompt's chunk took.
+                release_free_memory();
+            }
             if generated >= self.settings.max_tokens {
                 break;
             }
@@ -607,6 +613,40 @@ impl Worker {
         }
     }
 }
+
+/// Blocks of 256 KiB and more get pages of their own, returned to the OS when freed. Once a
+/// turn the cache reallocates tens of megabytes in such blocks (it grows by a prompt chunk's
+/// room to read a prompt, and gives that back on the first decoded token); glibc would raise
+/// its threshold after the first free and serve them from its arenas from then on, which keep
+/// the pages: resident memory then ratchets up by that much over a conversation's first
+/// turns. Decoding allocates nothing that large per token at the default model (its logits
+/// are 192 KiB).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn tune_allocator() {
+    // SAFETY: `mallopt` takes two integers and only sets one of glibc's tuning parameters.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_allocator() {}
+
+/// Gives the free pages glibc's arenas hold back to the OS (the smaller blocks a turn frees).
+/// Under a millisecond, once a turn.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn release_free_memory() {
+    // SAFETY: `malloc_trim` takes no pointers and touches only glibc's own free lists, under
+    // each arena's lock; any thread may call it at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_free_memory() {}
 
 /// Whether a message list is a conversation the engine can answer: non-empty, its last
 /// message the user's.

@@ -4,7 +4,8 @@
 //! - [`model`]: config, GGUF loading, weights and the explicit decoder `forward`; knows tensors
 //!   and file formats, never policies.
 //! - [`kernels`]: CPU matrix × vector kernels for single-token decoding (quantized blocks and
-//!   f32); the crate's only `unsafe` but for two `rlimit` calls in [`chat::sandbox`].
+//!   f32); the crate's only `unsafe` but for two `rlimit` calls in [`chat::sandbox`] and two
+//!   glibc allocator settings in [`engine`] (pages of big blocks go back to the OS).
 //! - [`device`]: `--device`: parsing it and opening the best device a build supports.
 //! - [`cache`]: the slot KV cache the decoder writes into and reads from; owns storage,
 //!   positions and the attention rows the eviction policies score.
