@@ -508,6 +508,12 @@ impl LayerCache {
         &self.pos[head * self.cap..head * self.cap + self.len]
     }
 
+    /// Latest scores of the tokens KV head `head` holds, in slot order (NaN: not scored yet,
+    /// e.g. in the window).
+    pub fn scores(&self, head: usize) -> &[f32] {
+        &self.score[head * self.cap..head * self.cap + self.len]
+    }
+
     /// Keys and values of the used slots, (H_kv, len, d) each.
     pub fn kv(&self) -> Result<(Tensor, Tensor)> {
         Ok((

@@ -5,6 +5,10 @@
 //! conversation lives in the cache: each new turn feeds only the tokens after what the cache
 //! has already seen; a conversation that changed earlier (regenerate, edit, a new policy
 //! applied now) is prefilled again from the start.
+//!
+//! Its memory is bounded by the cache's size, not the conversation's length: a step's event
+//! carries retention counts stored sparsely past the newest positions, and the eviction
+//! history behind the inspector and `/trace` is a ring (see `engine/history.rs`).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
@@ -13,6 +17,11 @@ use std::time::Instant;
 
 use candle_core::DType;
 use serde::{Deserialize, Serialize};
+
+mod history;
+
+pub use history::Retention;
+use history::{Counts, EvictionLog};
 
 use crate::cache::{CacheConfig, KvCache, LayerAttention};
 use crate::chat::{ChatTemplate, Message, Role, Segment};
@@ -37,7 +46,9 @@ pub enum Command {
     Focus(Option<(usize, usize)>),
     /// Which token the inspector details (None: none); every step then reports its fate.
     Inspect(Option<usize>),
-    /// Write the conversation's eviction trace as JSON Lines to this file.
+    /// Write the conversation's eviction trace as JSON Lines to this file: every eviction the
+    /// engine's bounded history still holds (the last four budgets' worth per (layer, KV
+    /// head)), and what each pair retains now.
     ExportTrace(std::path::PathBuf),
     /// Forget the conversation.
     Reset,
@@ -71,11 +82,13 @@ pub struct StepInfo {
     pub sinks: usize,
     /// Tokens evicted by this step, over all layers and KV heads.
     pub evicted: usize,
-    /// Per position: how many (layer, KV head) pairs retain it, of `pairs`.
-    pub retention: Vec<u16>,
+    /// Per position: how many (layer, KV head) pairs retain it, of `pairs` (stored in space
+    /// bounded by the cache's size).
+    pub retention: Retention,
     pub pairs: usize,
-    /// Per position: retained by the focused (layer, KV head), if one is focused.
-    pub focus: Option<(usize, usize, Vec<bool>)>,
+    /// The focused (layer, KV head), if one is focused, and the positions it retains,
+    /// ascending.
+    pub focus: Option<(usize, usize, Vec<u32>)>,
     /// Per layer: where the last decoded token's attention went.
     pub attention: Vec<LayerAttention>,
     /// Decode speed of the answer so far (0 outside an answer).
@@ -91,6 +104,9 @@ pub enum HeadFate {
     Kept(f32),
     /// Evicted when the conversation had `step` tokens, with this score.
     Evicted { step: usize, score: f32 },
+    /// Evicted when the conversation had at most `by` tokens: so long ago that the bounded
+    /// eviction history no longer says when, nor with what score.
+    Forgotten { by: usize },
 }
 
 /// One token's fate across the cache: `heads[layer][kv_head]`.
@@ -98,17 +114,6 @@ pub enum HeadFate {
 pub struct TokenFate {
     pub pos: usize,
     pub heads: Vec<Vec<HeadFate>>,
-}
-
-/// One eviction, as the trace file records it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Evicted {
-    /// Tokens the conversation had when it happened.
-    step: usize,
-    layer: usize,
-    head: usize,
-    pos: u32,
-    score: f32,
 }
 
 /// What the engine tells the UI.
@@ -195,7 +200,12 @@ impl Engine {
                 let send = |e: Event| {
                     let _ = events.send(wrap(e));
                 };
+                let cfg = model.config();
+                let (layers, kv_heads) = (cfg.n_layer, cfg.n_kv_head);
                 let mut w = Worker {
+                    log: EvictionLog::new(layers, kv_heads, settings.cache.budget),
+                    counts: Counts::new(layers * kv_heads),
+                    inspected: vec![None; layers * kv_heads],
                     model,
                     tok,
                     template,
@@ -206,8 +216,6 @@ impl Engine {
                     pending_cache: None,
                     focus: None,
                     inspect: None,
-                    evictions: Vec::new(),
-                    evicted_by_pos: std::collections::HashMap::new(),
                     cancel: flag,
                     paused: paused_w,
                     steps: steps_w,
@@ -249,10 +257,14 @@ struct Worker {
     pending_cache: Option<CacheConfig>,
     focus: Option<(usize, usize)>,
     inspect: Option<usize>,
-    /// Every eviction of this conversation, in order (for the inspector and the trace).
-    evictions: Vec<Evicted>,
-    /// Position → indices into `evictions`.
-    evicted_by_pos: std::collections::HashMap<u32, Vec<usize>>,
+    /// The conversation's recent evictions (for the inspector and the trace).
+    log: EvictionLog,
+    /// Per position, how many (layer, KV head) pairs hold it.
+    counts: Counts,
+    /// Per (layer, KV head) pair, when and with what score it evicted the inspected token:
+    /// found in `log` when the token is chosen, then kept up to date step by step, so the
+    /// token being followed never loses its record.
+    inspected: Vec<Option<(usize, f32)>>,
     cancel: Arc<AtomicBool>,
     paused: Arc<AtomicBool>,
     steps: Arc<AtomicUsize>,
@@ -280,6 +292,7 @@ impl Worker {
                 }
                 Command::Inspect(p) => {
                     self.inspect = p;
+                    self.follow();
                     send(Event::Step(Box::new(self.step_info(0))));
                     Ok(())
                 }
@@ -309,34 +322,46 @@ impl Worker {
         self.cache.record_evictions(true);
         self.fed.clear();
         self.fed_messages.clear();
-        self.evictions.clear();
-        self.evicted_by_pos.clear();
+        let cfg = self.model.config();
+        self.log = EvictionLog::new(cfg.n_layer, cfg.n_kv_head, self.settings.cache.budget);
+        self.counts.clear();
+        self.follow();
         Ok(())
     }
 
-    /// Moves the cache's new evictions into the conversation's log; returns how many.
-    fn log_evictions(&mut self) -> usize {
-        let step = self.cache.seen();
-        let new = self.cache.take_evictions();
-        let n = new.len();
-        for e in new {
-            self.evicted_by_pos
-                .entry(e.pos)
-                .or_default()
-                .push(self.evictions.len());
-            self.evictions.push(Evicted {
-                step,
-                layer: e.layer,
-                head: e.head,
-                pos: e.pos,
-                score: e.score,
-            });
+    /// Finds the inspected token's evictions in the log.
+    fn follow(&mut self) {
+        self.inspected.fill(None);
+        let Some(p) = self.inspect else { return };
+        for r in self.log.iter().filter(|r| r.pos as usize == p) {
+            if let Some(c) = self.inspected.get_mut(r.pair as usize) {
+                *c = Some((r.step as usize, r.score));
+            }
         }
-        n
     }
 
-    /// One JSON object per line: a header with the settings, every eviction, and the
-    /// final retained positions per (layer, KV head).
+    /// Moves the cache's new evictions into the conversation's log and retention counts;
+    /// returns how many.
+    fn log_evictions(&mut self) -> usize {
+        let step = self.cache.seen();
+        self.counts.grow(step);
+        let new = self.cache.take_evictions();
+        for e in &new {
+            self.counts.evict(e.pos);
+            self.log.push(step, e);
+            if self.inspect == Some(e.pos as usize) {
+                let pair = self.log.pair(e.layer, e.head);
+                if let Some(c) = self.inspected.get_mut(pair) {
+                    *c = Some((step, e.score));
+                }
+            }
+        }
+        new.len()
+    }
+
+    /// One JSON object per line: a header with the settings, the evictions the history holds
+    /// (every one of a conversation shorter than its four budgets per head; the header says
+    /// how many earlier ones it let go), and the retained positions per (layer, KV head).
     fn export_trace(&self, path: &std::path::Path, send: &dyn Fn(Event)) -> Result<()> {
         use std::io::Write;
         let io = |e: std::io::Error| crate::error::Error::io(path, e);
@@ -350,18 +375,21 @@ impl Worker {
             "positions": format!("{:?}", c.positions).to_lowercase(),
             "tokens": self.fed.len(),
             "token_text": self.fed.iter().map(|&t| self.tok.token_text(t)).collect::<Vec<_>>(),
+            "evictions_dropped": self.log.dropped(),
+            "evictions_dropped_through_step": self.log.dropped_through(),
         });
         writeln!(w, "{header}").map_err(io)?;
-        for e in &self.evictions {
-            let line = serde_json::json!({"kind": "evicted", "step": e.step, "layer": e.layer,
-                "head": e.head, "pos": e.pos, "score": e.score});
+        for r in self.log.iter() {
+            let (l, h) = self.log.layer_head(r);
+            let line = serde_json::json!({"kind": "evicted", "step": r.step, "layer": l,
+                "head": h, "pos": r.pos, "score": r.score});
             writeln!(w, "{line}").map_err(io)?;
         }
-        let snap = self.cache.snapshot();
-        for (l, layer) in snap.layers.iter().enumerate() {
-            for (h, head) in layer.iter().enumerate() {
+        let kv_heads = self.model.config().n_kv_head;
+        for l in 0..self.cache.n_layers() {
+            for h in 0..kv_heads {
                 let line = serde_json::json!({"kind": "retained", "layer": l, "head": h,
-                    "positions": head.positions});
+                    "positions": self.cache.layer(l).positions(h)});
                 writeln!(w, "{line}").map_err(io)?;
             }
         }
@@ -531,63 +559,42 @@ impl Worker {
         Ok(())
     }
 
+    /// The cache after a step, read in place (no copy of the cache): retention from the
+    /// counts the evictions keep up to date, the focused pair's and the inspected token's
+    /// details only when asked for.
     fn step_info(&self, evicted: usize) -> StepInfo {
-        let snap = self.cache.snapshot();
-        let mut retention = vec![0u16; snap.seen];
-        let mut pairs = 0;
-        for layer in &snap.layers {
-            for head in layer {
-                pairs += 1;
-                for &p in &head.positions {
-                    if let Some(c) = retention.get_mut(p as usize) {
-                        *c += 1;
-                    }
-                }
-            }
-        }
-        let focus = self.focus.and_then(|(l, h)| {
-            let head = snap.layers.get(l)?.get(h)?;
-            let mut kept = vec![false; snap.seen];
-            for &p in &head.positions {
-                if let Some(k) = kept.get_mut(p as usize) {
-                    *k = true;
-                }
-            }
-            Some((l, h, kept))
-        });
-        let inspect = self.inspect.filter(|&p| p < snap.seen).map(|p| TokenFate {
+        let c = &self.cache;
+        let cfg = c.config();
+        let seen = c.seen();
+        let kv_heads = self.model.config().n_kv_head;
+        let layers = c.n_layers();
+        let focus = self
+            .focus
+            .filter(|&(l, h)| l < layers && h < kv_heads)
+            .map(|(l, h)| {
+                let mut kept = c.layer(l).positions(h).to_vec();
+                kept.sort_unstable();
+                (l, h, kept)
+            });
+        let inspect = self.inspect.filter(|&p| p < seen).map(|p| TokenFate {
             pos: p,
-            heads: snap
-                .layers
-                .iter()
-                .enumerate()
-                .map(|(l, layer)| {
-                    layer
-                        .iter()
-                        .enumerate()
-                        .map(|(h, head)| {
-                            match head.positions.iter().position(|&q| q as usize == p) {
-                                Some(i) => {
-                                    HeadFate::Kept(head.scores.get(i).copied().unwrap_or(f32::NAN))
-                                }
-                                None => self
-                                    .evicted_by_pos
-                                    .get(&(p as u32))
-                                    .into_iter()
-                                    .flatten()
-                                    .rev()
-                                    .map(|&i| self.evictions[i])
-                                    .find(|e| e.layer == l && e.head == h)
-                                    .map_or(
-                                        HeadFate::Evicted {
-                                            step: 0,
-                                            score: f32::NAN,
-                                        },
-                                        |e| HeadFate::Evicted {
-                                            step: e.step,
-                                            score: e.score,
-                                        },
-                                    ),
+            heads: (0..layers)
+                .map(|l| {
+                    let layer = c.layer(l);
+                    (0..kv_heads)
+                        .map(|h| {
+                            if let Some(i) =
+                                layer.positions(h).iter().position(|&q| q as usize == p)
+                            {
+                                return HeadFate::Kept(
+                                    layer.scores(h).get(i).copied().unwrap_or(f32::NAN),
+                                );
+                            }
+                            match self.inspected.get(self.log.pair(l, h)).copied().flatten() {
+                                Some((step, score)) => HeadFate::Evicted { step, score },
+                                None => HeadFate::Forgotten {
+                                    by: self.log.dropped_through(),
+                                },
                             }
                         })
                         .collect()
@@ -595,19 +602,19 @@ impl Worker {
                 .collect(),
         });
         StepInfo {
-            seen: snap.seen,
-            retained: snap.retained,
-            budget: snap.budget,
-            kv_bytes: snap.kv_bytes,
-            profile_bytes: snap.profile_bytes,
-            full_kv_bytes: snap.full_kv_bytes,
-            window_from: snap.window_from as usize,
-            sinks: snap.sinks,
+            seen,
+            retained: c.retained(),
+            budget: cfg.budget,
+            kv_bytes: c.kv_bytes(),
+            profile_bytes: c.profile_bytes(),
+            full_kv_bytes: c.full_kv_bytes(),
+            window_from: seen.saturating_sub(cfg.effective_window()),
+            sinks: cfg.sinks(),
             evicted,
-            retention,
-            pairs,
+            retention: self.counts.retention(),
+            pairs: layers * kv_heads,
             focus,
-            attention: self.cache.last_attention().to_vec(),
+            attention: c.last_attention().to_vec(),
             decode_tps: 0.0,
             inspect,
         }

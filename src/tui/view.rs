@@ -537,14 +537,15 @@ fn retention_lines(
     let mut token_hits: Vec<Vec<Hit>> = Vec::new();
     for (pos, tok) in app.tokens.iter().enumerate() {
         let kept = match &s.focus {
+            // Positions the step has not reported yet count as kept.
             Some((_, _, k)) => {
-                if k.get(pos).copied().unwrap_or(true) {
+                if pos >= s.seen || u32::try_from(pos).is_ok_and(|p| k.binary_search(&p).is_ok()) {
                     1.0
                 } else {
                     0.0
                 }
             }
-            None => s.retention.get(pos).map_or(1.0, |&c| f32::from(c) / pairs),
+            None => s.retention.get(pos).map_or(1.0, |c| f32::from(c) / pairs),
         };
         let mut style = if kept <= 0.0 {
             theme.evicted
@@ -670,10 +671,12 @@ fn inspector(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         .iter()
         .filter(|h| matches!(h, HeadFate::Kept(_)))
         .count();
+    // (step, whether only a bound is known: the history let the exact step go)
     let first_evicted = all
         .iter()
         .filter_map(|h| match h {
-            HeadFate::Evicted { step, .. } => Some(*step),
+            HeadFate::Evicted { step, .. } => Some((*step, false)),
+            HeadFate::Forgotten { by } => Some((*by, true)),
             HeadFate::Kept(_) => None,
         })
         .min();
@@ -681,9 +684,10 @@ fn inspector(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         format!("kept by {kept}/{} layer×heads", all.len()),
         theme.accent,
     )];
-    if let Some(step) = first_evicted {
+    if let Some((step, bound)) = first_evicted {
+        let at = if bound { "by" } else { "at" };
         summary.push(Span::styled(
-            format!(" · first evicted at token {step}"),
+            format!(" · first evicted {at} token {step}"),
             theme.base,
         ));
     }
@@ -732,6 +736,14 @@ fn inspector(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
                             format!("✕@{step} {}", score_text(*score)),
                             w = cell_w
                         )
+                    } else {
+                        "✕".to_string()
+                    },
+                    theme.evicted,
+                ),
+                HeadFate::Forgotten { by } => (
+                    if full_cells {
+                        format!("{:>w$}", format!("✕ by {by}"), w = cell_w)
                     } else {
                         "✕".to_string()
                     },
