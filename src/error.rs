@@ -62,6 +62,15 @@ pub enum Error {
     },
 }
 
+/// Line and column (1-based, the column in characters) of a byte offset in `text`: where a
+/// TOML error points.
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
 /// Result with the library's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 

@@ -15,7 +15,7 @@ use std::process::Command;
 use serde::Deserialize;
 
 use crate::cache::{Fusion, PolicyKind};
-use crate::error::{Error, Result};
+use crate::error::{line_col, Error, Result};
 use crate::hub::{Hub, Transfer};
 use crate::model::Arch;
 
@@ -338,14 +338,6 @@ pub struct Registry {
     /// Preset used when `-m` is not given.
     pub default: String,
     pub models: Vec<Preset>,
-}
-
-/// "line L, column C" of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-    (line, col)
 }
 
 fn parse_file(text: &str, origin: &Path) -> Result<RegistryFile> {

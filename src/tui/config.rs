@@ -47,9 +47,7 @@ pub fn read(dir: &Path) -> Result<Config, String> {
 /// `path:line:column: message` for a TOML error, on one line.
 pub fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> String {
     let at = e.span().map(|span| {
-        let before = text.get(..span.start).unwrap_or(text);
-        let line = before.matches('\n').count() + 1;
-        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        let (line, col) = crate::error::line_col(text, span.start);
         format!(":{line}:{col}")
     });
     format!(
