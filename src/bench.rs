@@ -14,9 +14,10 @@ use crate::cache::{CacheConfig, KvCache, PolicyKind, Positions};
 use crate::error::{Error, Result};
 use crate::eval::plot::{Chart, Series};
 use crate::eval::report::{render, Style};
-use crate::generate::prefill;
-use crate::model::{open_gguf, Config, Logits, Model, WeightFormat};
-use crate::sampling::argmax;
+use crate::model::{open_gguf, Config, Model, WeightFormat};
+use crate::sampling::{argmax, Sampler, SamplingParams};
+use crate::session::{GenerateOptions, Phase, Session};
+use std::ops::ControlFlow;
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -144,25 +145,35 @@ fn run_once(
     decode_tokens: usize,
 ) -> Result<Run> {
     reset_peak_rss();
-    let mut cache = KvCache::with_config(model.config(), cfg, DType::F32, device)?;
+    let cache = KvCache::with_config(model.config(), cfg, DType::F32, device)?;
+    let mut session = Session::new(model, cache, Sampler::new(SamplingParams::greedy())?);
     let t0 = Instant::now();
-    let logits = prefill(model, &mut cache, ids)?;
+    session.prefill(ids)?;
     let prefill_secs = t0.elapsed().as_secs_f64();
-    let mut next = argmax(&logits.to_vec1::<f32>()?);
-    let before = cache.policy_secs();
-    let t1 = Instant::now();
-    for _ in 0..decode_tokens {
-        let l = model.forward(&[next], &mut cache, Logits::Last)?;
-        next = argmax(&l.to_vec1::<f32>()?);
-    }
+    let before = session.cache().policy_secs();
+    let decoded = session.generate(
+        &decode_only(decode_tokens),
+        |_, _| ControlFlow::Continue(()),
+    )?;
+    let cache = session.cache();
     Ok(Run {
         prefill_secs,
-        decode_secs: t1.elapsed().as_secs_f64(),
+        decode_secs: decoded.decode_secs,
         policy_secs: cache.policy_secs() - before,
         retained: cache.retained(),
         kv_bytes: cache.kv_bytes(),
         peak_rss: rss().1,
     })
+}
+
+/// Greedy decoding of `n` tokens, end-of-sequence ignored, every token fed (as timed).
+fn decode_only(n: usize) -> GenerateOptions {
+    GenerateOptions {
+        max_new: n,
+        stop: Vec::new(),
+        ignore_eos: true,
+        feed_last: true,
+    }
 }
 
 /// A whole bench run.
@@ -238,9 +249,9 @@ pub fn run(source: &BenchModel, device: &Device, opts: &BenchOptions) -> Result<
     let (model, text_ids) = source.open(device)?;
     // Warm-up: thread pools, lazily repacked quantized weights, page faults.
     {
-        let mut cache = KvCache::new(model.config(), DType::F32, device)?;
-        prefill(&model, &mut cache, &prompt_tokens(&text_ids, 32))?;
-        model.forward(&text_ids[..1], &mut cache, Logits::Last)?;
+        let mut warm = Session::greedy(&model, CacheConfig::full())?;
+        warm.prefill(&prompt_tokens(&text_ids, 32))?;
+        warm.feed(text_ids[0])?;
     }
     // Repetitions interleave the policies (rep 1 of each, then rep 2, ...), so that a slow
     // spell of a noisy machine hits every policy alike instead of one.
@@ -576,8 +587,9 @@ pub fn long_run(
     checkpoints: &[usize],
 ) -> Result<Vec<Checkpoint>> {
     let (model, prompt) = source.open(device)?;
-    let mut kv = KvCache::with_config(model.config(), cache.clone(), DType::F32, device)?;
-    let mut next = argmax(&prefill(&model, &mut kv, &prompt)?.to_vec1::<f32>()?);
+    let kv = KvCache::with_config(model.config(), cache.clone(), DType::F32, device)?;
+    let mut session = Session::new(&model, kv, Sampler::new(SamplingParams::greedy())?);
+    session.prefill(&prompt)?;
     let mut out = Vec::new();
     let mut marks: Vec<usize> = checkpoints
         .iter()
@@ -585,25 +597,28 @@ pub fn long_run(
         .filter(|&c| c <= total)
         .collect();
     marks.sort_unstable();
-    let (mut t0, mut since) = (Instant::now(), kv.seen());
-    while kv.seen() < total {
-        let l = model.forward(&[next], &mut kv, Logits::Last)?;
-        next = argmax(&l.to_vec1::<f32>()?);
-        if marks.first() == Some(&kv.seen()) {
-            marks.remove(0);
-            let (rss, peak) = rss();
-            out.push(Checkpoint {
-                tokens: kv.seen(),
-                decode_tps: (kv.seen() - since) as f64 / t0.elapsed().as_secs_f64(),
-                retained: kv.retained(),
-                kv_bytes: kv.kv_bytes(),
-                profile_bytes: kv.profile_bytes(),
-                full_kv_bytes: kv.full_kv_bytes(),
-                rss_bytes: rss,
-                peak_rss_bytes: peak,
-            });
-            (t0, since) = (Instant::now(), kv.seen());
-        }
+    let seen = session.cache().seen();
+    if seen < total {
+        let (mut t0, mut since) = (Instant::now(), seen);
+        session.generate(&decode_only(total - seen), |phase, s| {
+            let kv = s.cache();
+            if matches!(phase, Phase::Fed(_)) && marks.first() == Some(&kv.seen()) {
+                marks.remove(0);
+                let (rss, peak) = rss();
+                out.push(Checkpoint {
+                    tokens: kv.seen(),
+                    decode_tps: (kv.seen() - since) as f64 / t0.elapsed().as_secs_f64(),
+                    retained: kv.retained(),
+                    kv_bytes: kv.kv_bytes(),
+                    profile_bytes: kv.profile_bytes(),
+                    full_kv_bytes: kv.full_kv_bytes(),
+                    rss_bytes: rss,
+                    peak_rss_bytes: peak,
+                });
+                (t0, since) = (Instant::now(), kv.seen());
+            }
+            ControlFlow::Continue(())
+        })?;
     }
     Ok(out)
 }

@@ -41,6 +41,9 @@ use crate::model::Config;
 pub use policy::{encode_row, Fusion, GroupAgg, Needs, Phase, Policy, ScoreCtx, RING_SCALE};
 pub use snapkv::{OBS_WINDOW as SNAPKV_OBS_WINDOW, POOL as SNAPKV_POOL};
 
+/// Prompt tokens run per forward pass during prefill.
+pub const DEFAULT_PREFILL_CHUNK: usize = 512;
+
 /// Slots allocated up front when the cache can grow without bound.
 const INITIAL_SLOTS: usize = 256;
 
@@ -152,7 +155,7 @@ impl Default for CacheConfig {
             fusion: Fusion::Sum,
             group_agg: GroupAgg::Sum,
             evict_every: 1,
-            prefill_chunk: crate::generate::DEFAULT_PREFILL_CHUNK,
+            prefill_chunk: DEFAULT_PREFILL_CHUNK,
             positions: Positions::Absolute,
         }
     }

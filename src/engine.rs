@@ -10,9 +10,9 @@
 //! carries retention counts stored sparsely past the newest positions, and the eviction
 //! history behind the inspector and `/trace` is a ring (see `engine/history.rs`).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
 use std::sync::mpsc::{Receiver, Sender};
-use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::DType;
@@ -26,8 +26,9 @@ use history::{Counts, EvictionLog};
 use crate::cache::{CacheConfig, KvCache, LayerAttention};
 use crate::chat::{ChatTemplate, Message, Role, Segment};
 use crate::error::Result;
-use crate::model::{Logits, Model};
+use crate::model::Model;
 use crate::sampling::{Sampler, SamplingParams};
+use crate::session::{rate, GenerateOptions, Phase, Session, StopReason};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
 /// What the UI asks of the engine.
@@ -52,6 +53,12 @@ pub enum Command {
     ExportTrace(std::path::PathBuf),
     /// Forget the conversation.
     Reset,
+    /// Stop the answer being generated (nothing when none is).
+    Cancel,
+    /// Step mode on or off: while on, each token of an answer waits for an [`Command::Advance`].
+    Pause(bool),
+    /// In step mode, let one more token through.
+    Advance,
     /// Stop the thread.
     Quit,
 }
@@ -158,103 +165,130 @@ pub struct Settings {
     pub max_tokens: usize,
 }
 
-/// Handle to the engine thread.
+/// Handle to the engine thread: every command goes through `commands`, every event comes
+/// back through the sink given to [`Engine::spawn`].
 pub struct Engine {
     pub commands: Sender<Command>,
-    /// Set to stop the answer being generated.
-    pub cancel: Arc<AtomicBool>,
-    /// Step mode: while set, each token waits for a credit in `steps`.
-    pub paused: Arc<AtomicBool>,
-    /// Tokens the paused engine may still generate.
-    pub steps: Arc<AtomicUsize>,
     pub thread: std::thread::JoinHandle<()>,
 }
 
 impl Engine {
-    /// Starts the engine thread on a loaded model; events go to `events` through `wrap`.
-    pub fn spawn<E: Send + 'static>(
+    /// Starts the engine thread on a loaded model; its events go to `sink`, called on the
+    /// engine's thread.
+    pub fn spawn(
         model: Model,
         tok: Tokenizer,
         template: ChatTemplate,
         name: String,
         settings: Settings,
-        events: Sender<E>,
-        wrap: fn(Event) -> E,
+        sink: impl Fn(Event) + Send + 'static,
     ) -> Result<Self> {
         tune_allocator();
         let (tx, rx) = std::sync::mpsc::channel();
-        let cancel = Arc::new(AtomicBool::new(false));
-        let flag = cancel.clone();
-        let paused = Arc::new(AtomicBool::new(false));
-        let steps = Arc::new(AtomicUsize::new(0));
-        let (paused_w, steps_w) = (paused.clone(), steps.clone());
-        let cache = KvCache::with_config(
-            model.config(),
-            settings.cache.clone(),
-            DType::F32,
-            model.device(),
-        )?;
+        let cache = new_cache(&model, &settings.cache)?;
+        let sampler = Sampler::new(settings.sampling.clone())?;
         let thread = std::thread::Builder::new()
             .name("morphkv-engine".into())
             .spawn(move || {
-                let send = |e: Event| {
-                    let _ = events.send(wrap(e));
-                };
                 let cfg = model.config();
-                let (layers, kv_heads) = (cfg.n_layer, cfg.n_kv_head);
                 let mut w = Worker {
-                    log: EvictionLog::new(layers, kv_heads, settings.cache.budget),
-                    counts: Counts::new(layers * kv_heads),
-                    inspected: vec![None; layers * kv_heads],
-                    model,
+                    tel: Telemetry::new(cfg.n_layer, cfg.n_kv_head, settings.cache.budget),
+                    session: Session::new(&model, cache, sampler),
                     tok,
                     template,
-                    cache,
                     settings,
-                    fed: Vec::new(),
                     fed_messages: Vec::new(),
                     pending_cache: None,
-                    focus: None,
-                    inspect: None,
-                    cancel: flag,
-                    paused: paused_w,
-                    steps: steps_w,
+                    control: Control::default(),
                 };
-                w.cache.record_attention(true);
-                w.cache.record_evictions(true);
-                let cfg = w.model.config();
-                send(Event::Ready {
+                sink(Event::Ready {
                     model: name,
-                    device: crate::device::name(w.model.device()),
+                    device: crate::device::name(model.device()),
                     layers: cfg.n_layer,
                     kv_heads: cfg.n_kv_head,
                     context: cfg.context_len,
                 });
-                w.run(&rx, &send);
+                w.run(&rx, &sink);
             })
             .map_err(|e| crate::error::Error::io("engine thread", e))?;
         Ok(Self {
             commands: tx,
-            cancel,
-            paused,
-            steps,
             thread,
         })
     }
+
+    /// Sends `cmd`; false when the engine has stopped.
+    pub fn send(&self, cmd: Command) -> bool {
+        self.commands.send(cmd).is_ok()
+    }
 }
 
-struct Worker {
-    model: Model,
-    tok: Tokenizer,
-    template: ChatTemplate,
-    cache: KvCache,
-    settings: Settings,
-    /// Tokens fed into the cache, in order.
-    fed: Vec<u32>,
-    /// The messages whose tokens `fed` holds (the last one may be the answer in progress).
-    fed_messages: Vec<Message>,
-    /// Cache settings to apply when the conversation is next prefilled from the start.
-    pending_cache: Option<CacheConfig>,
+/// An empty cache for `model` under `cfg`, recording what the panels show.
+fn new_cache(model: &Model, cfg: &CacheConfig) -> Result<KvCache> {
+    let mut cache = KvCache::with_config(model.config(), cfg.clone(), DType::F32, model.device())?;
+    cache.record_attention(true);
+    cache.record_evictions(true);
+    Ok(cache)
+}
+
+/// Cancel, pause and step: the commands that act while an answer is being generated.
+#[derive(Default)]
+struct Control {
+    /// Step mode: each token waits for a credit.
+    paused: bool,
+    credits: usize,
+    /// The answer in progress is to stop.
+    cancelled: bool,
+    /// The thread is to stop after it.
+    quit: bool,
+    /// Other commands that arrived meanwhile, run when the answer ends.
+    deferred: VecDeque<Command>,
+}
+
+impl Control {
+    /// Takes a control command; returns any other command.
+    fn take(&mut self, cmd: Command) -> Option<Command> {
+        match cmd {
+            Command::Cancel => self.cancelled = true,
+            Command::Pause(on) => (self.paused, self.credits) = (on, 0),
+            Command::Advance => self.credits += 1,
+            other => return Some(other),
+        }
+        None
+    }
+
+    /// Before each token of an answer: reads what arrived, waits (blocked, no polling) while
+    /// paused without a credit, spends a credit; breaks when the answer is to stop.
+    fn gate(&mut self, rx: &Receiver<Command>) -> ControlFlow<()> {
+        let arrive = |c: &mut Self, cmd: Command| {
+            if cmd == Command::Quit {
+                (c.cancelled, c.quit) = (true, true);
+            } else if let Some(other) = c.take(cmd) {
+                c.deferred.push_back(other);
+            }
+        };
+        while let Ok(cmd) = rx.try_recv() {
+            arrive(self, cmd);
+        }
+        while self.paused && self.credits == 0 && !self.cancelled {
+            match rx.recv() {
+                Ok(cmd) => arrive(self, cmd),
+                Err(_) => (self.cancelled, self.quit) = (true, true),
+            }
+        }
+        if self.cancelled {
+            return ControlFlow::Break(());
+        }
+        if self.paused {
+            self.credits -= 1;
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// What the panels are told after each step: the conversation's eviction history, retention
+/// counts, the focused (layer, KV head) and the inspected token.
+struct Telemetry {
     focus: Option<(usize, usize)>,
     inspect: Option<usize>,
     /// The conversation's recent evictions (for the inspector and the trace).
@@ -265,68 +299,24 @@ struct Worker {
     /// found in `log` when the token is chosen, then kept up to date step by step, so the
     /// token being followed never loses its record.
     inspected: Vec<Option<(usize, f32)>>,
-    cancel: Arc<AtomicBool>,
-    paused: Arc<AtomicBool>,
-    steps: Arc<AtomicUsize>,
 }
 
-impl Worker {
-    fn run(&mut self, rx: &Receiver<Command>, send: &dyn Fn(Event)) {
-        while let Ok(cmd) = rx.recv() {
-            let result = match cmd {
-                Command::Quit => return,
-                Command::Reply(messages) => self.reply(messages, send),
-                Command::SetCache { cache, now } => self.set_cache(cache, now, send),
-                Command::SetSampling(p) => {
-                    self.settings.sampling = p;
-                    Ok(())
-                }
-                Command::SetMaxTokens(n) => {
-                    self.settings.max_tokens = n.max(1);
-                    Ok(())
-                }
-                Command::Focus(f) => {
-                    self.focus = f;
-                    send(Event::Step(Box::new(self.step_info(0))));
-                    Ok(())
-                }
-                Command::Inspect(p) => {
-                    self.inspect = p;
-                    self.follow();
-                    send(Event::Step(Box::new(self.step_info(0))));
-                    Ok(())
-                }
-                Command::ExportTrace(path) => self.export_trace(&path, send),
-                Command::Reset => self.reset(),
-            };
-            if let Err(e) = result {
-                // The cache may hold part of a turn: the next one reads the conversation
-                // again from the start.
-                let _ = self.reset();
-                send(Event::Failed(e.to_string()));
-            }
+impl Telemetry {
+    fn new(layers: usize, kv_heads: usize, budget: usize) -> Self {
+        Self {
+            focus: None,
+            inspect: None,
+            log: EvictionLog::new(layers, kv_heads, budget),
+            counts: Counts::new(layers * kv_heads),
+            inspected: vec![None; layers * kv_heads],
         }
     }
 
-    fn reset(&mut self) -> Result<()> {
-        if let Some(cfg) = self.pending_cache.take() {
-            self.settings.cache = cfg;
-        }
-        self.cache = KvCache::with_config(
-            self.model.config(),
-            self.settings.cache.clone(),
-            DType::F32,
-            self.model.device(),
-        )?;
-        self.cache.record_attention(true);
-        self.cache.record_evictions(true);
-        self.fed.clear();
-        self.fed_messages.clear();
-        let cfg = self.model.config();
-        self.log = EvictionLog::new(cfg.n_layer, cfg.n_kv_head, self.settings.cache.budget);
+    /// Forgets the conversation (the focus and the inspected position stay chosen).
+    fn clear(&mut self, layers: usize, kv_heads: usize, budget: usize) {
+        self.log = EvictionLog::new(layers, kv_heads, budget);
         self.counts.clear();
         self.follow();
-        Ok(())
     }
 
     /// Finds the inspected token's evictions in the log.
@@ -342,10 +332,10 @@ impl Worker {
 
     /// Moves the cache's new evictions into the conversation's log and retention counts;
     /// returns how many.
-    fn log_evictions(&mut self) -> usize {
-        let step = self.cache.seen();
+    fn log_evictions(&mut self, cache: &mut KvCache) -> usize {
+        let step = cache.seen();
         self.counts.grow(step);
-        let new = self.cache.take_evictions();
+        let new = cache.take_evictions();
         for e in &new {
             self.counts.evict(e.pos);
             self.log.push(step, e);
@@ -359,214 +349,12 @@ impl Worker {
         new.len()
     }
 
-    /// One JSON object per line: a header with the settings, the evictions the history holds
-    /// (every one of a conversation shorter than its four budgets per head; the header says
-    /// how many earlier ones it let go), and the retained positions per (layer, KV head).
-    fn export_trace(&self, path: &std::path::Path, send: &dyn Fn(Event)) -> Result<()> {
-        use std::io::Write;
-        let io = |e: std::io::Error| crate::error::Error::io(path, e);
-        let mut w = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
-        let c = self.cache.config();
-        let header = serde_json::json!({
-            "kind": "header",
-            "policy": c.policy.name(),
-            "budget": c.budget,
-            "window": c.window,
-            "positions": format!("{:?}", c.positions).to_lowercase(),
-            "tokens": self.fed.len(),
-            "token_text": self.fed.iter().map(|&t| self.tok.token_text(t)).collect::<Vec<_>>(),
-            "evictions_dropped": self.log.dropped(),
-            "evictions_dropped_through_step": self.log.dropped_through(),
-        });
-        writeln!(w, "{header}").map_err(io)?;
-        for r in self.log.iter() {
-            let (l, h) = self.log.layer_head(r);
-            let line = serde_json::json!({"kind": "evicted", "step": r.step, "layer": l,
-                "head": h, "pos": r.pos, "score": r.score});
-            writeln!(w, "{line}").map_err(io)?;
-        }
-        let kv_heads = self.model.config().n_kv_head;
-        for l in 0..self.cache.n_layers() {
-            for h in 0..kv_heads {
-                let line = serde_json::json!({"kind": "retained", "layer": l, "head": h,
-                    "positions": self.cache.layer(l).positions(h)});
-                writeln!(w, "{line}").map_err(io)?;
-            }
-        }
-        w.flush().map_err(io)?;
-        send(Event::Exported(path.display().to_string()));
-        Ok(())
-    }
-
-    fn set_cache(&mut self, cache: CacheConfig, now: bool, send: &dyn Fn(Event)) -> Result<()> {
-        cache.validate()?;
-        if !now {
-            self.pending_cache = Some(cache);
-            return Ok(());
-        }
-        self.pending_cache = Some(cache);
-        let messages = std::mem::take(&mut self.fed_messages);
-        self.reset()?;
-        if !messages.is_empty() {
-            // Prefill the conversation again under the new cache; no answer is generated.
-            let segments = self.template.render(&messages, false)?;
-            let ids = crate::chat::encode_chat(&self.tok, &segments)?;
-            self.feed(&ids, send)?;
-            self.fed_messages = messages;
-        }
-        release_free_memory();
-        send(Event::Step(Box::new(self.step_info(0))));
-        send(Event::Prefilled {
-            tokens: self.fed.len(),
-        });
-        Ok(())
-    }
-
-    /// Tokens to feed so that the cache holds `messages` plus the opening of an answer.
-    fn delta(&mut self, messages: &[Message]) -> Result<Vec<u32>> {
-        let segments = self.template.render(messages, true)?;
-        let continues = !self.fed_messages.is_empty()
-            && messages.len() > self.fed_messages.len()
-            && messages[..self.fed_messages.len()] == self.fed_messages[..];
-        let contents = segments
-            .iter()
-            .filter(|s| matches!(s, Segment::Content(_)))
-            .count();
-        if continues && contents == messages.len() {
-            // Everything after the content of the last message already fed.
-            let mut seen = 0;
-            let at = segments.iter().position(|s| {
-                if matches!(s, Segment::Content(_)) {
-                    seen += 1;
-                }
-                seen == self.fed_messages.len()
-            });
-            if let Some(at) = at {
-                let parts: Vec<(&str, bool)> = segments[at + 1..]
-                    .iter()
-                    .map(|s| match s {
-                        Segment::Template(t) => (t.as_str(), true),
-                        Segment::Content(c) => (c.as_str(), false),
-                    })
-                    .collect();
-                return self.tok.encode_mixed(&parts);
-            }
-        }
-        // The conversation changed before its end (or this is its start): from scratch.
-        self.reset()?;
-        crate::chat::encode_chat(&self.tok, &segments)
-    }
-
-    /// Feeds prompt tokens in the cache's prefill chunks, reporting progress; returns the
-    /// last logits.
-    fn feed(&mut self, ids: &[u32], send: &dyn Fn(Event)) -> Result<Vec<f32>> {
-        send(Event::Fed(
-            ids.iter().map(|&i| self.tok.token_text(i)).collect(),
-        ));
-        let chunk = self.cache.config().prefill_chunk.max(1);
-        let mut last = Vec::new();
-        for (k, part) in ids.chunks(chunk).enumerate() {
-            let logits = self.model.forward(part, &mut self.cache, Logits::Last)?;
-            last = logits.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-            self.fed.extend_from_slice(part);
-            if ids.len() > chunk {
-                send(Event::Progress {
-                    done: ((k + 1) * chunk).min(ids.len()),
-                    total: ids.len(),
-                });
-            }
-        }
-        let evicted = self.log_evictions();
-        send(Event::Step(Box::new(self.step_info(evicted))));
-        Ok(last)
-    }
-
-    fn reply(&mut self, messages: Vec<Message>, send: &dyn Fn(Event)) -> Result<()> {
-        self.cancel.store(false, Ordering::SeqCst);
-        let ids = self.delta(&messages)?;
-        self.fed_messages = messages.clone();
-        if ids.is_empty() {
-            return Err(crate::error::Error::arg("chat", "nothing new to answer"));
-        }
-        let t0 = Instant::now();
-        let mut logits = self.feed(&ids, send)?;
-        let prompt_secs = t0.elapsed().as_secs_f64();
-        let mut sampler = Sampler::new(self.settings.sampling.clone())?;
-        let mut stream = StreamDecoder::default();
-        let mut text = String::new();
-        let mut generated = 0;
-        let t1 = Instant::now();
-        let mut cancelled = false;
-        loop {
-            // Step mode: wait for a credit per token.
-            while self.paused.load(Ordering::SeqCst)
-                && self.steps.load(Ordering::SeqCst) == 0
-                && !self.cancel.load(Ordering::SeqCst)
-            {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            if self.paused.load(Ordering::SeqCst) {
-                let _ = self
-                    .steps
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-            }
-            if self.cancel.load(Ordering::SeqCst) {
-                cancelled = true;
-                break;
-            }
-            let next = sampler.sample(&logits, &self.fed);
-            if self.tok.stop_ids().contains(&next) {
-                break;
-            }
-            let piece = stream.push(&self.tok, next)?.unwrap_or_default();
-            text.push_str(&piece);
-            send(Event::Token {
-                token: self.tok.token_text(next),
-                text: piece,
-            });
-            generated += 1;
-            // Every token of the answer goes into the cache, the last one of an answer cut at
-            // max tokens too: the next turn feeds only what follows the answer's text.
-            let l = self.model.forward(&[next], &mut self.cache, Logits::Last)?;
-            self.fed.push(next);
-            let evicted = self.log_evictions();
-            let mut info = self.step_info(evicted);
-            info.decode_tps = generated as f64 / t1.elapsed().as_secs_f64().max(1e-9);
-            send(Event::Step(Box::new(info)));
-            if generated == 1 {
-                // The cache has just given back the room the prompt's chunk took.
-                release_free_memory();
-            }
-            if generated >= self.settings.max_tokens {
-                break;
-            }
-            logits = l.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-        }
-        text.push_str(&stream.finish(&self.tok)?);
-        let decode_secs = t1.elapsed().as_secs_f64();
-        self.fed_messages.push(Message::assistant(text.clone()));
-        let rate = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
-        send(Event::Finished {
-            text,
-            stats: TurnStats {
-                prompt_tokens: ids.len(),
-                prompt_tps: rate(ids.len(), prompt_secs),
-                generated,
-                decode_tps: rate(generated, decode_secs),
-            },
-            cancelled,
-        });
-        Ok(())
-    }
-
     /// The cache after a step, read in place (no copy of the cache): retention from the
     /// counts the evictions keep up to date, the focused pair's and the inspected token's
     /// details only when asked for.
-    fn step_info(&self, evicted: usize) -> StepInfo {
-        let c = &self.cache;
+    fn step_info(&self, c: &KvCache, kv_heads: usize, evicted: usize) -> StepInfo {
         let cfg = c.config();
         let seen = c.seen();
-        let kv_heads = self.model.config().n_kv_head;
         let layers = c.n_layers();
         let focus = self
             .focus
@@ -618,6 +406,299 @@ impl Worker {
             decode_tps: 0.0,
             inspect,
         }
+    }
+}
+
+struct Worker<'m> {
+    /// The model, the conversation's cache and the sampler; `session.fed()` is every token
+    /// fed into the cache, in order.
+    session: Session<'m>,
+    tok: Tokenizer,
+    template: ChatTemplate,
+    settings: Settings,
+    /// The messages whose tokens the session holds (the last one may be the answer in
+    /// progress).
+    fed_messages: Vec<Message>,
+    /// Cache settings to apply when the conversation is next prefilled from the start.
+    pending_cache: Option<CacheConfig>,
+    tel: Telemetry,
+    control: Control,
+}
+
+impl Worker<'_> {
+    fn run(&mut self, rx: &Receiver<Command>, send: &dyn Fn(Event)) {
+        loop {
+            let cmd = match self.control.deferred.pop_front() {
+                Some(cmd) => cmd,
+                None if self.control.quit => return,
+                None => match rx.recv() {
+                    Ok(cmd) => cmd,
+                    Err(_) => return,
+                },
+            };
+            let Some(cmd) = self.control.take(cmd) else {
+                continue;
+            };
+            let result = match cmd {
+                Command::Quit => return,
+                Command::Cancel | Command::Pause(_) | Command::Advance => Ok(()),
+                Command::Reply(messages) => self.reply(messages, rx, send),
+                Command::SetCache { cache, now } => self.set_cache(cache, now, send),
+                Command::SetSampling(p) => {
+                    self.settings.sampling = p;
+                    Ok(())
+                }
+                Command::SetMaxTokens(n) => {
+                    self.settings.max_tokens = n.max(1);
+                    Ok(())
+                }
+                Command::Focus(f) => {
+                    self.tel.focus = f;
+                    send(Event::Step(Box::new(self.step_info(0))));
+                    Ok(())
+                }
+                Command::Inspect(p) => {
+                    self.tel.inspect = p;
+                    self.tel.follow();
+                    send(Event::Step(Box::new(self.step_info(0))));
+                    Ok(())
+                }
+                Command::ExportTrace(path) => self.export_trace(&path, send),
+                Command::Reset => self.reset(),
+            };
+            if let Err(e) = result {
+                // The cache may hold part of a turn: the next one reads the conversation
+                // again from the start.
+                let _ = self.reset();
+                send(Event::Failed(e.to_string()));
+            }
+        }
+    }
+
+    fn step_info(&self, evicted: usize) -> StepInfo {
+        let kv_heads = self.session.model().config().n_kv_head;
+        self.tel.step_info(self.session.cache(), kv_heads, evicted)
+    }
+
+    fn reset(&mut self) -> Result<()> {
+        if let Some(cfg) = self.pending_cache.take() {
+            self.settings.cache = cfg;
+        }
+        let model = self.session.model();
+        self.session
+            .set_cache(new_cache(model, &self.settings.cache)?);
+        self.fed_messages.clear();
+        let cfg = model.config();
+        self.tel
+            .clear(cfg.n_layer, cfg.n_kv_head, self.settings.cache.budget);
+        Ok(())
+    }
+
+    /// One JSON object per line: a header with the settings, the evictions the history holds
+    /// (every one of a conversation shorter than its four budgets per head; the header says
+    /// how many earlier ones it let go), and the retained positions per (layer, KV head).
+    fn export_trace(&self, path: &std::path::Path, send: &dyn Fn(Event)) -> Result<()> {
+        use std::io::Write;
+        let io = |e: std::io::Error| crate::error::Error::io(path, e);
+        let mut w = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+        let cache = self.session.cache();
+        let c = cache.config();
+        let log = &self.tel.log;
+        let header = serde_json::json!({
+            "kind": "header",
+            "policy": c.policy.name(),
+            "budget": c.budget,
+            "window": c.window,
+            "positions": format!("{:?}", c.positions).to_lowercase(),
+            "tokens": self.session.fed().len(),
+            "token_text": self.session.fed().iter().map(|&t| self.tok.token_text(t)).collect::<Vec<_>>(),
+            "evictions_dropped": log.dropped(),
+            "evictions_dropped_through_step": log.dropped_through(),
+        });
+        writeln!(w, "{header}").map_err(io)?;
+        for r in log.iter() {
+            let (l, h) = log.layer_head(r);
+            let line = serde_json::json!({"kind": "evicted", "step": r.step, "layer": l,
+                "head": h, "pos": r.pos, "score": r.score});
+            writeln!(w, "{line}").map_err(io)?;
+        }
+        let kv_heads = self.session.model().config().n_kv_head;
+        for l in 0..cache.n_layers() {
+            for h in 0..kv_heads {
+                let line = serde_json::json!({"kind": "retained", "layer": l, "head": h,
+                    "positions": cache.layer(l).positions(h)});
+                writeln!(w, "{line}").map_err(io)?;
+            }
+        }
+        w.flush().map_err(io)?;
+        send(Event::Exported(path.display().to_string()));
+        Ok(())
+    }
+
+    fn set_cache(&mut self, cache: CacheConfig, now: bool, send: &dyn Fn(Event)) -> Result<()> {
+        cache.validate()?;
+        if !now {
+            self.pending_cache = Some(cache);
+            return Ok(());
+        }
+        self.pending_cache = Some(cache);
+        let messages = std::mem::take(&mut self.fed_messages);
+        self.reset()?;
+        if !messages.is_empty() {
+            // Prefill the conversation again under the new cache; no answer is generated.
+            let segments = self.template.render(&messages, false)?;
+            let ids = crate::chat::encode_chat(&self.tok, &segments)?;
+            self.feed(&ids, send)?;
+            self.fed_messages = messages;
+        }
+        release_free_memory();
+        send(Event::Step(Box::new(self.step_info(0))));
+        send(Event::Prefilled {
+            tokens: self.session.fed().len(),
+        });
+        Ok(())
+    }
+
+    /// Tokens to feed so that the cache holds `messages` plus the opening of an answer.
+    fn delta(&mut self, messages: &[Message]) -> Result<Vec<u32>> {
+        let segments = self.template.render(messages, true)?;
+        let continues = !self.fed_messages.is_empty()
+            && messages.len() > self.fed_messages.len()
+            && messages[..self.fed_messages.len()] == self.fed_messages[..];
+        let contents = segments
+            .iter()
+            .filter(|s| matches!(s, Segment::Content(_)))
+            .count();
+        if continues && contents == messages.len() {
+            // Everything after the content of the last message already fed.
+            let mut seen = 0;
+            let at = segments.iter().position(|s| {
+                if matches!(s, Segment::Content(_)) {
+                    seen += 1;
+                }
+                seen == self.fed_messages.len()
+            });
+            if let Some(at) = at {
+                let parts: Vec<(&str, bool)> = segments[at + 1..]
+                    .iter()
+                    .map(|s| match s {
+                        Segment::Template(t) => (t.as_str(), true),
+                        Segment::Content(c) => (c.as_str(), false),
+                    })
+                    .collect();
+                return self.tok.encode_mixed(&parts);
+            }
+        }
+        // The conversation changed before its end (or this is its start): from scratch.
+        self.reset()?;
+        crate::chat::encode_chat(&self.tok, &segments)
+    }
+
+    /// Feeds prompt tokens in the cache's prefill chunks, reporting progress.
+    fn feed(&mut self, ids: &[u32], send: &dyn Fn(Event)) -> Result<()> {
+        send(Event::Fed(
+            ids.iter().map(|&i| self.tok.token_text(i)).collect(),
+        ));
+        let chunked = ids.len() > self.session.cache().config().prefill_chunk.max(1);
+        self.session.prefill_with(ids, |done, total| {
+            if chunked {
+                send(Event::Progress { done, total });
+            }
+        })?;
+        let evicted = self.tel.log_evictions(self.session.cache_mut());
+        send(Event::Step(Box::new(self.step_info(evicted))));
+        Ok(())
+    }
+
+    fn reply(
+        &mut self,
+        messages: Vec<Message>,
+        rx: &Receiver<Command>,
+        send: &dyn Fn(Event),
+    ) -> Result<()> {
+        self.control.cancelled = false;
+        let ids = self.delta(&messages)?;
+        self.fed_messages = messages.clone();
+        if ids.is_empty() {
+            return Err(crate::error::Error::arg("chat", "nothing new to answer"));
+        }
+        let t0 = Instant::now();
+        self.feed(&ids, send)?;
+        let prompt_secs = t0.elapsed().as_secs_f64();
+        self.session
+            .set_sampler(Sampler::new(self.settings.sampling.clone())?);
+        let opts = GenerateOptions {
+            max_new: self.settings.max_tokens,
+            stop: self.tok.stop_ids().to_vec(),
+            ignore_eos: false,
+            // Every token of the answer goes into the cache, the last one of an answer cut
+            // at max tokens too: the next turn feeds only what follows the answer's text.
+            feed_last: true,
+        };
+        let mut stream = StreamDecoder::default();
+        let mut text = String::new();
+        let mut failed = None;
+        let (tok, tel, control) = (&self.tok, &mut self.tel, &mut self.control);
+        let kv_heads = self.session.model().config().n_kv_head;
+        let out = if control.gate(rx).is_break() {
+            None
+        } else {
+            Some(self.session.generate(&opts, |phase, s| match phase {
+                Phase::Sampled(step) => match stream.push(tok, step.token) {
+                    Ok(piece) => {
+                        let piece = piece.unwrap_or_default();
+                        text.push_str(&piece);
+                        send(Event::Token {
+                            token: tok.token_text(step.token),
+                            text: piece,
+                        });
+                        ControlFlow::Continue(())
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        ControlFlow::Break(())
+                    }
+                },
+                Phase::Fed(step) => {
+                    let evicted = tel.log_evictions(s.cache_mut());
+                    let mut info = tel.step_info(s.cache(), kv_heads, evicted);
+                    info.decode_tps = step.generated as f64 / step.decode_secs.max(1e-9);
+                    send(Event::Step(Box::new(info)));
+                    if step.generated == 1 {
+                        // The cache has just given back the room the prompt's chunk took.
+                        release_free_memory();
+                    }
+                    if step.generated >= opts.max_new {
+                        return ControlFlow::Continue(());
+                    }
+                    control.gate(rx)
+                }
+            })?)
+        };
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        text.push_str(&stream.finish(&self.tok)?);
+        let (generated, decode_secs, cancelled) = match &out {
+            Some(o) => (
+                o.tokens.len(),
+                o.decode_secs,
+                o.stop == StopReason::Cancelled,
+            ),
+            None => (0, 0.0, true),
+        };
+        self.fed_messages.push(Message::assistant(text.clone()));
+        send(Event::Finished {
+            text,
+            stats: TurnStats {
+                prompt_tokens: ids.len(),
+                prompt_tps: rate(ids.len(), prompt_secs),
+                generated,
+                decode_tps: rate(generated, decode_secs),
+            },
+            cancelled,
+        });
+        Ok(())
     }
 }
 

@@ -20,15 +20,15 @@ pub mod plot;
 pub mod report;
 mod suite;
 
-use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::cache::{CacheConfig, KvCache, PolicyKind};
+use crate::cache::{CacheConfig, PolicyKind};
 use crate::chat::{encode_chat, ChatTemplate, Message};
 use crate::error::{Error, Result};
-use crate::generate::prefill;
-use crate::model::{Logits, Model};
+use crate::model::Model;
+use crate::session::{GenerateOptions, Phase, Session};
 use crate::tokenizer::Tokenizer;
+use std::ops::ControlFlow;
 
 pub use fluency::{distinct_ngrams, fluency, judge, Fluency, FluencyOptions};
 pub use suite::{load_probes, load_prompts, Probe, Prompt, Text, DEFAULT_TEXTS};
@@ -193,10 +193,6 @@ fn kl(lp: &[f32], lq: &[f32]) -> f64 {
         .max(0.0)
 }
 
-fn row_f32(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(t.to_dtype(DType::F32)?.to_vec1::<f32>()?)
-}
-
 /// How the full cache's reference predictions are computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Reference {
@@ -231,23 +227,19 @@ fn trace_tokens(
             ),
         ));
     }
-    let cfg = model.config();
-    let device = model.device();
-    let mut full = KvCache::new(cfg, DType::F32, device)?;
-    let mut caches = variants
+    let mut full = Session::greedy(model, CacheConfig::full())?;
+    let mut sessions = variants
         .iter()
-        .map(|v| KvCache::with_config(cfg, v.cache.clone(), DType::F32, device))
+        .map(|v| Session::greedy(model, v.cache.clone()))
         .collect::<Result<Vec<_>>>()?;
-    let mut logits = caches
-        .iter_mut()
-        .map(|c| prefill(model, c, &tokens[..score_from]).and_then(|l| row_f32(&l)))
-        .collect::<Result<Vec<_>>>()?;
+    for s in &mut sessions {
+        s.prefill(&tokens[..score_from])?;
+    }
     // Exact: the full cache's current logits, advanced one token at a time.
-    let mut full_now = Vec::new();
     if reference == Reference::Exact {
-        full_now = row_f32(&prefill(model, &mut full, &tokens[..score_from])?)?;
+        full.prefill(&tokens[..score_from])?;
     } else if score_from > 1 {
-        prefill(model, &mut full, &tokens[..score_from - 1])?;
+        full.prefill(&tokens[..score_from - 1])?;
     }
     let mut traces = vec![Trace::default(); variants.len()];
     let total = tokens.len() - score_from;
@@ -257,10 +249,7 @@ fn trace_tokens(
         let end = (j + CHUNK).min(tokens.len());
         // Fast: rows r predict tokens[j + r] from tokens[.. j + r].
         let chunk_rows = if reference == Reference::Fast {
-            model
-                .forward(&tokens[j - 1..end - 1], &mut full, Logits::All)?
-                .to_dtype(DType::F32)?
-                .to_vec2::<f32>()?
+            full.score(&tokens[j - 1..end - 1])?
         } else {
             Vec::new()
         };
@@ -268,11 +257,12 @@ fn trace_tokens(
             let target = tokens[pos] as usize;
             let row = match reference {
                 Reference::Fast => &chunk_rows[pos - j],
-                Reference::Exact => &full_now,
+                Reference::Exact => full.logits(),
             };
             let lf = log_softmax(row);
             let top_full = argmax(row);
-            for ((trace, cache), lg) in traces.iter_mut().zip(&mut caches).zip(&mut logits) {
+            for (trace, s) in traces.iter_mut().zip(&mut sessions) {
+                let lg = s.logits();
                 let lq = log_softmax(lg);
                 trace.rows.push((
                     pos,
@@ -282,17 +272,18 @@ fn trace_tokens(
                     argmax(lg) == top_full,
                 ));
                 if pos + 1 < tokens.len() {
-                    *lg = row_f32(&model.forward(&[tokens[pos]], cache, Logits::Last)?)?;
+                    s.feed(tokens[pos])?;
                 }
             }
             if reference == Reference::Exact && pos + 1 < tokens.len() {
-                full_now = row_f32(&model.forward(&[tokens[pos]], &mut full, Logits::Last)?)?;
+                full.feed(tokens[pos])?;
             }
             progress(pos + 1 - score_from, total);
         }
         j = end;
     }
-    for (trace, cache) in traces.iter_mut().zip(&caches) {
+    for (trace, s) in traces.iter_mut().zip(&sessions) {
+        let cache = s.cache();
         trace.kv_bytes = cache.kv_bytes();
         trace.profile_bytes = cache.profile_bytes();
         trace.full_kv_bytes = cache.full_kv_bytes();
@@ -371,18 +362,23 @@ pub fn long_generation(
     for p in prompts {
         let segments = template.render(&[Message::user(p.text.clone())], true)?;
         let prompt = encode_chat(tok, &segments)?;
-        let mut cache = KvCache::new(model.config(), DType::F32, model.device())?;
-        let mut logits = row_f32(&prefill(model, &mut cache, &prompt)?)?;
-        let mut answer = Vec::with_capacity(n);
-        while answer.len() < n {
-            let next = argmax(&logits) as u32;
-            answer.push(next);
-            done += 1;
-            progress(done, total);
-            if answer.len() < n {
-                logits = row_f32(&model.forward(&[next], &mut cache, Logits::Last)?)?;
-            }
-        }
+        let mut session = Session::greedy(model, CacheConfig::full())?;
+        session.prefill(&prompt)?;
+        let opts = GenerateOptions {
+            max_new: n,
+            stop: Vec::new(),
+            ignore_eos: true,
+            feed_last: false,
+        };
+        let answer = session
+            .generate(&opts, |phase, _| {
+                if let Phase::Sampled(_) = phase {
+                    done += 1;
+                    progress(done, total);
+                }
+                ControlFlow::Continue(())
+            })?
+            .tokens;
         let text: Vec<u32> = prompt.iter().chain(&answer).copied().collect();
         let base = done;
         let mut traces = trace_tokens(
@@ -494,31 +490,32 @@ pub fn recall(
         let (prompt, distance) = probe_prompt(tok, template, probe, filler)?;
         let answer = tok.encode_plain(&probe.answer)?;
         for (k, v) in all.iter().enumerate() {
-            let mut cache =
-                KvCache::with_config(model.config(), v.cache.clone(), DType::F32, model.device())?;
-            let first = row_f32(&prefill(model, &mut cache, &prompt)?)?;
-            // Teacher-forced answer log-probability, on a fork of the prompt's cache.
-            let mut scoring = cache.fork()?;
-            let mut lp = log_softmax(&first);
+            let mut session = Session::greedy(model, v.cache.clone())?;
+            session.prefill(&prompt)?;
+            // Teacher-forced answer log-probability, on a fork of the prompt's session.
+            let mut scoring = session.fork()?;
+            let mut lp = log_softmax(session.logits());
             let mut logprob = 0.0;
             for (n, &a) in answer.iter().enumerate() {
                 logprob += f64::from(lp[a as usize]);
                 if n + 1 < answer.len() {
-                    let l = model.forward(&[a], &mut scoring, Logits::Last)?;
-                    lp = log_softmax(&row_f32(&l)?);
+                    lp = log_softmax(scoring.feed(a)?);
                 }
             }
             // Greedy reply.
-            let mut reply = Vec::new();
-            let mut logits = first;
-            for _ in 0..reply_tokens {
-                let next = argmax(&logits) as u32;
-                if tok.stop_ids().contains(&next) {
-                    break;
-                }
-                reply.push(next);
-                logits = row_f32(&model.forward(&[next], &mut cache, Logits::Last)?)?;
-            }
+            let reply = if reply_tokens == 0 {
+                Vec::new()
+            } else {
+                let opts = GenerateOptions {
+                    max_new: reply_tokens,
+                    stop: tok.stop_ids().to_vec(),
+                    ignore_eos: false,
+                    feed_last: false,
+                };
+                session
+                    .generate(&opts, |_, _| ControlFlow::Continue(()))?
+                    .tokens
+            };
             let reply = tok.decode(&reply)?;
             out.push(RecallResult {
                 label: v.label.clone(),
@@ -579,11 +576,7 @@ pub fn perplexity(
                 ids[0] = bos;
             }
         }
-        let mut cache = KvCache::new(model.config(), DType::F32, model.device())?;
-        let rows = model
-            .forward(&ids, &mut cache, Logits::All)?
-            .to_dtype(DType::F32)?
-            .to_vec2::<f32>()?;
+        let rows = Session::greedy(model, CacheConfig::full())?.score(&ids)?;
         for j in first..n_ctx - 1 {
             let nll = -f64::from(log_softmax(&rows[j])[ids[j + 1] as usize]);
             sum += nll;

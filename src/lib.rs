@@ -14,7 +14,8 @@
 //! - [`chat`]: chat templates (Jinja via minijinja) and messages; templates from model files
 //!   render with a budget, in a child process with memory and time limits ([`chat::sandbox`]).
 //! - [`sampling`]: greedy, temperature, top-k, top-p, min-p, repetition penalty, seeded.
-//! - [`generate`]: prefill + decode loop tying model, cache, sampler and tokenizer together.
+//! - [`session`]: one model + cache + sampler decoding: prefill and the one decode loop, which
+//!   every command drives.
 //! - [`models`]: presets (`models.toml`) and resolving `-m` (path, preset or Hub repo).
 //! - [`hub`]: Hugging Face Hub downloads into the shared cache: progress, resume, hash checks.
 //! - [`bench`]: speed of our decoder against candle-transformers' reference.
@@ -31,12 +32,12 @@ pub mod device;
 pub mod engine;
 pub mod error;
 pub mod eval;
-pub mod generate;
 pub mod hub;
 pub mod kernels;
 pub mod model;
 pub mod models;
 pub mod sampling;
+pub mod session;
 pub mod tokenizer;
 pub mod tui;
 

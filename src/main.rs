@@ -18,9 +18,9 @@ use morphkv::bench::BenchModel;
 use morphkv::cache::{KvCache, Positions};
 use morphkv::chat::{encode_chat, ChatTemplate, Message};
 use morphkv::device::DeviceSpec;
-use morphkv::generate::{generate, GenerateOptions};
 use morphkv::model::{Model, WeightFormat};
 use morphkv::sampling::{Sampler, SamplingParams};
+use morphkv::session::{GenerateOptions, Phase, Session};
 use morphkv::tokenizer::{StreamDecoder, Tokenizer};
 
 fn main() -> ExitCode {
@@ -203,26 +203,29 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
 
     let mut cache = KvCache::with_config(model.config(), cache_cfg, DType::F32, model.device())?;
     cache.record_evictions(trace.is_some());
-    let mut sampler = Sampler::new(params.clone())?;
+    let mut session = Session::new(&model, cache, Sampler::new(params.clone())?);
     let opts = GenerateOptions {
         max_new: a.n_predict,
         stop: tokenizer.stop_ids().to_vec(),
         ignore_eos: a.ignore_eos,
+        feed_last: false,
     };
     let mut stream = StreamDecoder::default();
     let mut stdout = std::io::stdout().lock();
     let mut io_err = None;
-    let mut step = 0usize;
-    let (_, stats) = generate(&model, &mut cache, &mut sampler, &ids, &opts, |t, cache| {
+    let (_, stats) = session.run(&ids, &opts, |phase, s| {
+        let Phase::Sampled(sampled) = phase else {
+            return ControlFlow::Continue(());
+        };
+        let (t, cache) = (sampled.token, s.cache_mut());
         if let Some(w) = trace.as_mut() {
             let line = serde_json::json!({
-                "step": step,
+                "step": sampled.generated - 1,
                 "token": t,
                 "seen": cache.seen(),
                 "retained": cache.retained(),
                 "evicted": cache.take_evictions(),
             });
-            step += 1;
             if let Err(e) = writeln!(w, "{line}") {
                 io_err = Some(anyhow::Error::from(e).context("writing --trace"));
                 return ControlFlow::Break(());
@@ -264,6 +267,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     if let Some(mut w) = trace {
         w.flush().context("writing --trace")?;
     }
+    let cache = session.cache();
     let c = cache.config();
     let saving = 100.0 * (1.0 - stats.kv_bytes as f64 / stats.full_kv_bytes.max(1) as f64);
     eprintln!(

@@ -113,6 +113,9 @@ impl Sampler {
     /// Picks the next token from `logits` (one per vocabulary entry), given the tokens so far.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
         let p = &self.params;
+        if p.temp <= 0.0 && p.repeat_penalty == 1.0 {
+            return argmax(logits);
+        }
         let mut logits = logits.to_vec();
         if p.repeat_penalty != 1.0 {
             let start = history.len().saturating_sub(p.repeat_last_n);

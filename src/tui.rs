@@ -123,15 +123,12 @@ pub fn run(
         &opts.log,
         &format!("chat {chat_id} starts with {}", opts.model_name),
     );
-    let engine = Engine::spawn(
-        model,
-        tok,
-        template,
-        opts.model_name.clone(),
-        settings,
-        tx.clone(),
-        Ev::Engine,
-    )?;
+    let engine = Engine::spawn(model, tok, template, opts.model_name.clone(), settings, {
+        let tx = tx.clone();
+        move |e| {
+            let _ = tx.send(Ev::Engine(e));
+        }
+    })?;
 
     // SIGINT (Ctrl-C is a key in raw mode, so only `kill -INT`), SIGTERM and SIGHUP end
     // the chat like a quit; the flag holds the last one's number.
@@ -254,7 +251,9 @@ pub fn run(
                 Effect::Engine(cmd) => {
                     let _ = engine.commands.send(cmd);
                 }
-                Effect::Cancel => engine.cancel.store(true, Ordering::SeqCst),
+                Effect::Cancel => {
+                    engine.send(Command::Cancel);
+                }
                 Effect::Save => {
                     let _ = save(&mut app, &chat_id, created, &title);
                 }
@@ -263,11 +262,10 @@ pub fn run(
                     Err(e) => app.notice = Some((format!("/save {file}: {e}"), true)),
                 },
                 Effect::Pause(on) => {
-                    engine.paused.store(on, Ordering::SeqCst);
-                    engine.steps.store(0, Ordering::SeqCst);
+                    engine.send(Command::Pause(on));
                 }
                 Effect::Advance => {
-                    engine.steps.fetch_add(1, Ordering::SeqCst);
+                    engine.send(Command::Advance);
                 }
                 Effect::ListChats => {
                     let items = chat_entries(&opts.chats_dir, &chat_id);
@@ -316,7 +314,6 @@ pub fn run(
         app.messages.push(Message::assistant(partial));
     }
     let saved = save(&mut app, &chat_id, created, &title);
-    engine.paused.store(false, Ordering::SeqCst);
     if !latencies.is_empty() {
         latencies.sort_by(f64::total_cmp);
         log(
@@ -329,8 +326,8 @@ pub fn run(
             ),
         );
     }
-    engine.cancel.store(true, Ordering::SeqCst);
-    let _ = engine.commands.send(Command::Quit);
+    // Quit also stops an answer in progress (paused or not).
+    engine.send(Command::Quit);
     log(&opts.log, &format!("chat {chat_id} ends"));
     // Said after the terminal is restored (the caller prints it), with a failing exit.
     let signal = stop.load(Ordering::SeqCst);

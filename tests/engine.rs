@@ -42,8 +42,9 @@ fn start(cache: CacheConfig, max_tokens: usize) -> (Engine, Receiver<Event>) {
             sampling: SamplingParams::greedy(),
             max_tokens,
         },
-        tx,
-        |e| e,
+        move |e| {
+            let _ = tx.send(e);
+        },
     )
     .unwrap();
     match rx.recv_timeout(Duration::from_secs(60)).unwrap() {

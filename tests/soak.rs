@@ -105,8 +105,9 @@ fn twenty_thousand_tokens_at_budget_300_keep_memory_and_time_per_token_flat() {
             sampling: SamplingParams::greedy(),
             max_tokens,
         },
-        tx,
-        |e| e,
+        move |e| {
+            let _ = tx.send(e);
+        },
     )
     .unwrap();
     let mut app = App::new(cache, SamplingParams::greedy(), max_tokens);

@@ -7,18 +7,18 @@
 //! 4-gram share catches the other failure, a loop, which a judge finds easy to predict.
 
 use std::collections::HashSet;
-use std::time::Instant;
+use std::ops::ControlFlow;
 
 use candle_core::DType;
 use serde::{Deserialize, Serialize};
 
-use super::{log_softmax, row_f32, Variant};
-use crate::cache::KvCache;
+use super::{log_softmax, Variant};
+use crate::cache::{CacheConfig, KvCache};
 use crate::chat::{encode_chat, ChatTemplate, Message};
 use crate::error::{Error, Result};
-use crate::generate::prefill;
-use crate::model::{Logits, Model};
+use crate::model::Model;
 use crate::sampling::{Sampler, SamplingParams};
+use crate::session::{GenerateOptions, Phase, Session};
 use crate::tokenizer::Tokenizer;
 
 /// How long to generate and how to judge it.
@@ -72,11 +72,7 @@ pub fn judge(model: &Model, ids: &[u32], from: usize) -> Result<f64> {
             "nothing to judge: the judged span must follow at least one token of context",
         ));
     }
-    let mut cache = KvCache::new(model.config(), DType::F32, model.device())?;
-    let rows = model
-        .forward(&ids[..ids.len() - 1], &mut cache, Logits::All)?
-        .to_dtype(DType::F32)?
-        .to_vec2::<f32>()?;
+    let rows = Session::greedy(model, CacheConfig::full())?.score(&ids[..ids.len() - 1])?;
     let nll: f64 = (from..ids.len())
         .map(|j| -f64::from(log_softmax(&rows[j - 1])[ids[j] as usize]))
         .sum();
@@ -108,26 +104,32 @@ pub fn fluency(
     let total = variants.len() * opts.tokens;
     let mut out = Vec::new();
     for (vi, v) in variants.iter().enumerate() {
-        let mut cache =
+        let cache =
             KvCache::with_config(model.config(), v.cache.clone(), DType::F32, model.device())?;
-        let mut sampler = Sampler::new(opts.sampling.clone())?;
-        let mut history = prompt_ids.clone();
-        let mut logits = row_f32(&prefill(model, &mut cache, &prompt_ids)?)?;
+        let mut session = Session::new(model, cache, Sampler::new(opts.sampling.clone())?);
+        session.prefill(&prompt_ids)?;
         let first_judged = opts.tokens - opts.judged;
         let mut self_nll = 0f64;
-        let t0 = Instant::now();
-        for i in 0..opts.tokens {
-            let next = sampler.sample(&logits, &history);
-            if i >= first_judged {
-                self_nll -= f64::from(log_softmax(&logits)[next as usize]);
+        let gen = GenerateOptions {
+            max_new: opts.tokens,
+            stop: Vec::new(),
+            ignore_eos: true,
+            feed_last: false,
+        };
+        let answer = session.generate(&gen, |phase, s| {
+            if let Phase::Sampled(step) = phase {
+                let i = step.generated - 1;
+                if i >= first_judged {
+                    self_nll -= f64::from(log_softmax(s.logits())[step.token as usize]);
+                }
+                progress(vi * opts.tokens + i + 1, total);
             }
-            history.push(next);
-            progress(vi * opts.tokens + i + 1, total);
-            if i + 1 < opts.tokens {
-                logits = row_f32(&model.forward(&[next], &mut cache, Logits::Last)?)?;
-            }
-        }
-        let secs = t0.elapsed().as_secs_f64();
+            ControlFlow::Continue(())
+        })?;
+        let secs = answer.decode_secs;
+        let mut history = prompt_ids.clone();
+        history.extend_from_slice(&answer.tokens);
+        let cache = session.cache();
         let end = history.len();
         let start = end.saturating_sub(opts.judged + opts.context);
         let judged = &history[end - opts.judged..];
