@@ -53,6 +53,8 @@ pub enum Command {
     ExportTrace(std::path::PathBuf),
     /// Forget the conversation.
     Reset,
+    /// What the panels on screen need from each step (the rest is not computed).
+    Watch(Watch),
     /// Stop the answer being generated (nothing when none is).
     Cancel,
     /// Step mode on or off: while on, each token of an answer waits for an [`Command::Advance`].
@@ -61,6 +63,26 @@ pub enum Command {
     Advance,
     /// Stop the thread.
     Quit,
+}
+
+/// The per-step details the panels on screen need. Sizes, positions, the focused pair and
+/// the inspected token are always reported; these cost per token and are computed only when
+/// asked for (both are by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watch {
+    /// Where each layer's attention went ([`StepInfo::attention`]).
+    pub attention: bool,
+    /// How many (layer, KV head) pairs retain each position ([`StepInfo::retention`]).
+    pub retention: bool,
+}
+
+impl Default for Watch {
+    fn default() -> Self {
+        Self {
+            attention: true,
+            retention: true,
+        }
+    }
 }
 
 /// Tokens per second and sizes of one turn.
@@ -185,7 +207,7 @@ impl Engine {
     ) -> Result<Self> {
         tune_allocator();
         let (tx, rx) = std::sync::mpsc::channel();
-        let cache = new_cache(&model, &settings.cache)?;
+        let cache = new_cache(&model, &settings.cache, Watch::default())?;
         let sampler = Sampler::new(settings.sampling.clone())?;
         let thread = std::thread::Builder::new()
             .name("morphkv-engine".into())
@@ -224,9 +246,9 @@ impl Engine {
 }
 
 /// An empty cache for `model` under `cfg`, recording what the panels show.
-fn new_cache(model: &Model, cfg: &CacheConfig) -> Result<KvCache> {
+fn new_cache(model: &Model, cfg: &CacheConfig, watch: Watch) -> Result<KvCache> {
     let mut cache = KvCache::with_config(model.config(), cfg.clone(), DType::F32, model.device())?;
-    cache.record_attention(true);
+    cache.record_attention(watch.attention);
     cache.record_evictions(true);
     Ok(cache)
 }
@@ -289,6 +311,7 @@ impl Control {
 /// What the panels are told after each step: the conversation's eviction history, retention
 /// counts, the focused (layer, KV head) and the inspected token.
 struct Telemetry {
+    watch: Watch,
     focus: Option<(usize, usize)>,
     inspect: Option<usize>,
     /// The conversation's recent evictions (for the inspector and the trace).
@@ -304,6 +327,7 @@ struct Telemetry {
 impl Telemetry {
     fn new(layers: usize, kv_heads: usize, budget: usize) -> Self {
         Self {
+            watch: Watch::default(),
             focus: None,
             inspect: None,
             log: EvictionLog::new(layers, kv_heads, budget),
@@ -399,10 +423,18 @@ impl Telemetry {
             window_from: seen.saturating_sub(cfg.effective_window()),
             sinks: cfg.sinks(),
             evicted,
-            retention: self.counts.retention(),
+            retention: if self.watch.retention {
+                self.counts.retention()
+            } else {
+                Retention::default()
+            },
             pairs: layers * kv_heads,
             focus,
-            attention: c.last_attention().to_vec(),
+            attention: if self.watch.attention {
+                c.last_attention().to_vec()
+            } else {
+                Vec::new()
+            },
             decode_tps: 0.0,
             inspect,
         }
@@ -452,6 +484,11 @@ impl Worker<'_> {
                     self.settings.max_tokens = n.max(1);
                     Ok(())
                 }
+                Command::Watch(w) => {
+                    self.tel.watch = w;
+                    self.session.cache_mut().record_attention(w.attention);
+                    Ok(())
+                }
                 Command::Focus(f) => {
                     self.tel.focus = f;
                     send(Event::Step(Box::new(self.step_info(0))));
@@ -486,7 +523,7 @@ impl Worker<'_> {
         }
         let model = self.session.model();
         self.session
-            .set_cache(new_cache(model, &self.settings.cache)?);
+            .set_cache(new_cache(model, &self.settings.cache, self.tel.watch)?);
         self.fed_messages.clear();
         let cfg = model.config();
         self.tel
