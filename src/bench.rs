@@ -4,6 +4,8 @@
 //! Each measurement starts from an empty cache, prefills `context` tokens (timed), then decodes
 //! `decode_tokens` greedy tokens (timed). Repetitions report the median and the spread.
 
+mod chat;
+
 use std::path::Path;
 use std::time::Instant;
 
@@ -18,6 +20,8 @@ use crate::model::{open_gguf, Config, Model, WeightFormat};
 use crate::sampling::{argmax, Sampler, SamplingParams};
 use crate::session::{GenerateOptions, Phase, Session};
 use std::ops::ControlFlow;
+
+pub use chat::{chat_vs_generate, ChatBench};
 
 /// What to measure.
 #[derive(Debug, Clone)]

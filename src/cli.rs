@@ -236,6 +236,11 @@ pub struct BenchArgs {
     /// memory (KV, profile, RSS and peak RSS) and speed at each of --checkpoints.
     #[arg(long)]
     pub generate: Option<usize>,
+    /// Instead: the chat's decode speed (its engine, and the UI's update and draw, off
+    /// screen) against `generate`'s, on the same long-answer prompt under --policy, greedy,
+    /// --decode-tokens at most, --reps times alternating; prints both and their ratio.
+    #[arg(long)]
+    pub chat: bool,
     /// Conversation lengths at which --generate reports.
     #[arg(
         long,

@@ -307,6 +307,40 @@ fn run_bench(a: BenchArgs) -> Result<()> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the --plots folder {}", dir.display()))?;
     }
+    if a.chat {
+        let BenchModel::File { path, weights } = &source else {
+            bail!("--chat measures a model file: drop --random-weights");
+        };
+        let r = morphkv::bench::chat_vs_generate(
+            path,
+            *weights,
+            &device,
+            &cache,
+            a.decode_tokens,
+            a.reps,
+        )?;
+        let list = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.1}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "prompt {} tokens, {} generated, {} b{}\ngenerate tok/s: {}\nchat tok/s:     {}\nchat / generate (medians): {:.2}",
+            r.prompt_tokens,
+            r.generated,
+            cache.policy.name(),
+            cache.budget,
+            list(&r.generate_tps),
+            list(&r.chat_tps),
+            r.ratio
+        );
+        if let Some(p) = a.json {
+            let json = serde_json::to_string_pretty(&r)?;
+            std::fs::write(&p, json).with_context(|| format!("writing {}", p.display()))?;
+        }
+        return Ok(());
+    }
     if let Some(total) = a.generate {
         let rows = morphkv::bench::long_run(&source, &device, &cache, total, &a.checkpoints)?;
         print!("{}", morphkv::bench::checkpoint_table(&rows));

@@ -1,0 +1,209 @@
+//! `morphkv bench --chat`: the chat's decode speed against `generate`'s, on the same model,
+//! prompt and cache settings, greedy, in one process and interleaved rep by rep.
+//!
+//! The chat side is the real one without a terminal: the engine on its thread, and on this
+//! thread what the TUI does with each batch of events: `App::update`, then a draw of the whole
+//! screen (the default panel showing) into an off-screen buffer. The `generate` side is the
+//! `generate` command's loop: a [`Session`] and the streaming detokenizer.
+
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::time::Duration;
+
+use candle_core::Device;
+use ratatui::backend::TestBackend;
+use ratatui::Terminal;
+use serde::Serialize;
+
+use super::Rate;
+use crate::cache::CacheConfig;
+use crate::chat::{encode_chat, ChatTemplate, Message};
+use crate::engine::{Engine, Event, Settings};
+use crate::error::{Error, Result};
+use crate::model::{Model, WeightFormat};
+use crate::sampling::{Sampler, SamplingParams};
+use crate::session::{GenerateOptions, Phase, Session};
+use crate::tokenizer::{StreamDecoder, Tokenizer};
+use crate::tui::app::{Action, App, Effect, Msg};
+use crate::tui::theme::Theme;
+use crate::tui::view;
+
+/// A request that asks for a long answer.
+const PROMPT: &str = "Write a long, detailed story about a lighthouse keeper who finds a box \
+of old letters in the lamp room, and what he learns about the people who wrote them.";
+
+/// Screen size of the off-screen chat.
+const SCREEN: (u16, u16) = (120, 40);
+
+/// Both sides' speeds, per repetition and as medians.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatBench {
+    pub prompt_tokens: usize,
+    /// Tokens each side generated (the same greedy answer; the same count on both sides).
+    pub generated: usize,
+    pub generate_tps: Vec<f64>,
+    pub chat_tps: Vec<f64>,
+    /// Median chat tok/s over median generate tok/s.
+    pub ratio: f64,
+}
+
+/// Measures `reps` times, alternating sides, `max_tokens` greedy tokens under `cache`.
+pub fn chat_vs_generate(
+    path: &Path,
+    weights: WeightFormat,
+    device: &Device,
+    cache: &CacheConfig,
+    max_tokens: usize,
+    reps: usize,
+) -> Result<ChatBench> {
+    let (model, tok) = crate::model::load(path, device, weights)?;
+    let template = ChatTemplate::for_model(&tok, None, Some(path))?;
+    let messages = vec![Message::user(PROMPT)];
+    let ids = encode_chat(&tok, &template.render(&messages, true)?)?;
+    let (mut gen_tps, mut chat_tps) = (Vec::new(), Vec::new());
+    let mut generated = 0;
+    for _ in 0..reps.max(1) {
+        let (n, tps) = generate_side(&model, &tok, cache, &ids, max_tokens)?;
+        gen_tps.push(tps);
+        let (m, tps) = chat_side(&model, &tok, path, cache, max_tokens)?;
+        chat_tps.push(tps);
+        if n != m {
+            return Err(Error::arg(
+                "bench --chat",
+                format!("the two sides generated {n} and {m} tokens: they should agree"),
+            ));
+        }
+        generated = n;
+    }
+    let ratio = Rate::of(chat_tps.clone()).median / Rate::of(gen_tps.clone()).median.max(1e-9);
+    Ok(ChatBench {
+        prompt_tokens: ids.len(),
+        generated,
+        generate_tps: gen_tps,
+        chat_tps,
+        ratio,
+    })
+}
+
+/// `generate`'s loop: (tokens, decode tok/s).
+fn generate_side(
+    model: &Model,
+    tok: &Tokenizer,
+    cache: &CacheConfig,
+    ids: &[u32],
+    max_tokens: usize,
+) -> Result<(usize, f64)> {
+    let kv = crate::cache::KvCache::with_config(
+        model.config(),
+        cache.clone(),
+        candle_core::DType::F32,
+        model.device(),
+    )?;
+    let mut session = Session::new(model, kv, Sampler::new(SamplingParams::greedy())?);
+    let opts = GenerateOptions {
+        max_new: max_tokens,
+        stop: tok.stop_ids().to_vec(),
+        ignore_eos: false,
+        feed_last: false,
+    };
+    let (mut stream, mut text, mut failed) = (StreamDecoder::default(), String::new(), None);
+    let (out, stats) = session.run(ids, &opts, |phase, _| {
+        if let Phase::Sampled(s) = phase {
+            match stream.push(tok, s.token) {
+                Ok(piece) => text.push_str(&piece.unwrap_or_default()),
+                Err(e) => {
+                    failed = Some(e);
+                    return ControlFlow::Break(());
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    Ok((out.len(), stats.decode_tps()))
+}
+
+/// The chat: engine thread, and update + draw here. (tokens, decode tok/s as the engine
+/// reports it).
+fn chat_side(
+    model: &Model,
+    tok: &Tokenizer,
+    path: &Path,
+    cache: &CacheConfig,
+    max_tokens: usize,
+) -> Result<(usize, f64)> {
+    let template = ChatTemplate::for_model(tok, None, Some(path))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let engine = Engine::spawn(
+        model.clone(),
+        tok.clone(),
+        template,
+        "bench".into(),
+        Settings {
+            cache: cache.clone(),
+            sampling: SamplingParams::greedy(),
+            max_tokens,
+        },
+        move |e| {
+            let _ = tx.send(e);
+        },
+    )?;
+    let theme = Theme::dark();
+    let mut app = App::new(cache.clone(), SamplingParams::greedy(), max_tokens);
+    app.size = SCREEN;
+    let mut term = Terminal::new(TestBackend::new(SCREEN.0, SCREEN.1))
+        .map_err(|e| Error::io("bench screen", std::io::Error::other(e.to_string())))?;
+    let gone = || Error::arg("bench --chat", "the engine stopped without an answer");
+    // The model is ready before anything is typed, as in the chat.
+    let ready = rx
+        .recv_timeout(Duration::from_secs(600))
+        .map_err(|_| gone())?;
+    app.update(Msg::Engine(ready));
+    // The default panel (Retention) reads retention counts, not attention summaries.
+    engine.send(crate::engine::Command::Watch(crate::engine::Watch {
+        attention: false,
+        retention: true,
+    }));
+    let mut effects = Vec::new();
+    for c in PROMPT.chars() {
+        effects.extend(app.update(Msg::Action(Action::Insert(c))));
+    }
+    effects.extend(app.update(Msg::Action(Action::Submit)));
+    for fx in effects {
+        if let Effect::Engine(cmd) = fx {
+            engine.send(cmd);
+        }
+    }
+    let mut last_draw = std::time::Instant::now();
+    let result = loop {
+        let first = rx
+            .recv_timeout(Duration::from_secs(600))
+            .map_err(|_| gone())?;
+        let mut done = None;
+        for ev in std::iter::once(first).chain(rx.try_iter()) {
+            match &ev {
+                Event::Finished { stats, .. } => done = Some((stats.generated, stats.decode_tps)),
+                Event::Failed(m) => return Err(Error::arg("bench --chat", m.clone())),
+                _ => {}
+            }
+            for fx in app.update(Msg::Engine(ev)) {
+                if let Effect::Engine(cmd) = fx {
+                    engine.send(cmd);
+                }
+            }
+        }
+        if done.is_some() || last_draw.elapsed() >= Duration::from_millis(33) {
+            term.draw(|f| view::draw(f, &app, &theme))
+                .map_err(|e| Error::io("bench screen", std::io::Error::other(e.to_string())))?;
+            last_draw = std::time::Instant::now();
+        }
+        if let Some(d) = done {
+            break d;
+        }
+    };
+    engine.send(crate::engine::Command::Quit);
+    let _ = engine.thread.join();
+    Ok(result)
+}
