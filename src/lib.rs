@@ -3,9 +3,9 @@
 //! Module map (each module has one owner and one job):
 //! - [`model`]: config, GGUF loading, weights and the explicit decoder `forward`; knows tensors
 //!   and file formats, never policies.
-//! - [`kernels`]: CPU matrix × vector kernels for single-token decoding (quantized blocks and
-//!   f32); the crate's only `unsafe` but for two `rlimit` calls in [`chat::sandbox`] and two
-//!   glibc allocator settings in [`engine`] (pages of big blocks go back to the OS).
+//! - [`kernels`]: CPU kernels for single-token decoding (quantized and f32 matrix × vector,
+//!   attention over one query, f16 rows), a safe facade that picks the fastest version the CPU
+//!   runs.
 //! - [`device`]: `--device`: parsing it and opening the best device a build supports.
 //! - [`cache`]: the slot KV cache the decoder writes into and reads from; owns storage,
 //!   positions and the attention rows the eviction policies score.
@@ -24,6 +24,11 @@
 //!   plain-data commands and events.
 //! - [`tui`]: the terminal chat (state, update, view, themes, saved chats); no candle in it.
 //! - [`error`]: the library's one error type.
+//!
+//! `unsafe` is denied crate-wide (`Cargo.toml`) and allowed in three places only: the private
+//! `kernels::x86` module (the AVX2 / AVX-512 intrinsics, reached through safe functions that
+//! take a CPU-feature token), two `rlimit` calls in [`chat::sandbox`], and two glibc allocator
+//! settings in [`engine`] (pages of big blocks go back to the OS).
 
 pub mod bench;
 pub mod cache;

@@ -1,0 +1,399 @@
+//! GGML's quantized blocks (Q4_0, Q4_1, Q8_0) repacked for the kernels, activations quantized
+//! to 8 bits per 32-value block (as llama.cpp does), and matrix × vector products over them and
+//! over dense f32 rows, rows split across the rayon pool. Everything here is plain Rust: the
+//! row dot product [`dot_plain`] is the portable twin of the x86 kernels in `super::x86`, which
+//! [`super::matvec`] picks instead where the CPU runs them.
+
+use half::f16;
+use rayon::prelude::*;
+
+/// Values per quantization block.
+pub const BLOCK: usize = 32;
+
+/// The GGML block types with a kernel here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QKind {
+    /// `{d: f16, qs: [u8; 16]}`: value = d · (nibble − 8).
+    Q4_0,
+    /// `{d: f16, m: f16, qs: [u8; 16]}`: value = d · nibble + m.
+    Q4_1,
+    /// `{d: f16, qs: [i8; 32]}`: value = d · q.
+    Q8_0,
+}
+
+impl QKind {
+    /// Bytes per block of 32 values.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            Self::Q4_0 => 18,
+            Self::Q4_1 => 20,
+            Self::Q8_0 => 34,
+        }
+    }
+}
+
+/// A quantized matrix repacked for the kernels: each row's block scales (and Q4_1 minimums)
+/// in arrays of their own, so eight are converted and multiplied at once, and the packed
+/// values in another. Same bytes as the GGUF blocks, another order.
+#[derive(Debug, Clone)]
+pub struct Packed {
+    kind: QKind,
+    rows: usize,
+    cols: usize,
+    /// (rows, cols / 32) block scales.
+    d: Vec<f16>,
+    /// (rows, cols / 32) Q4_1 minimums; empty for the other kinds.
+    m: Vec<f16>,
+    /// (rows, cols / 32, 16 or 32) nibbles (value j in the low half of byte j, value j + 16
+    /// in its high half) or bytes.
+    qs: Vec<u8>,
+}
+
+impl Packed {
+    /// Repacks `data` (GGML blocks, row-major, as in a GGUF file); `None` if `cols` is not a
+    /// multiple of 32 or the length does not match.
+    pub fn from_ggml(kind: QKind, rows: usize, cols: usize, data: &[u8]) -> Option<Self> {
+        let bb = kind.block_bytes();
+        let nb = rows * (cols / BLOCK);
+        if !cols.is_multiple_of(BLOCK) || data.len() != nb * bb {
+            return None;
+        }
+        let mut p = Self {
+            kind,
+            rows,
+            cols,
+            d: Vec::with_capacity(nb),
+            m: Vec::with_capacity(if kind == QKind::Q4_1 { nb } else { 0 }),
+            qs: Vec::with_capacity(nb * p_values(kind)),
+        };
+        for blk in data.chunks_exact(bb) {
+            p.d.push(half_at(blk, 0));
+            let at = if kind == QKind::Q4_1 {
+                p.m.push(half_at(blk, 2));
+                4
+            } else {
+                2
+            };
+            p.qs.extend_from_slice(&blk[at..]);
+        }
+        Some(p)
+    }
+
+    /// Output rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input width.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The block type.
+    pub fn kind(&self) -> QKind {
+        self.kind
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        2 * (self.d.len() + self.m.len()) + self.qs.len()
+    }
+
+    /// Row `r`: its scales, minimums (empty unless Q4_1) and packed values.
+    pub(super) fn row(&self, r: usize) -> (&[f16], &[f16], &[u8]) {
+        let nb = self.cols / BLOCK;
+        let v = p_values(self.kind);
+        let m = if self.m.is_empty() {
+            &self.m[..]
+        } else {
+            &self.m[r * nb..(r + 1) * nb]
+        };
+        (
+            &self.d[r * nb..(r + 1) * nb],
+            m,
+            &self.qs[r * nb * v..(r + 1) * nb * v],
+        )
+    }
+
+    /// Row `r` as f32 values.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let (d, m, qs) = self.row(r);
+        let v = p_values(self.kind);
+        for (b, out) in out.chunks_exact_mut(BLOCK).enumerate() {
+            let (d, qs) = (d[b].to_f32(), &qs[b * v..(b + 1) * v]);
+            match self.kind {
+                QKind::Q4_0 | QKind::Q4_1 => {
+                    let min = match self.kind {
+                        QKind::Q4_1 => m[b].to_f32(),
+                        _ => -8.0 * d,
+                    };
+                    for (j, &q) in qs.iter().enumerate() {
+                        out[j] = d * (q & 0xF) as f32 + min;
+                        out[j + 16] = d * (q >> 4) as f32 + min;
+                    }
+                }
+                QKind::Q8_0 => {
+                    for (o, &q) in out.iter_mut().zip(qs) {
+                        *o = d * (q as i8) as f32;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Bytes of packed values per block.
+pub(super) fn p_values(kind: QKind) -> usize {
+    match kind {
+        QKind::Q4_0 | QKind::Q4_1 => 16,
+        QKind::Q8_0 => 32,
+    }
+}
+
+fn half_at(b: &[u8], at: usize) -> f16 {
+    f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]]))
+}
+
+/// Activations quantized to 8 bits per block of 32: scale, values, and scale × the values'
+/// sum (which the minimum of Q4_1 and the offset of Q4_0 multiply), as llama.cpp's Q8_1.
+#[derive(Debug, Clone, Default)]
+pub struct QActs {
+    /// (blocks) scales.
+    pub(super) d: Vec<f32>,
+    /// (blocks) scale × the sum of the block's values.
+    pub(super) ds: Vec<f32>,
+    /// (blocks, 32) values.
+    pub(super) q: Vec<i8>,
+}
+
+impl QActs {
+    /// Quantizes `x` (length a multiple of 32) in place of the previous contents.
+    pub fn quantize(&mut self, x: &[f32]) {
+        let nb = x.len() / BLOCK;
+        self.d.resize(nb, 0.0);
+        self.ds.resize(nb, 0.0);
+        self.q.resize(nb * BLOCK, 0);
+        for (b, xs) in x.chunks_exact(BLOCK).enumerate() {
+            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let mut s = 0i32;
+            for (q, &v) in self.q[b * BLOCK..(b + 1) * BLOCK].iter_mut().zip(xs) {
+                *q = (v * id).round() as i8;
+                s += *q as i32;
+            }
+            // Scales rounded to f16 as llama.cpp's Q8_0/Q8_1 blocks (and candle's) store them.
+            self.d[b] = f16::from_f32(d).to_f32();
+            self.ds[b] = f16::from_f32(d * s as f32).to_f32();
+        }
+    }
+}
+
+/// Row `r` of `w` · quantized activations, in plain Rust: the portable twin of the x86
+/// kernels, and what they are tested against.
+pub(super) fn dot_plain(w: &Packed, r: usize, a: &QActs) -> f32 {
+    let (d, m, qs) = w.row(r);
+    let v = p_values(w.kind);
+    let mut acc = 0f32;
+    for b in 0..d.len() {
+        let (qs, qa) = (&qs[b * v..(b + 1) * v], &a.q[b * BLOCK..(b + 1) * BLOCK]);
+        let dw = d[b].to_f32();
+        let isum: i32 = match w.kind {
+            QKind::Q4_0 | QKind::Q4_1 => qs
+                .iter()
+                .enumerate()
+                .map(|(j, &q)| {
+                    (q & 0xF) as i32 * qa[j] as i32 + (q >> 4) as i32 * qa[j + 16] as i32
+                })
+                .sum(),
+            QKind::Q8_0 => qs
+                .iter()
+                .zip(qa)
+                .map(|(&w, &x)| (w as i8) as i32 * x as i32)
+                .sum(),
+        };
+        acc += dw * a.d[b] * isum as f32;
+        acc += match w.kind {
+            QKind::Q4_0 => -8.0 * dw * a.ds[b],
+            QKind::Q4_1 => m[b].to_f32() * a.ds[b],
+            QKind::Q8_0 => 0.0,
+        };
+    }
+    acc
+}
+
+/// Rows per parallel task: a few tasks per thread, so a slow core does not hold the rest up.
+fn chunk_rows(rows: usize) -> usize {
+    rows.div_ceil(rayon::current_num_threads() * 4).max(16)
+}
+
+/// `out = W · x` for a quantized `W` (rows × cols) and `x` quantized into `a`, row `r` by
+/// `dot(w, r, a)` (a kernel the facade picked for this CPU, or [`dot_plain`]).
+pub(super) fn matvec_with(
+    dot: impl Fn(&Packed, usize, &QActs) -> f32 + Sync,
+    w: &Packed,
+    a: &QActs,
+    out: &mut [f32],
+) {
+    debug_assert_eq!(out.len(), w.rows);
+    let chunk = chunk_rows(w.rows);
+    out.par_chunks_mut(chunk).enumerate().for_each(|(c, ys)| {
+        for (i, y) in ys.iter_mut().enumerate() {
+            *y = dot(w, c * chunk + i, a);
+        }
+    });
+}
+
+/// `out = W · x` for a dense row-major f32 `W` (out.len() × x.len()).
+pub fn matvec_f32(w: &[f32], x: &[f32], out: &mut [f32]) {
+    let cols = x.len();
+    debug_assert_eq!(w.len(), cols * out.len());
+    let chunk = chunk_rows(out.len());
+    out.par_chunks_mut(chunk).enumerate().for_each(|(c, ys)| {
+        for (i, y) in ys.iter_mut().enumerate() {
+            let r = c * chunk + i;
+            *y = dot_f32(&w[r * cols..(r + 1) * cols], x);
+        }
+    });
+}
+
+/// Dot product with eight independent lanes (which the compiler turns into SIMD).
+#[inline]
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::kernels::random_vec;
+    use rand::{Rng, SeedableRng};
+
+    fn random_blocks(kind: QKind, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let nb = rows * cols / BLOCK;
+        let mut data = Vec::with_capacity(nb * kind.block_bytes());
+        for _ in 0..nb {
+            let d = f16::from_f32(rng.random_range(0.001..0.05)).to_bits();
+            data.extend_from_slice(&d.to_le_bytes());
+            match kind {
+                QKind::Q4_1 => {
+                    let m = f16::from_f32(rng.random_range(-0.2..0.2)).to_bits();
+                    data.extend_from_slice(&m.to_le_bytes());
+                    data.extend((0..16).map(|_| rng.random::<u8>()));
+                }
+                QKind::Q4_0 => data.extend((0..16).map(|_| rng.random::<u8>())),
+                QKind::Q8_0 => data.extend((0..32).map(|_| rng.random::<u8>())),
+            }
+        }
+        data
+    }
+
+    const KINDS: [QKind; 3] = [QKind::Q4_0, QKind::Q4_1, QKind::Q8_0];
+
+    #[test]
+    fn simd_and_plain_dot_products_agree() {
+        // 18 blocks per row (two groups of 8 and a pair), 7 (an odd partial group), 48.
+        for (kind, cols) in KINDS.iter().flat_map(|&k| [(k, 576), (k, 224), (k, 1536)]) {
+            let rows = 67;
+            let data = random_blocks(kind, rows, cols, 1);
+            let w = Packed::from_ggml(kind, rows, cols, &data).unwrap();
+            let mut a = QActs::default();
+            a.quantize(&random_vec(cols, 2));
+            let mut plain = vec![0f32; rows];
+            let mut fast = vec![0f32; rows];
+            matvec_with(dot_plain, &w, &a, &mut plain);
+            crate::kernels::matvec(&w, &a, &mut fast);
+            for (p, f) in plain.iter().zip(&fast) {
+                assert!(
+                    (p - f).abs() <= 1e-4 * p.abs().max(1.0),
+                    "{kind:?} {cols}: {p} vs {f}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn quantized_products_match_dequantized_f32_arithmetic() {
+        for kind in KINDS {
+            let (rows, cols) = (40, 1536);
+            let data = random_blocks(kind, rows, cols, 3);
+            let w = Packed::from_ggml(kind, rows, cols, &data).unwrap();
+            let x = random_vec(cols, 4);
+            let mut a = QActs::default();
+            a.quantize(&x);
+            let mut got = vec![0f32; rows];
+            crate::kernels::matvec(&w, &a, &mut got);
+            let mut dense = vec![0f32; rows * cols];
+            for r in 0..rows {
+                w.dequantize_row(r, &mut dense[r * cols..(r + 1) * cols]);
+            }
+            let mut want = vec![0f32; rows];
+            matvec_f32(&dense, &x, &mut want);
+            // 8-bit activations: relative error well under 1% of the row's magnitude.
+            for r in 0..rows {
+                let row = &dense[r * cols..(r + 1) * cols];
+                let scale: f32 = row.iter().zip(&x).map(|(w, x)| (w * x).abs()).sum();
+                let err = (got[r] - want[r]).abs();
+                assert!(
+                    err < 0.01 * scale,
+                    "{kind:?} row {r}: {} vs {}",
+                    got[r],
+                    want[r]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn activation_quantization_round_trips_within_half_a_step() {
+        let x = random_vec(96, 5);
+        let mut a = QActs::default();
+        a.quantize(&x);
+        for (i, v) in x.iter().enumerate() {
+            let b = i / BLOCK;
+            let back = a.q[i] as f32 * a.d[b];
+            let sum: i32 = a.q[b * BLOCK..(b + 1) * BLOCK]
+                .iter()
+                .map(|&q| q as i32)
+                .sum();
+            let ds = a.d[b] * sum as f32;
+            assert!((a.ds[b] - ds).abs() <= 2e-3 * ds.abs() + 1e-6);
+            assert!((back - v).abs() <= 0.51 * a.d[b] + 1e-6);
+        }
+        let zeros = vec![0f32; 32];
+        a.quantize(&zeros);
+        assert_eq!(a.d, vec![0.0]);
+        assert!(a.q.iter().all(|&q| q == 0));
+    }
+
+    #[test]
+    fn f32_dot_handles_any_length() {
+        for n in [1, 7, 8, 9, 64, 77] {
+            let (a, b) = (random_vec(n, 6), random_vec(n, 7));
+            let want: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            assert!((dot_f32(&a, &b) - want).abs() < 1e-4 * want.abs().max(1.0));
+        }
+    }
+
+    #[test]
+    fn shapes_that_do_not_fit_blocks_are_refused() {
+        assert!(Packed::from_ggml(QKind::Q8_0, 2, 48, &[0; 2 * 34]).is_none());
+        assert!(Packed::from_ggml(QKind::Q4_1, 2, 64, &[0; 3 * 20]).is_none());
+        assert!(Packed::from_ggml(QKind::Q4_1, 2, 64, &[0; 4 * 20]).is_some());
+    }
+}
