@@ -11,8 +11,8 @@ use crate::error::{Error, Result};
 use crate::model::{Logits, Model};
 use crate::sampling::Sampler;
 
-/// Prompt tokens run per forward pass during prefill.
-pub const DEFAULT_PREFILL_CHUNK: usize = 512;
+/// Prompt tokens run per forward pass during prefill (the cache's setting).
+pub use crate::cache::DEFAULT_PREFILL_CHUNK;
 
 /// Limits of one generation.
 #[derive(Debug, Clone)]
