@@ -28,7 +28,7 @@
 //! - `slots`: [`LayerCache`], slot storage and its in-place ops (and `fork`, `portable`);
 //! - `profile`: MorphKV's ring of attention rows and their old masses, its own type;
 //! - `evict`: choosing and removing victims, layer by layer, in parallel;
-//! - `telemetry`: [`Eviction`]s, [`LayerAttention`], [`Snapshot`], byte counts.
+//! - `telemetry`: [`Eviction`]s, [`LayerAttention`], [`Snapshot`], byte counts, timing.
 
 mod config;
 mod evict;
@@ -183,12 +183,6 @@ impl KvCache {
     /// Tokens retained per KV head per layer (the same in every layer).
     pub fn retained(&self) -> usize {
         self.layers.first().map_or(0, LayerCache::len)
-    }
-
-    /// Seconds this cache has spent on its policy so far: observing attention, scoring,
-    /// choosing and moving victims (the part of a step that `full` does not pay).
-    pub fn policy_secs(&self) -> f64 {
-        self.policy_secs
     }
 
     /// Forgets everything: a new conversation.

@@ -3,7 +3,7 @@
 //!
 //! A policy is one file beside this one (`cache/NAME.rs`) that implements [`Policy`] and
 //! declares `pub const ENTRY: Entry` (its name, default sinks, protected window, one-line
-//! description and constructor), plus one line in the [`policies!`] table in `cache.rs`. That
+//! description and constructor), plus one line in the `policies!` table in `cache.rs`. That
 //! line declares the module, gives the policy a [`PolicyKind`] constant and a row in the
 //! table, from which [`PolicyKind`]'s parsing, naming and serialisation, [`POLICIES`],
 //! [`POLICY_LIST`] (the CLI's and `/help`'s list) and [`EVICTING_POLICIES`] all follow. A line

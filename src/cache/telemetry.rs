@@ -104,6 +104,12 @@ fn summarize_rows(
 }
 
 impl KvCache {
+    /// Seconds this cache has spent on its policy so far: observing attention, scoring,
+    /// choosing and moving victims (the part of a step that `full` does not pay).
+    pub fn policy_secs(&self) -> f64 {
+        self.policy_secs
+    }
+
     /// Bytes of one token's K and V across all layers and KV heads.
     pub fn bytes_per_token(&self) -> usize {
         2 * self.dtype.size_in_bytes() * self.head_dim * self.n_kv_head * self.layers.len()
