@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use morphkv::cache::limits::{self, Limit};
+use morphkv::cache::{EVICTING_POLICIES, POLICY_LIST};
 
 /// Most CPU threads `-t` accepts (ggml's own limit).
 const THREADS: Limit = Limit {
@@ -168,9 +169,8 @@ pub struct GenerateArgs {
 /// KV-cache flags, shared by every command that runs the engine.
 #[derive(Debug, Args)]
 pub struct CacheArgs {
-    /// Eviction policy: full, streaming, h2o, tova, snapkv, morphkv (default: the preset's,
-    /// else morphkv).
-    #[arg(long)]
+    // Eviction policy: the registry's list.
+    #[arg(long, help = format!("Eviction policy: {POLICY_LIST} (default: the preset's, else morphkv)"))]
     pub policy: Option<String>,
     /// Tokens kept per KV head per layer, the token being decoded included (default: the
     /// preset's, else 600).
@@ -284,7 +284,7 @@ pub struct EvalArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "streaming,h2o,tova,snapkv,morphkv"
+        default_value = EVICTING_POLICIES
     )]
     pub policies: Vec<String>,
     /// Budgets to try, comma-separated (default: --budget).
@@ -362,9 +362,8 @@ pub struct ChatArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
-    /// Eviction policy: full, streaming, h2o, tova, snapkv, morphkv (default: the config
-    /// file's, else morphkv).
-    #[arg(long)]
+    // Eviction policy: the registry's list.
+    #[arg(long, help = format!("Eviction policy: {POLICY_LIST} (default: the config file's, else morphkv)"))]
     pub policy: Option<String>,
     /// Tokens kept per KV head per layer (default: the config file's, else 600).
     #[arg(long, value_parser = limited(limits::BUDGET))]

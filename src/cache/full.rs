@@ -1,6 +1,21 @@
 //! `full`: keep every token. The reference for every fidelity figure.
 
+use super::config::CacheConfig;
+use super::registry::Entry;
 use super::policy::{Phase, Policy, ScoreCtx};
+
+/// `full`'s registry entry.
+pub const ENTRY: Entry = Entry {
+    name: "full",
+    about: "keeps every token (the reference)",
+    sinks: 0,
+    window: None,
+    build,
+};
+
+fn build(_: &CacheConfig) -> Box<dyn Policy> {
+    Box::new(Full)
+}
 
 /// Never evicts; the cache grows with the conversation.
 #[derive(Debug, Clone, Default)]
@@ -8,7 +23,7 @@ pub struct Full;
 
 impl Policy for Full {
     fn name(&self) -> &'static str {
-        "full"
+        ENTRY.name
     }
 
     fn evicts(&self, _phase: Phase) -> bool {

@@ -5,7 +5,22 @@
 //! (and over the query heads of its KV head); the cache keeps this sum per slot, moves it with
 //! the slot and restarts it when a slot is reused. The recent window is protected.
 
+use super::config::CacheConfig;
+use super::registry::Entry;
 use super::policy::{Needs, Policy, ScoreCtx};
+
+/// `h2o`'s registry entry.
+pub const ENTRY: Entry = Entry {
+    name: "h2o",
+    about: "heavy hitters: attention accumulated since each token entered, plus a recent window",
+    sinks: 0,
+    window: None,
+    build,
+};
+
+fn build(_: &CacheConfig) -> Box<dyn Policy> {
+    Box::new(H2o)
+}
 
 /// Accumulated-attention scoring.
 #[derive(Debug, Clone, Default)]
@@ -13,7 +28,7 @@ pub struct H2o;
 
 impl Policy for H2o {
     fn name(&self) -> &'static str {
-        "h2o"
+        ENTRY.name
     }
 
     fn needs(&self) -> Needs {

@@ -96,3 +96,51 @@ pub fn deserialize_window<'de, D: serde::Deserializer<'de>>(
 ) -> Result<Option<usize>, D::Error> {
     bounded(d, WINDOW)
 }
+
+/// Checks that a cache of `cap` slots per KV head in every layer of `model` (K and V, the
+/// per-slot records, and a profile of `ring_rows` rows) fits in this machine's memory: the
+/// error names `--budget` and says what the cache would need.
+pub(super) fn check_first_allocation(
+    model: &crate::model::Config,
+    (cap, budget, prefill_chunk): (usize, usize, usize),
+    ring_rows: usize,
+    dtype: candle_core::DType,
+) -> crate::error::Result<()> {
+    use crate::error::Error;
+    let bytes = first_allocation(model, cap, ring_rows, dtype);
+    let total = total_memory();
+    if let (Some(total), Some(bytes)) = (total, bytes) {
+        if bytes > total {
+            return Err(Error::arg(
+                "--budget",
+                format!(
+                    "a cache of {} slots per KV head ({} budget + {} prefill chunk) needs {:.1} GiB for this model, more than this machine's {:.1} GiB: lower --budget or --prefill-chunk",
+                    cap,
+                    budget,
+                    prefill_chunk,
+                    bytes as f64 / f64::from(1u32 << 30),
+                    total as f64 / f64::from(1u32 << 30)
+                ),
+            ));
+        }
+    } else if bytes.is_none() {
+        return Err(Error::arg("--budget", "the cache would not fit in memory"));
+    }
+    Ok(())
+}
+
+/// Bytes a cache of `cap` slots per KV head takes in all layers: K and V, the per-slot
+/// records, and the profile's ring. None if the product overflows.
+fn first_allocation(
+    model: &crate::model::Config,
+    cap: usize,
+    ring_rows: usize,
+    dtype: candle_core::DType,
+) -> Option<u64> {
+    let kv = (model.n_kv_head * model.head_dim).checked_mul(2 * dtype.size_in_bytes())?;
+    let records = model.n_kv_head.checked_mul(16)?;
+    let ring = model.n_head.checked_mul(ring_rows)?.checked_mul(2)?;
+    let per_slot = kv.checked_add(records)?.checked_add(ring)?;
+    let bytes = per_slot.checked_mul(cap)?.checked_mul(model.n_layer)?;
+    u64::try_from(bytes).ok()
+}

@@ -12,7 +12,27 @@
 //! at every step: scores match an f32 computation to about 1e-3 relative, so only tokens whose
 //! scores tie to that precision may be ranked differently.
 
+use super::config::CacheConfig;
+use super::registry::Entry;
 use super::policy::{Fusion, GroupAgg, Needs, Policy, ScoreCtx};
+
+/// `morphkv`'s registry entry.
+pub const ENTRY: Entry = Entry {
+    name: "morphkv",
+    about: "the window's attention re-ranks older tokens every step (the paper's method)",
+    sinks: 0,
+    window: None,
+    build,
+};
+
+/// Builds the scorer from the settings' window, fusion and group aggregation.
+fn build(cfg: &CacheConfig) -> Box<dyn Policy> {
+    Box::new(MorphKv {
+        window: cfg.window,
+        fusion: cfg.fusion,
+        group_agg: cfg.group_agg,
+    })
+}
 
 /// Window-attention scoring.
 #[derive(Debug, Clone)]
@@ -24,7 +44,7 @@ pub struct MorphKv {
 
 impl Policy for MorphKv {
     fn name(&self) -> &'static str {
-        "morphkv"
+        ENTRY.name
     }
 
     fn needs(&self) -> Needs {

@@ -7,7 +7,22 @@
 //! neighbours of important tokens survive too; top-k per KV head. Decoded tokens are never
 //! evicted, as the paper ran it: the cache grows during generation.
 
+use super::config::CacheConfig;
+use super::registry::Entry;
 use super::policy::{Needs, Phase, Policy, ScoreCtx, RING_SCALE};
+
+/// `snapkv`'s registry entry.
+pub const ENTRY: Entry = Entry {
+    name: "snapkv",
+    about: "compresses each prompt by its last queries' pooled attention; decoded tokens stay",
+    sinks: 0,
+    window: None,
+    build,
+};
+
+fn build(_: &CacheConfig) -> Box<dyn Policy> {
+    Box::new(SnapKv)
+}
 
 /// Queries whose attention votes (the observation window).
 pub const OBS_WINDOW: usize = 32;
@@ -20,7 +35,7 @@ pub struct SnapKv;
 
 impl Policy for SnapKv {
     fn name(&self) -> &'static str {
-        "snapkv"
+        ENTRY.name
     }
 
     fn needs(&self) -> Needs {

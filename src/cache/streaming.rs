@@ -4,7 +4,22 @@
 //! Keep the first `sinks` tokens (attention sinks, protected by the cache) and the most recent
 //! ones: among candidates, newer scores higher.
 
+use super::config::CacheConfig;
+use super::registry::Entry;
 use super::policy::{Policy, ScoreCtx};
+
+/// `streaming`'s registry entry.
+pub const ENTRY: Entry = Entry {
+    name: "streaming",
+    about: "attention sinks plus the most recent tokens (StreamingLLM)",
+    sinks: 4,
+    window: None,
+    build,
+};
+
+fn build(_: &CacheConfig) -> Box<dyn Policy> {
+    Box::new(Streaming)
+}
 
 /// Attention sinks + a sliding window.
 #[derive(Debug, Clone, Default)]
@@ -12,7 +27,7 @@ pub struct Streaming;
 
 impl Policy for Streaming {
     fn name(&self) -> &'static str {
-        "streaming"
+        ENTRY.name
     }
 
     fn score(&self, ctx: &ScoreCtx<'_>, out: &mut [f32]) {

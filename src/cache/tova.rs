@@ -5,7 +5,22 @@
 //! share the KV head (the paper averages over all heads of a layer; with GQA we keep one
 //! decision per KV head). Only the newest token is protected: a window of 1.
 
+use super::config::CacheConfig;
+use super::registry::Entry;
 use super::policy::{Needs, Policy, ScoreCtx, RING_SCALE};
+
+/// `tova`'s registry entry.
+pub const ENTRY: Entry = Entry {
+    name: "tova",
+    about: "the current query's attention; only the newest token is protected",
+    sinks: 0,
+    window: Some(1),
+    build,
+};
+
+fn build(_: &CacheConfig) -> Box<dyn Policy> {
+    Box::new(Tova)
+}
 
 /// Latest-query attention scoring.
 #[derive(Debug, Clone, Default)]
@@ -13,7 +28,7 @@ pub struct Tova;
 
 impl Policy for Tova {
     fn name(&self) -> &'static str {
-        "tova"
+        ENTRY.name
     }
 
     fn needs(&self) -> Needs {

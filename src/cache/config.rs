@@ -1,0 +1,150 @@
+//! Cache settings: [`CacheConfig`] (policy, budget and the policies' knobs), RoPE
+//! [`Positions`], their defaults and their validation. Policy-specific defaults (sinks, the
+//! protected window) come from the policy's registry entry; the numeric bounds from
+//! [`limits`](super::limits).
+
+use std::str::FromStr;
+
+use serde::Serialize;
+
+use super::limits;
+use super::policy::{Fusion, GroupAgg, Phase, Policy};
+use super::registry::PolicyKind;
+use crate::error::{Error, Result};
+
+/// Prompt tokens run per forward pass during prefill.
+pub const DEFAULT_PREFILL_CHUNK: usize = 512;
+
+/// Which positions RoPE sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Positions {
+    /// Each token keeps its position in the conversation (as the paper does). Past the
+    /// model's trained context, RoPE sees distances it was never trained on.
+    #[default]
+    Absolute,
+    /// Positions are re-assigned inside the cache: a KV head's retained tokens are numbered
+    /// 0..n in conversation order (StreamingLLM's remedy), so distances never exceed the cache
+    /// size and a conversation can run past the trained context. Keys are stored before RoPE
+    /// and rotated at their current rank when attended.
+    Rebased,
+}
+
+impl FromStr for Positions {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "absolute" => Ok(Self::Absolute),
+            "rebased" => Ok(Self::Rebased),
+            _ => Err(Error::arg(
+                "--positions",
+                format!("`{s}` is not absolute or rebased"),
+            )),
+        }
+    }
+}
+
+/// Cache settings: policy, budget and the policies' knobs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheConfig {
+    pub policy: PolicyKind,
+    /// Tokens kept per KV head per layer, the token being decoded included.
+    pub budget: usize,
+    /// Most recent tokens always kept (MorphKV's `R`; H2O's recent window).
+    pub window: usize,
+    /// First tokens always kept; `None`: the policy's default (4 for streaming, 0 for the
+    /// others).
+    pub sinks: Option<usize>,
+    pub fusion: Fusion,
+    pub group_agg: GroupAgg,
+    /// Evict this many tokens at once when the cache is full (the paper's cheaper variant).
+    pub evict_every: usize,
+    /// Prompt tokens per forward pass; the cache compresses after each.
+    pub prefill_chunk: usize,
+    /// Absolute or re-based RoPE positions.
+    pub positions: Positions,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            policy: PolicyKind::MorphKv,
+            budget: 600,
+            window: 30,
+            sinks: None,
+            fusion: Fusion::Sum,
+            group_agg: GroupAgg::Sum,
+            evict_every: 1,
+            prefill_chunk: DEFAULT_PREFILL_CHUNK,
+            positions: Positions::Absolute,
+        }
+    }
+}
+
+impl CacheConfig {
+    /// A cache that keeps everything.
+    pub fn full() -> Self {
+        Self {
+            policy: PolicyKind::Full,
+            ..Self::default()
+        }
+    }
+
+    /// Sinks in effect.
+    pub fn sinks(&self) -> usize {
+        self.sinks.unwrap_or(self.policy.entry().sinks)
+    }
+
+    /// Protected recent tokens in effect (the policy may fix it: TOVA keeps only the newest).
+    pub fn effective_window(&self) -> usize {
+        self.policy.entry().window.unwrap_or(self.window)
+    }
+
+    /// Checks the settings, naming the flag of the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        self.validate_with(&|name| format!("--{name}"))
+    }
+
+    /// Checks every setting against its [`limits`] and against each other, with overflow-safe
+    /// arithmetic. `origin` names where a setting came from (`budget` → `--budget`, or
+    /// `budget in config.toml`), and the error names it.
+    pub fn validate_with(&self, origin: &dyn Fn(&str) -> String) -> Result<()> {
+        let checks = [
+            (limits::BUDGET, self.budget),
+            (limits::WINDOW, self.window),
+            (limits::SINKS, self.sinks.unwrap_or(0)),
+            (limits::EVICT_EVERY, self.evict_every),
+            (limits::PREFILL_CHUNK, self.prefill_chunk),
+        ];
+        for (limit, v) in checks {
+            limit
+                .check(v)
+                .map_err(|reason| Error::arg(origin(limit.name), reason))?;
+        }
+        // In range, so no sum below can overflow. A policy that never evicts has no floor.
+        let floor = self.effective_window() + self.sinks() + 1;
+        if self.budget < floor && self.evicts() {
+            return Err(Error::arg(
+                origin("budget"),
+                format!(
+                    "{} is smaller than window {} + sinks {} + 1: raise the budget to at least {floor} or lower the window/sinks",
+                    self.budget,
+                    self.effective_window(),
+                    self.sinks()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The scorer these settings describe.
+    pub fn build_policy(&self) -> Box<dyn Policy> {
+        (self.policy.entry().build)(self)
+    }
+
+    /// Whether the policy evicts at all (`full` never does).
+    fn evicts(&self) -> bool {
+        let policy = self.build_policy();
+        policy.evicts(Phase::Prefill) || policy.evicts(Phase::Decode)
+    }
+}
