@@ -17,21 +17,23 @@
 //!
 //! [`Tokenizer::encode_mixed`] combines both for one prompt, and [`StreamDecoder`] turns the
 //! ids a model generates into text piece by piece without ever cutting a UTF-8 character.
+//!
+//! The pieces: `gguf` (building from GGUF metadata), `pretokenize` (the pre-tokenizers by
+//! `tokenizer.ggml.pre`), `stream` ([`StreamDecoder`]).
+
+mod gguf;
+mod pretokenize;
+mod stream;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::LazyLock;
 
-use candle_core::quantized::gguf_file;
-use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
-use tokenizers::models::bpe::{Merges, Vocab, BPE};
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::pre_tokenizers::digits::Digits;
-use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{AddedToken, DecoderWrapper, PreTokenizerWrapper, SplitDelimiterBehavior};
+use tokenizers::DecoderWrapper;
 
 use crate::error::{Error, Result};
+
+pub use stream::StreamDecoder;
 
 /// Names of tokens that end a turn or a text, in the vocabularies of common model families.
 /// Each one present in a vocabulary as an added (control) token is a stop token.
@@ -45,122 +47,6 @@ const END_OF_TURN_TOKENS: &[&str] = &[
     "<|end|>",
     "</s>",
 ];
-
-/// The GPT-2 word regex (used by `ByteLevel(use_regex=true)` and by llama.cpp's lists).
-const RE_GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
-/// Llama 3's regex, as in its `tokenizer.json` (numbers in groups of up to three digits).
-const RE_LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-/// Qwen 2's regex, as in its `tokenizer.json` (digits one by one).
-const RE_QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-/// Mistral's Tekken regex, as in its `tokenizer.json`.
-const RE_TEKKEN: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-/// DeepSeek V3's last regex, as in llama.cpp.
-const RE_DEEPSEEK3: &str = r##"[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"##;
-/// BLOOM, Poro and GPT-3 Finnish split on a few separators only.
-const RE_BLOOM: &str = r" ?[^(\s|.,!?…。，、।۔،)]+";
-
-/// `tokenizer.ggml.pre` values this module knows, for error messages.
-const KNOWN_PRE: &str = "default, gpt-2, llama3, llama-bpe, qwen2, smollm, starcoder, refact, \
-command-r, codeshell, exaone, minerva-7b, mpt, olmo, jais, phi-2, roberta-bpe, dbrx, smaug-bpe, \
-chatglm-bpe, stablelm2, megrez, falcon, falcon3, deepseek-coder, deepseek-v3, tekken, bloom, \
-poro-chat, gpt3-finnish, viking";
-
-/// How a GGUF `tokenizer.ggml.pre` value cuts text before BPE, and what it implies.
-struct PreTokenizerSpec {
-    pre_tokenizer: PreTokenizerWrapper,
-    /// Look whole words up in the vocabulary before merging (Llama 3, Tekken).
-    ignore_merges: bool,
-    /// Whether BOS is added when the GGUF has no `tokenizer.ggml.add_bos_token`.
-    default_add_bos: bool,
-}
-
-/// A byte-level pre-tokenizer that applies no regex of its own (the splits come before it).
-fn byte_level_bare() -> PreTokenizerWrapper {
-    ByteLevel::new(false, true, false).into()
-}
-
-/// `Split` pre-tokenizers (matches isolated, gaps kept as pieces, as llama.cpp does) followed by
-/// a bare byte-level mapping.
-fn regex_sequence(regexes: &[&str]) -> Result<PreTokenizerWrapper> {
-    let mut steps = Vec::with_capacity(regexes.len() + 1);
-    for re in regexes {
-        let split = Split::new(
-            SplitPattern::Regex((*re).to_owned()),
-            SplitDelimiterBehavior::Isolated,
-            false,
-        )
-        .map_err(|e| {
-            Error::Tokenizer(format!("pre-tokenizer regex `{re}` does not compile: {e}"))
-        })?;
-        steps.push(split.into());
-    }
-    steps.push(byte_level_bare());
-    Ok(Sequence::new(steps).into())
-}
-
-/// The pre-tokenizer for a `tokenizer.ggml.pre` value (`None`: the key is absent).
-fn pre_tokenizer_spec(pre: Option<&str>) -> Result<Option<PreTokenizerSpec>> {
-    let plain = |pre_tokenizer| PreTokenizerSpec {
-        pre_tokenizer,
-        ignore_merges: false,
-        default_add_bos: false,
-    };
-    let spec = match pre.unwrap_or("default") {
-        // llama.cpp's fallback for BPE models converted without a pre-tokenizer type.
-        "default" => plain(regex_sequence(&[
-            r"[\p{P}\$\+<=>\^~\|]+",
-            RE_GPT2,
-            r"\p{N}+",
-            r"[0-9][0-9][0-9]",
-        ])?),
-        "gpt2" | "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v1-en"
-        | "jina-v2-es" | "jina-v2-de" | "jina-v2-code" | "roberta-bpe" | "mpt" | "olmo"
-        | "jais" => plain(ByteLevel::new(false, true, true).into()),
-        // Digits one by one, then the GPT-2 regex: the `tokenizer.json` of these models.
-        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => {
-            plain(
-                Sequence::new(vec![
-                    Digits::new(true).into(),
-                    ByteLevel::new(false, true, true).into(),
-                ])
-                .into(),
-            )
-        }
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" => PreTokenizerSpec {
-            pre_tokenizer: regex_sequence(&[RE_LLAMA3])?,
-            ignore_merges: true,
-            default_add_bos: true,
-        },
-        "dbrx" | "smaug-bpe" | "chatglm-bpe" => plain(regex_sequence(&[RE_LLAMA3])?),
-        "qwen2" | "stablelm2" | "megrez" => plain(regex_sequence(&[RE_QWEN2])?),
-        "tekken" => PreTokenizerSpec {
-            pre_tokenizer: regex_sequence(&[RE_TEKKEN])?,
-            ignore_merges: true,
-            default_add_bos: true,
-        },
-        "falcon" => plain(regex_sequence(&[
-            r"[\p{P}\$\+<=>\^~\|`]+",
-            RE_GPT2,
-            r"[0-9][0-9][0-9]",
-        ])?),
-        "deepseek-coder" => plain(regex_sequence(&[
-            r"[\r\n]",
-            r"\s?\p{L}+",
-            r"\s?\p{P}+",
-            r"[一-龥ࠀ-一가-퟿]+",
-            r"\p{N}",
-        ])?),
-        "deepseek-v3" => plain(regex_sequence(&[
-            r"\p{N}{1,3}",
-            r"[一-龥぀-ゟ゠-ヿ]+",
-            RE_DEEPSEEK3,
-        ])?),
-        "bloom" | "poro-chat" | "gpt3-finnish" => plain(regex_sequence(&[RE_BLOOM])?),
-        "viking" => plain(regex_sequence(&[RE_BLOOM, r"\p{N}"])?),
-        _ => return Ok(None),
-    };
-    Ok(Some(spec))
-}
 
 /// The GPT-2 byte-to-character table that byte-level BPE vocabularies are written in, reversed.
 static BYTE_LEVEL_CHARS: LazyLock<HashMap<char, u8>> = LazyLock::new(|| {
@@ -218,84 +104,6 @@ impl std::fmt::Debug for Tokenizer {
     }
 }
 
-/// One metadata value of a GGUF file.
-fn meta<'a>(content: &'a gguf_file::Content, key: &str) -> Option<&'a gguf_file::Value> {
-    content.metadata.get(key)
-}
-
-fn meta_str<'a>(content: &'a gguf_file::Content, key: &str) -> Option<&'a str> {
-    meta(content, key)
-        .and_then(|v| v.to_string().ok())
-        .map(String::as_str)
-}
-
-fn meta_u32(content: &gguf_file::Content, key: &str) -> Option<u32> {
-    use gguf_file::Value as V;
-    match meta(content, key)? {
-        V::U8(v) => Some(u32::from(*v)),
-        V::U16(v) => Some(u32::from(*v)),
-        V::U32(v) => Some(*v),
-        V::I32(v) => u32::try_from(*v).ok(),
-        V::U64(v) => u32::try_from(*v).ok(),
-        V::I64(v) => u32::try_from(*v).ok(),
-        _ => None,
-    }
-}
-
-fn meta_bool(content: &gguf_file::Content, key: &str) -> Option<bool> {
-    meta(content, key).and_then(|v| v.to_bool().ok())
-}
-
-/// A GGUF array of strings, or an error naming the key.
-fn meta_strings<'a>(
-    content: &'a gguf_file::Content,
-    key: &str,
-    path: &Path,
-) -> Result<Vec<&'a str>> {
-    let bad = |what: &str| {
-        Error::Tokenizer(format!(
-            "{}: metadata `{key}` {what}; the GGUF file is incomplete or was not converted by \
-             llama.cpp's convert_hf_to_gguf.py",
-            path.display()
-        ))
-    };
-    let values = meta(content, key)
-        .ok_or_else(|| bad("is missing"))?
-        .to_vec()
-        .map_err(|_| bad("is not an array"))?;
-    values
-        .iter()
-        .map(|v| {
-            v.to_string()
-                .map(String::as_str)
-                .map_err(|_| bad("holds a value that is not a string"))
-        })
-        .collect()
-}
-
-/// GGUF token types (`tokenizer.ggml.token_type`): control tokens.
-const TOKEN_TYPE_CONTROL: i64 = 3;
-/// GGUF token types: user-defined tokens (always matched, never special).
-const TOKEN_TYPE_USER_DEFINED: i64 = 4;
-
-fn meta_token_types(content: &gguf_file::Content, n: usize) -> Vec<i64> {
-    use gguf_file::Value as V;
-    let Some(Ok(values)) = meta(content, "tokenizer.ggml.token_type").map(|v| v.to_vec()) else {
-        return vec![1; n];
-    };
-    values
-        .iter()
-        .map(|v| match v {
-            V::I32(t) => i64::from(*t),
-            V::U32(t) => i64::from(*t),
-            V::I8(t) => i64::from(*t),
-            V::U8(t) => i64::from(*t),
-            V::I64(t) => *t,
-            _ => 1,
-        })
-        .collect()
-}
-
 fn hf_err(what: &str) -> impl Fn(tokenizers::Error) -> Error + '_ {
     move |e| Error::Tokenizer(format!("{what}: {e}"))
 }
@@ -330,102 +138,6 @@ fn config_chat_template(config: &serde_json::Value) -> Option<String> {
 }
 
 impl Tokenizer {
-    /// Builds the tokenizer described by a GGUF file's `tokenizer.ggml.*` metadata; `path` is
-    /// only used in error messages.
-    ///
-    /// Supports byte-level BPE (`tokenizer.ggml.model = "gpt2"`) with the pre-tokenizers named
-    /// by `tokenizer.ggml.pre` that llama.cpp knows (see the module docs). Control tokens
-    /// (token type 3) become special added tokens, user-defined ones (type 4) plain added
-    /// tokens. SentencePiece models (`"llama"`) and others give an [`Error::Tokenizer`].
-    pub fn from_gguf(content: &gguf_file::Content, path: &Path) -> Result<Self> {
-        let at = path.display();
-        let model = meta_str(content, "tokenizer.ggml.model").ok_or_else(|| {
-            Error::Tokenizer(format!(
-                "{at}: metadata `tokenizer.ggml.model` is missing, so the file has no usable \
-                 tokenizer; pass a model with an embedded tokenizer"
-            ))
-        })?;
-        if model != "gpt2" {
-            let hint = match model {
-                "llama" => "SentencePiece (`llama`) vocabularies are not supported yet",
-                _ => "only byte-level BPE (`gpt2`) vocabularies are supported",
-            };
-            return Err(Error::Tokenizer(format!(
-                "{at}: tokenizer model `{model}` (tokenizer.ggml.model) is not supported: {hint}; \
-                 use a model whose GGUF tokenizer is `gpt2` (Llama 3, Qwen 2, SmolLM, ...)"
-            )));
-        }
-        let pre = meta_str(content, "tokenizer.ggml.pre");
-        let spec = pre_tokenizer_spec(pre)?.ok_or_else(|| {
-            Error::Tokenizer(format!(
-                "{at}: pre-tokenizer `{}` (tokenizer.ggml.pre) is not supported (known: \
-                 {KNOWN_PRE}); reconvert the model with a llama.cpp version that names a known \
-                 one",
-                pre.unwrap_or_default()
-            ))
-        })?;
-
-        let tokens = meta_strings(content, "tokenizer.ggml.tokens", path)?;
-        let merges_raw = meta_strings(content, "tokenizer.ggml.merges", path)?;
-        let types = meta_token_types(content, tokens.len());
-
-        let vocab: Vocab = tokens
-            .iter()
-            .enumerate()
-            .filter_map(|(i, t)| u32::try_from(i).ok().map(|i| ((*t).to_owned(), i)))
-            .collect();
-        let mut merges: Merges = Vec::with_capacity(merges_raw.len());
-        for m in &merges_raw {
-            // Like llama.cpp: split at the first space after the first byte.
-            let split = m.char_indices().skip(1).find(|(_, c)| *c == ' ');
-            let Some((pos, _)) = split else {
-                return Err(Error::Tokenizer(format!(
-                    "{at}: merge `{m}` in tokenizer.ggml.merges has no space between its two \
-                     parts; the GGUF file is damaged, download it again"
-                )));
-            };
-            merges.push((m[..pos].to_owned(), m[pos + 1..].to_owned()));
-        }
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .ignore_merges(spec.ignore_merges)
-            .build()
-            .map_err(|e| Error::Tokenizer(format!("{at}: building the BPE model failed: {e}")))?;
-
-        let mut special = tokenizers::Tokenizer::new(bpe);
-        special.with_pre_tokenizer(Some(spec.pre_tokenizer));
-        special.with_decoder(Some(ByteLevelDecoder::default()));
-
-        let added: Vec<AddedToken> = tokens
-            .iter()
-            .zip(types.iter().chain(std::iter::repeat(&1)))
-            .filter(|(_, t)| **t == TOKEN_TYPE_CONTROL || **t == TOKEN_TYPE_USER_DEFINED)
-            .map(|(tok, t)| AddedToken::from(*tok, *t == TOKEN_TYPE_CONTROL).normalized(false))
-            .collect();
-        special
-            .add_tokens(added)
-            .map_err(hf_err("adding control tokens"))?;
-
-        let bos = meta_u32(content, "tokenizer.ggml.bos_token_id");
-        let eos = meta_u32(content, "tokenizer.ggml.eos_token_id");
-        let add_bos =
-            meta_bool(content, "tokenizer.ggml.add_bos_token").unwrap_or(spec.default_add_bos);
-        let extra_stops = ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"]
-            .iter()
-            .filter_map(|k| meta_u32(content, k))
-            .collect::<Vec<_>>();
-        let chat_template = meta_str(content, "tokenizer.chat_template").map(str::to_owned);
-        Ok(Self::assemble(
-            special,
-            true,
-            bos,
-            eos,
-            add_bos,
-            &extra_stops,
-            chat_template,
-        ))
-    }
-
     /// Loads a `tokenizer.json` (safetensors checkpoints), with the chat template and BOS/EOS
     /// tokens from `tokenizer_config.json` when given.
     ///
@@ -710,80 +422,10 @@ impl Tokenizer {
     }
 }
 
-/// Incremental detokenizer for streaming: feed generated ids one by one, get text as soon as
-/// it is complete.
-///
-/// It decodes a small window of ids (the ids of the last emitted piece plus the new ones) and
-/// returns what the new ids add to the text, holding text back while it ends in U+FFFD (an
-/// incomplete UTF-8 character, e.g. an emoji split over several byte tokens). The pieces of all
-/// [`push`](Self::push) calls and [`finish`](Self::finish) concatenate to
-/// [`Tokenizer::decode`] of all ids.
-#[derive(Clone, Debug, Default)]
-pub struct StreamDecoder {
-    ids: Vec<u32>,
-    /// Start of the window: ids before it are already fully emitted and dropped.
-    prefix_offset: usize,
-    /// End of what has been emitted.
-    read_offset: usize,
-}
-
-impl StreamDecoder {
-    /// A decoder at the start of a stream.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds one id; returns the newly completed text, or `None` while a character is
-    /// incomplete (or the id adds no text).
-    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<Option<String>> {
-        self.ids.push(id);
-        let prefix = tok.decode(&self.ids[self.prefix_offset..self.read_offset])?;
-        let text = tok.decode(&self.ids[self.prefix_offset..])?;
-        if text.len() <= prefix.len() || text.ends_with('\u{FFFD}') {
-            return Ok(None);
-        }
-        let new = suffix_after(&text, &prefix).to_owned();
-        // The window becomes the ids just emitted.
-        self.ids.drain(..self.read_offset);
-        self.prefix_offset = 0;
-        self.read_offset = self.ids.len();
-        Ok(Some(new))
-    }
-
-    /// Flushes what is held back (an incomplete character comes out as U+FFFD; often the
-    /// result is empty) and resets the decoder for a new stream.
-    pub fn finish(&mut self, tok: &Tokenizer) -> Result<String> {
-        let prefix = tok.decode(&self.ids[self.prefix_offset..self.read_offset])?;
-        let text = tok.decode(&self.ids[self.prefix_offset..])?;
-        *self = Self::default();
-        if text.len() <= prefix.len() {
-            return Ok(String::new());
-        }
-        Ok(suffix_after(&text, &prefix).to_owned())
-    }
-}
-
-/// `text` without its leading `prefix`; if `text` does not start with it (a decoder that
-/// rewrites earlier text), what follows their longest common prefix.
-fn suffix_after<'a>(text: &'a str, prefix: &str) -> &'a str {
-    if let Some(rest) = text.strip_prefix(prefix) {
-        return rest;
-    }
-    let common = text
-        .char_indices()
-        .zip(prefix.chars())
-        .find(|((_, a), b)| a != b)
-        .map_or(prefix.len().min(text.len()), |((i, _), _)| i);
-    let mut cut = common;
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    &text[cut..]
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use candle_core::quantized::gguf_file;
 
     type TestResult = std::result::Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
@@ -800,7 +442,7 @@ pub(crate) mod tests {
         TOK.clone()
     }
 
-    const CORPUS: &[&str] = &[
+    pub(crate) const CORPUS: &[&str] = &[
         "Hello, world!",
         "def f(x):\n    if x > 1:\n        return [i * 2 for i in range(x)]\n    return None\n",
         "fn main() {\n\tlet v: Vec<u32> = vec![1, 2, 3];\n\tprintln!(\"{v:?}\");\n}\n",
@@ -886,72 +528,6 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn stream_decoder_matches_full_decode() -> TestResult {
-        let tok = smollm();
-        let mut split_inside_a_char = false;
-        for s in CORPUS {
-            let ids = tok.encode_plain(s)?;
-            let mut dec = StreamDecoder::new();
-            let mut out = String::new();
-            for id in &ids {
-                match dec.push(&tok, *id)? {
-                    Some(piece) => {
-                        assert!(!piece.contains('\u{FFFD}'), "{piece:?} in {s:?}");
-                        if piece != tok.token_text(*id) {
-                            split_inside_a_char = true;
-                        }
-                        out.push_str(&piece);
-                    }
-                    None => split_inside_a_char = true,
-                }
-            }
-            out.push_str(&dec.finish(&tok)?);
-            assert_eq!(out, tok.decode(&ids)?);
-            assert_eq!(&out, s);
-        }
-        assert!(
-            split_inside_a_char,
-            "no token boundary fell inside a character"
-        );
-        Ok(())
-    }
-
-    #[test]
-    fn emoji_spans_several_tokens() -> TestResult {
-        let tok = smollm();
-        let ids = tok.encode_plain("👨‍👩‍👧")?;
-        let mut dec = StreamDecoder::new();
-        let nones = ids
-            .iter()
-            .map(|id| dec.push(&tok, *id))
-            .collect::<Result<Vec<_>>>()?
-            .iter()
-            .filter(|p| p.is_none())
-            .count();
-        assert!(nones > 0, "every token of {ids:?} was a whole character");
-        // A lone byte token reads as escaped bytes.
-        assert!(ids.iter().any(|id| tok.token_text(*id).contains("\\x")));
-        Ok(())
-    }
-
-    #[test]
-    fn finish_flushes_an_incomplete_character() -> TestResult {
-        let tok = smollm();
-        let ids = tok.encode_plain("a😀")?;
-        let mut dec = StreamDecoder::new();
-        let mut out = String::new();
-        for id in &ids[..ids.len() - 1] {
-            if let Some(p) = dec.push(&tok, *id)? {
-                out.push_str(&p);
-            }
-        }
-        out.push_str(&dec.finish(&tok)?);
-        assert_eq!(out, tok.decode(&ids[..ids.len() - 1])?);
-        assert!(out.starts_with('a') && out.ends_with('\u{FFFD}'));
-        Ok(())
-    }
-
-    #[test]
     fn decode_keeps_special_token_text() -> TestResult {
         let tok = smollm();
         let ids = tok.encode_special("<|im_start|>assistant\nHi<|im_end|>")?;
@@ -980,71 +556,6 @@ pub(crate) mod tests {
         ])?;
         assert_eq!(mixed, tok.encode_special(whole)?);
         Ok(())
-    }
-
-    #[test]
-    fn every_known_pre_tokenizer_builds() -> Result<()> {
-        for pre in KNOWN_PRE.split(", ") {
-            assert!(pre_tokenizer_spec(Some(pre))?.is_some(), "{pre}");
-        }
-        assert!(pre_tokenizer_spec(None)?.is_some());
-        assert!(pre_tokenizer_spec(Some("nonsense"))?.is_none());
-        Ok(())
-    }
-
-    /// How a `tokenizer.ggml.pre` value cuts `text`, as slices of the original text.
-    fn pieces(pre: &str, text: &str) -> Vec<String> {
-        use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
-        let spec = pre_tokenizer_spec(Some(pre))
-            .expect("regexes compile")
-            .expect("known pre-tokenizer");
-        let mut pts = PreTokenizedString::from(text);
-        spec.pre_tokenizer
-            .pre_tokenize(&mut pts)
-            .expect("pre-tokenize");
-        pts.get_splits(OffsetReferential::Original, OffsetType::Byte)
-            .into_iter()
-            .map(|(_, (start, end), _)| text[start..end].to_owned())
-            .collect()
-    }
-
-    #[test]
-    fn pre_tokenizers_cut_like_the_originals() {
-        assert_eq!(
-            pieces("smollm", "Hello  world 2024!"),
-            ["Hello", " ", " world", " ", "2", "0", "2", "4", "!"]
-        );
-        assert_eq!(pieces("gpt2", "it's 2024"), ["it", "'s", " 2024"]);
-        assert_eq!(
-            pieces("llama3", "I'M here: 12345\n\nok"),
-            ["I", "'M", " here", ":", " ", "123", "45", "\n\n", "ok"]
-        );
-        assert_eq!(
-            pieces("qwen2", "abc 2024"),
-            ["abc", " ", "2", "0", "2", "4"]
-        );
-    }
-
-    #[test]
-    fn unsupported_model_type_is_a_clear_error() {
-        let mut content = gguf_file::Content {
-            magic: gguf_file::VersionedMagic::GgufV3,
-            metadata: HashMap::new(),
-            tensor_infos: HashMap::new(),
-            tensor_data_offset: 0,
-        };
-        content.metadata.insert(
-            "tokenizer.ggml.model".into(),
-            gguf_file::Value::String("llama".into()),
-        );
-        let err = Tokenizer::from_gguf(&content, Path::new("x.gguf"))
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(
-            err.contains("`llama`") && err.contains("not supported"),
-            "{err}"
-        );
     }
 
     #[test]

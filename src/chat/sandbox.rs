@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{describe, environment, render_env, Failure, Message};
+use super::render::{describe, environment, render_env, Failure};
+use super::Message;
 
 /// The first argument that makes the `morphkv` binary a template renderer.
 pub const CHILD_ARG: &str = "__morphkv-render-chat-template";
