@@ -19,7 +19,6 @@ use std::ops::Range;
 use half::f16;
 
 use super::policy;
-use super::slots::remap;
 
 /// One layer's ring of attention rows and their old masses.
 #[derive(Debug, Clone)]
@@ -292,4 +291,21 @@ impl Profile {
             }
         }
     }
+}
+
+/// `rows` rows of `len` used entries at a stride of `old`, copied to a stride of `cap` (the
+/// rest `fill`).
+pub(super) fn remap<T: Copy>(
+    src: &[T],
+    rows: usize,
+    fill: T,
+    old: usize,
+    cap: usize,
+    len: usize,
+) -> Vec<T> {
+    let mut dst = vec![fill; rows * cap];
+    for r in 0..rows {
+        dst[r * cap..r * cap + len].copy_from_slice(&src[r * old..r * old + len]);
+    }
+    dst
 }

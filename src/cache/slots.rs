@@ -8,7 +8,7 @@
 
 use candle_core::{DType, Device, Storage, Tensor};
 
-use super::profile::Profile;
+use super::profile::{remap, Profile};
 use super::KvCache;
 use crate::error::{Error, Result};
 use crate::model::Config;
@@ -341,23 +341,6 @@ impl KvCache {
     pub fn portable(&self) -> bool {
         self.layers.first().is_some_and(|l| l.portable)
     }
-}
-
-/// `rows` rows of `len` used entries at a stride of `old`, copied to a stride of `cap` (the
-/// rest `fill`).
-pub(super) fn remap<T: Copy>(
-    src: &[T],
-    rows: usize,
-    fill: T,
-    old: usize,
-    cap: usize,
-    len: usize,
-) -> Vec<T> {
-    let mut dst = vec![fill; rows * cap];
-    for r in 0..rows {
-        dst[r * cap..r * cap + len].copy_from_slice(&src[r * old..r * old + len]);
-    }
-    dst
 }
 
 /// Copies whole slots within a (H_kv, cap, d) buffer in host memory: `moves[h]` holds the
