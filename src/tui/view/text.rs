@@ -134,7 +134,9 @@ fn inline(text: &str, base: Style, theme: &Theme) -> Vec<Span<'static>> {
 }
 
 /// A message's content as wrapped lines with simple Markdown: headings, lists, emphasis, code
-/// blocks set apart.
+/// blocks set apart. Line by line on purpose: a model's single newline is a line break on
+/// screen (CommonMark would join such lines into one paragraph), and an answer still
+/// streaming (an unclosed fence or `**`) renders as it will once complete.
 pub fn markdown(content: &str, base: Style, theme: &Theme, width: usize) -> Vec<Line<'static>> {
     let mut lines = Vec::new();
     let mut in_code = false;
