@@ -1,8 +1,11 @@
 //! Renders the README's screenshots of the chat from the recorded demo conversation (no model
 //! needed): `cargo run --release --example screenshots` writes docs/screenshots/*.svg.
 
+#[path = "../tests/tui/demo.rs"]
+mod demo;
+
+use demo::{app_after_recording, svg};
 use morphkv::tui::app::{Action, Msg, Panel};
-use morphkv::tui::demo::{app_after_recording, svg};
 use morphkv::tui::theme::Theme;
 use morphkv::tui::view;
 use ratatui::backend::TestBackend;
@@ -31,7 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         app.panel = panel;
         if panel == Some(Panel::Inspector) {
             app.inspect = Some(20);
-            app.step.inspect = Some(morphkv::tui::demo::fate(20, app.step.seen));
+            app.step.inspect = Some(demo::fate(20, app.step.seen));
         }
         if help {
             app.update(Msg::Action(Action::Help));

@@ -1,5 +1,5 @@
 //! `morphkv chat` (and plain `morphkv`): settings from flags over the config file, saved-chat
-//! housekeeping, then the TUI.
+//! housekeeping, then the model, its engine, and the TUI on the engine.
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +9,7 @@ use crate::cli::ChatArgs;
 use crate::{load, sampling_params, Loaded};
 use morphkv::cache::{CacheConfig, Positions};
 use morphkv::chat::ChatTemplate;
-use morphkv::engine::Settings;
+use morphkv::engine::{Engine, Settings};
 use morphkv::tui::{self, store, theme::Theme, ChatOptions};
 
 /// The config and data folders (`MORPHKV_CONFIG_DIR` / `MORPHKV_DATA_DIR` override them).
@@ -231,15 +231,25 @@ pub fn run(a: ChatArgs) -> Result<()> {
             .file_stem()
             .map_or("model".into(), |f| f.to_string_lossy().into_owned()),
     };
-    let ended = tui::run(
+    let settings = Settings {
+        cache,
+        sampling: params,
+        max_tokens: a.max_tokens,
+    };
+    // The engine owns the model on its own thread; the chat sees only its events.
+    let (sink, events) = tui::event_channel();
+    let engine = Engine::spawn(
         model,
         tokenizer,
         template,
-        Settings {
-            cache,
-            sampling: params,
-            max_tokens: a.max_tokens,
-        },
+        display.clone(),
+        settings.clone(),
+        sink,
+    )?;
+    let ended = tui::run(
+        engine,
+        events,
+        &settings,
         ChatOptions {
             theme,
             chats_dir: chats,

@@ -1,16 +1,20 @@
-//! `morphkv chat`: the terminal UI. One loop receives terminal events (from a reader thread)
-//! and engine events (from the engine thread) on one channel, turns them into [`app::Msg`]s,
-//! updates the [`app::App`], performs the effects and redraws. The terminal is restored on
-//! every exit: quit, Ctrl-C (a key in raw mode), SIGINT/SIGTERM/SIGHUP (then the process exits
-//! with 128 + the signal), an error, or a panic.
+//! `morphkv chat`: the terminal UI. `chat_cmd` loads the model and spawns the engine; [`run`]
+//! takes the engine and the receiver of its events ([`event_channel`]) and drives the screen.
 //!
-//! A plain channel and threads instead of an async runtime: the engine's work is blocking
-//! candle code and the terminal reader blocks too; one `recv_timeout` loop is all the
-//! select this needs.
+//! One `tokio::select!` on a current-thread runtime waits for whichever comes first: a
+//! terminal event (crossterm's `EventStream`), an engine event, or SIGINT/SIGTERM/SIGHUP.
+//! Each becomes an [`app::Msg`]; the [`app::App`] updates, its effects are performed, and the
+//! screen is drawn once for everything that was waiting. Nothing on screen moves by itself
+//! (no spinner, no clock), so there is no tick at all: an idle chat sleeps and uses no CPU.
+//! A click is turned into a message by the hit map of the frame on screen.
+//!
+//! The terminal is restored on every exit: quit, Ctrl-C (a key in raw mode),
+//! SIGINT/SIGTERM/SIGHUP (then the process exits with 128 + the signal), an error, or a panic;
+//! a finished turn is saved when it finishes, the conversation once more at the end.
 
 pub mod app;
 pub mod config;
-pub mod demo;
+pub mod hits;
 pub mod keys;
 pub mod store;
 pub mod theme;
@@ -18,23 +22,23 @@ pub mod view;
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{channel, RecvTimeoutError};
-use std::sync::Arc;
-use std::time::Duration;
+use std::time::Instant;
 
-use ratatui::crossterm::event::{self, DisableMouseCapture, EnableMouseCapture};
+use futures_util::StreamExt;
+use ratatui::crossterm::event::{self, DisableMouseCapture, EnableMouseCapture, EventStream};
 use ratatui::crossterm::execute;
+use ratatui::DefaultTerminal;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use crate::chat::{ChatTemplate, Message};
-use crate::engine::{Command, Engine, Settings};
+use crate::chat::Message;
+use crate::engine::{Command, Engine, Event, Settings, Watch};
 use crate::error::{Error, Result};
-use crate::model::Model;
-use crate::tokenizer::Tokenizer;
 use app::{Action, App, Effect, Msg};
+use hits::HitMap;
 use theme::Theme;
 
-/// Everything the chat needs besides the model.
+/// Everything the chat needs besides the engine.
 pub struct ChatOptions {
     pub theme: Theme,
     /// Where chats are saved.
@@ -50,9 +54,19 @@ pub struct ChatOptions {
     pub keymap: keys::KeyMap,
 }
 
-enum Ev {
-    Term(event::Event),
-    Engine(crate::engine::Event),
+/// The engine's events, as the chat reads them.
+pub type EngineEvents = UnboundedReceiver<Event>;
+
+/// A sink to give [`Engine::spawn`] (it may be called from any thread) and the receiver of
+/// what it is given, for [`run`].
+pub fn event_channel() -> (impl Fn(Event) + Send + 'static, EngineEvents) {
+    let (tx, rx) = unbounded_channel();
+    (
+        move |e| {
+            let _ = tx.send(e);
+        },
+        rx,
+    )
 }
 
 /// Appends a line to the log file (best effort: logging never breaks the chat).
@@ -89,16 +103,116 @@ pub enum Ended {
     Signal(i32),
 }
 
-/// Runs the chat until the user quits or a signal asks it to; the terminal is restored
-/// either way.
+/// Runs the chat on `engine` (whose events arrive on `events`, see [`event_channel`]) until
+/// the user quits or a signal asks it to; the terminal is restored either way. `settings`
+/// are those the engine was started with.
 pub fn run(
-    model: Model,
-    tok: Tokenizer,
-    template: ChatTemplate,
-    settings: Settings,
+    engine: Engine,
+    events: EngineEvents,
+    settings: &Settings,
     opts: ChatOptions,
 ) -> Result<Ended> {
-    let (tx, rx) = channel::<Ev>();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| Error::io("async runtime", e))?
+        .block_on(chat(engine, events, settings, opts))
+}
+
+/// What the loop waits on.
+enum Ev {
+    Term(event::Event),
+    Engine(Event),
+    /// The engine's thread has ended.
+    EngineGone,
+    /// SIGINT, SIGTERM or SIGHUP.
+    Signal(i32),
+    /// The terminal can no longer be read.
+    TermGone(String),
+}
+
+/// The event sources of the one `select!`.
+struct Sources {
+    term: EventStream,
+    engine: EngineEvents,
+    engine_open: bool,
+    signals: [(i32, Signal); 3],
+}
+
+impl Sources {
+    fn new(engine: EngineEvents) -> Result<Self> {
+        let sig = |kind: SignalKind, n: i32| {
+            signal(kind)
+                .map(|s| (n, s))
+                .map_err(|e| Error::io("signal handler", e))
+        };
+        Ok(Self {
+            term: EventStream::new(),
+            engine,
+            engine_open: true,
+            // Ctrl-C is a key in raw mode, so SIGINT comes only from `kill -INT`.
+            signals: [
+                sig(SignalKind::interrupt(), libc::SIGINT)?,
+                sig(SignalKind::terminate(), libc::SIGTERM)?,
+                sig(SignalKind::hangup(), libc::SIGHUP)?,
+            ],
+        })
+    }
+
+    /// The next event: waits for one when `wait`, else only takes one already there (None
+    /// when there is none). Signals first, then keys, then the engine.
+    async fn next(&mut self, wait: bool) -> Option<Ev> {
+        let [(int_n, int), (term_n, term), (hup_n, hup)] = &mut self.signals;
+        tokio::select! {
+            biased;
+            Some(()) = int.recv() => Some(Ev::Signal(*int_n)),
+            Some(()) = term.recv() => Some(Ev::Signal(*term_n)),
+            Some(()) = hup.recv() => Some(Ev::Signal(*hup_n)),
+            t = self.term.next() => Some(match t {
+                Some(Ok(e)) => Ev::Term(e),
+                Some(Err(e)) => Ev::TermGone(e.to_string()),
+                None => Ev::TermGone("end of input".into()),
+            }),
+            e = self.engine.recv(), if self.engine_open => Some(match e {
+                Some(e) => Ev::Engine(e),
+                None => {
+                    self.engine_open = false;
+                    Ev::EngineGone
+                }
+            }),
+            () = std::future::ready(()), if !wait => None,
+        }
+    }
+}
+
+/// The most events taken before the screen is drawn again.
+const BATCH: usize = 256;
+
+/// The chat on screen: the app, the engine, the saved chat it is and what the loop keeps.
+struct Chat {
+    app: App,
+    engine: Engine,
+    opts: ChatOptions,
+    /// The chat being saved: its id, creation time, and a title given by /rename or --rename
+    /// (else the title follows the first message).
+    id: String,
+    created: u64,
+    title: Option<String>,
+    /// What the engine was last told the panels need.
+    watched: Watch,
+    /// The last signal that asked the chat to end.
+    signal: Option<i32>,
+    /// Key-to-screen latency: from a key's arrival to the end of the draw that shows it.
+    pending_key: Option<Instant>,
+    latencies: Vec<f64>,
+}
+
+async fn chat(
+    engine: Engine,
+    events: EngineEvents,
+    settings: &Settings,
+    opts: ChatOptions,
+) -> Result<Ended> {
     let mut app = App::new(
         settings.cache.clone(),
         settings.sampling.clone(),
@@ -106,9 +220,7 @@ pub fn run(
     );
     app.theme = opts.theme.name.clone();
     app.custom_keys = opts.keymap.described.clone();
-    // The chat being saved: its id, creation time, and a title given by /rename or --rename
-    // (else the title follows the first message).
-    let (mut chat_id, mut created, mut title) = match &opts.resume {
+    let (id, created, title) = match &opts.resume {
         Some(c) => {
             app.messages = c.messages.clone();
             (c.id.clone(), c.created, given_title(c))
@@ -121,26 +233,12 @@ pub fn run(
     }
     log(
         &opts.log,
-        &format!("chat {chat_id} starts with {}", opts.model_name),
+        &format!("chat {id} starts with {}", opts.model_name),
     );
-    let engine = Engine::spawn(model, tok, template, opts.model_name.clone(), settings, {
-        let tx = tx.clone();
-        move |e| {
-            let _ = tx.send(Ev::Engine(e));
-        }
-    })?;
-
-    // SIGINT (Ctrl-C is a key in raw mode, so only `kill -INT`), SIGTERM and SIGHUP end
-    // the chat like a quit; the flag holds the last one's number.
-    let stop = Arc::new(AtomicUsize::new(0));
-    for sig in [
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ] {
-        signal_hook::flag::register_usize(sig, stop.clone(), sig as usize)
-            .map_err(|e| Error::io("signal handler", e))?;
-    }
+    // The panel on screen at start needs less than the engine computes by default.
+    let watched = app.watch();
+    engine.send(Command::Watch(watched));
+    let mut src = Sources::new(events)?;
 
     // The panic hook restores the terminal before the message is printed.
     let prev = std::panic::take_hook();
@@ -155,193 +253,241 @@ pub fn run(
     if let Ok(size) = terminal.size() {
         app.size = (size.width, size.height);
     }
+    let mut chat = Chat {
+        app,
+        engine,
+        opts,
+        id,
+        created,
+        title,
+        watched,
+        signal: None,
+        pending_key: None,
+        latencies: Vec::new(),
+    };
+    chat.run(&mut terminal, &mut src).await?;
+    chat.end()
+}
 
-    let reader_tx = tx.clone();
-    std::thread::Builder::new()
-        .name("morphkv-keys".into())
-        .spawn(move || {
-            while let Ok(ev) = event::read() {
-                if reader_tx.send(Ev::Term(ev)).is_err() {
+impl Chat {
+    /// Draws, waits for events, takes everything already waiting, performs the effects; until
+    /// the app quits.
+    async fn run(&mut self, terminal: &mut DefaultTerminal, src: &mut Sources) -> Result<()> {
+        loop {
+            let mut hits = HitMap::default();
+            terminal
+                .draw(|f| hits = view::render(f, &self.app, &self.opts.theme))
+                .map_err(|e| Error::io("terminal", e))?;
+            if let Some(t) = self.pending_key.take() {
+                self.latencies.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            let mut next = src.next(true).await;
+            let mut effects = Vec::new();
+            for _ in 0..BATCH {
+                let Some(ev) = next else { break };
+                self.take(ev, &hits, &mut effects);
+                if self.app.quit {
                     break;
                 }
+                next = src.next(false).await;
             }
-        })
-        .map_err(|e| Error::io("terminal reader thread", e))?;
-    drop(tx);
+            for fx in effects {
+                self.perform(fx);
+            }
+            self.watch();
+            if self.app.quit {
+                return Ok(());
+            }
+        }
+    }
 
-    // A failed save shows in the status line; the last one, at quit, also fails the run.
-    let save = |app: &mut App, chat_id: &str, created: u64, title: &Option<String>| -> Result<()> {
+    /// One event into the app; its effects are added to `effects`.
+    fn take(&mut self, ev: Ev, hits: &HitMap, effects: &mut Vec<Effect>) {
+        let app = &mut self.app;
+        let msg = match ev {
+            Ev::Engine(e) => {
+                if let Event::Failed(m) = &e {
+                    log(&self.opts.log, &format!("engine error: {m}"));
+                }
+                Some(Msg::Engine(e))
+            }
+            Ev::EngineGone => {
+                log(&self.opts.log, "the engine thread has ended");
+                Some(Msg::Engine(Event::Failed("the engine has stopped".into())))
+            }
+            Ev::Signal(n) => {
+                log(&self.opts.log, "signal: quitting");
+                self.signal = Some(n);
+                Some(Msg::Action(Action::Quit))
+            }
+            Ev::TermGone(why) => {
+                log(&self.opts.log, &format!("terminal: {why}: quitting"));
+                Some(Msg::Action(Action::Quit))
+            }
+            Ev::Term(event::Event::Key(k)) => {
+                self.pending_key.get_or_insert_with(Instant::now);
+                self.opts
+                    .keymap
+                    .key(k, app.input.is_empty())
+                    .map(Msg::Action)
+            }
+            Ev::Term(event::Event::Mouse(m)) => keys::mouse(m, hits),
+            Ev::Term(event::Event::Resize(w, h)) => Some(Msg::Resize(w, h)),
+            Ev::Term(event::Event::Paste(text)) => {
+                for c in text.chars() {
+                    effects.extend(app.update(Msg::Action(if c == '\n' {
+                        Action::Newline
+                    } else {
+                        Action::Insert(c)
+                    })));
+                }
+                None
+            }
+            Ev::Term(_) => None,
+        };
+        if let Some(m) = msg {
+            effects.extend(app.update(m));
+        }
+    }
+
+    /// Tells the engine what the panel on screen needs, when that changed.
+    fn watch(&mut self) {
+        let w = self.app.watch();
+        if w == self.watched {
+            return;
+        }
+        self.engine.send(Command::Watch(w));
+        // Retention counts are kept up to date whether watched or not, but a step reports
+        // them only while watched: the panel just shown asks for the current step at once
+        // (a focus, unchanged, is answered with one). Attention is not asked for: the cache
+        // recorded none while unwatched, and the panel says so until the next token.
+        if w.retention && !self.watched.retention {
+            self.engine.send(Command::Focus(self.app.focus));
+        }
+        self.watched = w;
+    }
+
+    /// Saves the chat; a failure shows in the status line (the last save, at the end, also
+    /// fails the run).
+    fn save(&mut self) -> Result<()> {
+        let app = &mut self.app;
         if app.messages.is_empty() {
             return Ok(());
         }
         let mut chat = store::SavedChat::new(
-            chat_id,
-            created,
-            &opts.model_name,
+            &self.id,
+            self.created,
+            &self.opts.model_name,
             &app.cache,
             &app.messages,
         );
-        if let Some(t) = title {
+        if let Some(t) = &self.title {
             chat.title = t.clone();
         }
-        if let Err(e) = store::save(&opts.chats_dir, &chat) {
+        if let Err(e) = store::save(&self.opts.chats_dir, &chat) {
             app.notice = Some((format!("could not save the chat: {e}"), true));
-            log(&opts.log, &format!("save failed: {e}"));
+            log(&self.opts.log, &format!("save failed: {e}"));
             return Err(e);
         }
         Ok(())
-    };
+    }
 
-    // Key-to-screen latency: from a key's arrival to the end of the draw that shows it.
-    let mut pending_key: Option<std::time::Instant> = None;
-    let mut latencies: Vec<f64> = Vec::new();
-    loop {
-        terminal
-            .draw(|f| view::draw(f, &app, &opts.theme))
-            .map_err(|e| Error::io("terminal", e))?;
-        if let Some(t) = pending_key.take() {
-            latencies.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-        let first = match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(ev) => Some(ev),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        if stop.load(Ordering::SeqCst) != 0 && !app.quit {
-            log(&opts.log, "signal: quitting");
-            app.update(Msg::Action(Action::Quit));
-        }
-        // Everything already waiting, then one redraw.
-        let mut effects = Vec::new();
-        for ev in first.into_iter().chain(rx.try_iter()) {
-            let msg = match ev {
-                Ev::Engine(e) => {
-                    if let crate::engine::Event::Failed(m) = &e {
-                        log(&opts.log, &format!("engine error: {m}"));
-                    }
-                    Some(Msg::Engine(e))
-                }
-                Ev::Term(event::Event::Key(k)) => {
-                    pending_key.get_or_insert_with(std::time::Instant::now);
-                    opts.keymap.key(k, app.input.is_empty()).map(Msg::Action)
-                }
-                Ev::Term(event::Event::Mouse(m)) => keys::mouse(m).map(Msg::Action),
-                Ev::Term(event::Event::Resize(w, h)) => Some(Msg::Resize(w, h)),
-                Ev::Term(event::Event::Paste(text)) => {
-                    for c in text.chars() {
-                        effects.extend(app.update(Msg::Action(if c == '\n' {
-                            Action::Newline
-                        } else {
-                            Action::Insert(c)
-                        })));
-                    }
-                    None
-                }
-                Ev::Term(_) => None,
-            };
-            if let Some(m) = msg {
-                effects.extend(app.update(m));
+    fn perform(&mut self, fx: Effect) {
+        let (app, engine, opts) = (&mut self.app, &self.engine, &self.opts);
+        match fx {
+            Effect::Engine(cmd) => {
+                engine.send(cmd);
             }
-            if app.quit {
-                break;
+            Effect::Cancel => {
+                engine.send(Command::Cancel);
             }
-        }
-        for fx in effects {
-            match fx {
-                Effect::Engine(cmd) => {
-                    let _ = engine.commands.send(cmd);
-                }
-                Effect::Cancel => {
-                    engine.send(Command::Cancel);
-                }
-                Effect::Save => {
-                    let _ = save(&mut app, &chat_id, created, &title);
-                }
-                Effect::Export(file) => match std::fs::write(&file, app.markdown()) {
-                    Ok(()) => app.notice = Some((format!("saved the chat to {file}"), false)),
-                    Err(e) => app.notice = Some((format!("/save {file}: {e}"), true)),
-                },
-                Effect::Pause(on) => {
-                    engine.send(Command::Pause(on));
-                }
-                Effect::Advance => {
-                    engine.send(Command::Advance);
-                }
-                Effect::ListChats => {
-                    let items = chat_entries(&opts.chats_dir, &chat_id);
-                    app.update(Msg::Chats(items));
-                }
-                Effect::OpenChat(id) => {
-                    match store::list(&opts.chats_dir)
-                        .into_iter()
-                        .find(|(_, c)| c.id == id)
-                    {
-                        Some((_, c)) => {
-                            log(&opts.log, &format!("chat {chat_id} closed, {id} opened"));
-                            (chat_id, created, title) = (c.id.clone(), c.created, given_title(&c));
-                            for fx in app.update(Msg::Opened(c.messages)) {
-                                if let Effect::Engine(cmd) = fx {
-                                    let _ = engine.commands.send(cmd);
-                                }
+            Effect::Save => {
+                let _ = self.save();
+            }
+            Effect::Export(file) => match std::fs::write(&file, app.markdown()) {
+                Ok(()) => app.notice = Some((format!("saved the chat to {file}"), false)),
+                Err(e) => app.notice = Some((format!("/save {file}: {e}"), true)),
+            },
+            Effect::Pause(on) => {
+                engine.send(Command::Pause(on));
+            }
+            Effect::Advance => {
+                engine.send(Command::Advance);
+            }
+            Effect::ListChats => {
+                let items = chat_entries(&opts.chats_dir, &self.id);
+                app.update(Msg::Chats(items));
+            }
+            Effect::OpenChat(id) => {
+                match store::list(&opts.chats_dir)
+                    .into_iter()
+                    .find(|(_, c)| c.id == id)
+                {
+                    Some((_, c)) => {
+                        log(&opts.log, &format!("chat {} closed, {id} opened", self.id));
+                        (self.id, self.created, self.title) =
+                            (c.id.clone(), c.created, given_title(&c));
+                        for fx in app.update(Msg::Opened(c.messages)) {
+                            if let Effect::Engine(cmd) = fx {
+                                engine.send(cmd);
                             }
                         }
-                        None => app.notice = Some((format!("chat {id} is gone"), true)),
                     }
+                    None => app.notice = Some((format!("chat {id} is gone"), true)),
                 }
-                Effect::DeleteChat(id) => {
-                    let path = opts.chats_dir.join(format!("{id}.json"));
-                    if let Err(e) = std::fs::remove_file(&path) {
-                        app.notice = Some((format!("deleting {}: {e}", path.display()), true));
-                    } else {
-                        app.notice = Some((format!("deleted chat {id}"), false));
-                    }
-                    let items = chat_entries(&opts.chats_dir, &chat_id);
-                    app.update(Msg::Chats(items));
-                }
-                Effect::Rename(t) => {
-                    title = Some(t);
-                    let _ = save(&mut app, &chat_id, created, &title);
-                }
-                Effect::Quit => app.quit = true,
             }
-        }
-        if app.quit {
-            break;
+            Effect::DeleteChat(id) => {
+                let path = opts.chats_dir.join(format!("{id}.json"));
+                if let Err(e) = std::fs::remove_file(&path) {
+                    app.notice = Some((format!("deleting {}: {e}", path.display()), true));
+                } else {
+                    app.notice = Some((format!("deleted chat {id}"), false));
+                }
+                let items = chat_entries(&opts.chats_dir, &self.id);
+                app.update(Msg::Chats(items));
+            }
+            Effect::Rename(t) => {
+                self.title = Some(t);
+                let _ = self.save();
+            }
+            Effect::Quit => app.quit = true,
         }
     }
-    // An answer cut short by quitting is kept as it stands.
-    if let Some(partial) = app.streaming.take() {
-        app.messages.push(Message::assistant(partial));
-    }
-    let saved = save(&mut app, &chat_id, created, &title);
-    if !latencies.is_empty() {
-        latencies.sort_by(f64::total_cmp);
-        log(
-            &opts.log,
-            &format!(
-                "key-to-draw latency: {} keys, median {:.1} ms, max {:.1} ms",
-                latencies.len(),
-                latencies[latencies.len() / 2],
-                latencies[latencies.len() - 1]
+
+    /// After the loop: keeps an answer cut short, saves, logs, stops the engine.
+    fn end(mut self) -> Result<Ended> {
+        // An answer cut short by quitting is kept as it stands.
+        if let Some(partial) = self.app.streaming.take() {
+            self.app.messages.push(Message::assistant(partial));
+        }
+        let saved = self.save();
+        let lat = &mut self.latencies;
+        if !lat.is_empty() {
+            lat.sort_by(f64::total_cmp);
+            log(
+                &self.opts.log,
+                &format!(
+                    "key-to-draw latency: {} keys, median {:.1} ms, max {:.1} ms",
+                    lat.len(),
+                    lat[lat.len() / 2],
+                    lat[lat.len() - 1]
+                ),
+            );
+        }
+        // Quit also stops an answer in progress (paused or not).
+        self.engine.send(Command::Quit);
+        log(&self.opts.log, &format!("chat {} ends", self.id));
+        // Said after the terminal is restored (the caller prints it), with a failing exit.
+        saved.map_err(|e| Error::BadFile {
+            path: self.opts.chats_dir.display().to_string(),
+            reason: format!(
+                "chat {} was not saved: {e}; make the folder writable, or set \
+                 MORPHKV_DATA_DIR to a folder that is",
+                self.id
             ),
-        );
+        })?;
+        Ok(self.signal.map_or(Ended::Quit, Ended::Signal))
     }
-    // Quit also stops an answer in progress (paused or not).
-    engine.send(Command::Quit);
-    log(&opts.log, &format!("chat {chat_id} ends"));
-    // Said after the terminal is restored (the caller prints it), with a failing exit.
-    let signal = stop.load(Ordering::SeqCst);
-    saved.map_err(|e| Error::BadFile {
-        path: opts.chats_dir.display().to_string(),
-        reason: format!(
-            "chat {chat_id} was not saved: {e}; make the folder writable, or set \
-             MORPHKV_DATA_DIR to a folder that is"
-        ),
-    })?;
-    Ok(match i32::try_from(signal) {
-        Ok(sig) if sig > 0 => Ended::Signal(sig),
-        _ => Ended::Quit,
-    })
 }
 
 /// A saved chat's title if someone chose it (it differs from the one its messages give).

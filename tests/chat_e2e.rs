@@ -1,7 +1,7 @@
 //! The real binary in a pseudo-terminal (tmux) with the real SmolLM2: a question, a streamed
 //! answer, panels whose numbers move, a policy switch, a clean quit with the terminal
-//! restored; and a SIGKILL during a reply that loses no earlier turn. tmux is required (CI
-//! installs it).
+//! restored; a SIGKILL during a reply that loses no earlier turn; and an idle chat that uses
+//! no CPU. tmux is required (CI installs it).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -290,4 +290,50 @@ fn sigterm_and_sigint_restore_the_terminal_and_exit_with_the_conventional_code()
         assert_eq!(chats.len(), 1, "{signal}: the chat is saved");
         assert_eq!(chats[0]["messages"].as_array().unwrap().len(), 2);
     }
+}
+
+/// CPU time the process `pid` has used, all its threads, in seconds (/proc/PID/stat's utime
+/// and stime, in clock ticks).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name (which may hold spaces), from the state on.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let hz: f64 = String::from_utf8_lossy(
+        &Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .trim()
+    .parse()
+    .unwrap();
+    ticks as f64 / hz
+}
+
+#[test]
+fn an_idle_chat_uses_no_cpu() {
+    let t = Tmux::start("idle", &["--temp", "0", "-n", "16"]);
+    t.wait("the model to load", 120, |s| s.contains("┌ Message "));
+    // One answer first, so the idle chat has a conversation, panels and a cache to show.
+    t.type_line("Say hello.");
+    t.wait("the answer", 120, |s| {
+        s.contains("Assistant") && s.contains("┌ Message ") && !s.contains("answering…")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = t.display("#{pane_pid}");
+    let secs = 30;
+    let before = cpu_seconds(&pid);
+    std::thread::sleep(Duration::from_secs(secs));
+    let used = cpu_seconds(&pid) - before;
+    let share = 100.0 * used / secs as f64;
+    eprintln!("idle chat: {used:.2} s of CPU in {secs} s ({share:.2}% of a core)");
+    assert!(
+        share < 1.0,
+        "an idle chat used {share:.2}% of a core over {secs} s"
+    );
+    assert!(!t.dead(), "the chat is still running");
 }

@@ -7,12 +7,16 @@
 use morphkv::cache::CacheConfig;
 use morphkv::sampling::SamplingParams;
 use morphkv::tui::app::{Action, App, Msg, Panel};
+use morphkv::tui::hits::HitMap;
 use morphkv::tui::theme::Theme;
 use morphkv::tui::view;
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;
 
-use morphkv::tui::demo::{app_after_recording, recorded};
+#[path = "tui/demo.rs"]
+mod demo;
+
+use demo::{app_after_recording, recorded};
 
 fn screen(app: &App, w: u16, h: u16) -> String {
     let mut term = Terminal::new(TestBackend::new(w, h)).unwrap();
@@ -44,7 +48,7 @@ fn every_panel_at_every_size() {
             app.panel = panel;
             if panel == Some(Panel::Inspector) {
                 app.inspect = Some(20);
-                app.step.inspect = Some(morphkv::tui::demo::fate(20, app.step.seen));
+                app.step.inspect = Some(demo::fate(20, app.step.seen));
             }
             let name = format!(
                 "{}_{w}x{h}",
@@ -123,7 +127,9 @@ fn clicking_a_token_in_the_retention_panel_inspects_it() {
     app.update(Msg::Resize(120, 40));
     let mut term = Terminal::new(TestBackend::new(120, 40)).unwrap();
     let theme = Theme::dark();
-    term.draw(|f| view::draw(f, &app, &theme)).unwrap();
+    // Drawing says what a click on each part of the screen means.
+    let mut hits = HitMap::default();
+    term.draw(|f| hits = view::render(f, &app, &theme)).unwrap();
     let buf = term.backend().buffer().clone();
     // Where the panel (right part of the screen) shows " scatters" (position 14 + 6).
     let mut at = None;
@@ -136,7 +142,7 @@ fn clicking_a_token_in_the_retention_panel_inspects_it() {
         }
     }
     let (x, y) = at.expect("the retention panel shows the token");
-    let fx = app.update(Msg::Action(Action::Click { x, y }));
+    let fx = app.update(hits.click(x, y));
     assert_eq!(app.inspect, Some(20));
     assert_eq!(
         fx,
@@ -146,9 +152,7 @@ fn clicking_a_token_in_the_retention_panel_inspects_it() {
     );
     // A click on the transcript selects nothing.
     let before = app.inspect;
-    assert!(app
-        .update(Msg::Action(Action::Click { x: 2, y: 2 }))
-        .is_empty());
+    assert!(app.update(hits.click(2, 2)).is_empty());
     assert_eq!(app.inspect, before);
     // Ctrl+arrows walk from there, within the conversation.
     app.update(Msg::Action(Action::Inspect(-1)));

@@ -1,10 +1,11 @@
-//! Keys and mouse to [`Action`]s, in one pure function.
+//! Keys and mouse to [`Action`]s, in pure functions.
 
 use ratatui::crossterm::event::{
-    KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseEvent, MouseEventKind,
+    KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseButton, MouseEvent, MouseEventKind,
 };
 
-use super::app::Action;
+use super::app::{Action, Msg};
+use super::hits::HitMap;
 
 /// The keys, for the help overlay and the footer: (keys, what they do).
 pub const KEYS: [(&str, &str); 20] = [
@@ -249,15 +250,13 @@ impl KeyMap {
     }
 }
 
-/// The action of a mouse event: the wheel scrolls, a left click selects.
-pub fn mouse(m: MouseEvent) -> Option<Action> {
+/// The message of a mouse event: the wheel scrolls; a left click means what the frame on
+/// screen (its hit map) says is under it.
+pub fn mouse(m: MouseEvent, hits: &HitMap) -> Option<Msg> {
     match m.kind {
-        MouseEventKind::ScrollUp => Some(Action::ScrollUp(3)),
-        MouseEventKind::ScrollDown => Some(Action::ScrollDown(3)),
-        MouseEventKind::Down(ratatui::crossterm::event::MouseButton::Left) => Some(Action::Click {
-            x: m.column,
-            y: m.row,
-        }),
+        MouseEventKind::ScrollUp => Some(Msg::Action(Action::ScrollUp(3))),
+        MouseEventKind::ScrollDown => Some(Msg::Action(Action::ScrollDown(3))),
+        MouseEventKind::Down(MouseButton::Left) => Some(hits.click(m.column, m.row)),
         _ => None,
     }
 }

@@ -1,17 +1,20 @@
 //! A recorded conversation (engine events as the real engine sends them, with synthetic cache
 //! numbers) that drives the app without a model, and a renderer of a screen buffer to SVG.
-//! The snapshot tests and the README's screenshots (`cargo run --release --example
-//! screenshots`) both use them.
+//! The snapshot tests (`tests/tui.rs`) and the README's screenshots (`cargo run --release
+//! --example screenshots`) both include this file; it is no part of the library.
+
+// Each includer uses a part.
+#![allow(dead_code)]
 
 use std::fmt::Write as _;
 
 use ratatui::buffer::Buffer;
 use ratatui::style::{Color, Modifier};
 
-use super::app::{Action, App, Msg};
-use crate::cache::{CacheConfig, LayerAttention};
-use crate::engine::{Event, HeadFate, StepInfo, TokenFate, TurnStats};
-use crate::sampling::SamplingParams;
+use morphkv::cache::{CacheConfig, LayerAttention};
+use morphkv::engine::{Event, HeadFate, StepInfo, TokenFate, TurnStats};
+use morphkv::sampling::SamplingParams;
+use morphkv::tui::app::{Action, App, Msg};
 
 pub const LAYERS: usize = 4;
 pub const HEADS: usize = 2;
