@@ -16,6 +16,7 @@ pub mod app;
 pub mod config;
 pub mod hits;
 pub mod keys;
+pub mod pace;
 pub mod store;
 pub mod theme;
 pub mod view;
@@ -114,6 +115,7 @@ pub fn run(
 ) -> Result<Ended> {
     tokio::runtime::Builder::new_current_thread()
         .enable_io()
+        .enable_time()
         .build()
         .map_err(|e| Error::io("async runtime", e))?
         .block_on(chat(engine, events, settings, opts))
@@ -273,18 +275,30 @@ impl Chat {
     /// Draws, waits for events, takes everything already waiting, performs the effects; until
     /// the app quits.
     async fn run(&mut self, terminal: &mut DefaultTerminal, src: &mut Sources) -> Result<()> {
+        let mut pacer = pace::Pacer::default();
+        let mut hits = HitMap::default();
         loop {
-            let mut hits = HitMap::default();
-            terminal
-                .draw(|f| hits = view::render(f, &self.app, &self.opts.theme))
-                .map_err(|e| Error::io("terminal", e))?;
-            if let Some(t) = self.pending_key.take() {
-                self.latencies.push(t.elapsed().as_secs_f64() * 1e3);
+            if pacer.ready() {
+                terminal
+                    .draw(|f| hits = view::render(f, &self.app, &self.opts.theme))
+                    .map_err(|e| Error::io("terminal", e))?;
+                pacer.drawn();
+                if let Some(t) = self.pending_key.take() {
+                    self.latencies.push(t.elapsed().as_secs_f64() * 1e3);
+                }
             }
-            let mut next = src.next(true).await;
+            // Wait for an event, or for the frame that shows the tokens already taken.
+            let mut next = match pacer.due() {
+                None => src.next(true).await,
+                Some(due) => tokio::select! {
+                    ev = src.next(true) => ev,
+                    () = tokio::time::sleep_until(due.into()) => continue,
+                },
+            };
             let mut effects = Vec::new();
             for _ in 0..BATCH {
                 let Some(ev) = next else { break };
+                pacer.changed(!matches!(&ev, Ev::Engine(e) if pace::streaming(e)));
                 self.take(ev, &hits, &mut effects);
                 if self.app.quit {
                     break;

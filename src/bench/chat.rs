@@ -25,6 +25,7 @@ use crate::sampling::{Sampler, SamplingParams};
 use crate::session::{GenerateOptions, Phase, Session};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 use crate::tui::app::{Action, App, Effect, Msg};
+use crate::tui::pace::{streaming, Pacer};
 use crate::tui::theme::Theme;
 use crate::tui::view;
 
@@ -161,11 +162,8 @@ fn chat_side(
         .recv_timeout(Duration::from_secs(600))
         .map_err(|_| gone())?;
     app.update(Msg::Engine(ready));
-    // The default panel (Retention) reads retention counts, not attention summaries.
-    engine.send(crate::engine::Command::Watch(crate::engine::Watch {
-        attention: false,
-        retention: true,
-    }));
+    // What the panel on screen needs, as the chat tells it.
+    engine.send(crate::engine::Command::Watch(app.watch()));
     let mut effects = Vec::new();
     for c in PROMPT.chars() {
         effects.extend(app.update(Msg::Action(Action::Insert(c))));
@@ -176,28 +174,35 @@ fn chat_side(
             engine.send(cmd);
         }
     }
-    let mut last_draw = std::time::Instant::now();
+    // Drawn as the chat draws: at once for the end of the answer, once a frame for tokens.
+    let mut pacer = Pacer::default();
     let result = loop {
-        let first = rx
-            .recv_timeout(Duration::from_secs(600))
-            .map_err(|_| gone())?;
+        let wait = pacer.due().map_or(Duration::from_secs(600), |t| {
+            t.saturating_duration_since(std::time::Instant::now())
+        });
+        let first = match rx.recv_timeout(wait) {
+            Ok(ev) => Some(ev),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if pacer.due().is_some() => None,
+            Err(_) => return Err(gone()),
+        };
         let mut done = None;
-        for ev in std::iter::once(first).chain(rx.try_iter()) {
+        for ev in first.into_iter().chain(rx.try_iter()) {
             match &ev {
                 Event::Finished { stats, .. } => done = Some((stats.generated, stats.decode_tps)),
                 Event::Failed(m) => return Err(Error::arg("bench --chat", m.clone())),
                 _ => {}
             }
+            pacer.changed(!streaming(&ev));
             for fx in app.update(Msg::Engine(ev)) {
                 if let Effect::Engine(cmd) = fx {
                     engine.send(cmd);
                 }
             }
         }
-        if done.is_some() || last_draw.elapsed() >= Duration::from_millis(33) {
+        if pacer.ready() || done.is_some() {
             term.draw(|f| view::draw(f, &app, &theme))
                 .map_err(|e| Error::io("bench screen", std::io::Error::other(e.to_string())))?;
-            last_draw = std::time::Instant::now();
+            pacer.drawn();
         }
         if let Some(d) = done {
             break d;
