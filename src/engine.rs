@@ -708,7 +708,26 @@ impl Worker<'_> {
                     if step.generated >= opts.max_new {
                         return ControlFlow::Continue(());
                     }
-                    control.gate(rx)
+                    let flow = control.gate(rx);
+                    // What the panels want changes at once, from the next step on.
+                    control.deferred.retain(|cmd| match cmd {
+                        Command::Watch(w) => {
+                            tel.watch = *w;
+                            s.cache_mut().record_attention(w.attention);
+                            false
+                        }
+                        Command::Focus(f) => {
+                            tel.focus = *f;
+                            false
+                        }
+                        Command::Inspect(p) => {
+                            tel.inspect = *p;
+                            tel.follow();
+                            false
+                        }
+                        _ => true,
+                    });
+                    flow
                 }
             })?)
         };
