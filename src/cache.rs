@@ -36,6 +36,7 @@ pub mod limits;
 pub mod policy;
 mod profile;
 mod registry;
+mod shape;
 mod slots;
 mod telemetry;
 
@@ -56,10 +57,10 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
-use crate::model::Config;
 pub use config::{CacheConfig, Positions, DEFAULT_PREFILL_CHUNK};
 pub use policy::{encode_row, Fusion, GroupAgg, Needs, Phase, Policy, ScoreCtx, RING_SCALE};
 pub use registry::{Entry, PolicyKind, EVICTING_POLICIES, POLICIES, POLICY_LIST};
+pub use shape::Shape;
 pub use slots::LayerCache;
 use slots::INITIAL_SLOTS;
 pub use snapkv::{OBS_WINDOW as SNAPKV_OBS_WINDOW, POOL as SNAPKV_POOL};
@@ -108,17 +109,18 @@ pub struct KvCache {
 
 impl KvCache {
     /// An empty cache that keeps every token (the `full` policy).
-    pub fn new(cfg: &Config, dtype: DType, device: &Device) -> Result<Self> {
-        Self::with_config(cfg, CacheConfig::full(), dtype, device)
+    pub fn new(shape: impl Into<Shape>, dtype: DType, device: &Device) -> Result<Self> {
+        Self::with_config(shape, CacheConfig::full(), dtype, device)
     }
 
     /// An empty cache shaped for `model`, managed as `cache` says.
     pub fn with_config(
-        model: &Config,
+        shape: impl Into<Shape>,
         cache: CacheConfig,
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
+        let model = &shape.into();
         cache.validate()?;
         let policy = cache.build_policy();
         let needs = policy.needs();

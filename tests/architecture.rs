@@ -473,7 +473,6 @@ fn find_cycles(files: &[(String, String)]) -> Vec<String> {
 }
 
 #[test]
-#[ignore = "issue 17: enabled when the split lands"]
 fn no_import_cycle_in_src() {
     let found = find_cycles(&sources());
     for c in &found {
@@ -488,7 +487,6 @@ fn no_import_cycle_in_src() {
 }
 
 #[test]
-#[ignore = "issue 17: enabled when the split lands"]
 fn no_file_in_src_over_800_lines() {
     let big: Vec<String> = sources()
         .iter()

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use serde::Serialize;
 
 use super::limits;
-use super::policy::{Fusion, GroupAgg, Phase, Policy};
+use super::policy::{Fusion, GroupAgg, Phase, Policy, Settings};
 use super::registry::PolicyKind;
 use crate::error::{Error, Result};
 
@@ -139,7 +139,11 @@ impl CacheConfig {
 
     /// The scorer these settings describe.
     pub fn build_policy(&self) -> Box<dyn Policy> {
-        (self.policy.entry().build)(self)
+        (self.policy.entry().build)(&Settings {
+            window: self.window,
+            fusion: self.fusion,
+            group_agg: self.group_agg,
+        })
     }
 
     /// Whether the policy evicts at all (`full` never does).

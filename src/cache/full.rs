@@ -1,6 +1,6 @@
 //! `full`: keep every token. The reference for every fidelity figure.
 
-use super::config::CacheConfig;
+use super::policy::Settings;
 use super::registry::Entry;
 use super::policy::{Phase, Policy, ScoreCtx};
 
@@ -13,7 +13,7 @@ pub const ENTRY: Entry = Entry {
     build,
 };
 
-fn build(_: &CacheConfig) -> Box<dyn Policy> {
+fn build(_: &Settings) -> Box<dyn Policy> {
     Box::new(Full)
 }
 

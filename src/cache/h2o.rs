@@ -5,7 +5,7 @@
 //! (and over the query heads of its KV head); the cache keeps this sum per slot, moves it with
 //! the slot and restarts it when a slot is reused. The recent window is protected.
 
-use super::config::CacheConfig;
+use super::policy::Settings;
 use super::registry::Entry;
 use super::policy::{Needs, Policy, ScoreCtx};
 
@@ -18,7 +18,7 @@ pub const ENTRY: Entry = Entry {
     build,
 };
 
-fn build(_: &CacheConfig) -> Box<dyn Policy> {
+fn build(_: &Settings) -> Box<dyn Policy> {
     Box::new(H2o)
 }
 

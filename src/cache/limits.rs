@@ -101,7 +101,7 @@ pub fn deserialize_window<'de, D: serde::Deserializer<'de>>(
 /// per-slot records, and a profile of `ring_rows` rows) fits in this machine's memory: the
 /// error names `--budget` and says what the cache would need.
 pub(super) fn check_first_allocation(
-    model: &crate::model::Config,
+    model: &super::Shape,
     (cap, budget, prefill_chunk): (usize, usize, usize),
     ring_rows: usize,
     dtype: candle_core::DType,
@@ -132,7 +132,7 @@ pub(super) fn check_first_allocation(
 /// Bytes a cache of `cap` slots per KV head takes in all layers: K and V, the per-slot
 /// records, and the profile's ring. None if the product overflows.
 fn first_allocation(
-    model: &crate::model::Config,
+    model: &super::Shape,
     cap: usize,
     ring_rows: usize,
     dtype: candle_core::DType,

@@ -12,7 +12,7 @@
 //! at every step: scores match an f32 computation to about 1e-3 relative, so only tokens whose
 //! scores tie to that precision may be ranked differently.
 
-use super::config::CacheConfig;
+use super::policy::Settings;
 use super::registry::Entry;
 use super::policy::{Fusion, GroupAgg, Needs, Policy, ScoreCtx};
 
@@ -26,7 +26,7 @@ pub const ENTRY: Entry = Entry {
 };
 
 /// Builds the scorer from the settings' window, fusion and group aggregation.
-fn build(cfg: &CacheConfig) -> Box<dyn Policy> {
+fn build(cfg: &Settings) -> Box<dyn Policy> {
     Box::new(MorphKv {
         window: cfg.window,
         fusion: cfg.fusion,

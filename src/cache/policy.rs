@@ -10,6 +10,15 @@ use half::slice::HalfFloatSliceExt;
 
 use crate::error::{Error, Result};
 
+/// What a policy's constructor reads from the cache's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Recent tokens always kept (MorphKV's window of queries).
+    pub window: usize,
+    pub fusion: Fusion,
+    pub group_agg: GroupAgg,
+}
+
 /// When the cache asks a policy to choose victims.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {

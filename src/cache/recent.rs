@@ -2,7 +2,7 @@
 //! token scored by its position. It exists to show that a policy is one file plus one registry
 //! line: nothing else in the crate names it, yet it parses, lists and runs like the others.
 
-use super::config::CacheConfig;
+use super::policy::Settings;
 use super::policy::{Policy, ScoreCtx};
 use super::registry::Entry;
 
@@ -15,7 +15,7 @@ pub const ENTRY: Entry = Entry {
     build,
 };
 
-fn build(_: &CacheConfig) -> Box<dyn Policy> {
+fn build(_: &Settings) -> Box<dyn Policy> {
     Box::new(Recent)
 }
 

@@ -14,8 +14,7 @@ use std::str::FromStr;
 
 use serde::{Serialize, Serializer};
 
-use super::config::CacheConfig;
-use super::policy::Policy;
+use super::policy::{Policy, Settings};
 use super::TABLE;
 use crate::error::{Error, Result};
 
@@ -32,7 +31,7 @@ pub struct Entry {
     /// `None`: the configured window.
     pub window: Option<usize>,
     /// The scorer for given settings.
-    pub build: fn(&CacheConfig) -> Box<dyn Policy>,
+    pub build: fn(&Settings) -> Box<dyn Policy>,
 }
 
 /// One row of the table: a policy's entry and the name of its [`PolicyKind`] constant.

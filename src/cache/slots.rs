@@ -10,8 +10,8 @@ use candle_core::{DType, Device, Storage, Tensor};
 
 use super::profile::{remap, Profile};
 use super::KvCache;
+use super::Shape;
 use crate::error::{Error, Result};
-use crate::model::Config;
 
 /// Slots allocated up front when the cache can grow without bound.
 pub(super) const INITIAL_SLOTS: usize = 256;
@@ -48,7 +48,7 @@ pub struct LayerCache {
 
 impl LayerCache {
     pub(super) fn new(
-        cfg: &Config,
+        cfg: &Shape,
         cap: usize,
         ring_cap: usize,
         dtype: DType,

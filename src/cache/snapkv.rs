@@ -7,7 +7,7 @@
 //! neighbours of important tokens survive too; top-k per KV head. Decoded tokens are never
 //! evicted, as the paper ran it: the cache grows during generation.
 
-use super::config::CacheConfig;
+use super::policy::Settings;
 use super::registry::Entry;
 use super::policy::{Needs, Phase, Policy, ScoreCtx, RING_SCALE};
 
@@ -20,7 +20,7 @@ pub const ENTRY: Entry = Entry {
     build,
 };
 
-fn build(_: &CacheConfig) -> Box<dyn Policy> {
+fn build(_: &Settings) -> Box<dyn Policy> {
     Box::new(SnapKv)
 }
 

@@ -4,7 +4,7 @@
 //! Keep the first `sinks` tokens (attention sinks, protected by the cache) and the most recent
 //! ones: among candidates, newer scores higher.
 
-use super::config::CacheConfig;
+use super::policy::Settings;
 use super::registry::Entry;
 use super::policy::{Policy, ScoreCtx};
 
@@ -17,7 +17,7 @@ pub const ENTRY: Entry = Entry {
     build,
 };
 
-fn build(_: &CacheConfig) -> Box<dyn Policy> {
+fn build(_: &Settings) -> Box<dyn Policy> {
     Box::new(Streaming)
 }
 

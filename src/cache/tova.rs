@@ -5,7 +5,7 @@
 //! share the KV head (the paper averages over all heads of a layer; with GQA we keep one
 //! decision per KV head). Only the newest token is protected: a window of 1.
 
-use super::config::CacheConfig;
+use super::policy::Settings;
 use super::registry::Entry;
 use super::policy::{Needs, Policy, ScoreCtx, RING_SCALE};
 
@@ -18,7 +18,7 @@ pub const ENTRY: Entry = Entry {
     build,
 };
 
-fn build(_: &CacheConfig) -> Box<dyn Policy> {
+fn build(_: &Settings) -> Box<dyn Policy> {
     Box::new(Tova)
 }
 

@@ -250,3 +250,14 @@ pub fn llama3_rope_factors(
         })
         .collect()
 }
+
+impl From<&Config> for crate::cache::Shape {
+    fn from(c: &Config) -> Self {
+        Self {
+            n_layer: c.n_layer,
+            n_head: c.n_head,
+            n_kv_head: c.n_kv_head,
+            head_dim: c.head_dim,
+        }
+    }
+}
