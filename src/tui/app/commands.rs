@@ -12,10 +12,7 @@ pub const SLASH_HELP: [(&str, &str); 17] = [
     ("/set top-k|top-p|min-p V", "sampling filters"),
     ("/set seed N", "sampling seed"),
     ("/set max-tokens N", "longest answer"),
-    (
-        "/set policy P [next]",
-        "full, streaming, h2o, tova, snapkv, morphkv",
-    ),
+    ("/set policy P [next]", crate::cache::POLICY_LIST),
     ("/set budget N [next]", "tokens kept per KV head"),
     ("/set window N [next]", "recent tokens always kept"),
     ("/set system TEXT", "system prompt (applies to a new chat)"),
