@@ -9,15 +9,15 @@ mod chat;
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use serde::Serialize;
 
-use crate::cache::{CacheConfig, KvCache, PolicyKind, Positions};
+use crate::cache::{CacheConfig, PolicyKind, Positions};
 use crate::error::{Error, Result};
 use crate::eval::plot::{Chart, Series};
 use crate::eval::report::{render, Style};
 use crate::model::{open_gguf, Config, Model, WeightFormat};
-use crate::sampling::{argmax, Sampler, SamplingParams};
+use crate::sampling::argmax;
 use crate::session::{GenerateOptions, Phase, Session};
 use std::ops::ControlFlow;
 
@@ -141,16 +141,9 @@ struct Run {
 }
 
 /// Prefills `ids` into a fresh cache under `cfg`, then decodes `decode_tokens` greedy tokens.
-fn run_once(
-    model: &Model,
-    device: &Device,
-    cfg: CacheConfig,
-    ids: &[u32],
-    decode_tokens: usize,
-) -> Result<Run> {
+fn run_once(model: &Model, cfg: CacheConfig, ids: &[u32], decode_tokens: usize) -> Result<Run> {
     reset_peak_rss();
-    let cache = KvCache::with_config(model.config(), cfg, DType::F32, device)?;
-    let mut session = Session::new(model, cache, Sampler::new(SamplingParams::greedy())?);
+    let mut session = Session::greedy(model, cfg)?;
     let t0 = Instant::now();
     session.prefill(ids)?;
     let prefill_secs = t0.elapsed().as_secs_f64();
@@ -288,13 +281,7 @@ pub fn run(source: &BenchModel, device: &Device, opts: &BenchOptions) -> Result<
         let mut runs: Vec<Vec<Run>> = vec![Vec::new(); variants.len()];
         for _ in 0..opts.reps {
             for (i, cfg) in variants.iter().enumerate() {
-                runs[i].push(run_once(
-                    &model,
-                    device,
-                    cfg.clone(),
-                    &ids,
-                    opts.decode_tokens,
-                )?);
+                runs[i].push(run_once(&model, cfg.clone(), &ids, opts.decode_tokens)?);
             }
         }
         for (cfg, runs) in variants.iter().zip(runs) {
@@ -591,8 +578,7 @@ pub fn long_run(
     checkpoints: &[usize],
 ) -> Result<Vec<Checkpoint>> {
     let (model, prompt) = source.open(device)?;
-    let kv = KvCache::with_config(model.config(), cache.clone(), DType::F32, device)?;
-    let mut session = Session::new(&model, kv, Sampler::new(SamplingParams::greedy())?);
+    let mut session = Session::greedy(&model, cache.clone())?;
     session.prefill(&prompt)?;
     let mut out = Vec::new();
     let mut marks: Vec<usize> = checkpoints

@@ -21,7 +21,7 @@ use crate::chat::{encode_chat, ChatTemplate, Message};
 use crate::engine::{Engine, Event, Settings};
 use crate::error::{Error, Result};
 use crate::model::{Model, WeightFormat};
-use crate::sampling::{Sampler, SamplingParams};
+use crate::sampling::SamplingParams;
 use crate::session::{GenerateOptions, Phase, Session};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 use crate::tui::app::{Action, App, Effect, Msg};
@@ -94,13 +94,7 @@ fn generate_side(
     ids: &[u32],
     max_tokens: usize,
 ) -> Result<(usize, f64)> {
-    let kv = crate::cache::KvCache::with_config(
-        model.config(),
-        cache.clone(),
-        candle_core::DType::F32,
-        model.device(),
-    )?;
-    let mut session = Session::new(model, kv, Sampler::new(SamplingParams::greedy())?);
+    let mut session = Session::greedy(model, cache.clone())?;
     let opts = GenerateOptions {
         max_new: max_tokens,
         stop: tok.stop_ids().to_vec(),
