@@ -17,10 +17,13 @@ use std::time::Instant;
 use candle_core::DType;
 use serde::{Deserialize, Serialize};
 
+mod compare;
 mod control;
 mod history;
 mod telemetry;
 
+pub use compare::divergence_of;
+use compare::Compare;
 use control::Control;
 pub use history::Retention;
 use telemetry::Telemetry;
@@ -57,6 +60,9 @@ pub enum Command {
     Reset,
     /// What the panels on screen need from each step (the rest is not computed).
     Watch(Watch),
+    /// Compare mode: a second cache under these settings follows the conversation, fed the
+    /// same tokens (None: off). It is fed the conversation so far at once.
+    Compare(Option<CacheConfig>),
     /// Stop the answer being generated (nothing when none is).
     Cancel,
     /// Step mode on or off: while on, each token of an answer waits for an [`Command::Advance`].
@@ -126,6 +132,46 @@ pub struct StepInfo {
     pub decode_tps: f64,
     /// The inspected token's fate in every (layer, KV head), if one is inspected.
     pub inspect: Option<TokenFate>,
+    /// The second cache, in compare mode.
+    pub compare: Option<Box<CompareStep>>,
+}
+
+/// The second cache of compare mode after a step.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CompareStep {
+    /// Its policy's name.
+    pub policy: String,
+    /// Its decoding time over the main cache's during this answer (1.0: it doubles the time
+    /// per token).
+    pub cost: f64,
+    /// Its sizes, retention and focused pair, as [`StepInfo`] gives the main cache's
+    /// (attention and the inspector are the main cache's only).
+    pub step: StepInfo,
+}
+
+/// How the two caches of compare mode differ on one generated token: over the distributions
+/// the token was drawn from (the model's, before temperature and filters).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Divergence {
+    /// Which token of the answer (0: the first).
+    pub index: usize,
+    /// The token the main cache's sampler chose.
+    pub token: u32,
+    /// KL(main ‖ second), in nats.
+    pub kl: f32,
+    /// Each cache's most likely token.
+    pub main_top1: u32,
+    pub other_top1: u32,
+    /// Each cache's most likely token, as text.
+    pub main_text: String,
+    pub other_text: String,
+}
+
+impl Divergence {
+    /// Whether the two caches' most likely tokens differ.
+    pub fn differs(&self) -> bool {
+        self.main_top1 != self.other_top1
+    }
 }
 
 /// What became of one token in one KV head.
@@ -179,6 +225,12 @@ pub enum Event {
     Failed(String),
     /// The eviction trace was written to this file.
     Exported(String),
+    /// Compare mode is on against this cache (its policy, budget and window), or off.
+    Comparing(Option<String>),
+    /// Compare mode: how the two caches differ on the token just sent.
+    Divergence(Divergence),
+    /// Compare mode stopped because its cache failed (the answer goes on without it).
+    CompareFailed(String),
 }
 
 /// Engine settings at start.
@@ -224,6 +276,7 @@ impl Engine {
                     fed_messages: Vec::new(),
                     pending_cache: None,
                     control: Control::default(),
+                    compare: None,
                 };
                 sink(Event::Ready {
                     model: name,
@@ -269,6 +322,8 @@ struct Worker<'m> {
     pending_cache: Option<CacheConfig>,
     tel: Telemetry,
     control: Control,
+    /// Compare mode's second cache.
+    compare: Option<Compare<'m>>,
 }
 
 impl Worker<'_> {
@@ -299,15 +354,15 @@ impl Worker<'_> {
                     Ok(())
                 }
                 Command::Watch(w) => {
-                    self.tel.watch = w;
-                    self.session.cache_mut().record_attention(w.attention);
+                    self.watch(w);
                     Ok(())
                 }
                 Command::Focus(f) => {
-                    self.tel.focus = f;
+                    self.focus(f);
                     send(Event::Step(Box::new(self.step_info(0))));
                     Ok(())
                 }
+                Command::Compare(cfg) => self.set_compare(cfg, send),
                 Command::Inspect(p) => {
                     self.tel.inspect = p;
                     self.tel.follow();
@@ -328,7 +383,54 @@ impl Worker<'_> {
 
     fn step_info(&self, evicted: usize) -> StepInfo {
         let kv_heads = self.session.model().config().n_kv_head;
-        self.tel.step_info(self.session.cache(), kv_heads, evicted)
+        let mut info = self.tel.step_info(self.session.cache(), kv_heads, evicted);
+        info.compare = self.compare.as_ref().map(|c| Box::new(c.step(0.0)));
+        info
+    }
+
+    fn watch(&mut self, w: Watch) {
+        watch(
+            &mut self.tel,
+            &mut self.compare,
+            self.session.cache_mut(),
+            w,
+        );
+    }
+
+    fn focus(&mut self, f: Option<(usize, usize)>) {
+        self.tel.focus = f;
+        if let Some(c) = &mut self.compare {
+            c.tel.focus = f;
+        }
+    }
+
+    /// Compare mode on (a second cache fed the conversation so far) or off.
+    fn set_compare(&mut self, cfg: Option<CacheConfig>, send: &dyn Fn(Event)) -> Result<()> {
+        self.compare = None;
+        release_free_memory();
+        let Some(cfg) = cfg else {
+            send(Event::Comparing(None));
+            send(Event::Step(Box::new(self.step_info(0))));
+            return Ok(());
+        };
+        let label = format!(
+            "{} b{} w{}",
+            cfg.policy.name(),
+            cfg.budget,
+            cfg.effective_window()
+        );
+        let mut c = Compare::new(
+            self.session.model(),
+            cfg,
+            self.tel.watch,
+            self.session.fed(),
+            self.session.logits(),
+        )?;
+        c.tel.focus = self.tel.focus;
+        self.compare = Some(c);
+        send(Event::Comparing(Some(label)));
+        send(Event::Step(Box::new(self.step_info(0))));
+        Ok(())
     }
 
     fn reset(&mut self) -> Result<()> {
@@ -342,6 +444,9 @@ impl Worker<'_> {
         let cfg = model.config();
         self.tel
             .clear(cfg.n_layer, cfg.n_kv_head, self.settings.cache.budget);
+        if let Some(c) = &mut self.compare {
+            c.reset()?;
+        }
         Ok(())
     }
 
@@ -456,6 +561,9 @@ impl Worker<'_> {
                 send(Event::Progress { done, total });
             }
         })?;
+        if let Some(c) = &mut self.compare {
+            c.prefill(ids, self.session.logits())?;
+        }
         let evicted = self.tel.log_evictions(self.session.cache_mut());
         send(Event::Step(Box::new(self.step_info(evicted))));
         Ok(())
@@ -490,6 +598,11 @@ impl Worker<'_> {
         let mut text = String::new();
         let mut failed = None;
         let (tok, tel, control) = (&self.tok, &mut self.tel, &mut self.control);
+        let compare = &mut self.compare;
+        if let Some(c) = compare.as_mut() {
+            c.start_answer();
+        }
+        let mut compare_failed = None;
         let kv_heads = self.session.model().config().n_kv_head;
         let out = if control.gate(rx).is_break() {
             None
@@ -503,6 +616,11 @@ impl Worker<'_> {
                             token: tok.token_text(step.token),
                             text: piece,
                         });
+                        if let Some(c) = compare.as_ref() {
+                            if let Some(d) = c.divergence(step.generated - 1, step.token, tok) {
+                                send(Event::Divergence(d));
+                            }
+                        }
                         ControlFlow::Continue(())
                     }
                     Err(e) => {
@@ -511,9 +629,19 @@ impl Worker<'_> {
                     }
                 },
                 Phase::Fed(step) => {
+                    if let Some(c) = compare.as_mut() {
+                        if let Err(e) = c.feed(step.token, s.logits()) {
+                            // The second cache missed a token: compare mode ends, the
+                            // answer goes on.
+                            *compare = None;
+                            compare_failed = Some(e);
+                        }
+                    }
                     let evicted = tel.log_evictions(s.cache_mut());
                     let mut info = tel.step_info(s.cache(), kv_heads, evicted);
-                    info.decode_tps = step.generated as f64 / step.decode_secs.max(1e-9);
+                    let secs = step.decode_secs.max(1e-9);
+                    info.decode_tps = step.generated as f64 / secs;
+                    info.compare = compare.as_ref().map(|c| Box::new(c.step(secs)));
                     send(Event::Step(Box::new(info)));
                     if step.generated == 1 {
                         // The cache has just given back the room the prompt's chunk took.
@@ -526,12 +654,14 @@ impl Worker<'_> {
                     // What the panels want changes at once, from the next step on.
                     control.deferred.retain(|cmd| match cmd {
                         Command::Watch(w) => {
-                            tel.watch = *w;
-                            s.cache_mut().record_attention(w.attention);
+                            watch(tel, compare, s.cache_mut(), *w);
                             false
                         }
                         Command::Focus(f) => {
                             tel.focus = *f;
+                            if let Some(c) = compare.as_mut() {
+                                c.tel.focus = *f;
+                            }
                             false
                         }
                         Command::Inspect(p) => {
@@ -547,6 +677,9 @@ impl Worker<'_> {
         };
         if let Some(e) = failed {
             return Err(e);
+        }
+        if let Some(e) = compare_failed {
+            send(Event::CompareFailed(e.to_string()));
         }
         text.push_str(&stream.finish(&self.tok)?);
         let (generated, decode_secs, cancelled) = match &out {
@@ -569,6 +702,18 @@ impl Worker<'_> {
             cancelled,
         });
         Ok(())
+    }
+}
+
+/// What the panels on screen need, for both caches.
+fn watch(tel: &mut Telemetry, compare: &mut Option<Compare>, cache: &mut KvCache, w: Watch) {
+    tel.watch = w;
+    cache.record_attention(w.attention);
+    if let Some(c) = compare {
+        c.tel.watch = Watch {
+            attention: false,
+            ..w
+        };
     }
 }
 

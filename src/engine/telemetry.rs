@@ -134,6 +134,7 @@ impl Telemetry {
             },
             decode_tps: 0.0,
             inspect,
+            compare: None,
         }
     }
 }
