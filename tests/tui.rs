@@ -60,6 +60,50 @@ fn every_panel_at_every_size() {
 }
 
 #[test]
+fn compare_mode_at_every_size_and_theme() {
+    for theme_name in ["dark", "light", "high-contrast"] {
+        let theme = Theme::load(theme_name, None).unwrap();
+        for (w, h) in [(80, 24), (120, 40), (200, 60)] {
+            let app = demo::app_comparing();
+            let mut term = Terminal::new(TestBackend::new(w, h)).unwrap();
+            term.draw(|f| view::draw(f, &app, &theme)).unwrap();
+            let s = term.backend().to_string();
+            // The strip, the second cache in the status bar and the legend's two marks.
+            assert!(s.contains("vs h2o b24 w6"), "{s}");
+            assert!(s.contains("top-1"), "{s}");
+            assert!(s.contains('▴') && s.contains('▾'), "{s}");
+            insta::assert_snapshot!(format!("compare_{theme_name}_{w}x{h}"), s);
+        }
+    }
+}
+
+#[test]
+fn the_marks_are_the_tokens_one_cache_keeps_and_the_other_dropped() {
+    let app = demo::app_comparing();
+    let s = &app.step;
+    let o = &s.compare.as_ref().unwrap().step;
+    let main_only = (0..s.seen)
+        .filter(|&p| s.retention[p] > 0 && o.retention[p] == 0)
+        .count();
+    let other_only = (0..s.seen)
+        .filter(|&p| s.retention[p] == 0 && o.retention[p] > 0)
+        .count();
+    assert!(main_only > 0 && other_only > 0);
+    // The whole conversation fits the panel at 200x60: every mark is on screen once.
+    let mut term = Terminal::new(TestBackend::new(200, 60)).unwrap();
+    term.draw(|f| view::draw(f, &app, &Theme::dark())).unwrap();
+    let screen = term.backend().to_string();
+    // One of each in the legend.
+    assert_eq!(screen.matches('▴').count(), main_only + 1);
+    assert_eq!(screen.matches('▾').count(), other_only + 1);
+    // The strip: one bar per answer token, × where the top-1 differs.
+    let c = app.compare.as_ref().unwrap();
+    assert_eq!(c.tokens, demo::ANSWER.len());
+    assert_eq!(c.differs, c.recent.iter().filter(|d| d.differs()).count());
+    assert!(screen.contains(&format!("top-1 differs {}/{}", c.differs, c.tokens)));
+}
+
+#[test]
 fn help_overlay_and_small_terminal() {
     let mut app = app_after_recording();
     app.update(Msg::Action(Action::Help));

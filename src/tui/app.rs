@@ -10,10 +10,12 @@ use crate::engine::{Command, Event, StepInfo, TurnStats, Watch};
 use crate::sampling::SamplingParams;
 
 mod commands;
+mod compare;
 #[cfg(test)]
 mod tests;
 
 pub use commands::SLASH_HELP;
+pub use compare::{CompareView, DIVERGENCES};
 
 /// Side panels beside the chat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,6 +214,8 @@ pub struct App {
     pub(crate) custom_keys: Vec<(String, String)>,
     /// The saved-chat list, while it is open.
     pub(crate) chats: Option<ChatList>,
+    /// Compare mode, while it is on.
+    pub compare: Option<CompareView>,
     pub(crate) quit: bool,
 }
 
@@ -248,6 +252,7 @@ impl App {
             inspect: None,
             custom_keys: Vec::new(),
             chats: None,
+            compare: None,
             quit: false,
         }
     }
@@ -377,6 +382,26 @@ impl App {
                 ));
             }
             Event::Exported(path) => self.note(format!("eviction trace written to {path}")),
+            Event::Comparing(Some(label)) => {
+                self.note(format!(
+                    "compare mode: a second cache ({label}) follows the conversation; /compare off ends it"
+                ));
+                self.compare = Some(CompareView::new(label));
+            }
+            Event::Comparing(None) => {
+                if self.compare.take().is_some() {
+                    self.note("compare mode is off");
+                }
+            }
+            Event::Divergence(d) => {
+                if let Some(c) = &mut self.compare {
+                    c.push(d);
+                }
+            }
+            Event::CompareFailed(msg) => {
+                self.compare = None;
+                self.error(format!("compare mode stopped: {msg}"));
+            }
             Event::Failed(msg) => {
                 self.busy = Busy::Idle;
                 if let Some(partial) = self.streaming.take() {

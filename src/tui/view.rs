@@ -15,6 +15,7 @@ use super::keys::KEYS;
 use super::theme::Theme;
 use crate::chat::Role;
 
+mod compare;
 mod panels;
 mod text;
 
@@ -49,11 +50,15 @@ pub fn render(f: &mut Frame, app: &App, theme: &Theme) -> HitMap {
     let Areas {
         chat,
         side,
+        strip,
         input,
         status,
         footer,
     } = areas(app, area);
     transcript(f, app, theme, chat);
+    if let Some(r) = strip {
+        compare::strip(f, app, theme, r);
+    }
     if let (Some(p), Some(s)) = (app.panel, side) {
         match p {
             Panel::Retention => panels::retention(f, app, theme, s, &mut hits),
@@ -78,6 +83,8 @@ pub fn render(f: &mut Frame, app: &App, theme: &Theme) -> HitMap {
 struct Areas {
     chat: Rect,
     side: Option<Rect>,
+    /// Compare mode's divergence strip.
+    strip: Option<Rect>,
     input: Rect,
     status: Rect,
     footer: Rect,
@@ -94,6 +101,16 @@ fn areas(app: &App, area: Rect) -> Areas {
         Constraint::Length(1),
     ])
     .areas(area);
+    let (main, strip) = if app.compare.is_some() {
+        let [m, s] = Layout::vertical([
+            Constraint::Min(3),
+            Constraint::Length(compare::STRIP_HEIGHT),
+        ])
+        .areas(main);
+        (m, Some(s))
+    } else {
+        (main, None)
+    };
     let (chat, side) = match app.panel {
         Some(_) => {
             let side_w = if area.width >= 160 {
@@ -110,6 +127,7 @@ fn areas(app: &App, area: Rect) -> Areas {
     Areas {
         chat,
         side,
+        strip,
         input,
         status,
         footer,
@@ -230,8 +248,13 @@ fn status_bar(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     } else {
         app.last_stats.as_ref().map_or(0.0, |st| st.decode_tps)
     };
+    let versus = app
+        .compare
+        .as_ref()
+        .map(|v| format!("vs {} ", v.label))
+        .unwrap_or_default();
     let left = format!(
-        " {} · {} · {} b{} w{} ",
+        " {} · {} · {} b{} w{} {versus}",
         if app.model.is_empty() {
             "…"
         } else {
@@ -242,7 +265,24 @@ fn status_bar(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         c.budget,
         c.effective_window()
     );
-    let options = [
+    let mut options = Vec::new();
+    if let (Some(_), Some(o)) = (&app.compare, &s.compare) {
+        // Both caches' bytes (K/V plus the policy's profile) and what the second one costs.
+        let both = format!(
+            "KV {} · {} ",
+            mib(s.kv_bytes + s.profile_bytes),
+            mib(o.step.kv_bytes + o.step.profile_bytes)
+        );
+        let cost = format!("+{:.0}% time", 100.0 * o.cost);
+        options.push(format!(
+            " {tps:.1} tok/s · {}/{} kept · {both}· {cost} ",
+            s.retained, s.seen
+        ));
+        options.push(format!(" {tps:.1} tok/s · {both}· {cost} "));
+        options.push(format!(" {both}· {cost} "));
+        options.push(format!(" {cost} "));
+    }
+    options.extend([
         format!(
             " {tps:.1} tok/s · {}/{} tok kept · KV {} of {} ({:.0}% saved) ",
             s.retained,
@@ -264,7 +304,7 @@ fn status_bar(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
             saving(app)
         ),
         format!(" {}/{} tok kept ", s.retained, s.seen),
-    ];
+    ]);
     let room = (area.width as usize).saturating_sub(left.width());
     let right = options
         .iter()

@@ -12,7 +12,7 @@ use ratatui::buffer::Buffer;
 use ratatui::style::{Color, Modifier};
 
 use morphkv::cache::{CacheConfig, LayerAttention};
-use morphkv::engine::{Event, HeadFate, StepInfo, TokenFate, TurnStats};
+use morphkv::engine::{CompareStep, Divergence, Event, HeadFate, StepInfo, TokenFate, TurnStats};
 use morphkv::sampling::SamplingParams;
 use morphkv::tui::app::{Action, App, Msg};
 
@@ -58,6 +58,7 @@ pub fn step(seen: usize, evicted: usize) -> StepInfo {
             .collect(),
         decode_tps: 30.0,
         inspect: None,
+        compare: None,
     }
 }
 
@@ -181,10 +182,92 @@ pub fn recorded() -> Vec<Msg> {
     msgs
 }
 
+/// The cache settings the recording's steps describe.
+pub fn cache_config() -> CacheConfig {
+    CacheConfig {
+        budget: BUDGET,
+        window: WINDOW,
+        ..CacheConfig::default()
+    }
+}
+
 /// An app that has played the whole recording.
 pub fn app_after_recording() -> App {
-    let mut app = App::new(CacheConfig::default(), SamplingParams::greedy(), 256);
+    let mut app = App::new(cache_config(), SamplingParams::greedy(), 256);
     for m in recorded() {
+        app.update(m);
+    }
+    app
+}
+
+/// The second cache of compare mode (H2O at the same budget) after `seen` tokens: it keeps
+/// other old tokens than the first.
+pub fn other_step(seen: usize) -> StepInfo {
+    let mut s = step(seen, 0);
+    let pairs = s.pairs;
+    s.retention = (0..seen)
+        .map(|p| {
+            if seen <= BUDGET || p >= s.window_from {
+                pairs as u16
+            } else {
+                ((p * 5 + 1) % (pairs + 1)) as u16
+            }
+        })
+        .collect();
+    s.kv_bytes = seen.min(BUDGET) * 4096;
+    s.profile_bytes = seen.min(BUDGET) * 64;
+    s.attention.clear();
+    s
+}
+
+/// The recording in compare mode against H2O b24: each step carries the second cache, each
+/// answer token its divergence (every fifth token the two caches' top-1 differ).
+pub fn recorded_comparing() -> Vec<Msg> {
+    let mut out = Vec::new();
+    let mut index = 0;
+    for m in recorded() {
+        match m {
+            Msg::Engine(Event::Ready { .. }) => {
+                out.push(m);
+                out.push(Msg::Engine(Event::Comparing(Some("h2o b24 w6".into()))));
+            }
+            Msg::Engine(Event::Step(mut s)) => {
+                s.compare = Some(Box::new(CompareStep {
+                    policy: "h2o".into(),
+                    cost: 0.92,
+                    step: other_step(s.seen),
+                }));
+                out.push(Msg::Engine(Event::Step(s)));
+            }
+            Msg::Engine(Event::Token { ref token, .. }) => {
+                let differs = index % 5 == 3;
+                let d = Divergence {
+                    index,
+                    token: index as u32,
+                    kl: 0.0005 * (1 + (index * 7) % 11) as f32 * if differs { 40.0 } else { 1.0 },
+                    main_top1: index as u32,
+                    other_top1: if differs { 9999 } else { index as u32 },
+                    main_text: token.clone(),
+                    other_text: if differs {
+                        " the".into()
+                    } else {
+                        token.clone()
+                    },
+                };
+                index += 1;
+                out.push(m);
+                out.push(Msg::Engine(Event::Divergence(d)));
+            }
+            m => out.push(m),
+        }
+    }
+    out
+}
+
+/// An app that has played the compare-mode recording.
+pub fn app_comparing() -> App {
+    let mut app = App::new(cache_config(), SamplingParams::greedy(), 256);
+    for m in recorded_comparing() {
         app.update(m);
     }
     app

@@ -7,7 +7,7 @@ use crate::chat::{Message, Role};
 use crate::engine::Command;
 
 /// Slash commands, for `/help` and the help overlay.
-pub const SLASH_HELP: [(&str, &str); 17] = [
+pub const SLASH_HELP: [(&str, &str); 18] = [
     ("/set temp X", "temperature (0 = greedy)"),
     ("/set top-k|top-p|min-p V", "sampling filters"),
     ("/set seed N", "sampling seed"),
@@ -17,6 +17,7 @@ pub const SLASH_HELP: [(&str, &str); 17] = [
     ("/set window N [next]", "recent tokens always kept"),
     ("/set system TEXT", "system prompt (applies to a new chat)"),
     ("/focus L H | all", "retention of one layer and KV head"),
+    ("/compare P | off", "compare with a 2nd cache"),
     ("/show", "current settings"),
     ("/clear", "new chat"),
     ("/chats", "saved chats: ↑↓ Enter opens, Del deletes"),
@@ -97,6 +98,7 @@ impl App {
                 self.note("system prompt set: it applies from the next message (the conversation is prefilled again)");
                 Vec::new()
             }
+            ["/compare", args @ ..] => self.compare_command(args),
             ["/set", key, value, rest @ ..] => self.set(key, value, rest.first().copied()),
             ["/set", ..] => {
                 self.error("usage: /set KEY VALUE (see /help)");

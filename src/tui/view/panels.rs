@@ -15,7 +15,7 @@ use crate::tui::hits::{HitMap, Target};
 use crate::tui::theme::Theme;
 
 /// Display text of a token: newlines and tabs made visible.
-fn token_display(t: &str) -> String {
+pub(super) fn token_display(t: &str) -> String {
     t.replace('\n', "↵").replace('\t', "→").replace('\r', "")
 }
 
@@ -67,6 +67,10 @@ fn retention_lines(
         Style::new().fg(theme.sink).add_modifier(Modifier::BOLD),
     ));
     let mut lines = wrap(legend, width);
+    let versus = super::compare::legend(app, theme);
+    if !versus.is_empty() {
+        lines.extend(wrap(versus, width));
+    }
     let mut hits: Vec<Vec<Hit>> = vec![Vec::new(); lines.len()];
     let pairs = s.pairs.max(1) as f32;
     let mut pieces = Vec::new();
@@ -107,6 +111,10 @@ fn retention_lines(
         let text = token_display(tok);
         let newline = tok.contains('\n');
         pieces.push((Span::styled(text, style), pos));
+        // After the token it marks (tokens mostly begin with their space).
+        if let Some(o) = super::compare::only(app, pos) {
+            pieces.push((Span::styled(o.glyph(), o.style(theme)), pos));
+        }
         if newline {
             let (l, h) = wrap_tagged(std::mem::take(&mut pieces), width);
             token_lines.extend(l);
