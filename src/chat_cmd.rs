@@ -195,8 +195,20 @@ pub fn run(a: ChatArgs) -> Result<()> {
         cache.validate_with(&origin)?;
         Ok(cache)
     };
+    // The compare cache: the main one's settings under another policy.
+    let compare_cache = |main: &CacheConfig| -> Result<Option<CacheConfig>> {
+        let Some(p) = &a.compare else { return Ok(None) };
+        let cfg = CacheConfig {
+            policy: p.parse().map_err(|e| anyhow::anyhow!("--compare: {e}"))?,
+            budget: a.compare_budget.unwrap_or(main.budget),
+            window: a.compare_window.unwrap_or(main.window),
+            ..main.clone()
+        };
+        cfg.validate_with(&|name| format!("--compare-{name}"))?;
+        Ok(Some(cfg))
+    };
     // Bad flags fail before the model loads.
-    make_cache(&morphkv::models::PresetCache::default())?;
+    compare_cache(&make_cache(&morphkv::models::PresetCache::default())?)?;
     let params = sampling_params(&a.sampling, rand::random());
     params.validate()?;
     if a.max_tokens == 0 {
@@ -217,6 +229,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
         preset,
     } = load(&model_args)?;
     let cache = make_cache(&preset.as_ref().map(|p| p.cache.clone()).unwrap_or_default())?;
+    let compare = compare_cache(&cache)?;
     let template = ChatTemplate::for_model(
         &tokenizer,
         a.chat_template
@@ -246,6 +259,9 @@ pub fn run(a: ChatArgs) -> Result<()> {
         settings.clone(),
         sink,
     )?;
+    if let Some(cfg) = compare {
+        engine.send(morphkv::engine::Command::Compare(Some(cfg)));
+    }
     let ended = tui::run(
         engine,
         events,

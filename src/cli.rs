@@ -241,6 +241,10 @@ pub struct BenchArgs {
     /// --decode-tokens at most, --reps times alternating; prints both and their ratio.
     #[arg(long)]
     pub chat: bool,
+    /// With --chat: also run the chat in compare mode against this policy (at --budget and
+    /// --window) and report what the second cache costs per token.
+    #[arg(long, requires = "chat")]
+    pub compare: Option<String>,
     /// Conversation lengths at which --generate reports.
     #[arg(
         long,
@@ -375,6 +379,17 @@ pub struct ChatArgs {
     /// model's context).
     #[arg(long)]
     pub positions: Option<String>,
+    /// Compare mode from the start: a second cache under this policy follows the
+    /// conversation (as `/compare POLICY`); its budget and window are the main cache's unless
+    /// given.
+    #[arg(long)]
+    pub compare: Option<String>,
+    /// The compare cache's budget (default: --budget's).
+    #[arg(long = "compare-budget", requires = "compare", value_parser = limited(limits::BUDGET))]
+    pub compare_budget: Option<usize>,
+    /// The compare cache's window (default: --window's).
+    #[arg(long = "compare-window", requires = "compare", value_parser = limited(limits::WINDOW))]
+    pub compare_window: Option<usize>,
     /// Colour theme: dark, light, high-contrast, a name from the config folder's themes/, or
     /// a .toml file.
     #[arg(long)]
