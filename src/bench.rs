@@ -21,7 +21,7 @@ use crate::sampling::argmax;
 use crate::session::{GenerateOptions, Phase, Session};
 use std::ops::ControlFlow;
 
-pub use chat::{chat_vs_generate, ChatBench};
+pub use chat::{chat_vs_generate, ChatBench, CompareBench};
 
 /// What to measure.
 #[derive(Debug, Clone)]

@@ -311,11 +311,23 @@ fn run_bench(a: BenchArgs) -> Result<()> {
         let BenchModel::File { path, weights } = &source else {
             bail!("--chat measures a model file: drop --random-weights");
         };
+        let compare = match &a.compare {
+            Some(p) => {
+                let c = morphkv::cache::CacheConfig {
+                    policy: p.parse().map_err(|e| anyhow::anyhow!("--compare: {e}"))?,
+                    ..cache.clone()
+                };
+                c.validate()?;
+                Some(c)
+            }
+            None => None,
+        };
         let r = morphkv::bench::chat_vs_generate(
             path,
             *weights,
             &device,
             &cache,
+            compare.as_ref(),
             a.decode_tokens,
             a.reps,
         )?;
@@ -335,6 +347,14 @@ fn run_bench(a: BenchArgs) -> Result<()> {
             list(&r.chat_tps),
             r.ratio
         );
+        if let Some(c) = &r.compare {
+            println!(
+                "chat comparing with {} tok/s: {}\ntime per token, compare on / off (medians): {:.2}",
+                c.against,
+                list(&c.chat_tps),
+                c.cost
+            );
+        }
         if let Some(p) = a.json {
             let json = serde_json::to_string_pretty(&r)?;
             std::fs::write(&p, json).with_context(|| format!("writing {}", p.display()))?;

@@ -46,14 +46,29 @@ pub struct ChatBench {
     pub chat_tps: Vec<f64>,
     /// Median chat tok/s over median generate tok/s.
     pub ratio: f64,
+    /// The chat in compare mode (a second cache beside the first), when asked for.
+    pub compare: Option<CompareBench>,
 }
 
-/// Measures `reps` times, alternating sides, `max_tokens` greedy tokens under `cache`.
+/// The chat with compare mode on, against the chat without it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CompareBench {
+    /// The second cache's policy and budget.
+    pub against: String,
+    pub chat_tps: Vec<f64>,
+    /// Time per token with compare mode over time per token without (medians): 2.0 is twice
+    /// as slow.
+    pub cost: f64,
+}
+
+/// Measures `reps` times, alternating sides, `max_tokens` greedy tokens under `cache`; with
+/// `compare`, a third side runs the chat in compare mode against that cache.
 pub fn chat_vs_generate(
     path: &Path,
     weights: WeightFormat,
     device: &Device,
     cache: &CacheConfig,
+    compare: Option<&CacheConfig>,
     max_tokens: usize,
     reps: usize,
 ) -> Result<ChatBench> {
@@ -61,28 +76,44 @@ pub fn chat_vs_generate(
     let template = ChatTemplate::for_model(&tok, None, Some(path))?;
     let messages = vec![Message::user(PROMPT)];
     let ids = encode_chat(&tok, &template.render(&messages, true)?)?;
-    let (mut gen_tps, mut chat_tps) = (Vec::new(), Vec::new());
+    let (mut gen_tps, mut chat_tps, mut cmp_tps) = (Vec::new(), Vec::new(), Vec::new());
     let mut generated = 0;
+    let agree = |n: usize, m: usize| {
+        if n == m {
+            Ok(())
+        } else {
+            Err(Error::arg(
+                "bench --chat",
+                format!("two sides generated {n} and {m} tokens: they should agree"),
+            ))
+        }
+    };
     for _ in 0..reps.max(1) {
         let (n, tps) = generate_side(&model, &tok, cache, &ids, max_tokens)?;
         gen_tps.push(tps);
-        let (m, tps) = chat_side(&model, &tok, path, cache, max_tokens)?;
+        let (m, tps) = chat_side(&model, &tok, path, cache, None, max_tokens)?;
         chat_tps.push(tps);
-        if n != m {
-            return Err(Error::arg(
-                "bench --chat",
-                format!("the two sides generated {n} and {m} tokens: they should agree"),
-            ));
+        agree(n, m)?;
+        if let Some(c) = compare {
+            let (m, tps) = chat_side(&model, &tok, path, cache, Some(c), max_tokens)?;
+            cmp_tps.push(tps);
+            agree(n, m)?;
         }
         generated = n;
     }
-    let ratio = Rate::of(chat_tps.clone()).median / Rate::of(gen_tps.clone()).median.max(1e-9);
+    let median = |v: &[f64]| Rate::of(v.to_vec()).median.max(1e-9);
+    let ratio = median(&chat_tps) / median(&gen_tps);
     Ok(ChatBench {
         prompt_tokens: ids.len(),
         generated,
         generate_tps: gen_tps,
-        chat_tps,
         ratio,
+        compare: compare.map(|c| CompareBench {
+            against: format!("{} b{}", c.policy.name(), c.budget),
+            cost: median(&chat_tps) / median(&cmp_tps),
+            chat_tps: cmp_tps,
+        }),
+        chat_tps,
     })
 }
 
@@ -127,6 +158,7 @@ fn chat_side(
     tok: &Tokenizer,
     path: &Path,
     cache: &CacheConfig,
+    compare: Option<&CacheConfig>,
     max_tokens: usize,
 ) -> Result<(usize, f64)> {
     let template = ChatTemplate::for_model(tok, None, Some(path))?;
@@ -158,6 +190,10 @@ fn chat_side(
     app.update(Msg::Engine(ready));
     // What the panel on screen needs, as the chat tells it.
     engine.send(crate::engine::Command::Watch(app.watch()));
+    if let Some(c) = compare {
+        // As `chat --compare` does it: before anything is typed.
+        engine.send(crate::engine::Command::Compare(Some(c.clone())));
+    }
     let mut effects = Vec::new();
     for c in PROMPT.chars() {
         effects.extend(app.update(Msg::Action(Action::Insert(c))));
