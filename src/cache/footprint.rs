@@ -146,7 +146,7 @@ pub fn parse_bytes(s: &str) -> std::result::Result<usize, String> {
     let bytes = (value * scale).floor();
     // Budgets stop at 2^20 tokens; sizes past 2^50 bytes are a typo.
     const MAX: f64 = (1u64 << 50) as f64;
-    if bytes < 1.0 || bytes > MAX {
+    if !(1.0..=MAX).contains(&bytes) {
         return Err(format!(
             "`{s}` is out of range: a byte size must be between 1 B and 1 PiB"
         ));
@@ -248,7 +248,9 @@ mod tests {
                 .total()
             };
             for bytes in [at(base.min_budget()), 100_000, 1 << 20, 3_333_333] {
-                let b = base.budget_for_bytes(&sh, DType::F32, bytes, "--x").unwrap();
+                let b = base
+                    .budget_for_bytes(&sh, DType::F32, bytes, "--x")
+                    .unwrap();
                 assert!(at(b) <= bytes, "{name} {bytes}");
                 assert!(at(b + 1) > bytes, "{name} {bytes}: {b} + 1 fits too");
             }

@@ -1,5 +1,6 @@
 //! Rendering eval results for people: aligned terminal tables and Markdown.
 
+use super::equal::EqualBytes;
 use super::{Answer, Fidelity, Fluency, Perplexity, RecallResult};
 
 /// Table style.
@@ -101,6 +102,48 @@ pub fn fidelity_table(fids: &[Fidelity], style: Style) -> String {
         })
         .collect();
     render(style, &header, &rows)
+}
+
+/// Policies at equal memory: per byte size asked for, each setting's budget, its bytes (K/V,
+/// profile, total and the share of the size it fills) and its fidelity against full.
+pub fn equal_bytes_table(rows: &[EqualBytes], style: Style) -> String {
+    let mib2 = |b: usize| format!("{:.2}", b as f64 / (1024.0 * 1024.0));
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                mib2(r.bytes),
+                r.setting.clone(),
+                r.budget.to_string(),
+                mib2(r.kv_bytes),
+                mib2(r.profile_bytes),
+                mib2(r.total_bytes),
+                format!(
+                    "{:.1}",
+                    100.0 * r.total_bytes as f64 / r.bytes.max(1) as f64
+                ),
+                format!("{:+.2}", r.ppl_change_pct),
+                format!("{:.4}", r.kl),
+                format!("{:.1}", 100.0 * r.top1),
+            ]
+        })
+        .collect();
+    render(
+        style,
+        &[
+            "bytes MiB",
+            "cache",
+            "budget",
+            "KV MiB",
+            "profile MiB",
+            "total MiB",
+            "fill %",
+            "Δppl %",
+            "KL nats",
+            "top-1 %",
+        ],
+        &rows,
+    )
 }
 
 /// Degradation against position: one line per bin, a column per cache (`what`: "ppl" for the
