@@ -309,6 +309,9 @@ pub fn run(mut a: EvalArgs) -> Result<()> {
             }
             eq.rows = equal::rows(sized, &fids);
             print!("{}", report::equal_bytes_table(&eq.rows, style));
+            if !eq.left_out.is_empty() {
+                println!();
+            }
             for n in &eq.left_out {
                 println!("not run: {n}");
             }

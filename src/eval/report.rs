@@ -104,16 +104,17 @@ pub fn fidelity_table(fids: &[Fidelity], style: Style) -> String {
     render(style, &header, &rows)
 }
 
-/// Policies at equal memory: per byte size asked for, each setting's budget, its bytes (K/V,
-/// profile, total and the share of the size it fills) and its fidelity against full.
+/// Policies at equal memory: per setting and byte size asked for (in the rows' order), the
+/// budget chosen, its bytes (K/V, profile, total and the share of the size it fills) and its
+/// fidelity against full.
 pub fn equal_bytes_table(rows: &[EqualBytes], style: Style) -> String {
     let mib2 = |b: usize| format!("{:.2}", b as f64 / (1024.0 * 1024.0));
     let rows: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
             vec![
-                mib2(r.bytes),
                 r.setting.clone(),
+                mib2(r.bytes),
                 r.budget.to_string(),
                 mib2(r.kv_bytes),
                 mib2(r.profile_bytes),
@@ -131,8 +132,8 @@ pub fn equal_bytes_table(rows: &[EqualBytes], style: Style) -> String {
     render(
         style,
         &[
-            "bytes MiB",
             "cache",
+            "size MiB",
             "budget",
             "KV MiB",
             "profile MiB",
@@ -327,5 +328,24 @@ mod tests {
         assert!(md.lines().nth(1).unwrap().starts_with("| ---"), "{md}");
         let bins = bins_table(&f, "ppl", Style::Plain);
         assert!(bins.contains("1-100"), "{bins}");
+    }
+
+    #[test]
+    fn the_equal_bytes_table_shows_budget_bytes_and_fill() {
+        let sized = crate::eval::equal::Sized {
+            bytes: 2 << 20,
+            variant: crate::eval::Variant::new(crate::cache::CacheConfig::default()),
+            footprint: crate::cache::Bytes::default(),
+        };
+        let rows = crate::eval::equal::rows(&[sized], &[fid("morphkv b64 w8 sum", 10.5)]);
+        let t = equal_bytes_table(&rows, Style::Plain);
+        let line = t.lines().nth(1).unwrap();
+        // 1 MiB + 0.5 MiB of the 2 MiB asked for.
+        assert!(line.starts_with("morphkv w8 sum"), "{t}");
+        for cell in [
+            "2.00", "64", "1.00", "0.50", "1.50", "75.0", "+5.00", "90.0",
+        ] {
+            assert!(line.split_whitespace().any(|c| c == cell), "{cell}: {t}");
+        }
     }
 }
