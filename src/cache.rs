@@ -23,6 +23,8 @@
 //! This file is the facade: [`KvCache`], its step (`begin`, `observe`, `end`) and the
 //! registry's table. The rest, by concern (some add `impl KvCache` blocks for their part):
 //! - `config`: [`CacheConfig`], [`Positions`], defaults, validation; [`limits`]: bounds;
+//! - `footprint`: a config's [`Bytes`] at its budget without a cache, the budget that fits
+//!   a byte size, and byte sizes' parsing;
 //! - `registry`: [`PolicyKind`], [`Entry`] and the lists and help texts derived from the
 //!   table; [`policy`]: the [`Policy`] trait; one file per policy;
 //! - `slots`: [`LayerCache`], slot storage and its in-place ops (and `fork`, `portable`);
@@ -32,6 +34,7 @@
 
 mod config;
 mod evict;
+mod footprint;
 pub mod limits;
 pub mod policy;
 mod profile;
@@ -58,6 +61,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
 pub use config::{CacheConfig, Positions, DEFAULT_PREFILL_CHUNK};
+pub use footprint::{format_bytes, parse_bytes, Bytes};
 pub use policy::{encode_row, Fusion, GroupAgg, Needs, Phase, Policy, ScoreCtx, RING_SCALE};
 pub use registry::{Entry, PolicyKind, EVICTING_POLICIES, POLICIES, POLICY_LIST};
 pub use shape::Shape;

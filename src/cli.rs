@@ -294,6 +294,18 @@ pub struct EvalArgs {
     /// Budgets to try, comma-separated (default: --budget).
     #[arg(long, value_delimiter = ',', value_parser = limited(limits::BUDGET))]
     pub budgets: Vec<usize>,
+    /// Compare policies at equal memory: byte sizes, comma-separated (16MiB, 1.5MB, 4000000;
+    /// KB/MB/GB are powers of 1000, KiB/MiB/GiB of 1024). Each policy runs at the largest
+    /// budget whose cache once full, K/V plus its profile (MorphKV's attention rows), fits
+    /// each size; the text task adds a table (and, with --plots, charts) by bytes.
+    #[arg(
+        long = "equal-bytes",
+        value_name = "BYTES",
+        value_delimiter = ',',
+        value_parser = morphkv::cache::parse_bytes,
+        conflicts_with_all = ["budgets", "budget"]
+    )]
+    pub equal_bytes: Vec<usize>,
     /// Windows to try for MorphKV and H2O, comma-separated (default: --window).
     #[arg(long, value_delimiter = ',', value_parser = limited(limits::WINDOW))]
     pub windows: Vec<usize>,

@@ -11,10 +11,13 @@
 //!   log-probability and whether greedy decoding produces it.
 //! - [`fluency`]: each cache generates a long answer on its own (past the trained context if
 //!   asked), and a fresh full cache judges its last tokens: is it still language?
+//! - [`equal`]: the settings sized so that every policy's cache takes the same bytes
+//!   (`--equal-bytes`), for the teacher-forced figures at equal memory.
 //! - [`perplexity`]: llama.cpp's `llama-perplexity` procedure (independent chunks of `n_ctx`
 //!   tokens, the second half of each scored), to check the full-cache number against that
 //!   tool on the same GGUF and text.
 
+pub mod equal;
 mod fluency;
 pub mod plot;
 pub mod report;

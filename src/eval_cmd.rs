@@ -11,6 +11,7 @@ use crate::cli::EvalArgs;
 use crate::{load, Loaded};
 use morphkv::cache::{CacheConfig, PolicyKind, Positions};
 use morphkv::chat::ChatTemplate;
+use morphkv::eval::equal::{self, EqualBytes};
 use morphkv::eval::report::{self, Style};
 use morphkv::eval::{self, Answer, Fidelity, Fluency, Perplexity, RecallResult, Text, Variant};
 
@@ -24,6 +25,15 @@ struct EvalReport {
     recall: Option<Vec<RecallResult>>,
     fluency: Option<Vec<Fluency>>,
     perplexity: Option<Perplexity>,
+    equal_bytes: Option<EqualReport>,
+}
+
+/// `--equal-bytes`: the rows of the text task at equal memory, and the settings left out.
+#[derive(Debug, Default, Serialize)]
+struct EqualReport {
+    sizes: Vec<usize>,
+    rows: Vec<EqualBytes>,
+    left_out: Vec<String>,
 }
 
 /// A one-line progress bar on stderr, redrawn at most a few times a second; where stderr is
@@ -76,7 +86,10 @@ impl Progress {
 
 fn variants(a: &EvalArgs) -> Result<Vec<Variant>> {
     let base = a.cache.config()?;
-    let budgets = if a.budgets.is_empty() {
+    let budgets = if !a.equal_bytes.is_empty() {
+        // A placeholder: `--equal-bytes` sizes each setting once the model's shape is known.
+        vec![morphkv::cache::limits::BUDGET.max]
+    } else if a.budgets.is_empty() {
         vec![base.budget]
     } else {
         a.budgets.clone()
@@ -149,6 +162,7 @@ pub fn run(mut a: EvalArgs) -> Result<()> {
                 .map(|p| p.to_string())
                 .collect();
             a.budgets = vec![64, 128, 256];
+            a.equal_bytes = Vec::new();
             a.windows = Vec::new();
             a.cache.window = Some(16);
             a.tokens = 1024;
@@ -172,7 +186,7 @@ pub fn run(mut a: EvalArgs) -> Result<()> {
     if a.tokens < 2 {
         bail!("invalid value for --tokens: give at least 2");
     }
-    let variants = variants(&a)?;
+    let mut variants = variants(&a)?;
     let reference = if a.fast_reference {
         eval::Reference::Fast
     } else {
@@ -191,6 +205,34 @@ pub fn run(mut a: EvalArgs) -> Result<()> {
         path,
         preset,
     } = load(&a.model)?;
+    let mut rep = EvalReport {
+        model: path.display().to_string(),
+        ..EvalReport::default()
+    };
+    // `--equal-bytes`: every setting at each size's largest budget that fits.
+    let sized = if a.equal_bytes.is_empty() {
+        None
+    } else {
+        let templates: Vec<CacheConfig> = variants.iter().map(|v| v.cache.clone()).collect();
+        let shape = morphkv::cache::Shape::from(model.config());
+        let (sized, notes) = equal::size(&templates, &a.equal_bytes, &shape, "--equal-bytes");
+        if sized.is_empty() {
+            bail!(
+                "--equal-bytes: no cache fits any of the sizes given:\n{}",
+                notes.join("\n")
+            );
+        }
+        for n in &notes {
+            eprintln!("note: not run: {n}");
+        }
+        variants = sized.iter().map(|s| s.variant.clone()).collect();
+        rep.equal_bytes = Some(EqualReport {
+            sizes: a.equal_bytes.clone(),
+            rows: Vec::new(),
+            left_out: notes,
+        });
+        Some(sized)
+    };
     let template_name = a
         .chat_template
         .as_deref()
@@ -199,10 +241,6 @@ pub fn run(mut a: EvalArgs) -> Result<()> {
         Style::Markdown
     } else {
         Style::Plain
-    };
-    let mut rep = EvalReport {
-        model: path.display().to_string(),
-        ..EvalReport::default()
     };
     let heading = |s: &str| {
         if a.markdown {
@@ -226,6 +264,13 @@ pub fn run(mut a: EvalArgs) -> Result<()> {
         for t in texts.iter().take(a.max_texts.max(1)) {
             let mut toks = tokens_of(t)?;
             toks.truncate(a.tokens);
+            if toks.len() <= largest && sized.is_some() {
+                bail!(
+                    "--text: `{}` gives {} tokens, no more than the largest budget --equal-bytes chose ({largest}): no cache would evict anything; give a longer text (or a larger --tokens) or smaller --equal-bytes",
+                    t.name,
+                    toks.len()
+                );
+            }
             if toks.len() <= largest {
                 bail!(
                     "--text: `{}` gives {} tokens, no more than the largest budget ({largest}): no cache would evict anything; give a longer text (or a larger --tokens) or smaller --budgets",
@@ -256,6 +301,23 @@ pub fn run(mut a: EvalArgs) -> Result<()> {
         print!("{}", report::bins_table(&fids, "top1", style));
         if let Some(dir) = &a.plots {
             morphkv::eval::plot::fidelity_plots(dir, "text", &fids)?;
+        }
+        if let (Some(sized), Some(eq)) = (&sized, &mut rep.equal_bytes) {
+            heading("at equal memory: each cache's budget is the largest whose K/V + profile bytes fit the size");
+            for m in equal::mismatches(sized, &fids) {
+                println!("note: {m}");
+            }
+            eq.rows = equal::rows(sized, &fids);
+            print!("{}", report::equal_bytes_table(&eq.rows, style));
+            if !eq.left_out.is_empty() {
+                println!();
+            }
+            for n in &eq.left_out {
+                println!("not run: {n}");
+            }
+            if let Some(dir) = &a.plots {
+                morphkv::eval::plot::bytes_plots(dir, "text", &eq.rows)?;
+            }
         }
         rep.text = Some(fids);
     }

@@ -285,3 +285,119 @@ fn bad_input_gets_one_clear_line() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn equal_bytes_picks_the_largest_budget_that_fits_and_reports_its_bytes() {
+    let dir = std::env::temp_dir().join(format!("morphkv-evaleq-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("out.json");
+    let plots = dir.join("plots");
+    let (ok, stdout, stderr) = eval_cli(&[
+        "--equal-bytes",
+        "2MiB,3MB,50KB",
+        "--policies",
+        "morphkv,streaming,tova,snapkv",
+        "--window",
+        "8",
+        "--tokens",
+        "160",
+        "--bin",
+        "80",
+        "--json",
+        json.to_str().unwrap(),
+        "--plots",
+        plots.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("at equal memory"), "{stdout}");
+    // Left out, one line per policy: SnapKV (unbounded while decoding), and every policy at
+    // 50 KB (below its smallest budget).
+    assert!(
+        stdout.contains("not run: snapkv: left out of --equal-bytes"),
+        "{stdout}"
+    );
+    for p in ["morphkv", "streaming", "tova"] {
+        assert!(
+            stdout.contains(&format!("not run: {p}: invalid value for --equal-bytes: 48.83 KiB (50000 B) is too small for {p}")),
+            "{p}: {stdout}"
+        );
+    }
+    let (model, _) = load();
+    let shape = morphkv::cache::Shape::from(model.config());
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = v["equal_bytes"]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 6, "{rows:?}");
+    let mut seen = Vec::new();
+    for r in rows {
+        let (bytes, budget) = (
+            r["bytes"].as_u64().unwrap() as usize,
+            r["budget"].as_u64().unwrap() as usize,
+        );
+        let policy: PolicyKind = r["policy"].as_str().unwrap().parse().unwrap();
+        seen.push((bytes, policy.name()));
+        let at = |budget| {
+            CacheConfig {
+                policy,
+                budget,
+                window: 8,
+                ..CacheConfig::default()
+            }
+            .bytes_at(&shape, DType::F32)
+        };
+        let want = at(budget);
+        // The cache's own bytes at the end of the run equal the formula's, and fit.
+        assert_eq!(r["kv_bytes"].as_u64().unwrap() as usize, want.kv, "{r}");
+        assert_eq!(
+            r["profile_bytes"].as_u64().unwrap() as usize,
+            want.profile,
+            "{r}"
+        );
+        assert_eq!(
+            r["total_bytes"].as_u64().unwrap() as usize,
+            want.total(),
+            "{r}"
+        );
+        assert!(want.total() <= bytes, "{r}");
+        assert!(at(budget + 1).total() > bytes, "{r}: one more token fits");
+        assert_eq!(want.profile > 0, policy != PolicyKind::Streaming, "{r}");
+    }
+    assert_eq!(
+        seen,
+        [2 << 20, 3_000_000]
+            .iter()
+            .flat_map(|&b| ["morphkv", "streaming", "tova"].map(|p| (b, p)))
+            .collect::<Vec<_>>()
+    );
+    for svg in ["text-top1-by-bytes.svg", "text-ppl-by-bytes.svg"] {
+        let body = std::fs::read_to_string(plots.join(svg)).unwrap();
+        assert!(
+            body.starts_with("<svg") && body.matches("<polyline").count() == 3,
+            "{svg}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // Bad sizes and conflicting flags: one clear line naming the flag and the value.
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--equal-bytes", "12x"],
+            "invalid value '12x' for '--equal-bytes <BYTES>'",
+        ),
+        (vec!["--equal-bytes", "0"], "out of range"),
+        (
+            vec!["--equal-bytes", "8MiB", "--budgets", "64"],
+            "cannot be used with",
+        ),
+        (
+            vec!["--equal-bytes", "1KB", "--policies", "morphkv"],
+            "no cache fits any of the sizes given",
+        ),
+    ];
+    for (args, want) in cases {
+        let (ok, _, stderr) = eval_cli(&args);
+        assert!(!ok, "{args:?} should fail");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

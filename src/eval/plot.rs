@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
+use super::equal::{without_budget, EqualBytes};
 use super::Fidelity;
 use crate::error::{Error, Result};
 
@@ -210,15 +211,8 @@ pub fn fidelity_plots(dir: &Path, prefix: &str, fids: &[Fidelity]) -> Result<()>
     .write(&dir.join(format!("{prefix}-top1-by-position.svg")))?;
     let mut by_policy: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     for f in fids {
-        // The label without its budget word (`b600`).
-        let key = f
-            .label
-            .split_whitespace()
-            .filter(|w| !(w.starts_with('b') && w[1..].parse::<usize>().is_ok()))
-            .collect::<Vec<_>>()
-            .join(" ");
         by_policy
-            .entry(key)
+            .entry(without_budget(&f.label))
             .or_default()
             .push((f.budget as f64, f.overall.ppl_change_pct));
     }
@@ -238,6 +232,46 @@ pub fn fidelity_plots(dir: &Path, prefix: &str, fids: &[Fidelity]) -> Result<()>
         .write(&dir.join(format!("{prefix}-ppl-by-budget.svg")))?;
     }
     Ok(())
+}
+
+/// Fidelity against a cache's total bytes (keys and values plus profile), one line per
+/// setting (policy and knobs but budget), from an `--equal-bytes` run:
+/// `{prefix}-top1-by-bytes.svg` and `{prefix}-ppl-by-bytes.svg` in `dir`.
+pub fn bytes_plots(dir: &Path, prefix: &str, rows: &[EqualBytes]) -> Result<()> {
+    let chart = |title: &str, y: &str, f: &dyn Fn(&EqualBytes) -> f64| {
+        let mut by_setting: Vec<Series> = Vec::new();
+        for r in rows {
+            let x = r.total_bytes as f64 / f64::from(1u32 << 20);
+            match by_setting.iter_mut().find(|s| s.name == r.setting) {
+                Some(s) => s.points.push((x, f(r))),
+                None => by_setting.push(Series {
+                    name: r.setting.clone(),
+                    points: vec![(x, f(r))],
+                }),
+            }
+        }
+        for s in &mut by_setting {
+            s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        }
+        Chart {
+            title: title.to_string(),
+            x_label: "cache bytes, K/V + profile (MiB)".into(),
+            y_label: y.to_string(),
+            series: by_setting,
+        }
+    };
+    chart(
+        "Top-1 agreement with the full cache at equal memory",
+        "agreement (%)",
+        &|r| 100.0 * r.top1,
+    )
+    .write(&dir.join(format!("{prefix}-top1-by-bytes.svg")))?;
+    chart(
+        "Change in perplexity against the full cache at equal memory",
+        "Δ perplexity (%)",
+        &|r| r.ppl_change_pct,
+    )
+    .write(&dir.join(format!("{prefix}-ppl-by-bytes.svg")))
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Rendering eval results for people: aligned terminal tables and Markdown.
 
+use super::equal::EqualBytes;
 use super::{Answer, Fidelity, Fluency, Perplexity, RecallResult};
 
 /// Table style.
@@ -101,6 +102,49 @@ pub fn fidelity_table(fids: &[Fidelity], style: Style) -> String {
         })
         .collect();
     render(style, &header, &rows)
+}
+
+/// Policies at equal memory: per setting and byte size asked for (in the rows' order), the
+/// budget chosen, its bytes (K/V, profile, total and the share of the size it fills) and its
+/// fidelity against full.
+pub fn equal_bytes_table(rows: &[EqualBytes], style: Style) -> String {
+    let mib2 = |b: usize| format!("{:.2}", b as f64 / (1024.0 * 1024.0));
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.setting.clone(),
+                mib2(r.bytes),
+                r.budget.to_string(),
+                mib2(r.kv_bytes),
+                mib2(r.profile_bytes),
+                mib2(r.total_bytes),
+                format!(
+                    "{:.1}",
+                    100.0 * r.total_bytes as f64 / r.bytes.max(1) as f64
+                ),
+                format!("{:+.2}", r.ppl_change_pct),
+                format!("{:.4}", r.kl),
+                format!("{:.1}", 100.0 * r.top1),
+            ]
+        })
+        .collect();
+    render(
+        style,
+        &[
+            "cache",
+            "size MiB",
+            "budget",
+            "KV MiB",
+            "profile MiB",
+            "total MiB",
+            "fill %",
+            "Δppl %",
+            "KL nats",
+            "top-1 %",
+        ],
+        &rows,
+    )
 }
 
 /// Degradation against position: one line per bin, a column per cache (`what`: "ppl" for the
@@ -284,5 +328,24 @@ mod tests {
         assert!(md.lines().nth(1).unwrap().starts_with("| ---"), "{md}");
         let bins = bins_table(&f, "ppl", Style::Plain);
         assert!(bins.contains("1-100"), "{bins}");
+    }
+
+    #[test]
+    fn the_equal_bytes_table_shows_budget_bytes_and_fill() {
+        let sized = crate::eval::equal::Sized {
+            bytes: 2 << 20,
+            variant: crate::eval::Variant::new(crate::cache::CacheConfig::default()),
+            footprint: crate::cache::Bytes::default(),
+        };
+        let rows = crate::eval::equal::rows(&[sized], &[fid("morphkv b64 w8 sum", 10.5)]);
+        let t = equal_bytes_table(&rows, Style::Plain);
+        let line = t.lines().nth(1).unwrap();
+        // 1 MiB + 0.5 MiB of the 2 MiB asked for.
+        assert!(line.starts_with("morphkv w8 sum"), "{t}");
+        for cell in [
+            "2.00", "64", "1.00", "0.50", "1.50", "75.0", "+5.00", "90.0",
+        ] {
+            assert!(line.split_whitespace().any(|c| c == cell), "{cell}: {t}");
+        }
     }
 }
