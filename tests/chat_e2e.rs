@@ -1,7 +1,7 @@
 //! The real binary in a pseudo-terminal (tmux) with the real SmolLM2: a question, a streamed
 //! answer, panels whose numbers move, a policy switch, a clean quit with the terminal
 //! restored; a SIGKILL during a reply that loses no earlier turn; and an idle chat that uses
-//! no CPU. tmux is required (CI installs it).
+//! no CPU, compare mode on or off. tmux is required (CI installs it).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -323,17 +323,35 @@ fn an_idle_chat_uses_no_cpu() {
     t.wait("the answer", 120, |s| {
         s.contains("Assistant") && s.contains("┌ Message ") && !s.contains("answering…")
     });
-    std::thread::sleep(Duration::from_secs(1));
     let pid = t.display("#{pane_pid}");
-    let secs = 30;
-    let before = cpu_seconds(&pid);
-    std::thread::sleep(Duration::from_secs(secs));
-    let used = cpu_seconds(&pid) - before;
-    let share = 100.0 * used / secs as f64;
-    eprintln!("idle chat: {used:.2} s of CPU in {secs} s ({share:.2}% of a core)");
-    assert!(
-        share < 1.0,
-        "an idle chat used {share:.2}% of a core over {secs} s"
-    );
-    assert!(!t.dead(), "the chat is still running");
+    let idle = |what: &str| {
+        std::thread::sleep(Duration::from_secs(1));
+        let secs = 30;
+        let before = cpu_seconds(&pid);
+        std::thread::sleep(Duration::from_secs(secs));
+        let used = cpu_seconds(&pid) - before;
+        let share = 100.0 * used / secs as f64;
+        eprintln!("{what}: {used:.2} s of CPU in {secs} s ({share:.2}% of a core)");
+        assert!(
+            share < 1.0,
+            "{what} used {share:.2}% of a core over {secs} s"
+        );
+        assert!(!t.dead(), "the chat is still running");
+    };
+    idle("an idle chat");
+    // Compare mode on, and one answer through both caches: idle again, still nothing.
+    t.type_line("/compare h2o budget 64");
+    t.wait("compare mode", 120, |s| s.contains("vs h2o b64"));
+    t.type_line("Say goodbye.");
+    // The strip counts the answer's tokens: "top-1 differs D/N" with N > 0.
+    t.wait("the strip", 120, |s| {
+        let n = s.split("top-1 differs ").nth(1).and_then(|r| {
+            let r = r.split('/').nth(1)?;
+            r[..r.find(|c: char| !c.is_ascii_digit())?]
+                .parse::<usize>()
+                .ok()
+        });
+        n.is_some_and(|n| n > 0) && !s.contains("answering…")
+    });
+    idle("an idle chat in compare mode");
 }
