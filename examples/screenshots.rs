@@ -27,10 +27,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             false,
         ),
         ("help-dark", "dark", Some(Panel::Retention), true),
+        ("compare-dark", "dark", Some(Panel::Retention), false),
     ];
     for (name, theme_name, panel, help) in shots {
         let theme = Theme::load(theme_name, None)?;
-        let mut app = app_after_recording();
+        let mut app = if name.starts_with("compare") {
+            demo::app_comparing()
+        } else {
+            app_after_recording()
+        };
         app.panel = panel;
         if panel == Some(Panel::Inspector) {
             app.inspect = Some(20);
