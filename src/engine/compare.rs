@@ -150,33 +150,64 @@ pub fn divergence_of(p: &[f32], q: &[f32]) -> (f32, u32, u32) {
     (d.kl, d.main_top1, d.other_top1)
 }
 
+/// One pass over the two rows after their maxima: `e^(a-max)` by the kernels' branch-free
+/// exponential in lanes of 8 (a loop the compiler turns into SIMD; about 0.1 ms for a 49K
+/// vocabulary, where f64 `exp` took 1.5 ms, a sixth of a decode step), sums in f64 per block.
+/// With `a' = a - max_a`, `b' = b - max_b`, `Z` their sums of exponentials:
+/// `KL = Σ e^a' (a' - b') / Z_a - ln Z_a + ln Z_b`.
 fn divergence(p: &[f32], q: &[f32]) -> Pending {
+    use crate::kernels::exp_nonpositive as exp;
+    const LANES: usize = 8;
+    const BLOCK: usize = 512;
     let n = p.len().min(q.len());
     let (p, q) = (&p[..n], &q[..n]);
-    let lse = |x: &[f32]| -> f64 {
-        let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-        if !m.is_finite() {
-            return m;
-        }
-        m + x.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln()
-    };
-    let (lp, lq) = (lse(p), lse(q));
-    let mut kl = 0.0f64;
-    if lp.is_finite() && lq.is_finite() {
-        for (&a, &b) in p.iter().zip(q) {
-            let la = a as f64 - lp;
-            let pa = la.exp();
-            if pa > 0.0 {
-                kl += pa * (la - (b as f64 - lq));
+    let (main_top1, other_top1) = (argmax(p), argmax(q));
+    let mp = p.get(main_top1 as usize).copied().unwrap_or(f32::NAN);
+    let mq = q.get(other_top1 as usize).copied().unwrap_or(f32::NAN);
+    if !(mp.is_finite() && mq.is_finite()) {
+        return Pending {
+            kl: f32::NAN,
+            main_top1,
+            other_top1,
+        };
+    }
+    let (mut zp, mut zq, mut s) = (0.0f64, 0.0f64, 0.0f64);
+    for (bp, bq) in p.chunks(BLOCK).zip(q.chunks(BLOCK)) {
+        let (mut ap, mut aq, mut as_) = ([0.0f32; LANES], [0.0f32; LANES], [0.0f32; LANES]);
+        let mut add = |l: usize, a: f32, b: f32| {
+            let (a, b) = (a - mp, b - mq);
+            let ea = exp(a);
+            ap[l] += ea;
+            aq[l] += exp(b);
+            as_[l] += ea * (a - b);
+        };
+        let (cp, cq) = (bp.chunks_exact(LANES), bq.chunks_exact(LANES));
+        let (rp, rq) = (cp.remainder(), cq.remainder());
+        for (xp, xq) in cp.zip(cq) {
+            let (xp, xq): (&[f32; LANES], &[f32; LANES]) = match (xp.try_into(), xq.try_into()) {
+                (Ok(a), Ok(b)) => (a, b),
+                _ => continue,
+            };
+            for l in 0..LANES {
+                add(l, xp[l], xq[l]);
             }
         }
-    } else {
-        kl = f64::NAN;
+        for (l, (&a, &b)) in rp.iter().zip(rq).enumerate() {
+            add(l, a, b);
+        }
+        zp += ap.iter().map(|&v| f64::from(v)).sum::<f64>();
+        zq += aq.iter().map(|&v| f64::from(v)).sum::<f64>();
+        s += as_.iter().map(|&v| f64::from(v)).sum::<f64>();
     }
+    let kl = s / zp - zp.ln() + zq.ln();
     Pending {
-        kl: kl.max(0.0) as f32,
-        main_top1: argmax(p),
-        other_top1: argmax(q),
+        kl: if kl.is_nan() {
+            f32::NAN
+        } else {
+            kl.max(0.0) as f32
+        },
+        main_top1,
+        other_top1,
     }
 }
 
@@ -199,7 +230,7 @@ mod tests {
     fn kl_is_zero_for_equal_rows_and_grows_with_difference() {
         let p = [1.0f32, 2.0, 3.0, 0.5];
         let (kl, a, b) = divergence_of(&p, &p);
-        assert!(kl.abs() < 1e-7);
+        assert_eq!(kl, 0.0);
         assert_eq!((a, b), (2, 2));
         let q = [1.0f32, 3.5, 3.0, 0.5];
         let (kl2, a, b) = divergence_of(&p, &q);
@@ -214,6 +245,43 @@ mod tests {
         assert!((kl2 as f64 - want).abs() < 1e-6, "{kl2} vs {want}");
         let q3 = [1.0f32, 5.0, 3.0, 0.5];
         assert!(divergence_of(&p, &q3).0 > kl2);
+    }
+
+    /// A vocabulary-sized pair of rows, not a multiple of the lanes: the SIMD-shaped sums
+    /// agree with a plain f64 computation.
+    #[test]
+    fn kl_of_vocabulary_sized_rows_matches_f64() {
+        let mut seed = 7u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 24) as f32
+        };
+        let n = 49_152 + 5;
+        let p: Vec<f32> = (0..n).map(|_| next() * 20.0 - 10.0).collect();
+        for scale in [0.001f32, 0.1, 3.0] {
+            let q: Vec<f32> = p.iter().map(|&v| v + scale * (next() - 0.5)).collect();
+            let (kl, a, b) = divergence_of(&p, &q);
+            let lse = |x: &[f32]| {
+                let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+                m + x.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln()
+            };
+            let (lp, lq) = (lse(&p), lse(&q));
+            let want: f64 = p
+                .iter()
+                .zip(&q)
+                .map(|(&x, &y)| {
+                    let lx = x as f64 - lp;
+                    lx.exp() * (lx - (y as f64 - lq))
+                })
+                .sum();
+            assert!(
+                (kl as f64 - want).abs() <= 1e-6 + 1e-4 * want,
+                "scale {scale}: {kl} vs {want}"
+            );
+            assert_eq!((a, b), (argmax(&p), argmax(&q)));
+        }
     }
 
     #[test]
