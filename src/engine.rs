@@ -413,12 +413,17 @@ impl Worker<'_> {
             send(Event::Step(Box::new(self.step_info(0))));
             return Ok(());
         };
-        let label = format!(
-            "{} b{} w{}",
-            cfg.policy.name(),
-            cfg.budget,
-            cfg.effective_window()
-        );
+        // A full cache has no budget or window to name.
+        let label = if cfg.policy == crate::cache::PolicyKind::Full {
+            cfg.policy.name().to_string()
+        } else {
+            format!(
+                "{} b{} w{}",
+                cfg.policy.name(),
+                cfg.budget,
+                cfg.effective_window()
+            )
+        };
         let mut c = Compare::new(
             self.session.model(),
             cfg,

@@ -269,8 +269,10 @@ fn status_bar(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     if let (Some(_), Some(o)) = (&app.compare, &s.compare) {
         // Both caches' bytes (K/V plus the policy's profile) and what the second one costs.
         let both = format!(
-            "KV {} · {} ",
+            "{} {} · {} {} ",
+            c.policy.name(),
             mib(s.kv_bytes + s.profile_bytes),
+            o.policy,
             mib(o.step.kv_bytes + o.step.profile_bytes)
         );
         let cost = format!("+{:.0}% time", 100.0 * o.cost);
