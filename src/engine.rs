@@ -19,11 +19,15 @@ use serde::{Deserialize, Serialize};
 
 mod control;
 mod history;
+pub mod replay;
 mod telemetry;
+pub mod trace;
+pub mod travel;
 
 use control::Control;
-pub use history::Retention;
+pub use history::{Record, Retention};
 use telemetry::Telemetry;
+pub use travel::Travel;
 
 use crate::cache::{CacheConfig, KvCache, LayerAttention};
 use crate::chat::{ChatTemplate, Message, Role, Segment};
@@ -53,6 +57,9 @@ pub enum Command {
     /// engine's bounded history still holds (the last four budgets' worth per (layer, KV
     /// head)), and what each pair retains now.
     ExportTrace(std::path::PathBuf),
+    /// Time travel: answer with the panels' [`StepInfo`] as it was after this step (the
+    /// conversation's length then), marked [`StepInfo::travel`]; None: the live step.
+    Travel(Option<usize>),
     /// Forget the conversation.
     Reset,
     /// What the panels on screen need from each step (the rest is not computed).
@@ -126,6 +133,12 @@ pub struct StepInfo {
     pub decode_tps: f64,
     /// The inspected token's fate in every (layer, KV head), if one is inspected.
     pub inspect: Option<TokenFate>,
+    /// Set when this is not the live step but the cache as it was after an earlier one
+    /// (answering [`Command::Travel`]).
+    pub travel: Option<Travel>,
+    /// The oldest step time travel reaches (the bounded eviction history covers the later
+    /// ones).
+    pub history_from: usize,
 }
 
 /// What became of one token in one KV head.
@@ -216,6 +229,7 @@ impl Engine {
             .spawn(move || {
                 let cfg = model.config();
                 let mut w = Worker {
+                    name: name.clone(),
                     tel: Telemetry::new(cfg.n_layer, cfg.n_kv_head, settings.cache.budget),
                     session: Session::new(&model, cache, sampler),
                     tok,
@@ -256,6 +270,8 @@ fn new_cache(model: &Model, cfg: &CacheConfig, watch: Watch) -> Result<KvCache> 
 }
 
 struct Worker<'m> {
+    /// The model's name, for traces.
+    name: String,
     /// The model, the conversation's cache and the sampler; `session.fed()` is every token
     /// fed into the cache, in order.
     session: Session<'m>,
@@ -315,6 +331,12 @@ impl Worker<'_> {
                     Ok(())
                 }
                 Command::ExportTrace(path) => self.export_trace(&path, send),
+                Command::Travel(t) => {
+                    let kv_heads = self.session.model().config().n_kv_head;
+                    let info = self.tel.travel_info(self.session.cache(), kv_heads, t);
+                    send(Event::Step(Box::new(info)));
+                    Ok(())
+                }
                 Command::Reset => self.reset(),
             };
             if let Err(e) = result {
@@ -345,43 +367,20 @@ impl Worker<'_> {
         Ok(())
     }
 
-    /// One JSON object per line: a header with the settings, the evictions the history holds
-    /// (every one of a conversation shorter than its four budgets per head; the header says
-    /// how many earlier ones it let go), and the retained positions per (layer, KV head).
+    /// The eviction trace (see `engine/trace.rs`): a header with the settings, sizes and
+    /// tokens, the evictions the history holds, the retained positions per (layer, KV head).
     fn export_trace(&self, path: &std::path::Path, send: &dyn Fn(Event)) -> Result<()> {
-        use std::io::Write;
-        let io = |e: std::io::Error| crate::error::Error::io(path, e);
-        let mut w = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
         let cache = self.session.cache();
-        let c = cache.config();
-        let log = &self.tel.log;
-        let header = serde_json::json!({
-            "kind": "header",
-            "policy": c.policy.name(),
-            "budget": c.budget,
-            "window": c.window,
-            "positions": format!("{:?}", c.positions).to_lowercase(),
-            "tokens": self.session.fed().len(),
-            "token_text": self.session.fed().iter().map(|&t| self.tok.token_text(t)).collect::<Vec<_>>(),
-            "evictions_dropped": log.dropped(),
-            "evictions_dropped_through_step": log.dropped_through(),
-        });
-        writeln!(w, "{header}").map_err(io)?;
-        for r in log.iter() {
-            let (l, h) = log.layer_head(r);
-            let line = serde_json::json!({"kind": "evicted", "step": r.step, "layer": l,
-                "head": h, "pos": r.pos, "score": r.score});
-            writeln!(w, "{line}").map_err(io)?;
-        }
-        let kv_heads = self.session.model().config().n_kv_head;
-        for l in 0..cache.n_layers() {
-            for h in 0..kv_heads {
-                let line = serde_json::json!({"kind": "retained", "layer": l, "head": h,
-                    "positions": cache.layer(l).positions(h)});
-                writeln!(w, "{line}").map_err(io)?;
-            }
-        }
-        w.flush().map_err(io)?;
+        let text = self.session.fed().iter().map(|&t| self.tok.token_text(t));
+        let header = trace::Header::of(
+            cache,
+            self.session.model().config().n_kv_head,
+            &self.name,
+            text.collect(),
+            &self.tel.log,
+            &self.tel.prompts,
+        );
+        trace::write(path, &header, &self.tel.log, cache)?;
         send(Event::Exported(path.display().to_string()));
         Ok(())
     }
@@ -537,6 +536,11 @@ impl Worker<'_> {
                         Command::Inspect(p) => {
                             tel.inspect = *p;
                             tel.follow();
+                            false
+                        }
+                        Command::Travel(t) => {
+                            let info = tel.travel_info(s.cache(), kv_heads, *t);
+                            send(Event::Step(Box::new(info)));
                             false
                         }
                         _ => true,

@@ -17,6 +17,7 @@ use crate::chat::Role;
 
 mod panels;
 mod text;
+mod travel;
 
 pub use text::{markdown, wrap, wrap_tagged, Hit};
 
@@ -54,7 +55,17 @@ pub fn render(f: &mut Frame, app: &App, theme: &Theme) -> HitMap {
         footer,
     } = areas(app, area);
     transcript(f, app, theme, chat);
-    if let (Some(p), Some(s)) = (app.panel, side) {
+    if let (Some(p), Some(mut s)) = (app.panel, side) {
+        // Time travel: the step slider under the panels that show the step.
+        if app.travel.is_some()
+            && matches!(p, Panel::Retention | Panel::Cache)
+            && s.height > travel::HEIGHT + 6
+        {
+            let [panel, slider] =
+                Layout::vertical([Constraint::Min(6), Constraint::Length(travel::HEIGHT)]).areas(s);
+            travel::slider(f, app, theme, slider, &mut hits);
+            s = panel;
+        }
         match p {
             Panel::Retention => panels::retention(f, app, theme, s, &mut hits),
             Panel::Cache => panels::cache(f, app, theme, s),
@@ -242,7 +253,7 @@ fn status_bar(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         c.budget,
         c.effective_window()
     );
-    let options = [
+    let options = travel::status(app).unwrap_or([
         format!(
             " {tps:.1} tok/s · {}/{} tok kept · KV {} of {} ({:.0}% saved) ",
             s.retained,
@@ -264,7 +275,7 @@ fn status_bar(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
             saving(app)
         ),
         format!(" {}/{} tok kept ", s.retained, s.seen),
-    ];
+    ]);
     let room = (area.width as usize).saturating_sub(left.width());
     let right = options
         .iter()
