@@ -117,21 +117,26 @@ impl Replay {
         info
     }
 
-    /// Everything the chat is told first: ready, the tokens, a step per step the live chat
-    /// reported (prompts in one), the last with its retention counts.
+    /// Everything the chat is told first: ready, then the tokens and a step per step the
+    /// live chat reported (a prompt in one), the last with its retention counts.
     pub fn opening(&self) -> Vec<Event> {
         let h = &self.trace.header;
         let (oldest, latest) = self.steps();
-        let mut events = vec![
-            Event::Ready {
-                model: self.name.clone(),
-                device: DEVICE.into(),
-                layers: h.layers,
-                kv_heads: h.kv_heads,
-                context: 0,
-            },
-            Event::Fed(h.token_text.clone()),
-        ];
+        let mut events = vec![Event::Ready {
+            model: self.name.clone(),
+            device: DEVICE.into(),
+            layers: h.layers,
+            kv_heads: h.kv_heads,
+            context: 0,
+        }];
+        // The chat keeps the tokens up to each step it is told of: they come before it.
+        let mut fed = 0;
+        let mut feed = |to: usize, events: &mut Vec<Event>| {
+            if to > fed {
+                events.push(Event::Fed(h.token_text[fed..to].to_vec()));
+                fed = to;
+            }
+        };
         let inside_prompt = |t: usize| h.prompts.iter().any(|&(a, b)| a < t && t < b);
         let now = self.trace.retained.first().map_or(0, Vec::len);
         let sizes = self.sizes();
@@ -142,6 +147,7 @@ impl Replay {
             .collect();
         let skip = chart.len().saturating_sub(CHART_STEPS - 1);
         for (t, retained, evicted) in chart.into_iter().skip(skip) {
+            feed(t, &mut events);
             events.push(Event::Step(Box::new(StepInfo {
                 seen: t,
                 retained,
@@ -157,6 +163,7 @@ impl Replay {
                 ..StepInfo::default()
             })));
         }
+        feed(h.tokens, &mut events);
         events.push(Event::Step(Box::new(self.step_at(None))));
         events
     }
