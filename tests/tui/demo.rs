@@ -58,6 +58,8 @@ pub fn step(seen: usize, evicted: usize) -> StepInfo {
             .collect(),
         decode_tps: 30.0,
         inspect: None,
+        travel: None,
+        history_from: 0,
     }
 }
 

@@ -22,7 +22,7 @@ pub const SLASH_HELP: [(&str, &str); 18] = [
     ("/chats", "saved chats: ↑↓ Enter opens, Del deletes"),
     ("/rename TITLE", "rename this chat"),
     ("/inspect N", "inspect the token at position N"),
-    ("/travel N | live", "panels as after step N; back to live"),
+    ("/travel N | live", "panels as after step N, or live"),
     ("/save FILE.md", "export the chat as Markdown"),
     ("/trace FILE.jsonl", "export the eviction trace"),
     ("/bye", "quit"),

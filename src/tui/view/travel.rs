@@ -22,8 +22,17 @@ pub(super) fn slider(f: &mut Frame, app: &App, theme: &Theme, area: Rect, hits: 
     let Some((t, latest, oldest)) = app.travelling() else {
         return;
     };
-    let title = format!("Time travel · step {t} of {latest} · not live");
-    let b = block(&title, theme, true);
+    let titles = [
+        format!("Time travel · step {t} of {latest} · not live"),
+        format!("step {t} of {latest} · not live"),
+        format!("step {t}/{latest}"),
+    ];
+    let room = usize::from(area.width.saturating_sub(4));
+    let title = titles
+        .iter()
+        .find(|s| s.width() <= room)
+        .unwrap_or(&titles[2]);
+    let b = block(title, theme, true);
     let inner = b.inner(area);
     f.render_widget(b, area);
     let w = inner.width as usize;
@@ -77,7 +86,7 @@ pub(super) fn status(app: &App) -> Option<[String; 4]> {
     let s = &app.step;
     Some([
         format!(
-            " ⏪ step {t} of {latest}, not live · {}/{} tok kept · KV {} of {} ({:.0}% saved) ",
+            " « step {t} of {latest}, not live · {}/{} tok kept · KV {} of {} ({:.0}% saved) ",
             s.retained,
             s.seen,
             mib(s.kv_bytes),
@@ -85,12 +94,12 @@ pub(super) fn status(app: &App) -> Option<[String; 4]> {
             saving(app)
         ),
         format!(
-            " ⏪ step {t} of {latest}, not live · {}/{} kept · {:.0}% saved ",
+            " « step {t} of {latest}, not live · {}/{} kept · {:.0}% saved ",
             s.retained,
             s.seen,
             saving(app)
         ),
-        format!(" ⏪ step {t} of {latest}, not live "),
-        format!(" ⏪ step {t}/{latest} "),
+        format!(" « step {t} of {latest}, not live "),
+        format!(" « step {t}/{latest} "),
     ])
 }
