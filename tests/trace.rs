@@ -253,3 +253,36 @@ fn mutated_traces_never_panic() {
     }
     assert!(ok > 0 && refused > 0, "{ok} read, {refused} refused");
 }
+
+/// `morphkv replay` refuses a damaged trace on one line, before it takes the terminal.
+#[test]
+fn replay_refuses_a_damaged_trace_on_one_line() {
+    let dir = std::env::temp_dir().join(format!("morphkv-replay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("damaged.jsonl");
+    let mut lines = good();
+    lines[1] = r#"{"kind":"evicted","step":4,"layer":9,"head":0,"pos":1,"score":0.5}"#.into();
+    std::fs::write(&p, lines.join("\n")).unwrap();
+    for (file, needles) in [
+        (
+            p.clone(),
+            vec!["damaged.jsonl", "line 2", "layer 9 head 0 is out of range"],
+        ),
+        (dir.join("missing.jsonl"), vec!["missing.jsonl"]),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_morphkv"))
+            .arg("replay")
+            .arg(&file)
+            .env("MORPHKV_CONFIG_DIR", dir.join("config"))
+            .env("MORPHKV_DATA_DIR", dir.join("data"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        for n in needles {
+            assert!(err.contains(n), "missing {n:?} in {err}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
