@@ -490,7 +490,11 @@ impl Worker<'_> {
         let mut failed = None;
         let (tok, tel, control) = (&self.tok, &mut self.tel, &mut self.control);
         let kv_heads = self.session.model().config().n_kv_head;
-        let out = if control.gate(rx).is_break() {
+        let cache = self.session.cache();
+        let first = control.gate_with(rx, &mut |cmd| {
+            answer_travel(tel, cache, kv_heads, cmd, send)
+        });
+        let out = if first.is_break() {
             None
         } else {
             Some(self.session.generate(&opts, |phase, s| match phase {
@@ -521,7 +525,10 @@ impl Worker<'_> {
                     if step.generated >= opts.max_new {
                         return ControlFlow::Continue(());
                     }
-                    let flow = control.gate(rx);
+                    // Time travel is answered at once, in step mode's pauses too.
+                    let flow = control.gate_with(rx, &mut |cmd| {
+                        answer_travel(tel, s.cache(), kv_heads, cmd, send)
+                    });
                     // What the panels want changes at once, from the next step on.
                     control.deferred.retain(|cmd| match cmd {
                         Command::Watch(w) => {
@@ -536,11 +543,6 @@ impl Worker<'_> {
                         Command::Inspect(p) => {
                             tel.inspect = *p;
                             tel.follow();
-                            false
-                        }
-                        Command::Travel(t) => {
-                            let info = tel.travel_info(s.cache(), kv_heads, *t);
-                            send(Event::Step(Box::new(info)));
                             false
                         }
                         _ => true,
@@ -609,6 +611,22 @@ fn release_free_memory() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn release_free_memory() {}
+
+/// Answers a [`Command::Travel`] arriving while an answer is generated (false for any
+/// other command).
+fn answer_travel(
+    tel: &Telemetry,
+    cache: &KvCache,
+    kv_heads: usize,
+    cmd: &Command,
+    send: &dyn Fn(Event),
+) -> bool {
+    let Command::Travel(t) = cmd else {
+        return false;
+    };
+    send(Event::Step(Box::new(tel.travel_info(cache, kv_heads, *t))));
+    true
+}
 
 /// Whether a message list is a conversation the engine can answer: non-empty, its last
 /// message the user's.

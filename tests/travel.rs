@@ -322,3 +322,36 @@ fn the_engine_travels_back_and_replay_shows_the_same() {
     let _ = std::fs::remove_file(&path);
     engine.send(Command::Quit);
 }
+
+/// In step mode, a travel is answered while the answer waits for its next token.
+#[test]
+fn travel_is_answered_while_step_mode_waits() {
+    let (engine, rx) = start();
+    assert!(matches!(next(&rx), Event::Ready { .. }));
+    engine.send(Command::Pause(true));
+    engine.send(Command::Reply(vec![Message::user("Name three colours.")]));
+    // The prompt's step; then the answer waits before its first token.
+    let prompt = loop {
+        if let Event::Step(s) = next(&rx) {
+            break s.seen;
+        }
+    };
+    let got = travel(&engine, &rx, prompt - 5);
+    assert_eq!(got.travel.map(|t| t.step), Some(prompt - 5));
+    engine.send(Command::Advance);
+    let seen = loop {
+        if let Event::Step(s) = next(&rx) {
+            assert!(s.travel.is_none());
+            break s.seen;
+        }
+    };
+    assert_eq!(seen, prompt + 1);
+    let got = travel(&engine, &rx, prompt);
+    assert_eq!(
+        got.travel.map(|t| (t.step, t.latest)),
+        Some((prompt, prompt + 1))
+    );
+    engine.send(Command::Cancel);
+    while !matches!(next(&rx), Event::Finished { .. }) {}
+    engine.send(Command::Quit);
+}
