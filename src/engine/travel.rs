@@ -200,4 +200,40 @@ mod tests {
         let counts: usize = (0..20).map(|p| usize::from(s.retention[p])).sum();
         assert_eq!(counts, 8);
     }
+
+    /// Once the bounded log lets evictions go, every step from its `dropped_through` on is
+    /// still rebuilt exactly.
+    #[test]
+    fn steps_the_bounded_log_still_covers_are_exact() {
+        use crate::cache::Eviction;
+        use crate::engine::history::EvictionLog;
+        let (budget, steps) = (8, 3000);
+        let mut log = EvictionLog::new(1, 2, budget);
+        let mut held: Vec<Vec<u32>> = vec![Vec::new(); 2];
+        let mut snapshots = Vec::new();
+        for t in 1..=steps {
+            for (i, h) in held.iter_mut().enumerate() {
+                h.push(t as u32 - 1);
+                if h.len() > budget {
+                    let pos = h.remove((t * 5 + i) % (h.len() - 2));
+                    let e = Eviction {
+                        layer: 0,
+                        head: i,
+                        pos,
+                        score: 1.0,
+                    };
+                    log.push(t, &e);
+                }
+            }
+            let mut s = held.clone();
+            s.iter_mut().for_each(|v| v.sort_unstable());
+            snapshots.push(s);
+        }
+        let oldest = log.dropped_through();
+        assert!(log.dropped() > 0 && oldest > 1000, "{oldest}");
+        let now: Vec<&[u32]> = held.iter().map(Vec::as_slice).collect();
+        for t in oldest..=steps {
+            assert_eq!(held_at(t, &now, log.iter()), snapshots[t - 1], "step {t}");
+        }
+    }
 }
