@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::cli::ChatArgs;
+use crate::cli::{ChatArgs, ReplayArgs};
 use crate::{load, sampling_params, Loaded};
 use morphkv::cache::{CacheConfig, Positions};
 use morphkv::chat::ChatTemplate;
@@ -279,6 +279,46 @@ pub fn run(a: ChatArgs) -> Result<()> {
     if let tui::Ended::Signal(sig) = ended {
         // The terminal is restored and the chat saved: exit as the signal's default would
         // have, so a shell or service manager sees 128 + N (130 for SIGINT, 143 for SIGTERM).
+        std::process::exit(128 + sig);
+    }
+    Ok(())
+}
+
+/// `morphkv replay TRACE.jsonl`: the trace in the chat's panels, on a replay thread instead
+/// of a model's engine.
+pub fn replay(a: ReplayArgs) -> Result<()> {
+    let (config_dir, data_dir) = dirs()?;
+    let cfg = tui::config::read(&config_dir).map_err(anyhow::Error::msg)?;
+    let replay = morphkv::engine::replay::Replay::open(&a.trace)?;
+    let theme_name = a
+        .theme
+        .clone()
+        .or(cfg.theme.clone())
+        .unwrap_or_else(|| "dark".into());
+    let theme = Theme::load(&theme_name, Some(&config_dir.join("themes")))
+        .map_err(|e| anyhow::anyhow!("--theme: {e}"))?;
+    let keymap = tui::keys::KeyMap::parse(&cfg.keys)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config_dir.join("config.toml").display()))?;
+    let settings = replay.settings()?;
+    let name = replay.name().to_string();
+    let (sink, events) = tui::event_channel();
+    let engine = replay.spawn(sink)?;
+    let ended = tui::run(
+        engine,
+        events,
+        &settings,
+        ChatOptions {
+            theme,
+            // Nothing is saved: a replay has no messages.
+            chats_dir: data_dir.join("chats"),
+            log: data_dir.join("morphkv.log"),
+            model_name: name,
+            resume: None,
+            system: None,
+            keymap,
+        },
+    )?;
+    if let tui::Ended::Signal(sig) = ended {
         std::process::exit(128 + sig);
     }
     Ok(())

@@ -48,6 +48,19 @@ pub enum Command {
     /// List, download and remove models: presets from models.toml or Hub repos.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Open an eviction trace (from /trace or generate --trace) in the chat's panels, without
+    /// a model: travel through its steps as in a live chat.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The trace: a JSON Lines file written by /trace or generate --trace.
+    #[arg(value_name = "TRACE.jsonl")]
+    pub trace: PathBuf,
+    /// Colour theme: dark, light, high-contrast, or a name from the config folder's themes/.
+    #[arg(long)]
+    pub theme: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -160,8 +173,9 @@ pub struct GenerateArgs {
     /// Chat template to use instead of the model's: chatml or llama3.
     #[arg(long = "chat-template")]
     pub chat_template: Option<String>,
-    /// Write one JSON line per step with the tokens evicted per layer and head, and their
-    /// scores.
+    /// Write the eviction trace (JSON Lines, as the chat's /trace: the settings, every token
+    /// evicted per layer and head with its step and score, what each retains at the end);
+    /// `morphkv replay FILE` shows it in the chat's panels.
     #[arg(long)]
     pub trace: Option<PathBuf>,
 }

@@ -20,13 +20,17 @@ use serde::{Deserialize, Serialize};
 mod compare;
 mod control;
 mod history;
+pub mod replay;
 mod telemetry;
+pub mod trace;
+pub mod travel;
 
 pub use compare::divergence_of;
 use compare::Compare;
 use control::Control;
-pub use history::Retention;
+pub use history::{Record, Retention};
 use telemetry::Telemetry;
+pub use travel::Travel;
 
 use crate::cache::{CacheConfig, KvCache, LayerAttention};
 use crate::chat::{ChatTemplate, Message, Role, Segment};
@@ -56,6 +60,9 @@ pub enum Command {
     /// engine's bounded history still holds (the last four budgets' worth per (layer, KV
     /// head)), and what each pair retains now.
     ExportTrace(std::path::PathBuf),
+    /// Time travel: answer with the panels' [`StepInfo`] as it was after this step (the
+    /// conversation's length then), marked [`StepInfo::travel`]; None: the live step.
+    Travel(Option<usize>),
     /// Forget the conversation.
     Reset,
     /// What the panels on screen need from each step (the rest is not computed).
@@ -134,6 +141,12 @@ pub struct StepInfo {
     pub inspect: Option<TokenFate>,
     /// The second cache, in compare mode.
     pub compare: Option<Box<CompareStep>>,
+    /// Set when this is not the live step but the cache as it was after an earlier one
+    /// (answering [`Command::Travel`]).
+    pub travel: Option<Travel>,
+    /// The oldest step time travel reaches (the bounded eviction history covers the later
+    /// ones).
+    pub history_from: usize,
 }
 
 /// The second cache of compare mode after a step.
@@ -268,6 +281,7 @@ impl Engine {
             .spawn(move || {
                 let cfg = model.config();
                 let mut w = Worker {
+                    name: name.clone(),
                     tel: Telemetry::new(cfg.n_layer, cfg.n_kv_head, settings.cache.budget),
                     session: Session::new(&model, cache, sampler),
                     tok,
@@ -309,6 +323,8 @@ fn new_cache(model: &Model, cfg: &CacheConfig, watch: Watch) -> Result<KvCache> 
 }
 
 struct Worker<'m> {
+    /// The model's name, for traces.
+    name: String,
     /// The model, the conversation's cache and the sampler; `session.fed()` is every token
     /// fed into the cache, in order.
     session: Session<'m>,
@@ -370,6 +386,12 @@ impl Worker<'_> {
                     Ok(())
                 }
                 Command::ExportTrace(path) => self.export_trace(&path, send),
+                Command::Travel(t) => {
+                    let kv_heads = self.session.model().config().n_kv_head;
+                    let info = self.tel.travel_info(self.session.cache(), kv_heads, t);
+                    send(Event::Step(Box::new(info)));
+                    Ok(())
+                }
                 Command::Reset => self.reset(),
             };
             if let Err(e) = result {
@@ -455,43 +477,20 @@ impl Worker<'_> {
         Ok(())
     }
 
-    /// One JSON object per line: a header with the settings, the evictions the history holds
-    /// (every one of a conversation shorter than its four budgets per head; the header says
-    /// how many earlier ones it let go), and the retained positions per (layer, KV head).
+    /// The eviction trace (see `engine/trace.rs`): a header with the settings, sizes and
+    /// tokens, the evictions the history holds, the retained positions per (layer, KV head).
     fn export_trace(&self, path: &std::path::Path, send: &dyn Fn(Event)) -> Result<()> {
-        use std::io::Write;
-        let io = |e: std::io::Error| crate::error::Error::io(path, e);
-        let mut w = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
         let cache = self.session.cache();
-        let c = cache.config();
-        let log = &self.tel.log;
-        let header = serde_json::json!({
-            "kind": "header",
-            "policy": c.policy.name(),
-            "budget": c.budget,
-            "window": c.window,
-            "positions": format!("{:?}", c.positions).to_lowercase(),
-            "tokens": self.session.fed().len(),
-            "token_text": self.session.fed().iter().map(|&t| self.tok.token_text(t)).collect::<Vec<_>>(),
-            "evictions_dropped": log.dropped(),
-            "evictions_dropped_through_step": log.dropped_through(),
-        });
-        writeln!(w, "{header}").map_err(io)?;
-        for r in log.iter() {
-            let (l, h) = log.layer_head(r);
-            let line = serde_json::json!({"kind": "evicted", "step": r.step, "layer": l,
-                "head": h, "pos": r.pos, "score": r.score});
-            writeln!(w, "{line}").map_err(io)?;
-        }
-        let kv_heads = self.session.model().config().n_kv_head;
-        for l in 0..cache.n_layers() {
-            for h in 0..kv_heads {
-                let line = serde_json::json!({"kind": "retained", "layer": l, "head": h,
-                    "positions": cache.layer(l).positions(h)});
-                writeln!(w, "{line}").map_err(io)?;
-            }
-        }
-        w.flush().map_err(io)?;
+        let text = self.session.fed().iter().map(|&t| self.tok.token_text(t));
+        let header = trace::Header::of(
+            cache,
+            self.session.model().config().n_kv_head,
+            &self.name,
+            text.collect(),
+            &self.tel.log,
+            &self.tel.prompts,
+        );
+        trace::write(path, &header, &self.tel.log, cache)?;
         send(Event::Exported(path.display().to_string()));
         Ok(())
     }
@@ -609,7 +608,11 @@ impl Worker<'_> {
         }
         let mut compare_failed = None;
         let kv_heads = self.session.model().config().n_kv_head;
-        let out = if control.gate(rx).is_break() {
+        let cache = self.session.cache();
+        let first = control.gate_with(rx, &mut |cmd| {
+            answer_travel(tel, cache, kv_heads, cmd, send)
+        });
+        let out = if first.is_break() {
             None
         } else {
             Some(self.session.generate(&opts, |phase, s| match phase {
@@ -655,7 +658,10 @@ impl Worker<'_> {
                     if step.generated >= opts.max_new {
                         return ControlFlow::Continue(());
                     }
-                    let flow = control.gate(rx);
+                    // Time travel is answered at once, in step mode's pauses too.
+                    let flow = control.gate_with(rx, &mut |cmd| {
+                        answer_travel(tel, s.cache(), kv_heads, cmd, send)
+                    });
                     // What the panels want changes at once, from the next step on.
                     control.deferred.retain(|cmd| match cmd {
                         Command::Watch(w) => {
@@ -755,6 +761,22 @@ fn release_free_memory() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn release_free_memory() {}
+
+/// Answers a [`Command::Travel`] arriving while an answer is generated (false for any
+/// other command).
+fn answer_travel(
+    tel: &Telemetry,
+    cache: &KvCache,
+    kv_heads: usize,
+    cmd: &Command,
+    send: &dyn Fn(Event),
+) -> bool {
+    let Command::Travel(t) = cmd else {
+        return false;
+    };
+    send(Event::Step(Box::new(tel.travel_info(cache, kv_heads, *t))));
+    true
+}
 
 /// Whether a message list is a conversation the engine can answer: non-empty, its last
 /// message the user's.

@@ -18,6 +18,7 @@ use morphkv::bench::BenchModel;
 use morphkv::cache::{KvCache, Positions};
 use morphkv::chat::{encode_chat, ChatTemplate, Message};
 use morphkv::device::DeviceSpec;
+use morphkv::engine::trace::Recorder;
 use morphkv::model::{Model, WeightFormat};
 use morphkv::sampling::{Sampler, SamplingParams};
 use morphkv::session::{GenerateOptions, Phase, Session};
@@ -53,6 +54,7 @@ fn main() -> ExitCode {
         Some(Command::Bench(a)) => run_bench(a),
         Some(Command::Eval(a)) => eval_cmd::run(*a),
         Some(Command::Models(c)) => models_cmd::run(c),
+        Some(Command::Replay(a)) => chat_cmd::replay(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -165,13 +167,11 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     params.validate()?;
     // Bad flags fail before the model loads; the preset fills what they leave out.
     a.cache.config()?;
-    let mut trace = match &a.trace {
-        Some(p) => Some(std::io::BufWriter::new(
-            std::fs::File::create(p)
-                .with_context(|| format!("creating --trace file {}", p.display()))?,
-        )),
-        None => None,
-    };
+    // The trace is written at the end; a file that cannot be made fails before the model loads.
+    if let Some(p) = &a.trace {
+        std::fs::File::create(p)
+            .with_context(|| format!("creating --trace file {}", p.display()))?;
+    }
     let loaded = load(&a.model)?;
     let cache_cfg = a.cache.config_with(
         &loaded
@@ -182,7 +182,10 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     )?;
     let template = loaded.template(a.chat_template.as_deref())?;
     let Loaded {
-        model, tokenizer, ..
+        model,
+        tokenizer,
+        path: model_path,
+        ..
     } = loaded;
 
     let ids = if a.raw {
@@ -202,7 +205,10 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     };
 
     let mut cache = KvCache::with_config(model.config(), cache_cfg, DType::F32, model.device())?;
-    cache.record_evictions(trace.is_some());
+    let mut trace = a
+        .trace
+        .as_ref()
+        .map(|_| Recorder::new(&mut cache, model.config().n_kv_head));
     let mut session = Session::new(&model, cache, Sampler::new(params.clone())?);
     let opts = GenerateOptions {
         max_new: a.n_predict,
@@ -214,23 +220,14 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     let mut io_err = None;
     let (_, stats) = session.run(&ids, &opts, |phase, s| {
+        // The evictions of each step (the prompt's before the first token is sampled).
+        if let Some(r) = trace.as_mut() {
+            r.step(s.cache_mut());
+        }
         let Phase::Sampled(sampled) = phase else {
             return ControlFlow::Continue(());
         };
-        let (t, cache) = (sampled.token, s.cache_mut());
-        if let Some(w) = trace.as_mut() {
-            let line = serde_json::json!({
-                "step": sampled.generated - 1,
-                "token": t,
-                "seen": cache.seen(),
-                "retained": cache.retained(),
-                "evicted": cache.take_evictions(),
-            });
-            if let Err(e) = writeln!(w, "{line}") {
-                io_err = Some(anyhow::Error::from(e).context("writing --trace"));
-                return ControlFlow::Break(());
-            }
-        }
+        let t = sampled.token;
         match stream.push(&tokenizer, t) {
             Ok(Some(piece)) => {
                 if let Err(e) = stdout
@@ -264,8 +261,17 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         stats.stop,
         params.seed,
     );
-    if let Some(mut w) = trace {
-        w.flush().context("writing --trace")?;
+    if let (Some(r), Some(p)) = (trace.as_mut(), &a.trace) {
+        let text = session
+            .fed()
+            .iter()
+            .map(|&t| tokenizer.token_text(t))
+            .collect();
+        let name = model_path
+            .file_stem()
+            .map_or("model".into(), |f| f.to_string_lossy().into_owned());
+        r.write(p, session.cache_mut(), &name, text)
+            .context("writing --trace")?;
     }
     let cache = session.cache();
     let c = cache.config();

@@ -224,32 +224,43 @@ fn trace_records_every_eviction() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The chat's trace format (engine/trace.rs): a header, every eviction with its step,
+    // what each (layer, KV head) retains at the end; read back by the same module.
     let text = std::fs::read_to_string(&p).unwrap();
     let lines: Vec<serde_json::Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 40, "one line per generated token");
+    assert_eq!(lines[0]["kind"], "header");
+    assert_eq!(lines[0]["budget"], 48);
+    let tokens = lines[0]["tokens"].as_u64().unwrap();
+    let prompt = lines[0]["prompts"][0][1].as_u64().unwrap();
+    // Every generated token but the last went through the model.
+    assert_eq!(tokens, prompt + 40 - 1, "one step per generated token");
     let mut evictions = 0;
-    for l in &lines {
-        let seen = l["seen"].as_u64().unwrap();
-        assert!(l["retained"].as_u64().unwrap() <= 48);
-        for e in l["evicted"].as_array().unwrap() {
-            // 30 layers x 3 KV heads; never a window token.
-            assert!(e["layer"].as_u64().unwrap() < 30 && e["head"].as_u64().unwrap() < 3);
-            assert!(
-                e["pos"].as_u64().unwrap() + 8 < seen,
-                "{e} evicted from the window at {seen}"
-            );
-            assert!(e["score"].as_f64().is_some());
-            evictions += 1;
-        }
+    for l in lines.iter().filter(|l| l["kind"] == "evicted") {
+        let step = l["step"].as_u64().unwrap();
+        // 30 layers x 3 KV heads; never a window token.
+        assert!(l["layer"].as_u64().unwrap() < 30 && l["head"].as_u64().unwrap() < 3);
+        assert!(
+            l["pos"].as_u64().unwrap() + 8 < step,
+            "{l} evicted from the window at {step}"
+        );
+        assert!(l["score"].as_f64().is_some());
+        evictions += 1;
     }
+    let retained: Vec<_> = lines.iter().filter(|l| l["kind"] == "retained").collect();
+    assert_eq!(retained.len(), 90);
+    assert!(retained
+        .iter()
+        .all(|r| r["positions"].as_array().unwrap().len() <= 48));
     // The prompt fills the budget early: from then on every layer and head evicts each step.
     assert!(
         evictions >= 30 * 3 * 20,
         "only {evictions} evictions traced"
     );
+    let t = morphkv::engine::trace::read(&p).unwrap();
+    assert_eq!(t.evictions.len(), evictions);
 }
 
 /// Runs `morphkv chat ARGS` with its own config and data folders.

@@ -215,3 +215,123 @@ fn clicking_a_token_in_the_retention_panel_inspects_it() {
     });
     assert!(reversed);
 }
+
+/// The app travelled 10 steps back from the end of the recording, the engine's answer in.
+fn travelled(panel: Panel) -> App {
+    let mut app = app_after_recording();
+    app.panel = Some(panel);
+    let fx = app.update(Msg::Action(Action::Travel(-10)));
+    let t = app.step.seen - 10;
+    assert_eq!(
+        fx,
+        vec![morphkv::tui::app::Effect::Engine(
+            morphkv::engine::Command::Travel(Some(t))
+        )]
+    );
+    let mut info = demo::step(t, 8);
+    info.travel = Some(morphkv::engine::Travel {
+        step: t,
+        latest: t + 10,
+        oldest: 0,
+    });
+    app.update(Msg::Engine(morphkv::engine::Event::Step(Box::new(info))));
+    app
+}
+
+/// The screen's text, then the styles of the slider's rows and the status bar (runs of
+/// cells alike: first..last column, colours, modifiers), which is where the themes differ.
+fn styled_screen(app: &App, theme: &Theme, w: u16, h: u16) -> String {
+    let mut term = Terminal::new(TestBackend::new(w, h)).unwrap();
+    term.draw(|f| view::draw(f, app, theme)).unwrap();
+    let buf = term.backend().buffer().clone();
+    let text = term.backend().to_string();
+    let row = |y: u16| -> String { (0..w).map(|x| buf[(x, y)].symbol()).collect() };
+    let top = (0..h)
+        .find(|&y| row(y).contains("┌ Time travel") || row(y).contains("┌ step"))
+        .expect("the slider is drawn");
+    let mut out = format!("{text}\nstyles:\n");
+    for y in (top..top + 4).chain([h - 2]) {
+        let mut x = 0;
+        while x < w {
+            let c = &buf[(x, y)];
+            let key = (c.fg, c.bg, c.modifier);
+            let mut end = x;
+            while end + 1 < w && {
+                let d = &buf[(end + 1, y)];
+                (d.fg, d.bg, d.modifier) == key
+            } {
+                end += 1;
+            }
+            out.push_str(&format!(
+                "row {y} {x}..{end}: fg {:?} bg {:?} {:?}\n",
+                c.fg, c.bg, c.modifier
+            ));
+            x = end + 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn time_travel_at_every_size_and_theme() {
+    for theme_name in ["dark", "light", "high-contrast"] {
+        let theme = Theme::load(theme_name, None).unwrap();
+        for (w, h) in [(80, 24), (120, 40), (200, 60)] {
+            let app = travelled(Panel::Retention);
+            let s = styled_screen(&app, &theme, w, h);
+            assert!(s.contains("step 37 of 47"), "{s}");
+            insta::assert_snapshot!(format!("travel_{theme_name}_{w}x{h}"), s);
+        }
+    }
+    let app = travelled(Panel::Cache);
+    insta::assert_snapshot!("travel_cache_120x40", screen(&app, 120, 40));
+}
+
+#[test]
+fn travel_keys_the_slider_and_going_live() {
+    let mut app = travelled(Panel::Retention);
+    app.update(Msg::Resize(120, 40));
+    // The tokens after the step shown are not drawn; live steps arriving meanwhile wait.
+    let s = screen(&app, 120, 40);
+    let side: String = s
+        .lines()
+        .map(|l| l.chars().skip(71).collect::<String>())
+        .collect();
+    assert!(
+        side.contains("scattered") && !side.contains("through"),
+        "{s}"
+    );
+    app.update(Msg::Engine(morphkv::engine::Event::Step(Box::new(
+        demo::step(48, 8),
+    ))));
+    assert_eq!(app.step.seen, 37);
+    assert_eq!(app.travelling(), Some((37, 48, 0)));
+    // A click on the slider's bar travels to the step under it.
+    let mut term = Terminal::new(TestBackend::new(120, 40)).unwrap();
+    let theme = Theme::dark();
+    let mut hits = HitMap::default();
+    term.draw(|f| hits = view::render(f, &app, &theme)).unwrap();
+    let buf = term.backend().buffer().clone();
+    let (x, y) = (0..40)
+        .flat_map(|y| (0..120).map(move |x| (x, y)))
+        .find(|&(x, y)| buf[(x, y)].symbol() == "●")
+        .expect("the knob");
+    let Msg::Action(Action::TravelTo(t)) = hits.click(x, y) else {
+        panic!("the knob answers a click")
+    };
+    assert!((36..=38).contains(&t), "{t}");
+    // The left end is the oldest step; Esc goes live, the newest step shown at once.
+    let row_start = (0..x).rev().find(|&c| buf[(c, y)].symbol() == "│").unwrap() + 1;
+    assert_eq!(hits.click(row_start, y), Msg::Action(Action::TravelTo(0)));
+    assert!(app.update(Msg::Action(Action::Stop)).is_empty());
+    assert_eq!((app.travel, app.step.seen), (None, 48));
+    // ] on the newest step is live already; [ travels one back.
+    assert_eq!(
+        app.update(Msg::Action(Action::Travel(-1))),
+        vec![morphkv::tui::app::Effect::Engine(
+            morphkv::engine::Command::Travel(Some(47))
+        )]
+    );
+    assert!(app.update(Msg::Action(Action::Travel(1))).is_empty());
+    assert_eq!(app.travel, None);
+}

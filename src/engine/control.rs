@@ -34,12 +34,21 @@ impl Control {
 
     /// Before each token of an answer: reads what arrived, waits (blocked, no polling) while
     /// paused without a credit, spends a credit; breaks when the answer is to stop.
-    pub(super) fn gate(&mut self, rx: &Receiver<Command>) -> ControlFlow<()> {
-        let arrive = |c: &mut Self, cmd: Command| {
+    ///
+    /// Each other command goes to `answer` first, which returns true for those it answered
+    /// at once (time travel, while paused too); the rest are deferred.
+    pub(super) fn gate_with(
+        &mut self,
+        rx: &Receiver<Command>,
+        answer: &mut dyn FnMut(&Command) -> bool,
+    ) -> ControlFlow<()> {
+        let mut arrive = |c: &mut Self, cmd: Command| {
             if cmd == Command::Quit {
                 (c.cancelled, c.quit) = (true, true);
             } else if let Some(other) = c.take(cmd) {
-                c.deferred.push_back(other);
+                if !answer(&other) {
+                    c.deferred.push_back(other);
+                }
             }
         };
         while let Ok(cmd) = rx.try_recv() {

@@ -269,6 +269,39 @@ impl Retention {
     pub fn stored(&self) -> usize {
         self.recent.len() + self.old.len()
     }
+
+    /// The counts of a conversation of `len` tokens whose pairs hold `held` (positions past
+    /// `len` are ignored): stored like the engine's, in space bounded by what is held.
+    pub fn from_held(len: usize, held: &[Vec<u32>]) -> Self {
+        let from = len.saturating_sub(RECENT);
+        let mut recent = vec![0u16; len - from];
+        let mut old: Vec<u32> = Vec::new();
+        for &p in held.iter().flatten() {
+            let q = p as usize;
+            if q >= len {
+                continue;
+            }
+            if q >= from {
+                recent[q - from] = recent[q - from].saturating_add(1);
+            } else {
+                old.push(p);
+            }
+        }
+        old.sort_unstable();
+        let mut runs: Vec<(u32, u16)> = Vec::new();
+        for p in old {
+            match runs.last_mut() {
+                Some((q, c)) if *q == p => *c = c.saturating_add(1),
+                _ => runs.push((p, 1)),
+            }
+        }
+        Self {
+            len,
+            from,
+            recent,
+            old: runs,
+        }
+    }
 }
 
 impl std::ops::Index<usize> for Retention {

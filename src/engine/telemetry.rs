@@ -1,7 +1,10 @@
 //! What the panels are told after each step: the conversation's eviction history, retention
 //! counts, the focused (layer, KV head) and the inspected token, read from the cache in place.
 
+use std::collections::VecDeque;
+
 use super::history::{Counts, EvictionLog};
+use super::travel::{self, Sizes, Travel};
 use super::{HeadFate, Retention, StepInfo, TokenFate, Watch};
 use crate::cache::KvCache;
 
@@ -19,6 +22,9 @@ pub(super) struct Telemetry {
     /// found in `log` when the token is chosen, then kept up to date step by step, so the
     /// token being followed never loses its record.
     pub(super) inspected: Vec<Option<(usize, f32)>>,
+    /// The conversation's length at the last step, and the stretches read in one go.
+    pub(super) seen: usize,
+    pub(super) prompts: VecDeque<(usize, usize)>,
 }
 
 impl Telemetry {
@@ -30,6 +36,8 @@ impl Telemetry {
             log: EvictionLog::new(layers, kv_heads, budget),
             counts: Counts::new(layers * kv_heads),
             inspected: vec![None; layers * kv_heads],
+            seen: 0,
+            prompts: VecDeque::new(),
         }
     }
 
@@ -37,6 +45,8 @@ impl Telemetry {
     pub(super) fn clear(&mut self, layers: usize, kv_heads: usize, budget: usize) {
         self.log = EvictionLog::new(layers, kv_heads, budget);
         self.counts.clear();
+        self.seen = 0;
+        self.prompts.clear();
         self.follow();
     }
 
@@ -55,6 +65,8 @@ impl Telemetry {
     /// returns how many.
     pub(super) fn log_evictions(&mut self, cache: &mut KvCache) -> usize {
         let step = cache.seen();
+        super::trace::note_prompt(&mut self.prompts, self.seen, step);
+        self.seen = step;
         self.counts.grow(step);
         let new = cache.take_evictions();
         for e in &new {
@@ -135,6 +147,51 @@ impl Telemetry {
             decode_tps: 0.0,
             inspect,
             compare: None,
+            travel: None,
+            history_from: self.log.dropped_through(),
+        }
+    }
+
+    /// The panels' step as it was after step `t` (clamped to the steps the history reaches),
+    /// marked as travelled; the live step for None.
+    pub(super) fn travel_info(&self, c: &KvCache, kv_heads: usize, t: Option<usize>) -> StepInfo {
+        let Some(t) = t else {
+            return self.step_info(c, kv_heads, 0);
+        };
+        let (latest, oldest) = (c.seen(), self.log.dropped_through());
+        let t = t.clamp(oldest, latest.max(oldest));
+        let now: Vec<&[u32]> = (0..c.n_layers())
+            .flat_map(|l| (0..kv_heads).map(move |h| c.layer(l).positions(h)))
+            .collect();
+        let held = travel::held_at(t, &now, self.log.iter());
+        let mut info = travel::step_info(
+            t,
+            &held,
+            travel::evicted_at(t, self.log.iter()),
+            &self.sizes(c, kv_heads),
+            self.focus,
+            true,
+        );
+        info.travel = Some(Travel {
+            step: t,
+            latest,
+            oldest,
+        });
+        info.history_from = oldest;
+        info
+    }
+
+    /// The cache's sizes, for rebuilt steps.
+    fn sizes(&self, c: &KvCache, kv_heads: usize) -> Sizes {
+        let cfg = c.config();
+        Sizes {
+            budget: cfg.budget,
+            window: cfg.effective_window(),
+            sinks: cfg.sinks(),
+            kv_heads,
+            pairs: c.n_layers() * kv_heads,
+            kv_bytes_per_token: c.bytes_per_token(),
+            profile_bytes_per_token: c.profile_bytes() / c.retained().max(1),
         }
     }
 }

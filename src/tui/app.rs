@@ -13,6 +13,7 @@ mod commands;
 mod compare;
 #[cfg(test)]
 mod tests;
+mod travel;
 
 pub use commands::SLASH_HELP;
 pub use compare::{CompareView, DIVERGENCES};
@@ -89,6 +90,12 @@ pub enum Action {
     Select(usize),
     /// A click where nothing answers one (it closes the help, like any key).
     Click,
+    /// Time travel: this many steps back (negative) or on from the step shown.
+    Travel(isize),
+    /// Time travel to the cache as it was after this step (a click on the slider).
+    TravelTo(usize),
+    /// Back to the live step.
+    Live,
     Quit,
 }
 
@@ -217,6 +224,10 @@ pub struct App {
     /// Compare mode, while it is on.
     pub compare: Option<CompareView>,
     pub(crate) quit: bool,
+    /// Time travel: the step the panels show (None: live), and meanwhile the newest live
+    /// step, which keeps arriving while an answer streams.
+    pub travel: Option<usize>,
+    pub(crate) live: Option<Box<StepInfo>>,
 }
 
 impl App {
@@ -254,6 +265,8 @@ impl App {
             chats: None,
             compare: None,
             quit: false,
+            travel: None,
+            live: None,
         }
     }
 
@@ -306,6 +319,7 @@ impl App {
                 self.tokens.clear();
                 self.history.clear();
                 self.step = StepInfo::default();
+                (self.travel, self.live) = (None, None);
                 self.scroll = 0;
                 self.inspect = None;
                 self.note("chat opened: the next message reads it into the cache");
@@ -340,6 +354,7 @@ impl App {
                     .get_or_insert_with(String::new)
                     .push_str(&text);
             }
+            Event::Step(info) if info.travel.is_some() => self.on_travel_step(*info),
             Event::Step(info) => {
                 // A conversation prefilled again from the start restarts the token list.
                 if info.seen < self.tokens.len() {
@@ -355,7 +370,7 @@ impl App {
                 if self.history.len() > 4096 {
                     self.history.drain(..1024);
                 }
-                self.step = *info;
+                self.on_live_step(*info);
             }
             Event::Finished {
                 text,
@@ -469,6 +484,10 @@ impl App {
             }
             Action::Select(pos) => return self.select_token(pos),
             Action::Click => {}
+            Action::Travel(delta) => return self.travel_by(delta),
+            Action::TravelTo(step) => return self.travel_to(step),
+            Action::Live => return self.go_live(),
+            Action::Stop if self.travel.is_some() => return self.go_live(),
             Action::Help => self.help = true,
             Action::TogglePause => {
                 self.paused = !self.paused;
@@ -507,7 +526,13 @@ impl App {
             Action::FocusPrev { head } | Action::FocusNext { head } => {
                 let up = matches!(a, Action::FocusNext { .. });
                 self.move_focus(head, up);
-                return vec![Effect::Engine(Command::Focus(self.focus))];
+                let mut fx = vec![Effect::Engine(Command::Focus(self.focus))];
+                // The panels show an earlier step: it is asked for again with the new focus.
+                fx.extend(
+                    self.travel
+                        .map(|t| Effect::Engine(Command::Travel(Some(t)))),
+                );
+                return fx;
             }
         }
         Vec::new()
@@ -618,6 +643,10 @@ impl App {
             self.cursor = 0;
             return self.slash(&text);
         }
+        if self.device == crate::engine::replay::DEVICE {
+            self.error("this is a replay of a trace: there is no model to answer (Ctrl+C quits)");
+            return Vec::new();
+        }
         if !self.idle() {
             self.error("wait for the answer to finish (Esc stops it)");
             return Vec::new();
@@ -683,6 +712,7 @@ impl App {
         self.tokens.clear();
         self.history.clear();
         self.step = StepInfo::default();
+        (self.travel, self.live) = (None, None);
         self.scroll = 0;
         self.inspect = None;
         self.note("new chat");

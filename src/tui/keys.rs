@@ -8,7 +8,7 @@ use super::app::{Action, Msg};
 use super::hits::HitMap;
 
 /// The keys, for the help overlay and the footer: (keys, what they do).
-pub const KEYS: [(&str, &str); 20] = [
+pub const KEYS: [(&str, &str); 21] = [
     ("Enter", "send the message or /command"),
     ("Alt+Enter/Ctrl+J", "new line in the message"),
     ("Esc", "stop the answer; close help"),
@@ -26,6 +26,10 @@ pub const KEYS: [(&str, &str); 20] = [
     ("Alt+↑/↓", "next / previous KV head"),
     ("Ctrl+←/→", "inspect the previous / next token"),
     ("Ctrl+↑/↓, click", "inspect 10 back / on; a clicked token"),
+    (
+        "[ ] { }, Esc",
+        "time travel: a step back / on, { } ten; Esc live",
+    ),
     ("← → Home End", "move in the message"),
     ("Backspace/Del", "delete"),
     ("?, F1", "this help (? on an empty message)"),
@@ -51,6 +55,10 @@ pub fn key(k: KeyEvent, input_empty: bool) -> Option<Action> {
         KeyCode::Char('p') if ctrl => Action::TogglePause,
         KeyCode::Char('t') if ctrl => Action::StepOne,
         KeyCode::Char('?') if input_empty => Action::Help,
+        KeyCode::Char('[') if input_empty => Action::Travel(-1),
+        KeyCode::Char(']') if input_empty => Action::Travel(1),
+        KeyCode::Char('{') if input_empty => Action::Travel(-10),
+        KeyCode::Char('}') if input_empty => Action::Travel(10),
         KeyCode::Char(_) if ctrl => return None,
         KeyCode::Char(c) => Action::Insert(c),
         KeyCode::Enter if alt || k.modifiers.contains(KeyModifiers::SHIFT) => Action::Newline,
@@ -133,6 +141,13 @@ pub fn bindable() -> Vec<(&'static str, Action, &'static str)> {
             "inspect the previous token",
         ),
         ("inspect_next", Action::Inspect(1), "inspect the next token"),
+        (
+            "travel_back",
+            Action::Travel(-1),
+            "time travel: a step back",
+        ),
+        ("travel_on", Action::Travel(1), "time travel: a step on"),
+        ("live", Action::Live, "time travel: back to live"),
         ("quit", Action::Quit, "quit"),
     ]
 }
@@ -257,6 +272,7 @@ pub fn mouse(m: MouseEvent, hits: &HitMap) -> Option<Msg> {
         MouseEventKind::ScrollUp => Some(Msg::Action(Action::ScrollUp(3))),
         MouseEventKind::ScrollDown => Some(Msg::Action(Action::ScrollDown(3))),
         MouseEventKind::Down(MouseButton::Left) => Some(hits.click(m.column, m.row)),
+        MouseEventKind::Drag(MouseButton::Left) => hits.drag(m.column, m.row),
         _ => None,
     }
 }
@@ -335,6 +351,19 @@ mod tests {
         assert_eq!(
             key(k(KeyCode::Char('x'), KeyModifiers::CONTROL), true),
             None
+        );
+        // Time travel on an empty message; typed into one that is not.
+        assert_eq!(
+            key(k(KeyCode::Char('['), none), true),
+            Some(Action::Travel(-1))
+        );
+        assert_eq!(
+            key(k(KeyCode::Char('}'), none), true),
+            Some(Action::Travel(10))
+        );
+        assert_eq!(
+            key(k(KeyCode::Char('['), none), false),
+            Some(Action::Insert('['))
         );
     }
 }

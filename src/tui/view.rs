@@ -18,6 +18,7 @@ use crate::chat::Role;
 mod compare;
 mod panels;
 mod text;
+mod travel;
 
 pub use text::{markdown, wrap, wrap_tagged, Hit};
 
@@ -59,7 +60,17 @@ pub fn render(f: &mut Frame, app: &App, theme: &Theme) -> HitMap {
     if let Some(r) = strip {
         compare::strip(f, app, theme, r);
     }
-    if let (Some(p), Some(s)) = (app.panel, side) {
+    if let (Some(p), Some(mut s)) = (app.panel, side) {
+        // Time travel: the step slider under the panels that show the step.
+        if app.travel.is_some()
+            && matches!(p, Panel::Retention | Panel::Cache)
+            && s.height > travel::HEIGHT + 6
+        {
+            let [panel, slider] =
+                Layout::vertical([Constraint::Min(6), Constraint::Length(travel::HEIGHT)]).areas(s);
+            travel::slider(f, app, theme, slider, &mut hits);
+            s = panel;
+        }
         match p {
             Panel::Retention => panels::retention(f, app, theme, s, &mut hits),
             Panel::Cache => panels::cache(f, app, theme, s),
@@ -265,8 +276,9 @@ fn status_bar(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         c.budget,
         c.effective_window()
     );
-    let mut options = Vec::new();
-    if let (Some(_), Some(o)) = (&app.compare, &s.compare) {
+    // Travelling: which step is shown first; then, in compare mode, both caches.
+    let mut options: Vec<String> = travel::status(app).map(Vec::from).unwrap_or_default();
+    if let (true, Some(_), Some(o)) = (options.is_empty(), &app.compare, &s.compare) {
         // Both caches' bytes (K/V plus the policy's profile) and what the second one costs.
         let both = format!(
             "{} {} · {} {} ",

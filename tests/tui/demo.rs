@@ -59,6 +59,8 @@ pub fn step(seen: usize, evicted: usize) -> StepInfo {
         decode_tps: 30.0,
         inspect: None,
         compare: None,
+        travel: None,
+        history_from: 0,
     }
 }
 

@@ -7,7 +7,7 @@ use crate::chat::{Message, Role};
 use crate::engine::Command;
 
 /// Slash commands, for `/help` and the help overlay.
-pub const SLASH_HELP: [(&str, &str); 18] = [
+pub const SLASH_HELP: [(&str, &str); 19] = [
     ("/set temp X", "temperature (0 = greedy)"),
     ("/set top-k|top-p|min-p V", "sampling filters"),
     ("/set seed N", "sampling seed"),
@@ -23,6 +23,7 @@ pub const SLASH_HELP: [(&str, &str); 18] = [
     ("/chats", "saved chats: ↑↓ Enter opens, Del deletes"),
     ("/rename TITLE", "rename this chat"),
     ("/inspect N", "inspect the token at position N"),
+    ("/travel N | live", "panels as after step N, or live"),
     ("/save FILE.md", "export the chat as Markdown"),
     ("/trace FILE.jsonl", "export the eviction trace"),
     ("/bye", "quit"),
@@ -60,6 +61,16 @@ impl App {
                 self.error("/trace needs a file name, e.g. /trace evictions.jsonl");
                 Vec::new()
             }
+            ["/travel", "live"] => self.go_live(),
+            ["/travel", n] => match n.parse::<usize>() {
+                Ok(t) => self.travel_to(t),
+                Err(_) => {
+                    self.error(format!(
+                        "/travel takes a step (a token count) or `live`, not `{n}`"
+                    ));
+                    Vec::new()
+                }
+            },
             ["/inspect", n] => match n.parse::<usize>() {
                 Ok(p) => self.select_token(p),
                 Err(_) => {
@@ -74,14 +85,24 @@ impl App {
             ["/focus", "all"] => {
                 self.focus = None;
                 self.note("retention: all layers and heads");
-                vec![Effect::Engine(Command::Focus(None))]
+                let again = self
+                    .travel
+                    .map(|t| Effect::Engine(Command::Travel(Some(t))));
+                std::iter::once(Effect::Engine(Command::Focus(None)))
+                    .chain(again)
+                    .collect()
             }
             ["/focus", l, h] => match (l.parse::<usize>(), h.parse::<usize>()) {
                 (Ok(l), Ok(h)) if l < self.layers && h < self.kv_heads => {
                     self.focus = Some((l, h));
                     self.attn_layer = l;
                     self.note(format!("retention: layer {l}, KV head {h}"));
-                    vec![Effect::Engine(Command::Focus(self.focus))]
+                    let again = self
+                        .travel
+                        .map(|t| Effect::Engine(Command::Travel(Some(t))));
+                    std::iter::once(Effect::Engine(Command::Focus(self.focus)))
+                        .chain(again)
+                        .collect()
                 }
                 _ => {
                     self.error(format!(

@@ -8,7 +8,7 @@ use ratatui::widgets::Paragraph;
 use ratatui::Frame;
 use unicode_width::UnicodeWidthStr;
 
-use super::panels::token_display;
+use super::text::token_display;
 use crate::engine::StepInfo;
 use crate::tui::app::{App, CompareView};
 use crate::tui::theme::Theme;

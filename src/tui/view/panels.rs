@@ -7,17 +7,12 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Axis, Chart, Dataset, GraphType, Paragraph};
 use ratatui::Frame;
 
-use super::text::{wrap, wrap_tagged, Hit};
+use super::text::{token_display, wrap, wrap_tagged, Hit};
 use super::{block, mib, saving};
 use crate::engine::HeadFate;
 use crate::tui::app::App;
 use crate::tui::hits::{HitMap, Target};
 use crate::tui::theme::Theme;
-
-/// Display text of a token: newlines and tabs made visible.
-pub(super) fn token_display(t: &str) -> String {
-    t.replace('\n', "↵").replace('\t', "→").replace('\r', "")
-}
 
 /// The retention panel; each token it shows answers a click (it is then inspected).
 pub(super) fn retention(f: &mut Frame, app: &App, theme: &Theme, area: Rect, hits: &mut HitMap) {
@@ -76,7 +71,9 @@ fn retention_lines(
     let mut pieces = Vec::new();
     let mut token_lines: Vec<Line<'static>> = Vec::new();
     let mut token_hits: Vec<Vec<Hit>> = Vec::new();
-    for (pos, tok) in app.tokens.iter().enumerate() {
+    // Travelling, the tokens after the step shown had not come yet.
+    let shown = app.travel.map_or(app.tokens.len(), |_| s.seen);
+    for (pos, tok) in app.tokens.iter().enumerate().take(shown) {
         let kept = match &s.focus {
             // Positions the step has not reported yet count as kept.
             Some((_, _, k)) => {
@@ -279,9 +276,19 @@ pub(super) fn cache(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     let inner = b.inner(area);
     f.render_widget(b, area);
     let s = &app.step;
+    // Travelling, the chart ends at the step shown.
+    let history: std::borrow::Cow<[_]> = match app.travel {
+        Some(_) => app
+            .history
+            .iter()
+            .filter(|p| p.seen <= s.seen)
+            .copied()
+            .collect(),
+        None => app.history.as_slice().into(),
+    };
     // Evictions are counted per (layer, KV head); shown per head, as tokens.
     let pairs = s.pairs.max(1) as f64;
-    let evicted = app.history.iter().map(|p| p.evicted).sum::<usize>() as f64 / pairs;
+    let evicted = history.iter().map(|p| p.evicted).sum::<usize>() as f64 / pairs;
     let mut text = wrap(
         vec![
             Span::styled("kept ", theme.muted),
@@ -311,18 +318,16 @@ pub(super) fn cache(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     let [top, chart_area] =
         Layout::vertical([Constraint::Length(text.len() as u16), Constraint::Min(3)]).areas(inner);
     f.render_widget(Paragraph::new(text), top);
-    let kept: Vec<(f64, f64)> = app
-        .history
+    let kept: Vec<(f64, f64)> = history
         .iter()
         .map(|p| (p.seen as f64, p.retained as f64))
         .collect();
-    let full: Vec<(f64, f64)> = app
-        .history
+    let full: Vec<(f64, f64)> = history
         .iter()
         .map(|p| (p.seen as f64, p.seen as f64))
         .collect();
-    let x_max = app.history.last().map_or(1.0, |p| p.seen as f64).max(1.0);
-    let x_min = app.history.first().map_or(0.0, |p| p.seen as f64);
+    let x_max = history.last().map_or(1.0, |p| p.seen as f64).max(1.0);
+    let x_min = history.first().map_or(0.0, |p| p.seen as f64);
     let y_max = x_max.max(s.budget as f64);
     let datasets = vec![
         Dataset::default()

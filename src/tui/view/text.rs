@@ -209,6 +209,11 @@ pub fn markdown(content: &str, base: Style, theme: &Theme, width: usize) -> Vec<
     lines
 }
 
+/// Display text of a token: newlines and tabs made visible.
+pub(super) fn token_display(t: &str) -> String {
+    t.replace('\n', "↵").replace('\t', "→").replace('\r', "")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
