@@ -28,11 +28,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
         ("help-dark", "dark", Some(Panel::Retention), true),
         ("compare-dark", "dark", Some(Panel::Retention), false),
+        ("travel-dark", "dark", Some(Panel::Retention), false),
     ];
     for (name, theme_name, panel, help) in shots {
         let theme = Theme::load(theme_name, None)?;
         let mut app = if name.starts_with("compare") {
             demo::app_comparing()
+        } else if name.starts_with("travel") {
+            demo::app_travelled(Panel::Retention, 10).0
         } else {
             app_after_recording()
         };

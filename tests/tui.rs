@@ -218,23 +218,14 @@ fn clicking_a_token_in_the_retention_panel_inspects_it() {
 
 /// The app travelled 10 steps back from the end of the recording, the engine's answer in.
 fn travelled(panel: Panel) -> App {
-    let mut app = app_after_recording();
-    app.panel = Some(panel);
-    let fx = app.update(Msg::Action(Action::Travel(-10)));
-    let t = app.step.seen - 10;
+    let (app, fx) = demo::app_travelled(panel, 10);
+    let t = app.step.seen;
     assert_eq!(
         fx,
         vec![morphkv::tui::app::Effect::Engine(
             morphkv::engine::Command::Travel(Some(t))
         )]
     );
-    let mut info = demo::step(t, 8);
-    info.travel = Some(morphkv::engine::Travel {
-        step: t,
-        latest: t + 10,
-        oldest: 0,
-    });
-    app.update(Msg::Engine(morphkv::engine::Event::Step(Box::new(info))));
     app
 }
 

@@ -14,7 +14,7 @@ use ratatui::style::{Color, Modifier};
 use morphkv::cache::{CacheConfig, LayerAttention};
 use morphkv::engine::{CompareStep, Divergence, Event, HeadFate, StepInfo, TokenFate, TurnStats};
 use morphkv::sampling::SamplingParams;
-use morphkv::tui::app::{Action, App, Msg};
+use morphkv::tui::app::{Action, App, Effect, Msg, Panel};
 
 pub const LAYERS: usize = 4;
 pub const HEADS: usize = 2;
@@ -200,6 +200,23 @@ pub fn app_after_recording() -> App {
         app.update(m);
     }
     app
+}
+
+/// The app travelled `back` steps from the end of the recording with `panel` showing, the
+/// engine's answer in; and what the key asked of the engine.
+pub fn app_travelled(panel: Panel, back: usize) -> (App, Vec<Effect>) {
+    let mut app = app_after_recording();
+    app.panel = Some(panel);
+    let fx = app.update(Msg::Action(Action::Travel(-(back as isize))));
+    let t = app.step.seen - back;
+    let mut info = step(t, 8);
+    info.travel = Some(morphkv::engine::Travel {
+        step: t,
+        latest: t + back,
+        oldest: 0,
+    });
+    app.update(Msg::Engine(Event::Step(Box::new(info))));
+    (app, fx)
 }
 
 /// The second cache of compare mode (H2O at the same budget) after `seen` tokens: it keeps
