@@ -12,6 +12,21 @@ use morphkv::chat::ChatTemplate;
 use morphkv::engine::{Engine, Settings};
 use morphkv::tui::{self, store, theme::Theme, ChatOptions};
 
+/// The theme (`--theme`, else the config file's, else dark) and the key bindings of the
+/// config file.
+fn look(
+    flag: Option<&str>,
+    cfg: &tui::config::Config,
+    config_dir: &std::path::Path,
+) -> Result<(Theme, tui::keys::KeyMap)> {
+    let name = flag.or(cfg.theme.as_deref()).unwrap_or("dark");
+    let theme = Theme::load(name, Some(&config_dir.join("themes")))
+        .map_err(|e| anyhow::anyhow!("--theme: {e}"))?;
+    let keymap = tui::keys::KeyMap::parse(&cfg.keys)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config_dir.join("config.toml").display()))?;
+    Ok((theme, keymap))
+}
+
 /// The config and data folders (`MORPHKV_CONFIG_DIR` / `MORPHKV_DATA_DIR` override them).
 fn dirs() -> Result<(PathBuf, PathBuf)> {
     let proj = directories::ProjectDirs::from("", "", "morphkv");
@@ -138,15 +153,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
         return Ok(());
     }
 
-    let theme_name = a
-        .theme
-        .clone()
-        .or(cfg.theme.clone())
-        .unwrap_or_else(|| "dark".into());
-    let theme = Theme::load(&theme_name, Some(&config_dir.join("themes")))
-        .map_err(|e| anyhow::anyhow!("--theme: {e}"))?;
-    let keymap = tui::keys::KeyMap::parse(&cfg.keys)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", config_dir.join("config.toml").display()))?;
+    let (theme, keymap) = look(a.theme.as_deref(), &cfg, &config_dir)?;
     // Flags, then the config file, then the model preset's suggestions, then defaults.
     let make_cache = |pc: &morphkv::models::PresetCache| -> Result<CacheConfig> {
         let cache = CacheConfig {
@@ -290,15 +297,7 @@ pub fn replay(a: ReplayArgs) -> Result<()> {
     let (config_dir, data_dir) = dirs()?;
     let cfg = tui::config::read(&config_dir).map_err(anyhow::Error::msg)?;
     let replay = morphkv::engine::replay::Replay::open(&a.trace)?;
-    let theme_name = a
-        .theme
-        .clone()
-        .or(cfg.theme.clone())
-        .unwrap_or_else(|| "dark".into());
-    let theme = Theme::load(&theme_name, Some(&config_dir.join("themes")))
-        .map_err(|e| anyhow::anyhow!("--theme: {e}"))?;
-    let keymap = tui::keys::KeyMap::parse(&cfg.keys)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", config_dir.join("config.toml").display()))?;
+    let (theme, keymap) = look(a.theme.as_deref(), &cfg, &config_dir)?;
     let settings = replay.settings()?;
     let name = replay.name().to_string();
     let (sink, events) = tui::event_channel();
