@@ -446,12 +446,19 @@ impl Worker<'_> {
                 cfg.effective_window()
             )
         };
+        // A long conversation is read in chunks: the chat shows how far along it is.
+        let chunked = self.session.fed().len() > cfg.prefill_chunk.max(1);
         let mut c = Compare::new(
             self.session.model(),
             cfg,
             self.tel.watch,
             self.session.fed(),
             self.session.logits(),
+            |done, total| {
+                if chunked {
+                    send(Event::Progress { done, total });
+                }
+            },
         )?;
         c.tel.focus = self.tel.focus;
         self.compare = Some(c);

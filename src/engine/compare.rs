@@ -48,6 +48,7 @@ impl<'m> Compare<'m> {
         watch: Watch,
         history: &[u32],
         main_logits: &[f32],
+        progress: impl FnMut(usize, usize),
     ) -> Result<Self> {
         cfg.validate()?;
         let c = model.config();
@@ -67,14 +68,23 @@ impl<'m> Compare<'m> {
             secs: 0.0,
         };
         if !history.is_empty() {
-            me.prefill(history, main_logits)?;
+            me.read(history, main_logits, progress)?;
         }
         Ok(me)
     }
 
     /// Feeds prompt tokens, as the main cache was just fed them.
     pub(super) fn prefill(&mut self, ids: &[u32], main_logits: &[f32]) -> Result<()> {
-        self.session.prefill(ids)?;
+        self.read(ids, main_logits, |_, _| {})
+    }
+
+    fn read(
+        &mut self,
+        ids: &[u32],
+        main_logits: &[f32],
+        progress: impl FnMut(usize, usize),
+    ) -> Result<()> {
+        self.session.prefill_with(ids, progress)?;
         self.tel.log_evictions(self.session.cache_mut());
         self.pending = Some(divergence(main_logits, self.session.logits()));
         Ok(())

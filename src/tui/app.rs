@@ -398,6 +398,10 @@ impl App {
             }
             Event::Exported(path) => self.note(format!("eviction trace written to {path}")),
             Event::Comparing(Some(label)) => {
+                // The second cache has read the conversation so far.
+                if matches!(self.busy, Busy::Prefill { .. }) {
+                    self.busy = Busy::Idle;
+                }
                 self.note(format!(
                     "compare mode: a second cache ({label}) follows the conversation; /compare off ends it"
                 ));

@@ -176,9 +176,16 @@ mod tests {
         }
         // Off when it is off: said, nothing sent.
         assert!(submit(&mut a, "/compare off").is_empty());
+        // A long conversation is read with progress; the chat is idle again when it is in.
+        a.update(super::super::Msg::Engine(crate::engine::Event::Progress {
+            done: 512,
+            total: 2000,
+        }));
+        assert!(!a.idle());
         a.update(super::super::Msg::Engine(crate::engine::Event::Comparing(
             Some("h2o b300 w20".into()),
         )));
+        assert!(a.idle());
         assert_eq!(a.compare.as_ref().unwrap().label, "h2o b300 w20");
         assert_eq!(
             submit(&mut a, "/compare off"),
