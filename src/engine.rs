@@ -406,7 +406,7 @@ impl Worker<'_> {
     fn step_info(&self, evicted: usize) -> StepInfo {
         let kv_heads = self.session.model().config().n_kv_head;
         let mut info = self.tel.step_info(self.session.cache(), kv_heads, evicted);
-        info.compare = self.compare.as_ref().map(|c| Box::new(c.step(0.0)));
+        info.compare = self.compare.as_ref().map(|c| Box::new(c.step()));
         info
     }
 
@@ -656,7 +656,10 @@ impl Worker<'_> {
                     let mut info = tel.step_info(s.cache(), kv_heads, evicted);
                     let secs = step.decode_secs.max(1e-9);
                     info.decode_tps = step.generated as f64 / secs;
-                    info.compare = compare.as_ref().map(|c| Box::new(c.step(secs)));
+                    info.compare = compare.as_mut().map(|c| {
+                        c.timed(secs);
+                        Box::new(c.step())
+                    });
                     send(Event::Step(Box::new(info)));
                     if step.generated == 1 {
                         // The cache has just given back the room the prompt's chunk took.

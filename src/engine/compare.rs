@@ -29,6 +29,8 @@ pub(super) struct Compare<'m> {
     pending: Option<Pending>,
     /// Seconds its forward passes took during the answer in progress.
     secs: f64,
+    /// Its time over the main cache's in the answer so far (or the last answer).
+    cost: f64,
 }
 
 /// The divergence of the distributions the next token is drawn from.
@@ -66,6 +68,7 @@ impl<'m> Compare<'m> {
             tel,
             pending: None,
             secs: 0.0,
+            cost: 0.0,
         };
         if !history.is_empty() {
             me.read(history, main_logits, progress)?;
@@ -140,15 +143,22 @@ impl<'m> Compare<'m> {
         Ok(())
     }
 
-    /// What the panels show of the second cache after a step; `main_secs` is the time the
-    /// answer's decoding took so far, its own forward passes included.
-    pub(super) fn step(&self, main_secs: f64) -> CompareStep {
+    /// The answer's decoding has taken `main_secs` so far, this cache's forward passes
+    /// included: what this cache costs is measured from it.
+    pub(super) fn timed(&mut self, main_secs: f64) {
+        let own = main_secs - self.secs;
+        if own > 0.0 {
+            self.cost = self.secs / own;
+        }
+    }
+
+    /// What the panels show of the second cache after a step (its cost as last measured).
+    pub(super) fn step(&self) -> CompareStep {
         let c = self.session.cache();
         let kv_heads = self.session.model().config().n_kv_head;
-        let own = (main_secs - self.secs).max(0.0);
         CompareStep {
             policy: c.config().policy.name().to_string(),
-            cost: if own > 0.0 { self.secs / own } else { 0.0 },
+            cost: self.cost,
             step: self.tel.step_info(c, kv_heads, 0),
         }
     }
