@@ -149,18 +149,8 @@ impl Replay {
         for (t, retained, evicted) in chart.into_iter().skip(skip) {
             feed(t, &mut events);
             events.push(Event::Step(Box::new(StepInfo {
-                seen: t,
-                retained,
-                budget: sizes.budget,
-                kv_bytes: retained * sizes.kv_bytes_per_token,
-                profile_bytes: retained * sizes.profile_bytes_per_token,
-                full_kv_bytes: t * sizes.kv_bytes_per_token,
-                window_from: t.saturating_sub(sizes.window),
-                sinks: sizes.sinks,
-                evicted,
-                pairs: sizes.pairs,
                 history_from: oldest,
-                ..StepInfo::default()
+                ..sizes.step(t, retained, evicted)
             })));
         }
         feed(h.tokens, &mut events);

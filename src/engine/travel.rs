@@ -36,6 +36,26 @@ pub struct Sizes {
     pub profile_bytes_per_token: usize,
 }
 
+impl Sizes {
+    /// The panels' sizes after step `t`, with `retained` tokens per pair and `evicted` at
+    /// that step; no retention, focus or attention.
+    pub fn step(&self, t: usize, retained: usize, evicted: usize) -> StepInfo {
+        StepInfo {
+            seen: t,
+            retained,
+            budget: self.budget,
+            kv_bytes: retained * self.kv_bytes_per_token,
+            profile_bytes: retained * self.profile_bytes_per_token,
+            full_kv_bytes: t * self.kv_bytes_per_token,
+            window_from: t.saturating_sub(self.window),
+            sinks: self.sinks,
+            evicted,
+            pairs: self.pairs,
+            ..StepInfo::default()
+        }
+    }
+}
+
 /// The positions each pair held after step `t`, ascending: those of `now[pair]` before `t`
 /// and those `log` says the pair evicted after `t`. Exact for `t` at or after the step the
 /// log's oldest let-go eviction happened at.
@@ -86,23 +106,13 @@ pub fn step_info(
             .map(|v| (l, h, v.clone()))
     });
     StepInfo {
-        seen: t,
-        retained,
-        budget: sizes.budget,
-        kv_bytes: retained * sizes.kv_bytes_per_token,
-        profile_bytes: retained * sizes.profile_bytes_per_token,
-        full_kv_bytes: t * sizes.kv_bytes_per_token,
-        window_from: t.saturating_sub(sizes.window),
-        sinks: sizes.sinks,
-        evicted,
         retention: if retention {
             Retention::from_held(t, held)
         } else {
             Retention::default()
         },
-        pairs: sizes.pairs,
         focus,
-        ..StepInfo::default()
+        ..sizes.step(t, retained, evicted)
     }
 }
 
