@@ -9,14 +9,11 @@ mod common;
 use std::sync::mpsc::channel;
 use std::time::Duration;
 
-use candle_core::Device;
 use morphkv::cache::{CacheConfig, PolicyKind, Positions};
 use morphkv::chat::{encode_chat, ChatTemplate, Message};
 use morphkv::engine::{divergence_of, Command, Divergence, Engine, Event, Settings, StepInfo};
-use morphkv::model::{open_gguf, Model, WeightFormat};
 use morphkv::sampling::SamplingParams;
 use morphkv::session::Session;
-use morphkv::tokenizer::Tokenizer;
 
 fn cfg(policy: PolicyKind, budget: usize) -> CacheConfig {
     CacheConfig {
@@ -57,11 +54,7 @@ fn argmax(x: &[f32]) -> u32 {
 
 #[test]
 fn the_second_cache_is_a_separate_run_and_the_strip_is_exact() {
-    let path = common::default_model();
-    let (ct, mut reader) = open_gguf(&path).unwrap();
-    let model =
-        Model::from_gguf(&ct, &mut reader, &path, &Device::Cpu, WeightFormat::Auto).unwrap();
-    let tok = Tokenizer::from_gguf(&ct, &path).unwrap();
+    let (model, tok) = common::load_default();
     let template = ChatTemplate::for_tokenizer(&tok, None).unwrap();
     let main = cfg(PolicyKind::MorphKv, 300);
     let other = cfg(PolicyKind::H2o, 300);

@@ -11,13 +11,10 @@ mod common;
 use std::sync::mpsc::{channel, Receiver};
 use std::time::Duration;
 
-use candle_core::Device;
 use morphkv::cache::{CacheConfig, PolicyKind, Positions};
 use morphkv::chat::{ChatTemplate, Message};
 use morphkv::engine::{Command, Engine, Event, Settings};
-use morphkv::model::{open_gguf, Model, WeightFormat};
 use morphkv::sampling::SamplingParams;
-use morphkv::tokenizer::Tokenizer;
 use morphkv::tui::app::{App, Msg};
 use morphkv::tui::theme::Theme;
 use morphkv::tui::view;
@@ -25,11 +22,7 @@ use ratatui::backend::TestBackend;
 use ratatui::Terminal;
 
 fn start(cache: CacheConfig, max_tokens: usize) -> (Engine, Receiver<Event>) {
-    let path = common::default_model();
-    let (ct, mut reader) = open_gguf(&path).unwrap();
-    let model =
-        Model::from_gguf(&ct, &mut reader, &path, &Device::Cpu, WeightFormat::Auto).unwrap();
-    let tok = Tokenizer::from_gguf(&ct, &path).unwrap();
+    let (model, tok) = common::load_default();
     let template = ChatTemplate::for_tokenizer(&tok, None).unwrap();
     let (tx, rx) = channel();
     let engine = Engine::spawn(

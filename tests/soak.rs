@@ -21,13 +21,10 @@ mod common;
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
-use candle_core::Device;
 use morphkv::cache::{CacheConfig, PolicyKind, Positions};
 use morphkv::chat::{ChatTemplate, Message};
 use morphkv::engine::{Command, Engine, Event, Settings};
-use morphkv::model::{open_gguf, Model, WeightFormat};
 use morphkv::sampling::SamplingParams;
-use morphkv::tokenizer::Tokenizer;
 use morphkv::tui::app::{App, Msg};
 
 /// Resident memory of this process, in KiB.
@@ -88,11 +85,7 @@ fn twenty_thousand_tokens_at_budget_300_keep_memory_and_time_per_token_flat() {
         positions: Positions::Rebased,
         ..CacheConfig::default()
     };
-    let path = common::default_model();
-    let (ct, mut reader) = open_gguf(&path).unwrap();
-    let model =
-        Model::from_gguf(&ct, &mut reader, &path, &Device::Cpu, WeightFormat::Auto).unwrap();
-    let tok = Tokenizer::from_gguf(&ct, &path).unwrap();
+    let (model, tok) = common::load_default();
     let template = ChatTemplate::for_tokenizer(&tok, None).unwrap();
     let (tx, rx) = channel();
     let engine = Engine::spawn(

@@ -12,17 +12,14 @@ use std::ops::ControlFlow;
 use std::sync::mpsc::{channel, Receiver};
 use std::time::Duration;
 
-use candle_core::Device;
 use morphkv::cache::{CacheConfig, PolicyKind};
 use morphkv::chat::{encode_chat, ChatTemplate, Message};
 use morphkv::engine::replay::Replay;
 use morphkv::engine::trace::{self, Recorder};
 use morphkv::engine::travel::held_at;
 use morphkv::engine::{Command, Engine, Event, Settings, StepInfo};
-use morphkv::model::{open_gguf, Model, WeightFormat};
 use morphkv::sampling::SamplingParams;
 use morphkv::session::{GenerateOptions, Phase, Session};
-use morphkv::tokenizer::Tokenizer;
 use morphkv::tui::app::{Action, App, Msg, Panel};
 use morphkv::tui::theme::Theme;
 use morphkv::tui::view;
@@ -36,15 +33,6 @@ fn cache() -> CacheConfig {
         window: 4,
         ..CacheConfig::default()
     }
-}
-
-fn load() -> (Model, Tokenizer) {
-    let path = common::default_model();
-    let (ct, mut reader) = open_gguf(&path).unwrap();
-    let model =
-        Model::from_gguf(&ct, &mut reader, &path, &Device::Cpu, WeightFormat::Auto).unwrap();
-    let tok = Tokenizer::from_gguf(&ct, &path).unwrap();
-    (model, tok)
 }
 
 fn tmp(name: &str) -> std::path::PathBuf {
@@ -61,7 +49,7 @@ fn sample(steps: &[usize]) -> Vec<usize> {
 
 #[test]
 fn rebuilt_steps_equal_the_snapshots_taken_during_the_run() {
-    let (model, tok) = load();
+    let (model, tok) = common::load_default();
     let template = ChatTemplate::for_tokenizer(&tok, None).unwrap();
     let ids = encode_chat(
         &tok,
@@ -131,7 +119,7 @@ fn rebuilt_steps_equal_the_snapshots_taken_during_the_run() {
 }
 
 fn start() -> (Engine, Receiver<Event>) {
-    let (model, tok) = load();
+    let (model, tok) = common::load_default();
     let template = ChatTemplate::for_tokenizer(&tok, None).unwrap();
     let (tx, rx) = channel();
     let engine = Engine::spawn(
