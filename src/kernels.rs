@@ -46,6 +46,18 @@ pub fn matvec(w: &Packed, a: &QActs, out: &mut [f32]) {
     quant::matvec_with(quant::dot_plain, w, a, out)
 }
 
+/// `out = X · Wᵀ` for a quantized `W` (rows × cols) and the `T` rows of `X` quantized into
+/// `acts`: `out` (T, rows), row-major. A prompt's projection: each weight block is read once
+/// for four tokens.
+pub fn matmat(w: &Packed, acts: &[QActs], out: &mut [f32]) {
+    assert_eq!(out.len(), w.rows() * acts.len());
+    #[cfg(target_arch = "x86_64")]
+    if let Some(cpu) = x86::Avx2::detect() {
+        return quant::matmat_with(|w, r, a| x86::dot4(cpu, w, r, a), w, acts, out);
+    }
+    quant::matmat_with(quant::dot4_plain, w, acts, out)
+}
+
 /// Attention scores of one query over `n` keys: `out[s] = scale · (q · k_s)`, `k` row-major
 /// (n, d) with `d = q.len()`.
 pub fn scores(q: &[f32], k: &[f32], scale: f32, out: &mut [f32]) {

@@ -244,6 +244,55 @@ pub(super) fn matvec_with(
     });
 }
 
+/// Row `r` of `w` · each of four activations: the plain twin of the x86 `dot4`.
+pub(super) fn dot4_plain(w: &Packed, r: usize, a: [&QActs; 4]) -> [f32; 4] {
+    a.map(|a| dot_plain(w, r, a))
+}
+
+/// Rows per parallel task of [`matmat_with`]: each task reads its rows of `W` once for every
+/// activation row, so tasks are as many as the threads can share evenly.
+fn chunk_rows_matmat(rows: usize) -> usize {
+    rows.div_ceil(rayon::current_num_threads() * 4).max(4)
+}
+
+/// `out = X · Wᵀ` for a quantized `W` (rows × cols) and `T` rows of activations `acts`
+/// (each `x_t` quantized): `out` (T, rows), row-major. Each weight row meets four activation
+/// rows at a time through `dot4` (a kernel the facade picked for this CPU, or
+/// [`dot4_plain`]); a last group of fewer than four repeats its first row.
+pub(super) fn matmat_with(
+    dot4: impl Fn(&Packed, usize, [&QActs; 4]) -> [f32; 4] + Sync,
+    w: &Packed,
+    acts: &[QActs],
+    out: &mut [f32],
+) {
+    let (rows, t) = (w.rows, acts.len());
+    debug_assert_eq!(out.len(), rows * t);
+    if t == 0 {
+        return;
+    }
+    // (rows, T): each task writes whole rows; transposed into `out` after.
+    let mut by_row = vec![0f32; rows * t];
+    let chunk = chunk_rows_matmat(rows);
+    by_row
+        .par_chunks_mut(chunk * t)
+        .enumerate()
+        .for_each(|(c, ys)| {
+            for (i, y) in ys.chunks_exact_mut(t).enumerate() {
+                let r = c * chunk + i;
+                for (g, yg) in y.chunks_mut(4).enumerate() {
+                    let at = |j: usize| &acts[g * 4 + if j < yg.len() { j } else { 0 }];
+                    let got = dot4(w, r, [at(0), at(1), at(2), at(3)]);
+                    yg.copy_from_slice(&got[..yg.len()]);
+                }
+            }
+        });
+    for (r, ys) in by_row.chunks_exact(t).enumerate() {
+        for (i, y) in ys.iter().enumerate() {
+            out[i * rows + r] = *y;
+        }
+    }
+}
+
 /// `out = W · x` for a dense row-major f32 `W` (out.len() × x.len()).
 pub fn matvec_f32(w: &[f32], x: &[f32], out: &mut [f32]) {
     let cols = x.len();
@@ -323,6 +372,39 @@ mod tests {
                     (p - f).abs() <= 1e-4 * p.abs().max(1.0),
                     "{kind:?} {cols}: {p} vs {f}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn matrix_products_equal_row_products() {
+        // 1, 4 and 7 activation rows: a full group of four, a partial one, and both.
+        for (kind, t) in KINDS.iter().flat_map(|&k| [(k, 1), (k, 4), (k, 7)]) {
+            let (rows, cols) = (37, 576);
+            let data = random_blocks(kind, rows, cols, 8);
+            let w = Packed::from_ggml(kind, rows, cols, &data).unwrap();
+            let acts: Vec<QActs> = (0..t)
+                .map(|i| {
+                    let mut a = QActs::default();
+                    a.quantize(&random_vec(cols, 10 + i as u64));
+                    a
+                })
+                .collect();
+            let mut plain = vec![0f32; t * rows];
+            let mut fast = vec![0f32; t * rows];
+            matmat_with(dot4_plain, &w, &acts, &mut plain);
+            crate::kernels::matmat(&w, &acts, &mut fast);
+            for (i, a) in acts.iter().enumerate() {
+                let mut one = vec![0f32; rows];
+                matvec_with(dot_plain, &w, a, &mut one);
+                for r in 0..rows {
+                    let (p, f) = (plain[i * rows + r], fast[i * rows + r]);
+                    assert_eq!(p, one[r], "{kind:?} t={t} row {i},{r}");
+                    assert!(
+                        (p - f).abs() <= 1e-4 * p.abs().max(1.0),
+                        "{kind:?} t={t} row {i},{r}: {p} vs {f}"
+                    );
+                }
             }
         }
     }

@@ -133,6 +133,9 @@ pub fn prefetch<T>(x: &[T], at: usize) {
     }
 }
 
+mod gemm;
+pub use gemm::dot4;
+
 /// The AVX2 kernels (and the row dot product's shared body).
 mod avx2 {
     use crate::kernels::quant::{p_values, Packed, QActs, QKind, BLOCK};
@@ -183,21 +186,48 @@ mod avx2 {
     /// `KIND` 0 and 1, 32 for 2) and `qa` to 32 activations.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn block<const KIND: u8>(q: *const u8, qa: *const i8) -> __m256 {
-        // SAFETY: the caller passes a block's packed values at `q` and 32 activations at `qa`.
-        let x = unsafe { _mm256_loadu_si256(qa.cast()) };
-        let pairs = if KIND == 2 {
-            // SAFETY: as above.
-            let w = unsafe { _mm256_loadu_si256(q.cast()) };
-            // |w| · (x with w's sign): unsigned × signed, as maddubs needs.
-            _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
+        // SAFETY: the caller's contract, passed on.
+        unsafe { block_unpacked::<KIND>(unpack::<KIND>(q), qa) }
+    }
+
+    /// One block's weight values as 32 bytes in the activations' order: Q4_0/Q4_1 nibbles
+    /// (0..16) as unsigned bytes, Q8_0 values as they are.
+    ///
+    /// # Safety
+    ///
+    /// The CPU runs AVX2; `q` points to one block's packed values (16 bytes for `KIND` 0 and
+    /// 1, 32 for 2).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn unpack<const KIND: u8>(q: *const u8) -> __m256i {
+        if KIND == 2 {
+            // SAFETY: 32 bytes at `q` (the caller's contract).
+            unsafe { _mm256_loadu_si256(q.cast()) }
         } else {
-            // SAFETY: as above.
+            // SAFETY: 16 bytes at `q` (the caller's contract).
             let qs = unsafe { _mm_loadu_si128(q.cast()) };
             let low4 = _mm_set1_epi8(0xF);
             let lo = _mm_and_si128(qs, low4);
             let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), low4);
             // Values 0..16 in the low lane, 16..32 in the high lane, as in the activations.
-            _mm256_maddubs_epi16(_mm256_set_m128i(hi, lo), x)
+            _mm256_set_m128i(hi, lo)
+        }
+    }
+
+    /// Σ over one block of [`unpack`]ed weight values `w` × (8-bit activations at `qa`), as
+    /// 8 f32 lanes.
+    ///
+    /// # Safety
+    ///
+    /// The CPU runs AVX2 and FMA; `qa` points to 32 activations.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn block_unpacked<const KIND: u8>(w: __m256i, qa: *const i8) -> __m256 {
+        // SAFETY: 32 activations at `qa` (the caller's contract).
+        let x = unsafe { _mm256_loadu_si256(qa.cast()) };
+        let pairs = if KIND == 2 {
+            // |w| · (x with w's sign): unsigned × signed, as maddubs needs.
+            _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
+        } else {
+            _mm256_maddubs_epi16(w, x)
         };
         _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
     }
@@ -601,7 +631,7 @@ mod avx2 {
 
     /// Sum of the 8 lanes.
     #[target_feature(enable = "avx2,fma")]
-    fn hsum(v: __m256) -> f32 {
+    pub(super) fn hsum(v: __m256) -> f32 {
         let s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
         _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)))
