@@ -277,7 +277,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     let c = cache.config();
     let saving = 100.0 * (1.0 - stats.kv_bytes as f64 / stats.full_kv_bytes.max(1) as f64);
     eprintln!(
-        "kv cache: {} budget {} window {} | {} tokens retained per head of {} seen | KV {} + profile {} (full cache: {}, {saving:.0}% saved) | weights {} on {}",
+        "kv cache: {} budget {} window {} | {} tokens retained per head of {} seen | KV {} + profile {} (full cache: {}, {saving:.0}% saved) | weights {} {} on {}",
         c.policy.name(),
         c.budget,
         c.effective_window(),
@@ -287,6 +287,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         human_bytes(stats.profile_bytes),
         human_bytes(stats.full_kv_bytes),
         model.weight_format(),
+        human_bytes(model.weight_bytes()),
         morphkv::device::name(model.device()),
     );
     Ok(())

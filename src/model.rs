@@ -17,6 +17,7 @@
 pub mod attention;
 mod checkpoint;
 pub mod config;
+mod embedding;
 mod forward;
 pub mod gguf;
 mod linear;
@@ -32,6 +33,7 @@ pub use gguf::{open_gguf, WeightFormat};
 
 use crate::cache::KvCache;
 use crate::error::{Error, Result};
+use embedding::Embedding;
 use linear::Linear;
 use rope::Rope;
 
@@ -61,7 +63,7 @@ pub enum Logits {
 #[derive(Debug, Clone)]
 pub struct Model {
     cfg: Config,
-    embed: Tensor,
+    embed: Embedding,
     layers: Vec<Layer>,
     norm: Tensor,
     lm_head: Linear,
@@ -108,6 +110,26 @@ impl Model {
     /// The device the weights live on.
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Bytes of weights held in memory: every form of every projection, the embedding
+    /// (once, if the output layer shares it), norms and RoPE factors.
+    pub fn weight_bytes(&self) -> usize {
+        let shared = self.embed.packed();
+        let t = linear::tensor_bytes;
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.wqkv, &l.wo, &l.w_gate_up, &l.w_down]
+                    .iter()
+                    .map(|p| p.bytes(None))
+                    .sum::<usize>()
+                    + t(&l.attn_norm)
+                    + t(&l.ffn_norm)
+            })
+            .sum();
+        layers + self.embed.bytes() + self.lm_head.bytes(shared) + t(&self.norm)
     }
 
     /// How the projection weights are stored in memory.

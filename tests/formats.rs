@@ -4,6 +4,7 @@
 
 mod common;
 
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device};
 use common::max_abs_diff;
 use common::tiny::Tiny;
@@ -152,5 +153,75 @@ fn broken_checkpoints_are_named() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("gpt_neox") && e.contains("supported"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_file_of_mixed_quantized_types_runs_each_through_its_own_kernel() {
+    // q and k Q4_0 beside a Q8_0 v (as a Q4_K_M file's Q4_K q/k beside its Q6_K v): the
+    // fused projection keeps each part in its own type instead of one f32 matrix. The
+    // embedding is Q4_1 and tied to the output layer, so it is held once in its blocks.
+    let t = Tiny {
+        tied: true,
+        quant: &[
+            ("attn_q", GgmlDType::Q4_0),
+            ("attn_k", GgmlDType::Q4_0),
+            ("attn_v", GgmlDType::Q8_0),
+            ("attn_output", GgmlDType::Q8_0),
+            ("ffn_gate", GgmlDType::Q4_1),
+            ("ffn_up", GgmlDType::Q4_0),
+            ("ffn_down", GgmlDType::Q4_1),
+            ("token_embd", GgmlDType::Q4_1),
+        ],
+        ..Tiny::llama()
+    };
+    let dir = tmp("mixed");
+    let gguf = dir.join("mixed.gguf");
+    t.write_gguf(&gguf);
+    let open = |format| {
+        let (ct, mut reader) = open_gguf(&gguf).unwrap();
+        Model::from_gguf(&ct, &mut reader, &gguf, &Device::Cpu, format).unwrap()
+    };
+    // f32: every weight dequantized, the exact arithmetic the kernels approximate with
+    // 8-bit activations.
+    let (exact, native) = (open(WeightFormat::F32), open(WeightFormat::Auto));
+    assert_eq!(native.weight_format(), WeightFormat::Native);
+    // Held at the file's size: no f32 matrix for the mixed q/k/v, one copy of the tied
+    // embedding, no dense copies (f32 holds about 4 / 0.6 times as much).
+    let file: usize = {
+        let (ct, _) = open_gguf(&gguf).unwrap();
+        ct.tensor_infos
+            .values()
+            .map(|t| t.shape.elem_count() / t.ggml_dtype.block_size() * t.ggml_dtype.type_size())
+            .sum()
+    };
+    assert!(
+        native.weight_bytes() <= file && native.weight_bytes() * 4 > file * 3,
+        "{} bytes held for {file} in the file",
+        native.weight_bytes()
+    );
+    assert!(exact.weight_bytes() > 5 * file);
+    // 40 tokens: a prompt long enough for the dequantizing GEMM (16 rows and more), then
+    // 5 through the 8-bit GEMM, then 3 one at a time (the single-row kernels).
+    let ids: Vec<u32> = (0..48u32).map(|i| (i * 37 + 11) % 256).collect();
+    let want = logits(&exact, &ids);
+    let mut cache = KvCache::new(native.config(), DType::F32, &Device::Cpu).unwrap();
+    let mut got = Vec::new();
+    for part in [
+        &ids[..40],
+        &ids[40..45],
+        &ids[45..46],
+        &ids[46..47],
+        &ids[47..],
+    ] {
+        let l = native.forward(part, &mut cache, Logits::All).unwrap();
+        got.extend(l.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    }
+    assert_eq!(got.len(), want.len());
+    let spread = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let diff = max_abs_diff(&want, &got);
+    assert!(diff < 0.05 * spread, "max diff {diff} of spread {spread}");
+    // And the difference is the activations' rounding, not nothing: the kernels ran.
+    assert!(diff > 0.0);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -12,23 +12,24 @@ use std::borrow::Cow;
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{Device, Tensor};
 
-use super::{Arch, Config, Layer, Linear, Model, Rope};
+use super::{linear, Arch, Config, Embedding, Layer, Linear, Model, Rope};
 
 pub mod header;
+pub mod writer;
 use crate::error::{Error, Result};
 
 /// How projection weights are kept in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightFormat {
-    /// Small models (up to 500M parameters): the file's Q4_0/Q4_1/Q8_0 (else Q8_0) for
-    /// single-token decoding plus a dense f32 copy for prompts. Larger ones: Q8_0 where the file's type has no fast CPU kernel
-    /// (Q4_1, Q5_0, Q5_1), the file's own quantization otherwise.
+    /// The file's own quantization, held once (`Native`), unless the file has Q5_0/Q5_1
+    /// tensors, which have no fast kernel: then `Q8_0`.
     #[default]
     Auto,
-    /// Both a quantized (decode) and a dense f32 (prefill) copy, as `Auto` picks for small
-    /// models.
+    /// The file's quantization (else Q8_0) for decoding plus a dense f32 copy for long
+    /// prompts: faster prompts for five times the memory.
     Hybrid,
-    /// Keep the file's quantization and use candle's quantized kernels.
+    /// The file's quantization, held once: through our kernels (Q4_0, Q4_1, Q8_0) for single
+    /// tokens and prompts alike, through candle's for other types.
     Native,
     /// Dequantize everything to f32 at load.
     F32,
@@ -65,8 +66,8 @@ impl std::fmt::Display for WeightFormat {
     }
 }
 
-/// `Auto` keeps a dense f32 copy only up to this many parameters (f32 weights of a
-/// 500M-parameter model take 2 GB).
+/// A safetensors checkpoint's `Auto` keeps a dense f32 copy only up to this many parameters
+/// (f32 weights of a 500M-parameter model take 2 GB).
 pub(super) const AUTO_HYBRID_MAX_PARAMS: usize = 500_000_000;
 
 /// Opens a GGUF file and reads its header: metadata and tensor index, no tensor data. Every
@@ -208,11 +209,25 @@ impl Model {
                 cfg.hidden
             )));
         }
-        let embed = embed_q.dequantize(device)?;
-        loader.finite("token_embd.weight", &embed)?;
+        // Held once, in the file's blocks, where the kernels read them (and shared with a
+        // tied output layer); as f32 where they don't, or where f32 was asked for.
+        let packed_embed = match loader.format {
+            WeightFormat::F32 | WeightFormat::Hybrid => None,
+            _ => linear::pack(&embed_q)?,
+        };
+        let embed = match &packed_embed {
+            Some(p) => Embedding::Packed(p.clone()),
+            None => {
+                let e = embed_q.dequantize(device)?;
+                loader.finite("token_embd.weight", &e)?;
+                Embedding::Dense(e)
+            }
+        };
         // Tied embeddings: no output.weight means the embedding matrix is the LM head.
         let lm_head = if ct.tensor_infos.contains_key("output.weight") {
             loader.linear("output.weight", None)?
+        } else if let Some(p) = packed_embed {
+            Linear::from_packed(p, None)
         } else {
             loader.linear_from(Arc::new(embed_q), None)?
         };
@@ -272,25 +287,44 @@ impl Model {
     }
 }
 
-/// Picks the concrete format for `Auto` from the file's dominant tensor type and size.
+/// Picks the concrete format for `Auto`: the file's own quantization, held once, unless it
+/// has Q5_0/Q5_1 tensors (no kernel of ours, candle's are slow), which are re-quantized to
+/// Q8_0.
 fn resolve_format(ct: &gguf_file::Content, asked: WeightFormat) -> WeightFormat {
     if asked != WeightFormat::Auto {
         return asked;
     }
-    let params: usize = ct.tensor_infos.values().map(|t| t.shape.elem_count()).sum();
-    let slow = ct.tensor_infos.values().any(|t| {
-        matches!(
-            t.ggml_dtype,
-            GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1
-        )
-    });
-    if params <= AUTO_HYBRID_MAX_PARAMS {
-        WeightFormat::Hybrid
-    } else if slow {
+    let slow = ct
+        .tensor_infos
+        .values()
+        .any(|t| matches!(t.ggml_dtype, GgmlDType::Q5_0 | GgmlDType::Q5_1));
+    if slow {
         WeightFormat::Q8_0
     } else {
         WeightFormat::Native
     }
+}
+
+/// Whether every block scale (and minimum) of GGML-typed `data` is finite: a NaN or an
+/// infinity there is damage that would turn the output into noise. Types without scales
+/// (f32, f16) and types not listed pass: their values are checked where they are read.
+fn scales_finite(dtype: GgmlDType, data: &[u8]) -> bool {
+    // (block bytes, offsets of the f16 scales within a block)
+    let (bytes, at): (usize, &[usize]) = match dtype {
+        GgmlDType::Q4_0 => (18, &[0]),
+        GgmlDType::Q4_1 => (20, &[0, 2]),
+        GgmlDType::Q5_0 => (22, &[0]),
+        GgmlDType::Q5_1 => (24, &[0, 2]),
+        GgmlDType::Q8_0 => (34, &[0]),
+        GgmlDType::Q4K => (144, &[0, 2]),
+        GgmlDType::Q5K => (176, &[0, 2]),
+        GgmlDType::Q6K => (210, &[208]),
+        _ => return true,
+    };
+    data.chunks_exact(bytes).all(|b| {
+        at.iter()
+            .all(|&i| half::f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).is_finite())
+    })
 }
 
 struct Loader<'a> {
@@ -313,7 +347,8 @@ impl Loader<'_> {
         if !self.ct.tensor_infos.contains_key(name) {
             return Err(self.bad(format!("tensor {name} is missing")));
         }
-        self.ct
+        let q = self
+            .ct
             .tensor(self.reader, name, self.device)
             .map_err(|e| Error::BadModel {
                 path: self.path.to_path_buf(),
@@ -321,7 +356,13 @@ impl Loader<'_> {
                     "cannot read tensor {name}: {} (the file may be truncated: download it again)",
                     crate::error::candle_message(&e)
                 ),
-            })
+            })?;
+        if self.device.is_cpu() && !scales_finite(q.dtype(), &q.data()?) {
+            return Err(self.bad(format!(
+                "tensor {name} has block scales that are not finite (NaN or infinite): the file is damaged, download it again"
+            )));
+        }
+        Ok(q)
     }
 
     /// A small tensor (norm weights, biases) as dense f32.
@@ -345,7 +386,8 @@ impl Loader<'_> {
 
     /// Projections stacked along their output dimension into one (one GEMM instead of
     /// several). Quantized rows are independent, so tensors of one type are joined byte for
-    /// byte; mixed types are joined as dense f32.
+    /// byte; tensors of mixed types (a Q4_K_M file's Q6_K v beside Q4_K q and k) stay parts
+    /// of their own types, each through its own kernel.
     fn fused<const N: usize>(
         &mut self,
         names: &[String; N],
@@ -361,27 +403,27 @@ impl Loader<'_> {
             .map(|q| q.shape().dims2().map(|d| d.0))
             .sum::<candle_core::Result<usize>>()?;
         let dtype = parts[0].dtype();
-        let joined = if parts.iter().all(|q| q.dtype() == dtype) {
+        let mut linear = if parts.iter().all(|q| q.dtype() == dtype) {
             let mut bytes = Vec::new();
             for q in &parts {
                 bytes.extend_from_slice(&q.data()?);
             }
+            drop(parts);
             let storage = QStorage::from_data(Cow::Owned(bytes), self.device, dtype)?;
-            QTensor::new(storage, (rows, cols))?
+            self.linear_from(Arc::new(QTensor::new(storage, (rows, cols))?), None)?
         } else {
-            let dense = parts
-                .iter()
-                .map(|q| q.dequantize(self.device))
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            QTensor::quantize(&Tensor::cat(&dense, 0)?, GgmlDType::F32)?
+            let parts = parts
+                .into_iter()
+                .map(|q| self.linear_from(Arc::new(q), None))
+                .collect::<Result<Vec<_>>>()?;
+            Linear::stacked(parts)?
         };
-        let mut linear = self.linear_from(Arc::new(joined), None)?;
         if let Some(names) = biases {
             let b = names
                 .iter()
                 .map(|n| self.dense(n))
                 .collect::<Result<Vec<_>>>()?;
-            linear.b = Some(Tensor::cat(&b, 0)?);
+            linear.set_bias(Tensor::cat(&b, 0)?)?;
         }
         Ok(linear)
     }
@@ -412,17 +454,39 @@ impl Loader<'_> {
             WeightFormat::Q8_0 | WeightFormat::Auto => Linear::new(to_q8(q, self.device)?, None, b),
             WeightFormat::Hybrid => {
                 let dense = q.dequantize(self.device)?;
-                // The single-row kernels read Q4_0, Q4_1 and Q8_0 as they are in the file.
-                match q.dtype() {
-                    GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0 => {
-                        Linear::packed_and_dense(&q, dense, b)
-                    }
-                    _ => match to_q8(q, self.device)? {
+                // The kernels read some types as they are in the file.
+                match linear::kind_of(q.dtype()) {
+                    Some(_) => Linear::packed_and_dense(&q, dense, b),
+                    None => match to_q8(q, self.device)? {
                         QMatMul::QTensor(q8) => Linear::packed_and_dense(&q8, dense, b),
                         other => Linear::new(other, Some(QMatMul::Tensor(dense)), b),
                     },
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_non_finite_block_scale_is_found() {
+        let t = Tensor::rand(-1f32, 1f32, (4, 256), &Device::Cpu).unwrap();
+        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::Q4K] {
+            let mut data = QTensor::quantize(&t, dtype).unwrap().data().unwrap().to_vec();
+            assert!(scales_finite(dtype, &data), "{dtype:?}");
+            // The last block's scale (the first field of every block of these types).
+            let bytes = dtype.type_size();
+            let at = data.len() - bytes;
+            data[at..at + 2].copy_from_slice(&half::f16::NAN.to_bits().to_le_bytes());
+            assert!(!scales_finite(dtype, &data), "{dtype:?}");
+        }
+        let mut q6 = QTensor::quantize(&t, GgmlDType::Q6K).unwrap().data().unwrap().to_vec();
+        let n = q6.len();
+        q6[n - 2..].copy_from_slice(&half::f16::INFINITY.to_bits().to_le_bytes());
+        assert!(!scales_finite(GgmlDType::Q6K, &q6));
     }
 }

@@ -6,7 +6,7 @@ use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{Config, Layer, Linear, Model, Rope, WeightFormat};
+use super::{Config, Embedding, Layer, Linear, Model, Rope, WeightFormat};
 use crate::error::Result;
 
 impl Model {
@@ -59,7 +59,7 @@ impl Model {
             });
         }
         let lm_head = lin(cfg.vocab, h, false)?;
-        let embed = mat(cfg.vocab, h, 1.0)?;
+        let embed = Embedding::Dense(mat(cfg.vocab, h, 1.0)?);
         Ok(Self {
             rope: Rope::new(&cfg, device)?,
             norm: Tensor::ones(h, candle_core::DType::F32, device)?,

@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use super::config::llama3_rope_factors;
-use super::{Arch, Config, Layer, Linear, Model, Rope, RopeStyle, WeightFormat};
+use super::{Arch, Config, Embedding, Layer, Linear, Model, Rope, RopeStyle, WeightFormat};
 use crate::error::{Error, Result};
 
 /// The fields of `config.json` the decoder reads.
@@ -306,7 +306,7 @@ impl Model {
         Ok(Self {
             weights: format,
             cfg,
-            embed,
+            embed: Embedding::Dense(embed),
             layers,
             norm,
             lm_head,

@@ -24,6 +24,9 @@ pub struct Tiny {
     /// Llama 3 RoPE scaling (factor, low, high, original context).
     pub llama3_rope: Option<(f32, f32, f32, f32)>,
     pub seed: u64,
+    /// GGUF tensor types by name fragment (the first fragment in a tensor's name wins);
+    /// tensors matching none, and every 1-D tensor, are written as f32.
+    pub quant: &'static [(&'static str, GgmlDType)],
 }
 
 impl Tiny {
@@ -39,6 +42,7 @@ impl Tiny {
             tied: false,
             llama3_rope: None,
             seed: 11,
+            quant: &[],
         }
     }
 
@@ -234,7 +238,14 @@ impl Tiny {
         }
         let q: Vec<(String, QTensor)> = tensors
             .into_iter()
-            .map(|(n, t)| (n, QTensor::quantize(&t, GgmlDType::F32).unwrap()))
+            .map(|(n, t)| {
+                let dtype = match self.quant.iter().find(|(frag, _)| n.contains(frag)) {
+                    Some(&(_, dtype)) if t.rank() == 2 => dtype,
+                    _ => GgmlDType::F32,
+                };
+                let q = QTensor::quantize(&t, dtype).unwrap();
+                (n, q)
+            })
             .collect();
         let a = self.arch;
         let u = |x: usize| gguf_file::Value::U32(x as u32);
