@@ -85,6 +85,26 @@ pub enum ModelsCommand {
         /// Preset name or `owner/repo[:file]`.
         name: String,
     },
+    /// Write a GGUF with random weights at a preset's shapes (its `shape` table), typed as
+    /// llama.cpp's llama-quantize types them: for benches and llama.cpp comparisons of
+    /// models that are not downloaded.
+    Random {
+        /// Preset name, e.g. llama3.2-1b-instruct.
+        name: String,
+        /// File type: f16, q8_0, q4_0, q4_1, q4_k_m, q5_k_m.
+        #[arg(long = "type", default_value = "q4_k_m")]
+        file_type: String,
+        /// The GGUF to write (must not exist).
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+        /// A GGUF model (or preset) whose tokenizer the file carries, and whose vocabulary
+        /// sets the embedding's rows (default: the default preset).
+        #[arg(long = "tokenizer-from")]
+        tokenizer_from: Option<String>,
+        /// Seed of the random values.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 /// Which model to run and how to hold its weights.

@@ -118,7 +118,46 @@ pub fn run(cmd: ModelsCommand) -> Result<()> {
         }
         ModelsCommand::Rm { name } => rm(&name),
         ModelsCommand::Path { name } => path(&name),
+        ModelsCommand::Random {
+            name,
+            file_type,
+            output,
+            tokenizer_from,
+            seed,
+        } => random(&name, &file_type, &output, tokenizer_from.as_deref(), seed),
     }
+}
+
+/// `morphkv models random`: a GGUF of random weights at a preset's shapes.
+fn random(
+    name: &str,
+    file_type: &str,
+    output: &std::path::Path,
+    tokenizer_from: Option<&str>,
+    seed: u64,
+) -> Result<()> {
+    use morphkv::model::gguf::writer::{write_random, FileType};
+    let ftype: FileType = file_type.parse()?;
+    let cfg = Registry::load()?.random_config(name)?;
+    if output.exists() {
+        bail!(
+            "-o {}: the file exists; remove it or name another",
+            output.display()
+        );
+    }
+    let source = resolve(tokenizer_from, true)?;
+    let (ct, _) =
+        morphkv::model::open_gguf(&source).map_err(|e| anyhow::anyhow!("--tokenizer-from: {e}"))?;
+    let t = Instant::now();
+    let bytes = write_random(output, &cfg, ftype, Some(&ct), seed)?;
+    eprintln!(
+        "wrote {} ({}, {name}'s shapes, tokenizer of {}) in {:.1} s",
+        output.display(),
+        human_size(bytes),
+        source.display(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn list() -> Result<()> {
