@@ -407,3 +407,55 @@ fn bench_with_random_weights() {
         }
     }
 }
+
+#[test]
+fn models_random_writes_a_file_that_runs() {
+    common::default_model();
+    let dir = tmpdir("models-random");
+    let path = dir.join("random.gguf");
+    let _ = std::fs::remove_file(&path);
+    let p = path.to_str().unwrap();
+    let args = [
+        "models",
+        "random",
+        "smollm2-135m-instruct",
+        "--type",
+        "q4_k_m",
+        "-o",
+        p,
+    ];
+    let (code, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    // Typed as llama-quantize types Q4_K_M, with its fallbacks for rows of 576 values
+    // (not a multiple of 256): Q4_K → Q5_0, Q6_K → Q8_0; ffn_down's rows of 1,536 keep
+    // K-quants. Of 30 layers, 4 has the base type and 5 more bits.
+    let (ct, _) = morphkv::model::open_gguf(&path).unwrap();
+    let dtype = |n: &str| ct.tensor_infos[n].ggml_dtype;
+    assert_eq!(dtype("blk.4.attn_q.weight"), GgmlDType::Q5_0);
+    assert_eq!(dtype("blk.4.attn_v.weight"), GgmlDType::Q5_0);
+    assert_eq!(dtype("blk.5.attn_v.weight"), GgmlDType::Q8_0);
+    assert_eq!(dtype("blk.4.ffn_down.weight"), GgmlDType::Q4K);
+    assert_eq!(dtype("blk.5.ffn_down.weight"), GgmlDType::Q6K);
+    assert_eq!(dtype("token_embd.weight"), GgmlDType::Q8_0);
+    assert_eq!(dtype("blk.4.attn_norm.weight"), GgmlDType::F32);
+    assert!(ct.metadata.contains_key("tokenizer.ggml.tokens"));
+    // It opens as a whole model (its Q5_0 tensors held as Q8_0) and generates.
+    let (code, err) = run(&gen(p, &["--temp", "0"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("weights q8_0"), "{err}");
+    // An existing file is never overwritten, and a type it doesn't know is named.
+    assert_fails(&args, &["-o", p, "exists"]);
+    assert_fails(
+        &[
+            "models",
+            "random",
+            "smollm2-135m-instruct",
+            "--type",
+            "q3_k_s",
+            "-o",
+            p,
+        ],
+        &["--type", "q3_k_s", "q4_k_m"],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
