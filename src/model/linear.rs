@@ -32,6 +32,9 @@ fn pack(q: &QTensor) -> Result<Option<Arc<Packed>>> {
         GgmlDType::Q4_0 => QKind::Q4_0,
         GgmlDType::Q4_1 => QKind::Q4_1,
         GgmlDType::Q8_0 => QKind::Q8_0,
+        GgmlDType::Q4K => QKind::Q4K,
+        GgmlDType::Q5K => QKind::Q5K,
+        GgmlDType::Q6K => QKind::Q6K,
         _ => return Ok(None),
     };
     if !q.device().is_cpu() {
