@@ -207,6 +207,9 @@ pub struct QActs {
     pub(super) ds: Vec<f32>,
     /// (blocks, 32) values.
     pub(super) q: Vec<i8>,
+    /// (blocks, 2) sums of each 16 values (Q6_K's sub-blocks): its −32 offset, once per
+    /// super-block.
+    pub(super) s16: Vec<i16>,
 }
 
 impl QActs {
@@ -216,15 +219,23 @@ impl QActs {
         self.d.resize(nb, 0.0);
         self.ds.resize(nb, 0.0);
         self.q.resize(nb * BLOCK, 0);
+        self.s16.resize(nb * 2, 0);
         for (b, xs) in x.chunks_exact(BLOCK).enumerate() {
             let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
             let d = amax / 127.0;
             let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-            let mut s = 0i32;
-            for (q, &v) in self.q[b * BLOCK..(b + 1) * BLOCK].iter_mut().zip(xs) {
-                *q = (v * id).round() as i8;
-                s += *q as i32;
+            let mut halves = [0i32; 2];
+            let qs = self.q[b * BLOCK..(b + 1) * BLOCK].chunks_exact_mut(16);
+            for ((qs, xs), h) in qs.zip(xs.chunks_exact(16)).zip(&mut halves) {
+                for (q, &v) in qs.iter_mut().zip(xs) {
+                    *q = (v * id).round() as i8;
+                    *h += *q as i32;
+                }
             }
+            // |sum| ≤ 16 · 127: an i16.
+            self.s16[2 * b] = halves[0] as i16;
+            self.s16[2 * b + 1] = halves[1] as i16;
+            let s = halves[0] + halves[1];
             // Scales rounded to f16 as llama.cpp's Q8_0/Q8_1 blocks (and candle's) store them.
             self.d[b] = f16::from_f32(d).to_f32();
             self.ds[b] = f16::from_f32(d * s as f32).to_f32();
@@ -519,6 +530,14 @@ mod tests {
                 .map(|&q| q as i32)
                 .sum();
             let ds = a.d[b] * sum as f32;
+            let half = |h: usize| -> i32 {
+                let at = b * BLOCK + 16 * h;
+                a.q[at..at + 16].iter().map(|&q| q as i32).sum()
+            };
+            assert_eq!(
+                (a.s16[2 * b] as i32, a.s16[2 * b + 1] as i32),
+                (half(0), half(1))
+            );
             assert!((a.ds[b] - ds).abs() <= 2e-3 * ds.abs() + 1e-6);
             assert!((back - v).abs() <= 0.51 * a.d[b] + 1e-6);
         }

@@ -3,10 +3,11 @@
 //! four). `crate::kernels::quant::kquant::dot_plain` is their plain twin and describes the
 //! repacked layout read here.
 //!
-//! Per 32 values: the weights unpacked to 32 bytes in the activations' order, multiplied
-//! with them by `maddubs` (unsigned × signed) into i16 pairs, summed to i32 by `madd` (Q6_K:
-//! with its two 16-value scales), converted, and added scaled by `d·sc·da` (Q6_K `d·da`) into
-//! f32 lanes. The Q4_K/Q5_K minimums go in once per super-block, eight `dmin·m·ds` at a time.
+//! Per 32 values: the weights unpacked to 32 unsigned bytes in the activations' order,
+//! multiplied with them by `maddubs` (unsigned × signed) into i16 pairs, summed to i32 by
+//! `madd` (Q6_K: with its two 16-value scales), converted, and added scaled by `d·sc·da`
+//! (Q6_K `d·da`) into f32 lanes. Once per super-block, eight blocks at a time: the Q4_K/Q5_K
+//! minimums (`dmin·m·ds`), the Q6_K offset (`32·d·da·Σ sc·(sum of 16 activations)`).
 
 use std::arch::x86_64::*;
 
@@ -49,6 +50,7 @@ fn rows<const N: usize>(_cpu: Avx2, w: &Packed, r: usize, a: [&QActs; N]) -> [f3
     for x in &a {
         let nb = ns * SUBS;
         assert!(x.q.len() >= nb * BLOCK && x.d.len() >= nb && x.ds.len() >= nb);
+        assert!(x.s16.len() >= 2 * nb);
     }
     let (d, m, q) = (
         d.as_ptr().cast::<u16>(),
@@ -57,7 +59,7 @@ fn rows<const N: usize>(_cpu: Avx2, w: &Packed, r: usize, a: [&QActs; N]) -> [f3
     );
     // SAFETY: the token proves AVX2, FMA and F16C; the asserts above bound every read: `ns`
     // super-blocks of `kind`'s repacked bytes, `ns` `dmin`s where the kernel reads them, and
-    // `ns · 256` activations in each of `a`.
+    // `ns · 256` activations (and `ns · 16` sums of 16) in each of `a`.
     unsafe {
         match kind {
             QKind::Q4K => q45::<N, false>(d, m, q, a, ns),
@@ -67,19 +69,16 @@ fn rows<const N: usize>(_cpu: Avx2, w: &Packed, r: usize, a: [&QActs; N]) -> [f3
     }
 }
 
-/// Σ over 32 values of the unsigned weight bytes `w` (0..64) × the activations at `qa`, as
-/// eight i32 lanes: pairs summed by `maddubs`, then `madd` with `mul` (ones, or i16 scales).
+/// The unsigned weight bytes `w` (0..64) × the 32 activations at `qa`, adjacent products
+/// summed: sixteen i16 lanes (at most 2·63·127 in size, no saturation).
 ///
 /// # Safety
 ///
 /// The CPU runs AVX2; `qa` points to 32 activations.
 #[inline(always)]
-unsafe fn sum32(w: __m256i, qa: *const i8, mul: __m256i) -> __m256i {
+unsafe fn sum_pairs(w: __m256i, qa: *const i8) -> __m256i {
     // SAFETY: 32 activations at `qa` (the caller's contract); the CPU runs AVX2.
-    unsafe {
-        let x = _mm256_loadu_si256(qa.cast());
-        _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), mul)
-    }
+    unsafe { _mm256_maddubs_epi16(w, _mm256_loadu_si256(qa.cast())) }
 }
 
 /// Eight unsigned bytes at `p` as f32 lanes.
@@ -133,6 +132,11 @@ unsafe fn q45<const N: usize, const FIVE: bool>(
                 _mm256_storeu_ps(scale[n].as_mut_ptr(), _mm256_mul_ps(sc, ad));
                 acc[n][0] = _mm256_fnmadd_ps(mn, ads, acc[n][0]);
             }
+            // Read back from memory: a broadcast load per sub-block (a load port), where the
+            // compiler would otherwise shuffle the lanes out of the register (a vector port).
+            // `&mut`: the compiler must assume the values changed, and load them.
+            #[allow(clippy::unnecessary_mut_passed)]
+            let scale: &[[f32; SUBS]; N] = std::hint::black_box(&mut scale);
             // Q5_K: bits 2j, 2j + 1 of each `qh` byte shifted down to bits 0, 1 for pair `j`.
             let mut qh = if FIVE {
                 _mm256_loadu_si256(sb.add(SCALES).cast())
@@ -153,8 +157,9 @@ unsafe fn q45<const N: usize, const FIVE: bool>(
                 let b = i * SUBS + 2 * j;
                 for (n, x) in a.iter().enumerate() {
                     let qa = x.q.as_ptr().add(b * BLOCK);
-                    let s0 = _mm256_cvtepi32_ps(sum32(lo, qa, ones));
-                    let s1 = _mm256_cvtepi32_ps(sum32(hi, qa.add(BLOCK), ones));
+                    let s0 = _mm256_cvtepi32_ps(_mm256_madd_epi16(sum_pairs(lo, qa), ones));
+                    let s1 =
+                        _mm256_cvtepi32_ps(_mm256_madd_epi16(sum_pairs(hi, qa.add(BLOCK)), ones));
                     acc[n][0] = _mm256_fmadd_ps(_mm256_set1_ps(scale[n][2 * j]), s0, acc[n][0]);
                     acc[n][odd] =
                         _mm256_fmadd_ps(_mm256_set1_ps(scale[n][2 * j + 1]), s1, acc[n][odd]);
@@ -169,38 +174,64 @@ unsafe fn q45<const N: usize, const FIVE: bool>(
     out
 }
 
-/// Q6_K rows · `N` activation rows. Each 32-value block's weights `q − 32` in signed bytes
-/// `w`: `|w|` × (activations with `w`'s sign) in `maddubs`, then `madd` with the block's two
-/// 16-value scales (the low 128-bit lane holds values 0..16, the high one 16..32).
+/// For 32-value block `c` (0..8) of a Q6_K super-block, a shuffle of its sixteen scales
+/// (in both 128-bit lanes) into i16 lanes holding `sc[2c] << 8` (low lane: values 0..16) or
+/// `sc[2c + 1] << 8` (high lane): the scale in the high byte, so the sign carries over.
+const PICK: [[u8; 32]; SUBS] = {
+    let mut t = [[0x80u8; 32]; SUBS];
+    let mut c = 0;
+    while c < SUBS {
+        let mut i = 0;
+        while i < 8 {
+            t[c][2 * i + 1] = 2 * c as u8;
+            t[c][16 + 2 * i + 1] = 2 * c as u8 + 1;
+            i += 1;
+        }
+        c += 1;
+    }
+    t
+};
+
+/// Q6_K rows · `N` activation rows. Each 32-value block's unsigned `q` (0..64) × the
+/// activations in `maddubs`, then `madd` with its two 16-value scales (×256, see [`PICK`]);
+/// the `−32` of every value once per super-block, from the activations' sums of 16.
 ///
 /// # Safety
 ///
 /// The CPU runs AVX2, FMA and F16C; `d` points to `ns` f16 values, `q` to `ns` repacked Q6_K
-/// super-blocks, each of `a` holds `ns · 256` activations.
+/// super-blocks, each of `a` holds `ns · 256` activations and `ns · 16` sums of 16.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q6<const N: usize>(d: *const u16, q: *const u8, a: [&QActs; N], ns: usize) -> [f32; N] {
     let pb = packed_bytes(QKind::Q6K);
     let odd = usize::from(N == 1);
     let mut acc = [[_mm256_setzero_ps(); 2]; N];
     let mut scale = [[0f32; SUBS]; N];
-    let (low4, top2, m32) = (
-        _mm256_set1_epi8(0xF),
-        _mm256_set1_epi8(0x30),
-        _mm256_set1_epi8(32),
-    );
+    let (low4, top2) = (_mm256_set1_epi8(0xF), _mm256_set1_epi8(0x30));
     for i in 0..ns {
         // SAFETY: super-block `i` (`pb` bytes at `q + i·pb`, `d[i]`) and activation blocks
         // `8i..8i + 8` exist (the caller's contract); the CPU runs AVX2, FMA and F16C.
         unsafe {
             let sb = q.add(i * pb);
             let dw = _mm256_set1_ps(f16::from_bits(*d.add(i)).to_f32());
-            for (n, x) in a.iter().enumerate() {
-                let ad = _mm256_loadu_ps(x.d.as_ptr().add(i * SUBS));
-                _mm256_storeu_ps(scale[n].as_mut_ptr(), _mm256_mul_ps(dw, ad));
-            }
             let scales = _mm_loadu_si128(sb.cast());
-            // Picks scales 2c, 2c + 1 for block c: eight bytes each, stepped by 2 per block.
-            let mut pick = _mm_set_epi64x(0x0101_0101_0101_0101, 0);
+            let (sc16, both) = (
+                _mm256_cvtepi8_epi16(scales),
+                _mm256_broadcastsi128_si256(scales),
+            );
+            for (n, x) in a.iter().enumerate() {
+                let dd = _mm256_mul_ps(dw, _mm256_loadu_ps(x.d.as_ptr().add(i * SUBS)));
+                // Lane c: sc[2c]·Σ(first 16 of block c) + sc[2c + 1]·Σ(its last 16).
+                let sums = _mm256_loadu_si256(x.s16.as_ptr().add(i * 2 * SUBS).cast());
+                let off = _mm256_cvtepi32_ps(_mm256_madd_epi16(sc16, sums));
+                let dd32 = _mm256_mul_ps(dd, _mm256_set1_ps(32.0));
+                acc[n][0] = _mm256_fnmadd_ps(dd32, off, acc[n][0]);
+                let unscaled = _mm256_mul_ps(dd, _mm256_set1_ps(1.0 / 256.0));
+                _mm256_storeu_ps(scale[n].as_mut_ptr(), unscaled);
+            }
+            // Read back from memory (see `q45`).
+            // `&mut`: the compiler must assume the values changed, and load them.
+            #[allow(clippy::unnecessary_mut_passed)]
+            let scale: &[[f32; SUBS]; N] = std::hint::black_box(&mut scale);
             for h in 0..2 {
                 let ql0 = _mm256_loadu_si256(sb.add(SCALES + 64 * h).cast());
                 let ql1 = _mm256_loadu_si256(sb.add(SCALES + 64 * h + 32).cast());
@@ -213,19 +244,15 @@ unsafe fn q6<const N: usize>(d: *const u16, q: *const u8, a: [&QActs; N], ns: us
                     (_mm256_srli_epi16(ql1, 4), _mm256_srli_epi16(qh, 2)),
                 ];
                 for (k, (low, top)) in qk.into_iter().enumerate() {
-                    let q6 =
+                    let w =
                         _mm256_or_si256(_mm256_and_si256(low, low4), _mm256_and_si256(top, top2));
-                    let w = _mm256_sub_epi8(q6, m32);
-                    let aw = _mm256_sign_epi8(w, w);
-                    let sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, pick));
-                    pick = _mm_add_epi8(pick, _mm_set1_epi8(2));
                     let c = 4 * h + k;
+                    let sc = _mm256_shuffle_epi8(both, _mm256_loadu_si256(PICK[c].as_ptr().cast()));
+                    let t = if k % 2 == 1 { odd } else { 0 };
                     for (n, x) in a.iter().enumerate() {
                         let qa = x.q.as_ptr().add((i * SUBS + c) * BLOCK);
-                        let xs = _mm256_sign_epi8(_mm256_loadu_si256(qa.cast()), w);
-                        let s = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, xs), sc);
+                        let s = _mm256_madd_epi16(sum_pairs(w, qa), sc);
                         let s = _mm256_cvtepi32_ps(s);
-                        let t = if k % 2 == 1 { odd } else { 0 };
                         acc[n][t] = _mm256_fmadd_ps(_mm256_set1_ps(scale[n][c]), s, acc[n][t]);
                     }
                 }
