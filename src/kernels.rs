@@ -1,7 +1,8 @@
 //! CPU kernels for single-token decoding: matrix × vector products over GGML's quantized
-//! blocks (Q4_0, Q4_1, Q8_0) with the activations quantized to 8 bits per 32-value block (as
-//! llama.cpp does) and over dense f32 rows, rows split across the rayon pool; attention over
-//! one query (scores, softmax, weighted sum); f16 rows for MorphKV's profile.
+//! blocks (Q4_0, Q4_1, Q8_0, and the K-quants Q4_K, Q5_K, Q6_K) with the activations
+//! quantized to 8 bits per 32-value block (as llama.cpp does) and over dense f32 rows, rows
+//! split across the rayon pool; attention over one query (scores, softmax, weighted sum); f16
+//! rows for MorphKV's profile.
 //!
 //! This file is the safe public API and the run-time dispatch: each function below picks the
 //! fastest version this CPU runs. By kind, each with its plain Rust twins:

@@ -1,4 +1,5 @@
-//! GGML's quantized blocks (Q4_0, Q4_1, Q8_0) repacked for the kernels, activations quantized
+//! GGML's quantized blocks (Q4_0, Q4_1, Q8_0, and the K-quants Q4_K, Q5_K, Q6_K through
+//! `kquant`) repacked for the kernels, activations quantized
 //! to 8 bits per 32-value block (as llama.cpp does), and matrix × vector products over them and
 //! over dense f32 rows, rows split across the rayon pool. Everything here is plain Rust: the
 //! row dot product [`dot_plain`] is the portable twin of the x86 kernels in `super::x86`, which
@@ -6,6 +7,8 @@
 
 use half::f16;
 use rayon::prelude::*;
+
+pub(super) mod kquant;
 
 /// Values per quantization block.
 pub const BLOCK: usize = 32;
@@ -19,53 +22,88 @@ pub enum QKind {
     Q4_1,
     /// `{d: f16, qs: [i8; 32]}`: value = d · q.
     Q8_0,
+    /// 256-value super-blocks `{d: f16, dmin: f16, scales: [u8; 12], qs: [u8; 128]}`: eight
+    /// sub-blocks of 32 with a 6-bit scale `sc` and minimum `m`: value = d·sc·nibble − dmin·m.
+    Q4K,
+    /// As [`QKind::Q4K`] with a fifth bit per value in `qh: [u8; 32]` (after `scales`).
+    Q5K,
+    /// 256-value super-blocks `{ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16}`:
+    /// sixteen sub-blocks of 16 with an 8-bit scale `sc`: value = d·sc·(q − 32), q of 6 bits.
+    Q6K,
 }
 
 impl QKind {
-    /// Bytes per block of 32 values.
+    /// Bytes per GGML block (of [`QKind::block_values`] values).
     pub fn block_bytes(self) -> usize {
         match self {
             Self::Q4_0 => 18,
             Self::Q4_1 => 20,
             Self::Q8_0 => 34,
+            Self::Q4K => 144,
+            Self::Q5K => 176,
+            Self::Q6K => 210,
         }
+    }
+
+    /// Values per GGML block: 32, or 256 for the K-quants' super-blocks.
+    pub fn block_values(self) -> usize {
+        if self.is_k() {
+            kquant::SUPER
+        } else {
+            BLOCK
+        }
+    }
+
+    /// Whether this is a K-quant (256-value super-blocks).
+    pub fn is_k(self) -> bool {
+        matches!(self, Self::Q4K | Self::Q5K | Self::Q6K)
     }
 }
 
 /// A quantized matrix repacked for the kernels: each row's block scales (and Q4_1 minimums)
 /// in arrays of their own, so eight are converted and multiplied at once, and the packed
-/// values in another. Same bytes as the GGUF blocks, another order.
+/// values in another. Same bytes as the GGUF blocks, another order (the K-quants: their
+/// 6-bit scales decoded to bytes, 4 bytes more per 256 values for Q4_K and Q5_K; see
+/// `kquant`).
 #[derive(Debug, Clone)]
 pub struct Packed {
     kind: QKind,
     rows: usize,
     cols: usize,
-    /// (rows, cols / 32) block scales.
+    /// (rows, blocks) block scales (super-block scales for the K-quants).
     d: Vec<f16>,
-    /// (rows, cols / 32) Q4_1 minimums; empty for the other kinds.
+    /// (rows, blocks) Q4_1 minimums, Q4_K/Q5_K super-block `dmin`; empty for the other kinds.
     m: Vec<f16>,
-    /// (rows, cols / 32, 16 or 32) nibbles (value j in the low half of byte j, value j + 16
-    /// in its high half) or bytes.
+    /// (rows, blocks, [`p_values`]) nibbles (value j in the low half of byte j, value j + 16
+    /// in its high half) or bytes; the K-quants' layouts are `kquant`'s.
     qs: Vec<u8>,
 }
 
 impl Packed {
     /// Repacks `data` (GGML blocks, row-major, as in a GGUF file); `None` if `cols` is not a
-    /// multiple of 32 or the length does not match.
+    /// multiple of the kind's block (32 values, 256 for the K-quants) or the length does not
+    /// match.
     pub fn from_ggml(kind: QKind, rows: usize, cols: usize, data: &[u8]) -> Option<Self> {
         let bb = kind.block_bytes();
-        let nb = rows * (cols / BLOCK);
-        if !cols.is_multiple_of(BLOCK) || data.len() != nb * bb {
+        let nb = rows * (cols / kind.block_values());
+        if !cols.is_multiple_of(kind.block_values()) || data.len() != nb * bb {
             return None;
         }
+        let has_m = matches!(kind, QKind::Q4_1 | QKind::Q4K | QKind::Q5K);
         let mut p = Self {
             kind,
             rows,
             cols,
             d: Vec::with_capacity(nb),
-            m: Vec::with_capacity(if kind == QKind::Q4_1 { nb } else { 0 }),
+            m: Vec::with_capacity(if has_m { nb } else { 0 }),
             qs: Vec::with_capacity(nb * p_values(kind)),
         };
+        if kind.is_k() {
+            for blk in data.chunks_exact(bb) {
+                kquant::repack(kind, blk, &mut p.d, &mut p.m, &mut p.qs);
+            }
+            return Some(p);
+        }
         for blk in data.chunks_exact(bb) {
             p.d.push(half_at(blk, 0));
             let at = if kind == QKind::Q4_1 {
@@ -99,9 +137,9 @@ impl Packed {
         2 * (self.d.len() + self.m.len()) + self.qs.len()
     }
 
-    /// Row `r`: its scales, minimums (empty unless Q4_1) and packed values.
+    /// Row `r`: its scales, minimums (empty unless Q4_1, Q4_K or Q5_K) and packed values.
     pub(super) fn row(&self, r: usize) -> (&[f16], &[f16], &[u8]) {
-        let nb = self.cols / BLOCK;
+        let nb = self.cols / self.kind.block_values();
         let v = p_values(self.kind);
         let m = if self.m.is_empty() {
             &self.m[..]
@@ -118,6 +156,9 @@ impl Packed {
     /// Row `r` as f32 values.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         let (d, m, qs) = self.row(r);
+        if self.kind.is_k() {
+            return kquant::dequantize(self.kind, d, m, qs, out);
+        }
         let v = p_values(self.kind);
         for (b, out) in out.chunks_exact_mut(BLOCK).enumerate() {
             let (d, qs) = (d[b].to_f32(), &qs[b * v..(b + 1) * v]);
@@ -137,16 +178,18 @@ impl Packed {
                         *o = d * (q as i8) as f32;
                     }
                 }
+                QKind::Q4K | QKind::Q5K | QKind::Q6K => unreachable!("handled above"),
             }
         }
     }
 }
 
-/// Bytes of packed values per block.
+/// Bytes of packed values per block (per super-block for the K-quants).
 pub(super) fn p_values(kind: QKind) -> usize {
     match kind {
         QKind::Q4_0 | QKind::Q4_1 => 16,
         QKind::Q8_0 => 32,
+        QKind::Q4K | QKind::Q5K | QKind::Q6K => kquant::packed_bytes(kind),
     }
 }
 
@@ -164,6 +207,9 @@ pub struct QActs {
     pub(super) ds: Vec<f32>,
     /// (blocks, 32) values.
     pub(super) q: Vec<i8>,
+    /// (blocks, 2) sums of each 16 values (Q6_K's sub-blocks): its −32 offset, once per
+    /// super-block.
+    pub(super) s16: Vec<i16>,
 }
 
 impl QActs {
@@ -173,15 +219,23 @@ impl QActs {
         self.d.resize(nb, 0.0);
         self.ds.resize(nb, 0.0);
         self.q.resize(nb * BLOCK, 0);
+        self.s16.resize(nb * 2, 0);
         for (b, xs) in x.chunks_exact(BLOCK).enumerate() {
             let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
             let d = amax / 127.0;
             let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-            let mut s = 0i32;
-            for (q, &v) in self.q[b * BLOCK..(b + 1) * BLOCK].iter_mut().zip(xs) {
-                *q = (v * id).round() as i8;
-                s += *q as i32;
+            let mut halves = [0i32; 2];
+            let qs = self.q[b * BLOCK..(b + 1) * BLOCK].chunks_exact_mut(16);
+            for ((qs, xs), h) in qs.zip(xs.chunks_exact(16)).zip(&mut halves) {
+                for (q, &v) in qs.iter_mut().zip(xs) {
+                    *q = (v * id).round() as i8;
+                    *h += *q as i32;
+                }
             }
+            // |sum| ≤ 16 · 127: an i16.
+            self.s16[2 * b] = halves[0] as i16;
+            self.s16[2 * b + 1] = halves[1] as i16;
+            let s = halves[0] + halves[1];
             // Scales rounded to f16 as llama.cpp's Q8_0/Q8_1 blocks (and candle's) store them.
             self.d[b] = f16::from_f32(d).to_f32();
             self.ds[b] = f16::from_f32(d * s as f32).to_f32();
@@ -193,6 +247,9 @@ impl QActs {
 /// kernels, and what they are tested against.
 pub(super) fn dot_plain(w: &Packed, r: usize, a: &QActs) -> f32 {
     let (d, m, qs) = w.row(r);
+    if w.kind.is_k() {
+        return kquant::dot_plain(w.kind, d, m, qs, a);
+    }
     let v = p_values(w.kind);
     let mut acc = 0f32;
     for b in 0..d.len() {
@@ -211,12 +268,13 @@ pub(super) fn dot_plain(w: &Packed, r: usize, a: &QActs) -> f32 {
                 .zip(qa)
                 .map(|(&w, &x)| (w as i8) as i32 * x as i32)
                 .sum(),
+            QKind::Q4K | QKind::Q5K | QKind::Q6K => unreachable!("handled above"),
         };
         acc += dw * a.d[b] * isum as f32;
         acc += match w.kind {
             QKind::Q4_0 => -8.0 * dw * a.ds[b],
             QKind::Q4_1 => m[b].to_f32() * a.ds[b],
-            QKind::Q8_0 => 0.0,
+            _ => 0.0,
         };
     }
     acc
@@ -333,6 +391,9 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     fn random_blocks(kind: QKind, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+        if kind.is_k() {
+            return kquant::tests::random_blocks(kind, rows, cols, seed);
+        }
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let nb = rows * cols / BLOCK;
         let mut data = Vec::with_capacity(nb * kind.block_bytes());
@@ -347,17 +408,33 @@ mod tests {
                 }
                 QKind::Q4_0 => data.extend((0..16).map(|_| rng.random::<u8>())),
                 QKind::Q8_0 => data.extend((0..32).map(|_| rng.random::<u8>())),
+                QKind::Q4K | QKind::Q5K | QKind::Q6K => unreachable!("made above"),
             }
         }
         data
     }
 
-    const KINDS: [QKind; 3] = [QKind::Q4_0, QKind::Q4_1, QKind::Q8_0];
+    const KINDS: [QKind; 6] = [
+        QKind::Q4_0,
+        QKind::Q4_1,
+        QKind::Q8_0,
+        QKind::Q4K,
+        QKind::Q5K,
+        QKind::Q6K,
+    ];
+
+    /// A width of `cols` (a multiple of 32) that `kind`'s blocks fit: rounded up to 256 for
+    /// the K-quants.
+    fn fit(kind: QKind, cols: usize) -> usize {
+        cols.next_multiple_of(kind.block_values())
+    }
 
     #[test]
     fn simd_and_plain_dot_products_agree() {
-        // 18 blocks per row (two groups of 8 and a pair), 7 (an odd partial group), 48.
+        // 18 blocks per row (two groups of 8 and a pair), 7 (an odd partial group), 48; the
+        // K-quants: 3, 1 and 6 super-blocks.
         for (kind, cols) in KINDS.iter().flat_map(|&k| [(k, 576), (k, 224), (k, 1536)]) {
+            let cols = fit(kind, cols);
             let rows = 67;
             let data = random_blocks(kind, rows, cols, 1);
             let w = Packed::from_ggml(kind, rows, cols, &data).unwrap();
@@ -380,7 +457,7 @@ mod tests {
     fn matrix_products_equal_row_products() {
         // 1, 4 and 7 activation rows: a full group of four, a partial one, and both.
         for (kind, t) in KINDS.iter().flat_map(|&k| [(k, 1), (k, 4), (k, 7)]) {
-            let (rows, cols) = (37, 576);
+            let (rows, cols) = (37, fit(kind, 576));
             let data = random_blocks(kind, rows, cols, 8);
             let w = Packed::from_ggml(kind, rows, cols, &data).unwrap();
             let acts: Vec<QActs> = (0..t)
@@ -420,6 +497,8 @@ mod tests {
             a.quantize(&x);
             let mut got = vec![0f32; rows];
             crate::kernels::matvec(&w, &a, &mut got);
+            let mut plain = vec![0f32; rows];
+            matvec_with(dot_plain, &w, &a, &mut plain);
             let mut dense = vec![0f32; rows * cols];
             for r in 0..rows {
                 w.dequantize_row(r, &mut dense[r * cols..(r + 1) * cols]);
@@ -430,13 +509,10 @@ mod tests {
             for r in 0..rows {
                 let row = &dense[r * cols..(r + 1) * cols];
                 let scale: f32 = row.iter().zip(&x).map(|(w, x)| (w * x).abs()).sum();
-                let err = (got[r] - want[r]).abs();
-                assert!(
-                    err < 0.01 * scale,
-                    "{kind:?} row {r}: {} vs {}",
-                    got[r],
-                    want[r]
-                );
+                for got in [got[r], plain[r]] {
+                    let err = (got - want[r]).abs();
+                    assert!(err < 0.01 * scale, "{kind:?} row {r}: {got} vs {}", want[r]);
+                }
             }
         }
     }
@@ -454,6 +530,14 @@ mod tests {
                 .map(|&q| q as i32)
                 .sum();
             let ds = a.d[b] * sum as f32;
+            let half = |h: usize| -> i32 {
+                let at = b * BLOCK + 16 * h;
+                a.q[at..at + 16].iter().map(|&q| q as i32).sum()
+            };
+            assert_eq!(
+                (a.s16[2 * b] as i32, a.s16[2 * b + 1] as i32),
+                (half(0), half(1))
+            );
             assert!((a.ds[b] - ds).abs() <= 2e-3 * ds.abs() + 1e-6);
             assert!((back - v).abs() <= 0.51 * a.d[b] + 1e-6);
         }

@@ -43,7 +43,10 @@ impl Vnni {
 }
 
 /// Row `r` of `w` · the activations `a`: [`super::quant::dot_plain`] in AVX2.
-pub fn dot(_cpu: Avx2, w: &Packed, r: usize, a: &QActs) -> f32 {
+pub fn dot(cpu: Avx2, w: &Packed, r: usize, a: &QActs) -> f32 {
+    if w.kind().is_k() {
+        return kquant::dot(cpu, w, r, a);
+    }
     let (d, m, q, nb) = avx2::row_parts(w, r, a);
     // SAFETY: the token proves AVX2, FMA and F16C; `row_parts` checked every read is in
     // bounds, for `w`'s kind, which picks `KIND`.
@@ -52,12 +55,16 @@ pub fn dot(_cpu: Avx2, w: &Packed, r: usize, a: &QActs) -> f32 {
             QKind::Q4_0 => avx2::row::<0>(d, m, q, a, nb),
             QKind::Q4_1 => avx2::row::<1>(d, m, q, a, nb),
             QKind::Q8_0 => avx2::row::<2>(d, m, q, a, nb),
+            QKind::Q4K | QKind::Q5K | QKind::Q6K => unreachable!("dispatched above"),
         }
     }
 }
 
 /// Row `r` of `w` · the activations `a`: [`super::quant::dot_plain`] in AVX-512 VNNI.
-pub fn dot_vnni(_cpu: Vnni, w: &Packed, r: usize, a: &QActs) -> f32 {
+pub fn dot_vnni(cpu: Vnni, w: &Packed, r: usize, a: &QActs) -> f32 {
+    if w.kind().is_k() {
+        return kquant::dot_vnni(cpu, w, r, a);
+    }
     let (d, m, q, nb) = avx2::row_parts(w, r, a);
     // SAFETY: the token proves AVX-512 F/BW/DQ/VNNI, AVX2, FMA and F16C; `row_parts` checked
     // every read is in bounds, for `w`'s kind, which picks `KIND`.
@@ -66,6 +73,7 @@ pub fn dot_vnni(_cpu: Vnni, w: &Packed, r: usize, a: &QActs) -> f32 {
             QKind::Q4_0 => avx512::row::<0>(d, m, q, a, nb),
             QKind::Q4_1 => avx512::row::<1>(d, m, q, a, nb),
             QKind::Q8_0 => avx512::row::<2>(d, m, q, a, nb),
+            QKind::Q4K | QKind::Q5K | QKind::Q6K => unreachable!("dispatched above"),
         }
     }
 }
@@ -134,6 +142,7 @@ pub fn prefetch<T>(x: &[T], at: usize) {
 }
 
 mod gemm;
+mod kquant;
 pub use gemm::dot4;
 
 /// The AVX2 kernels (and the row dot product's shared body).

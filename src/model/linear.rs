@@ -1,5 +1,5 @@
 //! A projection `y = x·Wᵀ (+ b)` in the forms the decoder needs. On the CPU, a weight whose
-//! type [`crate::kernels`] reads is held once, repacked from the file's blocks, and runs both
+//! type [`crate::kernels`] reads (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K) is held once, repacked from the file's blocks, and runs both
 //! single rows (`matvec`) and prompts (`matmat`, 8-bit activations against the blocks, as
 //! llama.cpp does); other types, and every weight on a GPU, stay in candle's form.
 //! `--weights hybrid` adds a dense f32 copy for prompts, trading memory for prompt speed.
@@ -49,6 +49,9 @@ pub(super) fn kind_of(dtype: GgmlDType) -> Option<QKind> {
         GgmlDType::Q4_0 => Some(QKind::Q4_0),
         GgmlDType::Q4_1 => Some(QKind::Q4_1),
         GgmlDType::Q8_0 => Some(QKind::Q8_0),
+        GgmlDType::Q4K => Some(QKind::Q4K),
+        GgmlDType::Q5K => Some(QKind::Q5K),
+        GgmlDType::Q6K => Some(QKind::Q6K),
         _ => None,
     }
 }
