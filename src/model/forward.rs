@@ -72,9 +72,8 @@ impl Model {
         let t = ids.len();
         // (T, d / 2) each.
         let rope = self.rope.tables(&step.rope_positions, &self.device)?;
-        let ids_t = Tensor::new(ids, &self.device)?;
         // (T) → (T, hidden)
-        let mut x = self.embed.index_select(&ids_t, 0)?;
+        let mut x = self.embed.rows(ids, self.cfg.hidden, &self.device)?;
         for l in 0..self.layers.len() {
             x = self.layer_tensor(l, x, &rope, step, cache)?;
         }
@@ -113,9 +112,8 @@ impl Model {
         // (d / 2) each.
         let (cos, sin) = self.rope.angles(step.rope_positions[0]);
         // (hidden)
-        let mut x = with_f32(&self.embed, |e| {
-            e[id as usize * hidden..(id as usize + 1) * hidden].to_vec()
-        })?;
+        let mut x = vec![0f32; hidden];
+        self.embed.row_into(id, &mut x)?;
         let mut s = Scratch {
             h: vec![0f32; hidden],
             acts: QActs::default(),

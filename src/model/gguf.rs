@@ -475,8 +475,17 @@ mod tests {
     #[test]
     fn a_non_finite_block_scale_is_found() {
         let t = Tensor::rand(-1f32, 1f32, (4, 256), &Device::Cpu).unwrap();
-        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::Q4K] {
-            let mut data = QTensor::quantize(&t, dtype).unwrap().data().unwrap().to_vec();
+        for dtype in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q8_0,
+            GgmlDType::Q4K,
+        ] {
+            let mut data = QTensor::quantize(&t, dtype)
+                .unwrap()
+                .data()
+                .unwrap()
+                .to_vec();
             assert!(scales_finite(dtype, &data), "{dtype:?}");
             // The last block's scale (the first field of every block of these types).
             let bytes = dtype.type_size();
@@ -484,7 +493,11 @@ mod tests {
             data[at..at + 2].copy_from_slice(&half::f16::NAN.to_bits().to_le_bytes());
             assert!(!scales_finite(dtype, &data), "{dtype:?}");
         }
-        let mut q6 = QTensor::quantize(&t, GgmlDType::Q6K).unwrap().data().unwrap().to_vec();
+        let mut q6 = QTensor::quantize(&t, GgmlDType::Q6K)
+            .unwrap()
+            .data()
+            .unwrap()
+            .to_vec();
         let n = q6.len();
         q6[n - 2..].copy_from_slice(&half::f16::INFINITY.to_bits().to_le_bytes());
         assert!(!scales_finite(GgmlDType::Q6K, &q6));
