@@ -343,7 +343,7 @@ fn equal_bytes_picks_the_largest_budget_that_fits_and_reports_its_bytes() {
                 window: 8,
                 ..CacheConfig::default()
             }
-            .bytes_at(&shape, DType::F32)
+            .bytes_at(&shape)
         };
         let want = at(budget);
         // The cache's own bytes at the end of the run equal the formula's, and fit.
