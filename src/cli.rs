@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use morphkv::cache::limits::{self, Limit};
-use morphkv::cache::{EVICTING_POLICIES, POLICY_LIST};
+use morphkv::cache::{EVICTING_POLICIES, KV_TYPE_LIST, POLICY_LIST};
 
 /// Most CPU threads `-t` accepts (ggml's own limit).
 const THREADS: Limit = Limit {
@@ -212,6 +212,9 @@ pub struct CacheArgs {
     /// conversation can run past the model's trained context).
     #[arg(long, default_value = "absolute")]
     pub positions: String,
+    // KV storage: the list of types.
+    #[arg(long = "kv-type", default_value = "f16", help = format!("Key and value storage: {KV_TYPE_LIST} (as llama.cpp's -ctk/-ctv; q8_0 on the CPU only)"))]
+    pub kv_type: String,
 }
 
 #[derive(Debug, Args)]
@@ -405,6 +408,9 @@ pub struct ChatArgs {
     /// model's context).
     #[arg(long)]
     pub positions: Option<String>,
+    // KV storage: the list of types.
+    #[arg(long = "kv-type", default_value = "f16", help = format!("Key and value storage: {KV_TYPE_LIST} (as llama.cpp's -ctk/-ctv; q8_0 on the CPU only)"))]
+    pub kv_type: String,
     /// Compare mode from the start: a second cache under this policy follows the
     /// conversation (as `/compare POLICY`); its budget and window are the main cache's unless
     /// given.
@@ -477,6 +483,7 @@ impl CacheArgs {
             evict_every: self.evict_every,
             prefill_chunk: self.prefill_chunk,
             positions: self.positions.parse()?,
+            kv_type: self.kv_type.parse()?,
         };
         cfg.validate()?;
         Ok(cfg)

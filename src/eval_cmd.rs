@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::cli::EvalArgs;
 use crate::{load, Loaded};
-use morphkv::cache::{CacheConfig, PolicyKind, Positions};
+use morphkv::cache::{CacheConfig, KvType, PolicyKind, Positions};
 use morphkv::chat::ChatTemplate;
 use morphkv::eval::equal::{self, EqualBytes};
 use morphkv::eval::report::{self, Style};
@@ -115,11 +115,18 @@ fn variants(a: &EvalArgs) -> Result<Vec<Variant>> {
     let mut out = Vec::new();
     for p in &a.policies {
         let policy: PolicyKind = p.parse()?;
-        if policy == PolicyKind::Full {
-            // The full cache is the reference of every figure; it always runs.
+        if policy == PolicyKind::Full && base.kv_type == KvType::F32 {
+            // The full cache in f32 is the reference of every figure; it always runs. (A
+            // full cache of another KV type is measured against it.)
             continue;
         }
-        for &budget in &budgets {
+        // A full cache keeps everything: its budget does not matter.
+        let bs = if policy == PolicyKind::Full {
+            &budgets[..1]
+        } else {
+            &budgets[..]
+        };
+        for &budget in bs {
             let ws: &[usize] = if matches!(policy, PolicyKind::MorphKv | PolicyKind::H2o) {
                 &windows
             } else {
