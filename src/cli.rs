@@ -332,6 +332,10 @@ pub struct EvalArgs {
     /// Run every bounded cache with both absolute and re-based positions.
     #[arg(long = "both-positions")]
     pub both_positions: bool,
+    /// KV types to try, comma-separated (default: --kv-type); `full` in --policies then runs
+    /// a full cache of each type other than f32 against the f32 reference.
+    #[arg(long = "kv-types", value_delimiter = ',', conflicts_with = "kv_type")]
+    pub kv_types: Vec<String>,
     /// Text files to feed (default: the suite's texts in eval/texts).
     #[arg(long = "text")]
     pub texts: Vec<PathBuf>,

@@ -112,10 +112,22 @@ fn variants(a: &EvalArgs) -> Result<Vec<Variant>> {
     } else {
         vec![base.positions]
     };
+    let kv_types = if a.kv_types.is_empty() {
+        vec![base.kv_type]
+    } else {
+        a.kv_types
+            .iter()
+            .map(|t| t.parse())
+            .collect::<morphkv::Result<_>>()?
+    };
     let mut out = Vec::new();
-    for p in &a.policies {
+    for (p, &kv_type) in a
+        .policies
+        .iter()
+        .flat_map(|p| kv_types.iter().map(move |t| (p, t)))
+    {
         let policy: PolicyKind = p.parse()?;
-        if policy == PolicyKind::Full && base.kv_type == KvType::F32 {
+        if policy == PolicyKind::Full && kv_type == KvType::F32 {
             // The full cache in f32 is the reference of every figure; it always runs. (A
             // full cache of another KV type is measured against it.)
             continue;
@@ -146,6 +158,7 @@ fn variants(a: &EvalArgs) -> Result<Vec<Variant>> {
                             window,
                             fusion,
                             positions: pos,
+                            kv_type,
                             ..base.clone()
                         };
                         cfg.validate()?;
