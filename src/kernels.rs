@@ -135,6 +135,22 @@ pub fn weighted_sum_kv(p: &[f32], v: KvRows, out: &mut [f32]) {
     }
 }
 
+/// Rows as the cache stores them decoded to f32: `dst` takes `src`'s values, all of them.
+pub fn decode_kv(src: KvRows, dst: &mut [f32]) {
+    match src {
+        KvRows::F32(x) => dst.copy_from_slice(x),
+        KvRows::F16(x) => {
+            assert_eq!(x.len(), dst.len());
+            #[cfg(target_arch = "x86_64")]
+            if let Some(cpu) = x86::Avx2::detect() {
+                return x86::f16_to_f32(cpu, x, dst);
+            }
+            kv::f16_to_f32_plain(x, dst)
+        }
+        KvRows::Q8_0(x) => dequantize_q8_0(x, dst),
+    }
+}
+
 /// Softmax of `p` in place.
 pub fn softmax(p: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]

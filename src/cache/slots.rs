@@ -110,28 +110,37 @@ impl LayerCache {
         &self.score[head * self.cap..head * self.cap + self.len]
     }
 
-    /// Keys and values of the used slots, (H_kv, len, d) each: views of the storage for f32
-    /// and f16, decoded to f32 for Q8_0.
+    /// Keys and values of the used slots, (H_kv, len, d) each, in f32: views of the storage
+    /// for f32, copies decoded from f16 or Q8_0 otherwise (on the CPU by the kernels,
+    /// elsewhere or when portable by candle, f16 only).
     pub fn kv(&self) -> Result<(Tensor, Tensor)> {
         let (k, v) = (
             self.k.narrow(1, 0, self.len)?,
             self.v.narrow(1, 0, self.len)?,
         );
-        if self.kv != KvType::Q8_0 {
+        let host = self.k.device().is_cpu() && !self.portable;
+        if self.kv == KvType::F32 {
             return Ok((k, v));
         }
-        let decode = |t: &Tensor| -> Result<Tensor> {
-            // (H_kv, len, row) bytes → (H_kv, len, d) f32
-            let bytes = t.flatten_all()?.to_vec1::<u8>()?;
-            let mut out = vec![0f32; self.n_kv * self.len * self.d];
-            kernels::dequantize_q8_0(&bytes, &mut out);
-            Ok(Tensor::from_vec(
-                out,
-                (self.n_kv, self.len, self.d),
-                t.device(),
-            )?)
+        if self.kv == KvType::F16 && !host {
+            let float = candle_core::DType::F32;
+            return Ok((k.to_dtype(float)?, v.to_dtype(float)?));
+        }
+        let (n_kv, len, d, cap) = (self.n_kv, self.len, self.d, self.cap);
+        // (H_kv, cap, row) as stored → (H_kv, len, d) f32
+        let decode = |rows: KvRows| {
+            let mut out = vec![0f32; n_kv * len * d];
+            for (h, dst) in out.chunks_exact_mut((len * d).max(1)).enumerate() {
+                kernels::decode_kv(rows.rows(h * cap, len, d), dst);
+            }
+            out
         };
-        Ok((decode(&k)?, decode(&v)?))
+        let (ko, vo) = self.with_kv_host(|k, v| (decode(k), decode(v)))?;
+        let dev = self.k.device();
+        Ok((
+            Tensor::from_vec(ko, (n_kv, len, d), dev)?,
+            Tensor::from_vec(vo, (n_kv, len, d), dev)?,
+        ))
     }
 
     /// Runs `f` on the host rows of the keys and values as stored, (H_kv, capacity, d) each,

@@ -73,6 +73,13 @@ pub fn dequantize_q8_0(q: &[u8], out: &mut [f32]) {
     }
 }
 
+/// [`super::decode_kv`] of f16 rows in plain Rust.
+pub(super) fn f16_to_f32_plain(x: &[f16], out: &mut [f32]) {
+    for (o, v) in out.iter_mut().zip(x) {
+        *o = v.to_f32();
+    }
+}
+
 /// [`super::scores_kv`] over f16 keys in plain Rust: `out[s] = scale · (q · k_s)`.
 pub(super) fn scores_f16_plain(q: &[f32], k: &[f16], scale: f32, out: &mut [f32]) {
     for (o, ks) in out.iter_mut().zip(k.chunks_exact(q.len())) {
@@ -208,6 +215,14 @@ mod tests {
                 x86::weighted_sum_q8_0(cpu, &p, &k8, &mut got);
                 weighted_sum_q8_0_plain(&p, &k8, &mut want);
                 close(&got, &want, "weighted sum q8_0");
+                // Every length, to cover the tail after the last 8 values.
+                for n in [0, 1, 7, 8, 9, 63, k16.len()] {
+                    let n = n.min(k16.len());
+                    let (mut got, mut want) = (vec![0f32; n], vec![1f32; n]);
+                    x86::f16_to_f32(cpu, &k16[..n], &mut got);
+                    f16_to_f32_plain(&k16[..n], &mut want);
+                    assert_eq!(got, want, "f16 to f32, {n} values");
+                }
             }
         }
     }

@@ -172,7 +172,8 @@ impl Model {
         } else {
             self.rope.apply(&k, cos, sin)?
         };
-        // (H_kv, past + T, d) the used slots as stored (f16 stays f16), the new tokens last.
+        // (H_kv, past + T, d) the used slots in f32 (decoded from f16 or Q8_0), the new
+        // tokens last.
         let (k_all, v_all) = cache.layer_mut(l).append(&k, &v.contiguous()?)?;
         let k_all = if step.rotate_keys {
             self.rope.apply_at(

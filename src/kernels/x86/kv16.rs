@@ -52,6 +52,14 @@ pub fn weighted_sum_q8_0(_cpu: Avx2, p: &[f32], v: &[u8], out: &mut [f32]) {
     unsafe { imp::weighted_sum_q8_0(p, v, out) }
 }
 
+/// `decode_kv` of f16 rows in AVX2/F16C. Panics unless `x` and `out` have the same length.
+#[inline]
+pub fn f16_to_f32(_cpu: Avx2, x: &[f16], out: &mut [f32]) {
+    assert_eq!(x.len(), out.len());
+    // SAFETY: the token proves AVX2 and F16C; the lengths are asserted.
+    unsafe { imp::f16_to_f32(x, out) }
+}
+
 /// The `#[target_feature]` kernels.
 mod imp {
     use crate::kernels::{Q8_BLOCK, Q8_BLOCK_BYTES};
@@ -228,6 +236,27 @@ mod imp {
                 // SAFETY: `32·b + 8·r + 8 <= d = out.len()`.
                 unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(b * Q8_BLOCK + 8 * r), *a) };
             }
+        }
+    }
+
+    /// f16 to f32, eight values at a time, the rest one by one.
+    ///
+    /// # Safety
+    ///
+    /// The CPU runs AVX2 and F16C; `x` and `out` have the same length.
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) unsafe fn f16_to_f32(x: &[f16], out: &mut [f32]) {
+        let n = x.len();
+        let body = n - n % 8;
+        let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
+        let mut i = 0;
+        while i < body {
+            // SAFETY: `i + 8 <= n`, within both slices (the caller's contract).
+            unsafe { _mm256_storeu_ps(op.add(i), load8_f16(xp.add(i))) };
+            i += 8;
+        }
+        for (o, v) in out[body..].iter_mut().zip(&x[body..]) {
+            *o = v.to_f32();
         }
     }
 
