@@ -23,6 +23,7 @@
 //! This file is the facade: [`KvCache`], its step (`begin`, `observe`, `end`) and the
 //! registry's table. The rest, by concern (some add `impl KvCache` blocks for their part):
 //! - `config`: [`CacheConfig`], [`Positions`], defaults, validation; [`limits`]: bounds;
+//! - `kv_type`: [`KvType`], how keys and values are stored (f32, f16, Q8_0) and their bytes;
 //! - `footprint`: a config's [`Bytes`] at its budget without a cache, the budget that fits
 //!   a byte size, and byte sizes' parsing;
 //! - `registry`: [`PolicyKind`], [`Entry`] and the lists and help texts derived from the
@@ -35,6 +36,7 @@
 mod config;
 mod evict;
 mod footprint;
+mod kv_type;
 pub mod limits;
 pub mod policy;
 mod profile;
@@ -62,6 +64,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::error::{Error, Result};
 pub use config::{CacheConfig, Positions, DEFAULT_PREFILL_CHUNK};
 pub use footprint::{format_bytes, parse_bytes, Bytes};
+pub use kv_type::{KvType, KV_TYPE_LIST};
 pub use policy::{encode_row, Fusion, GroupAgg, Needs, Phase, Policy, ScoreCtx, RING_SCALE};
 pub use registry::{Entry, PolicyKind, EVICTING_POLICIES, POLICIES, POLICY_LIST};
 pub use shape::Shape;
@@ -94,7 +97,7 @@ pub struct KvCache {
     needs: Needs,
     n_kv_head: usize,
     head_dim: usize,
-    dtype: DType,
+    kv: KvType,
     /// Absolute position of the next token.
     next_pos: u32,
     /// Tokens of the step in flight (between `begin` and `end`).
@@ -112,20 +115,36 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// An empty cache that keeps every token (the `full` policy).
+    /// An empty cache that keeps every token (the `full` policy), its keys and values
+    /// stored as `dtype` (f32 or f16).
     pub fn new(shape: impl Into<Shape>, dtype: DType, device: &Device) -> Result<Self> {
         Self::with_config(shape, CacheConfig::full(), dtype, device)
     }
 
-    /// An empty cache shaped for `model`, managed as `cache` says.
+    /// An empty cache shaped for `model`, managed as `cache` says, its keys and values
+    /// stored as `dtype` (f32 or f16) whatever `cache.kv_type` says (the config it keeps
+    /// says `dtype`).
     pub fn with_config(
         shape: impl Into<Shape>,
         cache: CacheConfig,
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
+        let kv_type = KvType::from_dtype(dtype)?;
+        Self::from_config(shape, CacheConfig { kv_type, ..cache }, device)
+    }
+
+    /// An empty cache shaped for `model`, managed as `cache` says, its keys and values
+    /// stored as `cache.kv_type`.
+    pub fn from_config(
+        shape: impl Into<Shape>,
+        cache: CacheConfig,
+        device: &Device,
+    ) -> Result<Self> {
         let model = &shape.into();
         cache.validate()?;
+        let kv = cache.kv_type;
+        kv.check(model.head_dim, device)?;
         let policy = cache.build_policy();
         let needs = policy.needs();
         // A policy that evicts while decoding keeps the cache at the budget.
@@ -135,9 +154,9 @@ impl KvCache {
             INITIAL_SLOTS
         };
         let sizes = (cap, cache.budget, cache.prefill_chunk);
-        limits::check_first_allocation(model, sizes, needs.rows, dtype)?;
+        limits::check_first_allocation(model, sizes, needs.rows, kv)?;
         let layers = (0..model.n_layer)
-            .map(|_| LayerCache::new(model, cap, needs.rows, dtype, device))
+            .map(|_| LayerCache::new(model, cap, needs.rows, kv, device))
             .collect::<Result<_>>()?;
         Ok(Self {
             layers,
@@ -146,7 +165,7 @@ impl KvCache {
             needs,
             n_kv_head: model.n_kv_head,
             head_dim: model.head_dim,
-            dtype,
+            kv,
             next_pos: 0,
             pending: 0,
             evicted: Vec::new(),
@@ -166,9 +185,14 @@ impl KvCache {
         self.layers.len()
     }
 
-    /// The element type of the stored keys and values.
+    /// The element type of the tensors holding the keys and values (u8 for Q8_0's bytes).
     pub fn dtype(&self) -> DType {
-        self.layers.first().map_or(DType::F32, |l| l.k.dtype())
+        self.kv.dtype()
+    }
+
+    /// How the keys and values are stored.
+    pub fn kv_type(&self) -> KvType {
+        self.kv
     }
 
     /// One layer's slots.

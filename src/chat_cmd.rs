@@ -171,6 +171,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
                 Some(p) => p.parse()?,
                 None => Positions::Rebased,
             },
+            kv_type: a.kv_type.parse()?,
             ..CacheConfig::default()
         };
         // Errors name where the value came from.

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use morphkv::cache::limits::{self, Limit};
-use morphkv::cache::{EVICTING_POLICIES, POLICY_LIST};
+use morphkv::cache::{EVICTING_POLICIES, KV_TYPE_LIST, POLICY_LIST};
 
 /// Most CPU threads `-t` accepts (ggml's own limit).
 const THREADS: Limit = Limit {
@@ -232,6 +232,9 @@ pub struct CacheArgs {
     /// conversation can run past the model's trained context).
     #[arg(long, default_value = "absolute")]
     pub positions: String,
+    // KV storage: the list of types.
+    #[arg(long = "kv-type", default_value = "f16", help = format!("Key and value storage: {KV_TYPE_LIST} (as llama.cpp's -ctk/-ctv; q8_0 on the CPU only)"))]
+    pub kv_type: String,
 }
 
 #[derive(Debug, Args)]
@@ -349,6 +352,10 @@ pub struct EvalArgs {
     /// Run every bounded cache with both absolute and re-based positions.
     #[arg(long = "both-positions")]
     pub both_positions: bool,
+    /// KV types to try, comma-separated (default: --kv-type); `full` in --policies then runs
+    /// a full cache of each type other than f32 against the f32 reference.
+    #[arg(long = "kv-types", value_delimiter = ',', conflicts_with = "kv_type")]
+    pub kv_types: Vec<String>,
     /// Text files to feed (default: the suite's texts in eval/texts).
     #[arg(long = "text")]
     pub texts: Vec<PathBuf>,
@@ -425,6 +432,9 @@ pub struct ChatArgs {
     /// model's context).
     #[arg(long)]
     pub positions: Option<String>,
+    // KV storage: the list of types.
+    #[arg(long = "kv-type", default_value = "f16", help = format!("Key and value storage: {KV_TYPE_LIST} (as llama.cpp's -ctk/-ctv; q8_0 on the CPU only)"))]
+    pub kv_type: String,
     /// Compare mode from the start: a second cache under this policy follows the
     /// conversation (as `/compare POLICY`); its budget and window are the main cache's unless
     /// given.
@@ -497,6 +507,7 @@ impl CacheArgs {
             evict_every: self.evict_every,
             prefill_chunk: self.prefill_chunk,
             positions: self.positions.parse()?,
+            kv_type: self.kv_type.parse()?,
         };
         cfg.validate()?;
         Ok(cfg)

@@ -14,7 +14,6 @@ use std::ops::ControlFlow;
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::Instant;
 
-use candle_core::DType;
 use serde::{Deserialize, Serialize};
 
 mod compare;
@@ -316,7 +315,7 @@ impl Engine {
 
 /// An empty cache for `model` under `cfg`, recording what the panels show.
 fn new_cache(model: &Model, cfg: &CacheConfig, watch: Watch) -> Result<KvCache> {
-    let mut cache = KvCache::with_config(model.config(), cfg.clone(), DType::F32, model.device())?;
+    let mut cache = KvCache::from_config(model.config(), cfg.clone(), model.device())?;
     cache.record_attention(watch.attention);
     cache.record_evictions(true);
     Ok(cache)

@@ -1,6 +1,8 @@
 //! `morphkv eval`: how closely each bounded cache follows the full cache, and what it saves.
 //!
-//! The full cache is the reference for every figure. Four measurements:
+//! The full cache, keys and values in f32 ([`reference_cache`]), is the reference for every
+//! figure; a full cache of another KV type is measured against it like any other. Four
+//! measurements:
 //! - [`teacher_forced`]: a long text fed token by token under each cache; per position, the
 //!   cache's next-token log-probability and distribution against full's (perplexity and its
 //!   change, KL(full ‖ cache), top-1 agreement), overall and per bin of positions.
@@ -25,7 +27,7 @@ mod suite;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cache::{CacheConfig, PolicyKind};
+use crate::cache::{CacheConfig, KvType, PolicyKind};
 use crate::chat::{encode_chat, ChatTemplate, Message};
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -35,6 +37,15 @@ use std::ops::ControlFlow;
 
 pub use fluency::{distinct_ngrams, fluency, judge, Fluency, FluencyOptions};
 pub use suite::{load_probes, load_prompts, Probe, Prompt, Text, DEFAULT_TEXTS};
+
+/// The full cache every figure is measured against: keys and values in f32, whatever
+/// `--kv-type` says.
+pub fn reference_cache() -> CacheConfig {
+    CacheConfig {
+        kv_type: KvType::F32,
+        ..CacheConfig::full()
+    }
+}
 
 /// One cache setting under test, with a label for tables.
 #[derive(Debug, Clone)]
@@ -58,6 +69,12 @@ impl Variant {
             if cache.positions == crate::cache::Positions::Rebased {
                 label.push_str(" rebased");
             }
+        }
+        // The KV type when it is not the default, and a full cache's when it is not the
+        // reference's.
+        let kv = cache.kv_type;
+        if kv != KvType::default() || (cache.policy == PolicyKind::Full && kv != KvType::F32) {
+            label.push_str(&format!(" {kv}"));
         }
         Self { label, cache }
     }
@@ -230,7 +247,7 @@ fn trace_tokens(
             ),
         ));
     }
-    let mut full = Session::greedy(model, CacheConfig::full())?;
+    let mut full = Session::greedy(model, reference_cache())?;
     let mut sessions = variants
         .iter()
         .map(|v| Session::greedy(model, v.cache.clone()))
@@ -365,7 +382,7 @@ pub fn long_generation(
     for p in prompts {
         let segments = template.render(&[Message::user(p.text.clone())], true)?;
         let prompt = encode_chat(tok, &segments)?;
-        let mut session = Session::greedy(model, CacheConfig::full())?;
+        let mut session = Session::greedy(model, reference_cache())?;
         session.prefill(&prompt)?;
         let opts = GenerateOptions {
             max_new: n,
@@ -479,7 +496,7 @@ pub fn recall(
     reply_tokens: usize,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<RecallResult>> {
-    let mut all = vec![Variant::new(CacheConfig::full())];
+    let mut all = vec![Variant::new(reference_cache())];
     all.extend(
         variants
             .iter()
@@ -579,7 +596,7 @@ pub fn perplexity(
                 ids[0] = bos;
             }
         }
-        let rows = Session::greedy(model, CacheConfig::full())?.score(&ids)?;
+        let rows = Session::greedy(model, reference_cache())?.score(&ids)?;
         for j in first..n_ctx - 1 {
             let nll = -f64::from(log_softmax(&rows[j])[ids[j + 1] as usize]);
             sum += nll;

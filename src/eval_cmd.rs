@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::cli::EvalArgs;
 use crate::{load, Loaded};
-use morphkv::cache::{CacheConfig, PolicyKind, Positions};
+use morphkv::cache::{CacheConfig, KvType, PolicyKind, Positions};
 use morphkv::chat::ChatTemplate;
 use morphkv::eval::equal::{self, EqualBytes};
 use morphkv::eval::report::{self, Style};
@@ -112,14 +112,33 @@ fn variants(a: &EvalArgs) -> Result<Vec<Variant>> {
     } else {
         vec![base.positions]
     };
+    let kv_types = if a.kv_types.is_empty() {
+        vec![base.kv_type]
+    } else {
+        a.kv_types
+            .iter()
+            .map(|t| t.parse())
+            .collect::<morphkv::Result<_>>()?
+    };
     let mut out = Vec::new();
-    for p in &a.policies {
+    for (p, &kv_type) in a
+        .policies
+        .iter()
+        .flat_map(|p| kv_types.iter().map(move |t| (p, t)))
+    {
         let policy: PolicyKind = p.parse()?;
-        if policy == PolicyKind::Full {
-            // The full cache is the reference of every figure; it always runs.
+        if policy == PolicyKind::Full && kv_type == KvType::F32 {
+            // The full cache in f32 is the reference of every figure; it always runs. (A
+            // full cache of another KV type is measured against it.)
             continue;
         }
-        for &budget in &budgets {
+        // A full cache keeps everything: its budget does not matter.
+        let bs = if policy == PolicyKind::Full {
+            &budgets[..1]
+        } else {
+            &budgets[..]
+        };
+        for &budget in bs {
             let ws: &[usize] = if matches!(policy, PolicyKind::MorphKv | PolicyKind::H2o) {
                 &windows
             } else {
@@ -139,6 +158,7 @@ fn variants(a: &EvalArgs) -> Result<Vec<Variant>> {
                             window,
                             fusion,
                             positions: pos,
+                            kv_type,
                             ..base.clone()
                         };
                         cfg.validate()?;

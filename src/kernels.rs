@@ -1,14 +1,15 @@
 //! CPU kernels for single-token decoding: matrix × vector products over GGML's quantized
 //! blocks (Q4_0, Q4_1, Q8_0, and the K-quants Q4_K, Q5_K, Q6_K) with the activations
 //! quantized to 8 bits per 32-value block (as llama.cpp does) and over dense f32 rows, rows
-//! split across the rayon pool; attention over one query (scores, softmax, weighted sum); f16
-//! rows for MorphKV's profile.
+//! split across the rayon pool; attention over one query (scores, softmax, weighted sum),
+//! over f32, f16 or Q8_0 keys and values; f16 rows for MorphKV's profile.
 //!
 //! This file is the safe public API and the run-time dispatch: each function below picks the
 //! fastest version this CPU runs. By kind, each with its plain Rust twins:
 //! - `quant`: [`Packed`], [`QKind`], [`QActs`], the quantized and dense matrix × vector.
 //! - `attention`: scores, softmax, weighted sum, [`silu`], [`exp_nonpositive`].
 //! - `f16`: sums of f16 rows and f32 → f16 encoding.
+//! - `kv`: [`KvRows`], attention over cached rows stored as f16 or Q8_0, Q8_0's encoding.
 //! - `x86` (x86-64 only): every `unsafe` of the kernels, the AVX2 and AVX-512 VNNI versions,
 //!   reached only through safe functions that take a CPU-feature token, which exists only
 //!   once the CPU has been checked. The tests check each against its plain twin.
@@ -18,11 +19,13 @@
 
 mod attention;
 mod f16;
+mod kv;
 mod quant;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
 pub use attention::{axpy, exp_nonpositive, silu};
+pub use kv::{dequantize_q8_0, quantize_q8_0, KvRows, Q8_BLOCK, Q8_BLOCK_BYTES};
 pub use quant::{dot_f32, matvec_f32, Packed, QActs, QKind, BLOCK};
 
 /// The AVX-512 token, if the CPU runs AVX-512 VNNI and `MORPHKV_NO_AVX512` is unset (read
@@ -84,6 +87,80 @@ pub fn weighted_sum(p: &[f32], v: &[f32], out: &mut [f32]) {
         }
     }
     attention::weighted_sum_plain(p, v, out)
+}
+
+/// [`scores`] over keys as the cache stores them: `out[s] = scale · (q · k_s)` for the first
+/// `out.len()` rows of `k`, rows of `d = q.len()` values.
+pub fn scores_kv(q: &[f32], k: KvRows, scale: f32, out: &mut [f32]) {
+    let d = q.len();
+    match k {
+        KvRows::F32(k) => scores(q, k, scale, out),
+        KvRows::F16(k) => {
+            assert!(k.len() >= out.len() * d);
+            #[cfg(target_arch = "x86_64")]
+            if d.is_multiple_of(8) {
+                if let Some(cpu) = x86::Avx2::detect() {
+                    return x86::scores_f16(cpu, q, k, scale, out);
+                }
+            }
+            kv::scores_f16_plain(q, k, scale, out)
+        }
+        KvRows::Q8_0(k) => {
+            assert!(
+                d.is_multiple_of(Q8_BLOCK) && k.len() >= out.len() * d / Q8_BLOCK * Q8_BLOCK_BYTES
+            );
+            #[cfg(target_arch = "x86_64")]
+            if let Some(cpu) = x86::Avx2::detect() {
+                return x86::scores_q8_0(cpu, q, k, scale, out);
+            }
+            kv::scores_q8_0_plain(q, k, scale, out)
+        }
+    }
+}
+
+/// [`weighted_sum`] over values as the cache stores them: `out = Σ_s p[s] · v_s` over the
+/// first `p.len()` rows of `v`, rows of `d = out.len()` values.
+pub fn weighted_sum_kv(p: &[f32], v: KvRows, out: &mut [f32]) {
+    let d = out.len();
+    match v {
+        KvRows::F32(v) => weighted_sum(p, v, out),
+        KvRows::F16(v) => {
+            assert!(v.len() >= p.len() * d);
+            #[cfg(target_arch = "x86_64")]
+            if d.is_multiple_of(64) {
+                if let Some(cpu) = x86::Avx2::detect() {
+                    return x86::weighted_sum_f16(cpu, p, v, out);
+                }
+            }
+            kv::weighted_sum_f16_plain(p, v, out)
+        }
+        KvRows::Q8_0(v) => {
+            assert!(
+                d.is_multiple_of(Q8_BLOCK) && v.len() >= p.len() * d / Q8_BLOCK * Q8_BLOCK_BYTES
+            );
+            #[cfg(target_arch = "x86_64")]
+            if let Some(cpu) = x86::Avx2::detect() {
+                return x86::weighted_sum_q8_0(cpu, p, v, out);
+            }
+            kv::weighted_sum_q8_0_plain(p, v, out)
+        }
+    }
+}
+
+/// Rows as the cache stores them decoded to f32: `dst` takes `src`'s values, all of them.
+pub fn decode_kv(src: KvRows, dst: &mut [f32]) {
+    match src {
+        KvRows::F32(x) => dst.copy_from_slice(x),
+        KvRows::F16(x) => {
+            assert_eq!(x.len(), dst.len());
+            #[cfg(target_arch = "x86_64")]
+            if let Some(cpu) = x86::Avx2::detect() {
+                return x86::f16_to_f32(cpu, x, dst);
+            }
+            kv::f16_to_f32_plain(x, dst)
+        }
+        KvRows::Q8_0(x) => dequantize_q8_0(x, dst),
+    }
 }
 
 /// Softmax of `p` in place.

@@ -10,7 +10,6 @@ use std::ops::ControlFlow;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use candle_core::DType;
 use clap::Parser;
 
 use cli::{BenchArgs, Cli, Command, GenerateArgs, ModelArgs};
@@ -204,7 +203,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         encode_chat(&tokenizer, &template.render(&messages, true)?)?
     };
 
-    let mut cache = KvCache::with_config(model.config(), cache_cfg, DType::F32, model.device())?;
+    let mut cache = KvCache::from_config(model.config(), cache_cfg, model.device())?;
     let mut trace = a
         .trace
         .as_ref()

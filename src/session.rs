@@ -135,9 +135,10 @@ impl<'m> Session<'m> {
         }
     }
 
-    /// A greedy session over an empty f32 cache managed as `cache` says, on the model's device.
+    /// A greedy session over an empty cache managed (and its keys and values stored) as
+    /// `cache` says, on the model's device.
     pub fn greedy(model: &'m Model, cache: CacheConfig) -> Result<Self> {
-        let cache = KvCache::with_config(model.config(), cache, DType::F32, model.device())?;
+        let cache = KvCache::from_config(model.config(), cache, model.device())?;
         Ok(Self::new(
             model,
             cache,

@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 
 use candle_core::{DType, Device};
-use morphkv::cache::{CacheConfig, KvCache, PolicyKind, POLICIES};
+use morphkv::cache::{CacheConfig, KvCache, KvType, PolicyKind, POLICIES};
 use morphkv::eval::{self, Reference, Text, Variant};
 use morphkv::model::{open_gguf, Logits, Model, WeightFormat};
 use morphkv::tokenizer::Tokenizer;
@@ -36,13 +36,18 @@ fn text_tokens(tok: &Tokenizer, n: usize) -> Vec<u32> {
 fn where_nothing_is_evicted_every_cache_equals_full_exactly() {
     let (model, tok) = load();
     let ids = text_tokens(&tok, 90);
-    // `full` against itself, and every policy with a budget above the text's length.
-    let mut variants = vec![Variant::new(CacheConfig::full())];
+    // `full` against itself, and every policy with a budget above the text's length, all
+    // with the reference's f32 keys and values (f16 would round them).
+    let mut variants = vec![Variant::new(CacheConfig {
+        kv_type: KvType::F32,
+        ..CacheConfig::full()
+    })];
     for p in POLICIES.iter().skip(1) {
         variants.push(Variant::new(CacheConfig {
             policy: p.parse().unwrap(),
             budget: 200,
             window: 8,
+            kv_type: KvType::F32,
             ..CacheConfig::default()
         }));
     }
@@ -132,8 +137,12 @@ fn fluency_judge_equals_the_generating_full_cache_when_it_sees_everything() {
         context: 10_000,
         sampling: morphkv::sampling::SamplingParams::default(),
     };
+    // The full cache with the judge's f32 keys and values (f16 would round them).
     let variants = vec![
-        Variant::new(CacheConfig::full()),
+        Variant::new(CacheConfig {
+            kv_type: KvType::F32,
+            ..CacheConfig::full()
+        }),
         Variant::new(CacheConfig {
             policy: PolicyKind::Streaming,
             budget: 24,
@@ -295,6 +304,9 @@ fn equal_bytes_picks_the_largest_budget_that_fits_and_reports_its_bytes() {
     let (ok, stdout, stderr) = eval_cli(&[
         "--equal-bytes",
         "2MiB,3MB,50KB",
+        // The sizes below are f32 K/V's.
+        "--kv-type",
+        "f32",
         "--policies",
         "morphkv,streaming,tova,snapkv",
         "--window",
@@ -341,9 +353,10 @@ fn equal_bytes_picks_the_largest_budget_that_fits_and_reports_its_bytes() {
                 policy,
                 budget,
                 window: 8,
+                kv_type: KvType::F32,
                 ..CacheConfig::default()
             }
-            .bytes_at(&shape, DType::F32)
+            .bytes_at(&shape)
         };
         let want = at(budget);
         // The cache's own bytes at the end of the run equal the formula's, and fit.

@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::limits;
 use super::policy::{Fusion, GroupAgg, Phase, Policy, Settings};
 use super::registry::PolicyKind;
+use super::KvType;
 use crate::error::{Error, Result};
 
 /// Prompt tokens run per forward pass during prefill.
@@ -63,6 +64,8 @@ pub struct CacheConfig {
     pub prefill_chunk: usize,
     /// Absolute or re-based RoPE positions.
     pub positions: Positions,
+    /// How keys and values are stored (f16 by default, as llama.cpp).
+    pub kv_type: KvType,
 }
 
 impl Default for CacheConfig {
@@ -77,6 +80,7 @@ impl Default for CacheConfig {
             evict_every: 1,
             prefill_chunk: DEFAULT_PREFILL_CHUNK,
             positions: Positions::Absolute,
+            kv_type: KvType::default(),
         }
     }
 }

@@ -10,7 +10,6 @@
 //! records (positions, H2O's accumulated attention, scores) are not counted there, so not
 //! here either.
 
-use candle_core::DType;
 use serde::Serialize;
 
 use super::config::CacheConfig;
@@ -34,13 +33,13 @@ impl Bytes {
 
 impl CacheConfig {
     /// Bytes of a cache of these settings for a model of `shape` (keys and values stored as
-    /// `dtype`) holding `self.budget` tokens per KV head: what
+    /// `self.kv_type`) holding `self.budget` tokens per KV head: what
     /// [`KvCache::kv_bytes`](super::KvCache::kv_bytes) and
     /// [`KvCache::profile_bytes`](super::KvCache::profile_bytes) say once it is full.
     /// Saturates instead of overflowing.
-    pub fn bytes_at(&self, shape: &Shape, dtype: DType) -> Bytes {
+    pub fn bytes_at(&self, shape: &Shape) -> Bytes {
         let tokens = self.budget;
-        let per_token = [2, dtype.size_in_bytes(), shape.head_dim, shape.n_kv_head]
+        let per_token = [2, self.kv_type.row_bytes(shape.head_dim), shape.n_kv_head]
             .iter()
             .fold(shape.n_layer, |a, &b| a.saturating_mul(b));
         let rows = self.build_policy().needs().rows;
@@ -65,13 +64,7 @@ impl CacheConfig {
     /// takes at most `bytes`, searched over the budgets they allow (bytes grow with the
     /// budget). Errors, naming `flag`, when even the smallest budget takes more, or when the
     /// policy never evicts (its bytes follow the conversation, not the budget).
-    pub fn budget_for_bytes(
-        &self,
-        shape: &Shape,
-        dtype: DType,
-        bytes: usize,
-        flag: &str,
-    ) -> Result<usize> {
+    pub fn budget_for_bytes(&self, shape: &Shape, bytes: usize, flag: &str) -> Result<usize> {
         let name = self.policy.name();
         let policy = self.build_policy();
         if !policy.evicts(super::Phase::Decode) && !policy.evicts(super::Phase::Prefill) {
@@ -85,7 +78,7 @@ impl CacheConfig {
                 budget,
                 ..self.clone()
             }
-            .bytes_at(shape, dtype)
+            .bytes_at(shape)
             .total()
         };
         let (mut lo, mut hi) = (self.min_budget(), limits::BUDGET.max);
@@ -175,7 +168,7 @@ mod tests {
     use candle_core::Device;
 
     use super::*;
-    use crate::cache::{PolicyKind, POLICIES};
+    use crate::cache::{KvType, PolicyKind, POLICIES};
     use crate::model::{Config, Model};
     use crate::session::Session;
 
@@ -193,16 +186,35 @@ mod tests {
         }
     }
 
-    /// The formula equals a real cache's bytes once it is full, for every policy, after a
-    /// prompt prefilled in chunks and tokens decoded one at a time (a random-weight model).
+    /// The formula equals a real cache's bytes once it is full, for every policy and KV
+    /// type, after a prompt prefilled in chunks and tokens decoded one at a time (a
+    /// random-weight model; Q8_0's blocks need a head of 32).
     #[test]
     fn bytes_at_equals_a_full_cache() {
-        let model = Model::random(Config::tiny(), 5, &Device::Cpu).unwrap();
+        for kv_type in KvType::ALL {
+            let config = match kv_type {
+                KvType::Q8_0 => Config {
+                    head_dim: 32,
+                    hidden: 128,
+                    ..Config::tiny()
+                },
+                _ => Config::tiny(),
+            };
+            bytes_at_equals_a_full_cache_of(kv_type, config);
+        }
+    }
+
+    fn bytes_at_equals_a_full_cache_of(kv_type: KvType, config: Config) {
+        let shape = Shape::from(&config);
+        let model = Model::random(config, 5, &Device::Cpu).unwrap();
         let prompt: Vec<u32> = (0..40).map(|i| (i * 7 % 90) as u32 + 1).collect();
         for name in POLICIES {
             let policy: PolicyKind = name.parse().unwrap();
             for budget in [12, 17, 30] {
-                let c = cfg(policy, budget);
+                let c = CacheConfig {
+                    kv_type,
+                    ..cfg(policy, budget)
+                };
                 let mut s = Session::greedy(&model, c.clone()).unwrap();
                 s.prefill(&prompt).unwrap();
                 // SnapKV compresses prompts only: compare right after the prefill.
@@ -222,8 +234,8 @@ mod tests {
                     budget: held,
                     ..c.clone()
                 }
-                .bytes_at(&shape(), DType::F32);
-                assert_eq!(got, want, "{name} b{budget}");
+                .bytes_at(&shape);
+                assert_eq!(got, want, "{name} b{budget} {kv_type}");
                 if policy != PolicyKind::Full {
                     assert_eq!(held, budget, "{name} full at its budget");
                 }
@@ -244,25 +256,23 @@ mod tests {
                     budget: b,
                     ..base.clone()
                 }
-                .bytes_at(&sh, DType::F32)
+                .bytes_at(&sh)
                 .total()
             };
             for bytes in [at(base.min_budget()), 100_000, 1 << 20, 3_333_333] {
-                let b = base
-                    .budget_for_bytes(&sh, DType::F32, bytes, "--x")
-                    .unwrap();
+                let b = base.budget_for_bytes(&sh, bytes, "--x").unwrap();
                 assert!(at(b) <= bytes, "{name} {bytes}");
                 assert!(at(b + 1) > bytes, "{name} {bytes}: {b} + 1 fits too");
             }
             // Too small for the smallest budget: a clear error, naming the flag and policy.
             let err = base
-                .budget_for_bytes(&sh, DType::F32, at(base.min_budget()) - 1, "--x")
+                .budget_for_bytes(&sh, at(base.min_budget()) - 1, "--x")
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("--x") && err.contains("too small") && err.contains(name));
         }
         let err = CacheConfig::full()
-            .budget_for_bytes(&sh, DType::F32, 1 << 20, "--x")
+            .budget_for_bytes(&sh, 1 << 20, "--x")
             .unwrap_err()
             .to_string();
         assert!(err.contains("never evicts"), "{err}");

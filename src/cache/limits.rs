@@ -104,10 +104,10 @@ pub(super) fn check_first_allocation(
     model: &super::Shape,
     (cap, budget, prefill_chunk): (usize, usize, usize),
     ring_rows: usize,
-    dtype: candle_core::DType,
+    kv: super::KvType,
 ) -> crate::error::Result<()> {
     use crate::error::Error;
-    let bytes = first_allocation(model, cap, ring_rows, dtype);
+    let bytes = first_allocation(model, cap, ring_rows, kv);
     let total = total_memory();
     if let (Some(total), Some(bytes)) = (total, bytes) {
         if bytes > total {
@@ -135,9 +135,11 @@ fn first_allocation(
     model: &super::Shape,
     cap: usize,
     ring_rows: usize,
-    dtype: candle_core::DType,
+    kv: super::KvType,
 ) -> Option<u64> {
-    let kv = (model.n_kv_head * model.head_dim).checked_mul(2 * dtype.size_in_bytes())?;
+    let kv = model
+        .n_kv_head
+        .checked_mul(2 * kv.row_bytes(model.head_dim))?;
     let records = model.n_kv_head.checked_mul(16)?;
     let ring = model.n_head.checked_mul(ring_rows)?.checked_mul(2)?;
     let per_slot = kv.checked_add(records)?.checked_add(ring)?;

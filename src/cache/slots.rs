@@ -2,16 +2,21 @@
 //! and per-slot records (position, accumulated attention, latest score, rank), written and
 //! moved in place; and the in-place host ops that do it ([`SlotCopy`], [`SlotWrite`]).
 //!
+//! Keys and values are stored as the cache's [`KvType`]: f32 or f16 tensors (H_kv, cap, d),
+//! or for Q8_0 a u8 tensor (H_kv, cap, d / 32 · 34) of blocks, host memory only. Every
+//! write converts (or quantizes) the new rows; the tensor backend reads them back as f32.
+//!
 //! A layer's used slots are always `0..len` for every KV head, but each head may hold a
 //! different token in a given slot. Eviction ([`super::evict`]) decides which slots go; this
 //! module reallocates, appends, and moves survivors into the holes.
 
-use candle_core::{DType, Device, Storage, Tensor};
+use candle_core::{Device, Storage, Tensor};
 
 use super::profile::{remap, Profile};
 use super::KvCache;
-use super::Shape;
+use super::{KvType, Shape};
 use crate::error::{Error, Result};
+use crate::kernels::{self, KvRows};
 
 /// Slots allocated up front when the cache can grow without bound.
 pub(super) const INITIAL_SLOTS: usize = 256;
@@ -19,10 +24,14 @@ pub(super) const INITIAL_SLOTS: usize = 256;
 /// One layer's slots and the attention statistics its policy scores from.
 #[derive(Debug)]
 pub struct LayerCache {
-    /// (H_kv, capacity, d)
+    /// (H_kv, capacity, row): a row holds `d` values as `kv` (row = d for f32 and f16).
     pub(super) k: Tensor,
-    /// (H_kv, capacity, d)
+    /// (H_kv, capacity, row)
     pub(super) v: Tensor,
+    /// How rows are stored.
+    pub(super) kv: KvType,
+    /// Values per row (the head size).
+    pub(super) d: usize,
     /// Used slots per KV head (the same for every head).
     pub(super) len: usize,
     pub(super) cap: usize,
@@ -51,13 +60,16 @@ impl LayerCache {
         cfg: &Shape,
         cap: usize,
         ring_cap: usize,
-        dtype: DType,
+        kv: KvType,
         dev: &Device,
     ) -> Result<Self> {
         let (n_kv, d) = (cfg.n_kv_head, cfg.head_dim);
+        let row = kv.row_len(d);
         Ok(Self {
-            k: Tensor::zeros((n_kv, cap, d), dtype, dev)?,
-            v: Tensor::zeros((n_kv, cap, d), dtype, dev)?,
+            k: Tensor::zeros((n_kv, cap, row), kv.dtype(), dev)?,
+            v: Tensor::zeros((n_kv, cap, row), kv.dtype(), dev)?,
+            kv,
+            d,
             len: 0,
             cap,
             n_kv,
@@ -98,32 +110,83 @@ impl LayerCache {
         &self.score[head * self.cap..head * self.cap + self.len]
     }
 
-    /// Keys and values of the used slots, (H_kv, len, d) each.
+    /// Keys and values of the used slots, (H_kv, len, d) each, in f32: views of the storage
+    /// for f32, copies decoded from f16 or Q8_0 otherwise (on the CPU by the kernels,
+    /// elsewhere or when portable by candle, f16 only).
     pub fn kv(&self) -> Result<(Tensor, Tensor)> {
-        Ok((
+        let (k, v) = (
             self.k.narrow(1, 0, self.len)?,
             self.v.narrow(1, 0, self.len)?,
+        );
+        let host = self.k.device().is_cpu() && !self.portable;
+        if self.kv == KvType::F32 {
+            return Ok((k, v));
+        }
+        if self.kv == KvType::F16 && !host {
+            let float = candle_core::DType::F32;
+            return Ok((k.to_dtype(float)?, v.to_dtype(float)?));
+        }
+        let (n_kv, len, d, cap) = (self.n_kv, self.len, self.d, self.cap);
+        // (H_kv, cap, row) as stored → (H_kv, len, d) f32
+        let decode = |rows: KvRows| {
+            let mut out = vec![0f32; n_kv * len * d];
+            for (h, dst) in out.chunks_exact_mut((len * d).max(1)).enumerate() {
+                kernels::decode_kv(rows.rows(h * cap, len, d), dst);
+            }
+            out
+        };
+        let (ko, vo) = self.with_kv_host(|k, v| (decode(k), decode(v)))?;
+        let dev = self.k.device();
+        Ok((
+            Tensor::from_vec(ko, (n_kv, len, d), dev)?,
+            Tensor::from_vec(vo, (n_kv, len, d), dev)?,
         ))
     }
 
-    /// Runs `f` on the host values of the keys and values, (H_kv, capacity, d) each, of which
-    /// the first [`LayerCache::len`] slots per head are used. Errors unless they are f32 in
-    /// host memory.
-    pub fn with_kv_host<R>(&self, f: impl FnOnce(&[f32], &[f32]) -> R) -> Result<R> {
+    /// Runs `f` on the host rows of the keys and values as stored, (H_kv, capacity, d) each,
+    /// of which the first [`LayerCache::len`] slots per head are used. Errors unless they are
+    /// in host memory.
+    pub fn with_kv_host<R>(&self, f: impl FnOnce(KvRows, KvRows) -> R) -> Result<R> {
         let (ks, kl) = self.k.storage_and_layout();
         let (vs, vl) = self.v.storage_and_layout();
-        match (&*ks, &*vs) {
-            (Storage::Cpu(k), Storage::Cpu(v)) => {
-                let (k, v) = (k.as_slice::<f32>()?, v.as_slice::<f32>()?);
-                let n = self.k.elem_count();
-                let (k0, v0) = (kl.start_offset(), vl.start_offset());
-                Ok(f(&k[k0..k0 + n], &v[v0..v0 + n]))
-            }
-            _ => Err(Error::arg(
+        let (Storage::Cpu(k), Storage::Cpu(v)) = (&*ks, &*vs) else {
+            return Err(Error::arg(
                 "cache",
                 "keys and values are not in host memory",
-            )),
+            ));
+        };
+        let n = self.k.elem_count();
+        let (k0, v0) = (kl.start_offset(), vl.start_offset());
+        Ok(match self.kv {
+            KvType::F32 => {
+                let (k, v) = (k.as_slice::<f32>()?, v.as_slice::<f32>()?);
+                f(KvRows::F32(&k[k0..k0 + n]), KvRows::F32(&v[v0..v0 + n]))
+            }
+            KvType::F16 => {
+                let (k, v) = (k.as_slice::<half::f16>()?, v.as_slice::<half::f16>()?);
+                f(KvRows::F16(&k[k0..k0 + n]), KvRows::F16(&v[v0..v0 + n]))
+            }
+            KvType::Q8_0 => {
+                let (k, v) = (k.as_slice::<u8>()?, v.as_slice::<u8>()?);
+                f(KvRows::Q8_0(&k[k0..k0 + n]), KvRows::Q8_0(&v[v0..v0 + n]))
+            }
+        })
+    }
+
+    /// New rows (H_kv, T, d), as any float tensor, in this cache's storage: (H_kv, T, row).
+    fn encode(&self, x: &Tensor) -> Result<Tensor> {
+        if self.kv != KvType::Q8_0 {
+            return Ok(x.to_dtype(self.kv.dtype())?.contiguous()?);
         }
+        let (n_kv, t, d) = x.dims3()?;
+        let values = x
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let row = self.kv.row_len(d);
+        let mut bytes = vec![0u8; n_kv * t * row];
+        kernels::quantize_q8_0(&values, &mut bytes);
+        Ok(Tensor::from_vec(bytes, (n_kv, t, row), x.device())?)
     }
 
     /// Slots per KV head.
@@ -143,6 +206,8 @@ impl LayerCache {
         Ok(Self {
             k: self.k.copy()?,
             v: self.v.copy()?,
+            kv: self.kv,
+            d: self.d,
             len: self.len,
             cap: self.cap,
             n_kv: self.n_kv,
@@ -221,7 +286,8 @@ impl LayerCache {
     }
 
     /// Writes new keys and values, (H_kv, T, d) each, into slots `len..len + T` of every head
-    /// (in place) and returns views of all used slots, (H_kv, len + T, d) each.
+    /// (in place, converted to the storage) and returns all used slots as [`LayerCache::kv`]
+    /// does, (H_kv, len + T, d) each.
     pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let t = k.dims()[1];
         if self.len + t > self.cap {
@@ -233,8 +299,8 @@ impl LayerCache {
                 ),
             ));
         }
-        self.k.slice_set(&k.contiguous()?, 1, self.len)?;
-        self.v.slice_set(&v.contiguous()?, 1, self.len)?;
+        self.k.slice_set(&self.encode(k)?, 1, self.len)?;
+        self.v.slice_set(&self.encode(v)?, 1, self.len)?;
         self.len += t;
         self.kv()
     }
@@ -379,14 +445,15 @@ impl candle_core::InplaceOp1 for SlotCopy<'_> {
             S::F32(b) => self.apply(&mut b[o..]),
             S::F16(b) => self.apply(&mut b[o..]),
             S::BF16(b) => self.apply(&mut b[o..]),
-            _ => candle_core::bail!("slot-copy: keys and values must be f32, f16 or bf16"),
+            S::U8(b) => self.apply(&mut b[o..]),
+            _ => candle_core::bail!("slot-copy: keys and values must be f32, f16, bf16 or u8"),
         }
         Ok(())
     }
 }
 
-/// Writes one token's rows, (H_kv, d) f32, into slot `slot` of each head of a (H_kv, cap, d)
-/// f32 buffer in host memory.
+/// Writes one token's rows, (H_kv, d) f32, into slot `slot` of each head of a (H_kv, cap,
+/// row) buffer in host memory: f32 as is, f16 rounded, u8 as Q8_0 blocks.
 struct SlotWrite<'a> {
     rows: &'a [f32],
     cap: usize,
@@ -403,20 +470,33 @@ impl candle_core::InplaceOp1 for SlotWrite<'_> {
         storage: &mut candle_core::CpuStorage,
         layout: &candle_core::Layout,
     ) -> candle_core::Result<()> {
-        let candle_core::CpuStorage::F32(buf) = storage else {
-            candle_core::bail!("slot-write: keys and values must be f32");
+        use candle_core::CpuStorage as S;
+        let (n_kv, cap, row) = layout.shape().dims3()?;
+        let d = self.rows.len() / n_kv.max(1);
+        let want = match storage {
+            S::F32(_) | S::F16(_) => d,
+            S::U8(_) => KvType::Q8_0.row_len(d),
+            _ => candle_core::bail!("slot-write: keys and values must be f32, f16 or q8_0"),
         };
-        let (n_kv, cap, d) = layout.shape().dims3()?;
-        if cap != self.cap || self.rows.len() != n_kv * d {
+        if cap != self.cap || self.rows.len() != n_kv * d || row != want {
             candle_core::bail!(
-                "slot-write: {} values for {n_kv} heads of {d}",
+                "slot-write: {} values for {n_kv} heads of rows of {row}",
                 self.rows.len()
             );
         }
         let o = layout.start_offset();
-        for (h, row) in self.rows.chunks_exact(d).enumerate() {
-            let at = o + (h * cap + self.slot) * d;
-            buf[at..at + d].copy_from_slice(row);
+        for (h, x) in self.rows.chunks_exact(d).enumerate() {
+            let at = o + (h * cap + self.slot) * row;
+            match storage {
+                S::F32(b) => b[at..at + row].copy_from_slice(x),
+                S::F16(b) => {
+                    for (y, v) in b[at..at + row].iter_mut().zip(x) {
+                        *y = half::f16::from_f32(*v);
+                    }
+                }
+                S::U8(b) => kernels::quantize_q8_0(x, &mut b[at..at + row]),
+                _ => {}
+            }
         }
         Ok(())
     }

@@ -112,7 +112,7 @@ impl KvCache {
 
     /// Bytes of one token's K and V across all layers and KV heads.
     pub fn bytes_per_token(&self) -> usize {
-        2 * self.dtype.size_in_bytes() * self.head_dim * self.n_kv_head * self.layers.len()
+        2 * self.kv.row_bytes(self.head_dim) * self.n_kv_head * self.layers.len()
     }
 
     /// Bytes of the retained keys and values.

@@ -131,8 +131,7 @@ impl<'m> Compare<'m> {
     pub(super) fn reset(&mut self) -> Result<()> {
         let cfg = self.session.cache().config().clone();
         let model = self.session.model();
-        let mut cache =
-            KvCache::with_config(model.config(), cfg, candle_core::DType::F32, model.device())?;
+        let mut cache = KvCache::from_config(model.config(), cfg, model.device())?;
         cache.record_evictions(true);
         cache.record_attention(false);
         self.session.set_cache(cache);

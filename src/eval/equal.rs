@@ -3,14 +3,10 @@
 //! attention rows counts against it), fit a byte size; the fidelity figures then come per
 //! byte size, for the comparison a user choosing a policy needs.
 
-use candle_core::DType;
 use serde::{Deserialize, Serialize};
 
 use super::{Fidelity, Variant};
 use crate::cache::{format_bytes, Bytes, CacheConfig, Phase, Shape};
-
-/// The element type of the caches eval runs (a [`Session`](crate::session::Session)'s).
-pub const CACHE_DTYPE: DType = DType::F32;
 
 /// One cache setting sized to one byte size.
 #[derive(Debug, Clone)]
@@ -51,13 +47,13 @@ pub fn size(
         .collect();
     for &bytes in sizes {
         for &c in &bounded {
-            match c.budget_for_bytes(shape, CACHE_DTYPE, bytes, flag) {
+            match c.budget_for_bytes(shape, bytes, flag) {
                 Ok(budget) => {
                     let cache = CacheConfig {
                         budget,
                         ..c.clone()
                     };
-                    let footprint = cache.bytes_at(shape, CACHE_DTYPE);
+                    let footprint = cache.bytes_at(shape);
                     out.push(Sized {
                         bytes,
                         variant: Variant::new(cache),
@@ -158,6 +154,8 @@ mod tests {
             .iter()
             .map(|p| CacheConfig {
                 policy: p.parse::<PolicyKind>().unwrap(),
+                // The figures below are f32 K/V's.
+                kv_type: crate::cache::KvType::F32,
                 ..CacheConfig::default()
             })
             .collect();

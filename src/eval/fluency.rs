@@ -9,11 +9,10 @@
 use std::collections::HashSet;
 use std::ops::ControlFlow;
 
-use candle_core::DType;
 use serde::{Deserialize, Serialize};
 
 use super::{log_softmax, Variant};
-use crate::cache::{CacheConfig, KvCache};
+use crate::cache::KvCache;
 use crate::chat::{encode_chat, ChatTemplate, Message};
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -72,7 +71,7 @@ pub fn judge(model: &Model, ids: &[u32], from: usize) -> Result<f64> {
             "nothing to judge: the judged span must follow at least one token of context",
         ));
     }
-    let rows = Session::greedy(model, CacheConfig::full())?.score(&ids[..ids.len() - 1])?;
+    let rows = Session::greedy(model, super::reference_cache())?.score(&ids[..ids.len() - 1])?;
     let nll: f64 = (from..ids.len())
         .map(|j| -f64::from(log_softmax(&rows[j - 1])[ids[j] as usize]))
         .sum();
@@ -104,8 +103,7 @@ pub fn fluency(
     let total = variants.len() * opts.tokens;
     let mut out = Vec::new();
     for (vi, v) in variants.iter().enumerate() {
-        let cache =
-            KvCache::with_config(model.config(), v.cache.clone(), DType::F32, model.device())?;
+        let cache = KvCache::from_config(model.config(), v.cache.clone(), model.device())?;
         let mut session = Session::new(model, cache, Sampler::new(opts.sampling.clone())?);
         session.prefill(&prompt_ids)?;
         let first_judged = opts.tokens - opts.judged;

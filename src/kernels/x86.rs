@@ -16,6 +16,9 @@ use half::f16;
 
 use super::quant::{Packed, QActs, QKind};
 
+mod kv16;
+pub use kv16::{f16_to_f32, scores_f16, scores_q8_0, weighted_sum_f16, weighted_sum_q8_0};
+
 /// Proof that this CPU runs AVX2, FMA and F16C: only [`Avx2::detect`] makes one.
 #[derive(Debug, Clone, Copy)]
 pub struct Avx2(());

@@ -3,6 +3,7 @@
 use candle_core::{Device, Tensor};
 
 use crate::error::Result;
+use crate::kernels::KvRows;
 
 /// Query rows per block: a prompt's attention is computed block by block so that its scores
 /// stay cache-sized and each block only reads the slots it can see (causal).
@@ -14,7 +15,7 @@ pub const QUERY_BLOCK: usize = 256;
 /// - `q`: (H_q, T, d), post-RoPE queries of the new tokens; query head `h` reads KV head
 ///   `h / G` where `G = H_q / H_kv`.
 /// - `k`, `v`: (H_kv, past + T, d), the used slots; the new tokens are in the last `T` slots,
-///   in order.
+///   in order. Any float type: each block's visible slots are converted to `q`'s (f32) type.
 /// - `observe(first_row, probs)`: receives the attention probabilities of each block of query
 ///   rows, (H_q, rows, past + first_row + rows), the rows the cache keeps for its eviction
 ///   policies. Columns are slots; slot order does not matter, softmax is
@@ -38,7 +39,11 @@ pub fn attention(
         let rows = QUERY_BLOCK.min(t - start);
         // Slots this block can see: everything before it and the block itself (causal).
         let visible = past + start + rows;
-        let (kb, vb) = (k.narrow(1, 0, visible)?, v.narrow(1, 0, visible)?);
+        // (H_kv, visible, d) in q's type (a no-op when the cache stores it).
+        let (kb, vb) = (
+            k.narrow(1, 0, visible)?.to_dtype(q.dtype())?,
+            v.narrow(1, 0, visible)?.to_dtype(q.dtype())?,
+        );
         // (H_q, rows, d) → (H_kv, G·rows, d): the G query heads of one KV head become rows.
         let qb = q
             .narrow(1, start, rows)?
@@ -99,11 +104,12 @@ pub struct Slots {
 /// used slots, query heads split across threads.
 ///
 /// - `q`: (H_q, d), post-RoPE; query head `h` reads KV head `h / G`.
-/// - `k`, `v`: (H_kv, cap, d); slots `0..len` of each head are used, the new token's last.
+/// - `k`, `v`: (H_kv, cap, d) as the cache stores them (f32, f16 or Q8_0 rows); slots
+///   `0..len` of each head are used, the new token's last.
 /// - `probs`: written, (H_q, len): softmax of the scaled scores, what [`attention`] gives
 ///   `observe`.
 /// - `out`: written, (H_q, d).
-pub fn attend_one(q: &[f32], k: &[f32], v: &[f32], s: Slots, probs: &mut [f32], out: &mut [f32]) {
+pub fn attend_one(q: &[f32], k: KvRows, v: KvRows, s: Slots, probs: &mut [f32], out: &mut [f32]) {
     use rayon::prelude::*;
     let (d, n) = (s.head_dim, s.len);
     let group = s.n_head / s.n_kv_head;
@@ -114,13 +120,13 @@ pub fn attend_one(q: &[f32], k: &[f32], v: &[f32], s: Slots, probs: &mut [f32], 
         .enumerate()
         .for_each(|(h, (p, o))| {
             let qh = &q[h * d..(h + 1) * d];
-            // (cap, d) of this query head's KV head.
-            let base = (h / group) * s.cap * d;
-            let (kh, vh) = (&k[base..base + n * d], &v[base..base + n * d]);
+            // (len, d) used rows of this query head's KV head.
+            let base = (h / group) * s.cap;
+            let (kh, vh) = (k.rows(base, n, d), v.rows(base, n, d));
             // (len): q · k_s, scaled; then softmax.
-            crate::kernels::scores(qh, kh, scale, p);
+            crate::kernels::scores_kv(qh, kh, scale, p);
             crate::kernels::softmax(p);
             // (d) = Σ_s p_s · v_s
-            crate::kernels::weighted_sum(p, vh, o);
+            crate::kernels::weighted_sum_kv(p, vh, o);
         });
 }

@@ -50,14 +50,10 @@ struct Scratch {
 }
 
 impl Model {
-    /// Whether [`Model::forward_host`] can run this step: one token, CPU, f32 cache (not
-    /// portable), positions applied at write time.
+    /// Whether [`Model::forward_host`] can run this step: one token, CPU, a cache that is not
+    /// portable (of any KV type), positions applied at write time.
     pub(super) fn host_step_fits(&self, t: usize, step: &Step, cache: &KvCache) -> bool {
-        t == 1
-            && self.device.is_cpu()
-            && !cache.portable()
-            && !step.rotate_keys
-            && cache.dtype() == DType::F32
+        t == 1 && self.device.is_cpu() && !cache.portable() && !step.rotate_keys
     }
 
     /// The tensor backend: runs `ids` (the step `cache.begin` opened), ends the step and
@@ -174,11 +170,14 @@ impl Model {
         } else {
             self.rope.apply(&k, cos, sin)?
         };
-        // (H_kv, past + T, d) views of the used slots, the new tokens last.
+        // (H_kv, past + T, d) the used slots in f32 (decoded from f16 or Q8_0), the new
+        // tokens last.
         let (k_all, v_all) = cache.layer_mut(l).append(&k, &v.contiguous()?)?;
         let k_all = if step.rotate_keys {
-            self.rope
-                .apply_at(&k_all, &cache.key_ranks(l, &self.device)?)?
+            self.rope.apply_at(
+                &k_all.to_dtype(DType::F32)?,
+                &cache.key_ranks(l, &self.device)?,
+            )?
         } else {
             k_all
         };
