@@ -85,9 +85,9 @@ impl FileType {
         };
         // K-quant blocks hold 256 values: narrower rows take llama.cpp's fallbacks.
         match t {
-            GgmlDType::Q4K if cols % 256 != 0 => GgmlDType::Q5_0,
-            GgmlDType::Q5K if cols % 256 != 0 => GgmlDType::Q5_1,
-            GgmlDType::Q6K if cols % 256 != 0 => GgmlDType::Q8_0,
+            GgmlDType::Q4K if !cols.is_multiple_of(256) => GgmlDType::Q5_0,
+            GgmlDType::Q5K if !cols.is_multiple_of(256) => GgmlDType::Q5_1,
+            GgmlDType::Q6K if !cols.is_multiple_of(256) => GgmlDType::Q8_0,
             t => t,
         }
     }
@@ -195,7 +195,7 @@ pub fn write_random(
         (format!("{a}.vocab_size"), u(vocab)),
         (
             format!("{a}.rope.freq_base"),
-            gguf_file::Value::F32(cfg.rope_base as f32),
+            gguf_file::Value::F32(cfg.rope_base),
         ),
         (
             format!("{a}.attention.layer_norm_rms_epsilon"),
