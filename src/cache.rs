@@ -64,7 +64,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::error::{Error, Result};
 pub use config::{CacheConfig, Positions, DEFAULT_PREFILL_CHUNK};
 pub use footprint::{format_bytes, parse_bytes, Bytes};
-pub use kv_type::{KvType, KV_TYPE_LIST};
+pub use kv_type::{deserialize_kv_type, KvType, KV_TYPE_LIST};
 pub use policy::{encode_row, Fusion, GroupAgg, Needs, Phase, Policy, ScoreCtx, RING_SCALE};
 pub use registry::{Entry, PolicyKind, EVICTING_POLICIES, POLICIES, POLICY_LIST};
 pub use shape::Shape;

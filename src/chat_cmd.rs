@@ -171,7 +171,10 @@ pub fn run(a: ChatArgs) -> Result<()> {
                 Some(p) => p.parse()?,
                 None => Positions::Rebased,
             },
-            kv_type: a.kv_type.parse()?,
+            kv_type: match a.kv_type.as_deref() {
+                Some(t) => t.parse()?,
+                None => cfg.kv_type.unwrap_or_default(),
+            },
             ..CacheConfig::default()
         };
         // Errors name where the value came from.

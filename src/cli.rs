@@ -433,8 +433,8 @@ pub struct ChatArgs {
     #[arg(long)]
     pub positions: Option<String>,
     // KV storage: the list of types.
-    #[arg(long = "kv-type", default_value = "f16", help = format!("Key and value storage: {KV_TYPE_LIST} (as llama.cpp's -ctk/-ctv; q8_0 on the CPU only)"))]
-    pub kv_type: String,
+    #[arg(long = "kv-type", help = format!("Key and value storage: {KV_TYPE_LIST} (as llama.cpp's -ctk/-ctv; q8_0 on the CPU only; default: the config file's, else f16)"))]
+    pub kv_type: Option<String>,
     /// Compare mode from the start: a second cache under this policy follows the
     /// conversation (as `/compare POLICY`); its budget and window are the main cache's unless
     /// given.

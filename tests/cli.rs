@@ -284,7 +284,12 @@ fn chat_with_config(config: &str, args: &[&str]) -> (i32, String) {
 
 #[test]
 fn chat_bad_config_theme_and_settings() {
-    let cases: [(&str, &[&str], &[&str]); 7] = [
+    let cases: [(&str, &[&str], &[&str]); 8] = [
+        (
+            "kv_type = \"q4\"\n",
+            &["--list"],
+            &["config.toml:1:11", "`q4` is not a KV type", "q8_0"],
+        ),
         (
             "[keys]\nregenrate = \"ctrl+g\"\n",
             &[],

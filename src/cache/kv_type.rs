@@ -119,6 +119,23 @@ impl FromStr for KvType {
     }
 }
 
+/// A KV type in a config file (`kv_type = "q8_0"`), for serde
+/// (`#[serde(default, deserialize_with = "...")]`): an unknown name is an error at its line.
+pub fn deserialize_kv_type<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<KvType>, D::Error> {
+    let s = <String as serde::Deserialize>::deserialize(d)?;
+    KvType::ALL
+        .into_iter()
+        .find(|t| t.name() == s.trim().to_ascii_lowercase())
+        .map(Some)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "`{s}` is not a KV type: choose from {KV_TYPE_LIST}"
+            ))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

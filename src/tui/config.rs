@@ -17,6 +17,9 @@ pub struct Config {
     pub budget: Option<usize>,
     #[serde(default, deserialize_with = "crate::cache::limits::deserialize_window")]
     pub window: Option<usize>,
+    /// How keys and values are stored: f32, f16 or q8_0.
+    #[serde(default, deserialize_with = "crate::cache::deserialize_kv_type")]
+    pub kv_type: Option<crate::cache::KvType>,
     pub theme: Option<String>,
     pub system_prompt: Option<String>,
     /// Action name → key, e.g. `regenerate = "ctrl+g"`.
@@ -28,7 +31,7 @@ pub struct Config {
 pub fn parse(text: &str, path: &Path) -> Result<Config, String> {
     toml::from_str(text).map_err(|e| {
         format!(
-            "{} (keys: model, policy, budget, window, theme, system_prompt, and a [keys] table)",
+            "{} (keys: model, policy, budget, window, kv_type, theme, system_prompt, and a [keys] table)",
             toml_error(path, text, &e)
         )
     })
@@ -72,7 +75,14 @@ mod tests {
         assert!(e.starts_with("/x/config.toml:1:10: "), "{e}");
         let e = parse("[keys]\nquit = 3\n", path).unwrap_err();
         assert!(e.starts_with("/x/config.toml:2:8: "), "{e}");
-        let ok = parse("budget = 300\nwindow = 20\n", path).unwrap();
+        let e = parse("budget = 300\nkv_type = \"q4\"\n", path).unwrap_err();
+        assert!(e.starts_with("/x/config.toml:2:11: "), "{e}");
+        assert!(
+            e.contains("`q4` is not a KV type") && e.contains("q8_0"),
+            "{e}"
+        );
+        let ok = parse("budget = 300\nwindow = 20\nkv_type = \"Q8_0\"\n", path).unwrap();
         assert_eq!((ok.budget, ok.window), (Some(300), Some(20)));
+        assert_eq!(ok.kv_type, Some(crate::cache::KvType::Q8_0));
     }
 }

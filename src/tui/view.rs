@@ -298,9 +298,10 @@ fn status_bar(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     }
     options.extend([
         format!(
-            " {tps:.1} tok/s · {}/{} tok kept · KV {} of {} ({:.0}% saved) ",
+            " {tps:.1} tok/s · {}/{} tok kept · KV {} {} of {} ({:.0}% saved) ",
             s.retained,
             s.seen,
+            c.kv_type,
             mib(s.kv_bytes),
             mib(s.full_kv_bytes),
             saving(app)
