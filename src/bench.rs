@@ -12,7 +12,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
-use crate::cache::{CacheConfig, PolicyKind, Positions};
+use crate::cache::{CacheConfig, KvType, PolicyKind, Positions};
 use crate::error::{Error, Result};
 use crate::eval::plot::{Chart, Series};
 use crate::eval::report::{render, Style};
@@ -41,6 +41,8 @@ pub struct BenchOptions {
     pub policies: Vec<PolicyKind>,
     /// Position modes to run each policy in (empty: the cache settings' own).
     pub positions: Vec<Positions>,
+    /// KV storage types to run each policy with (empty: the cache settings' own).
+    pub kv_types: Vec<KvType>,
 }
 
 /// The weight forms the reference decoder can use.
@@ -257,23 +259,35 @@ pub fn run(source: &BenchModel, device: &Device, opts: &BenchOptions) -> Result<
     } else {
         opts.positions.clone()
     };
+    let kv_types = if opts.kv_types.is_empty() {
+        vec![opts.cache.kv_type]
+    } else {
+        opts.kv_types.clone()
+    };
     let variants: Vec<CacheConfig> = opts
         .policies
         .iter()
         .flat_map(|&policy| {
-            modes.iter().map(move |&positions| CacheConfig {
-                policy,
-                positions,
-                ..opts.cache.clone()
+            let modes = &modes;
+            kv_types.iter().flat_map(move |&kv_type| {
+                modes.iter().map(move |&positions| CacheConfig {
+                    policy,
+                    positions,
+                    kv_type,
+                    ..opts.cache.clone()
+                })
             })
         })
         .collect();
     let label = |c: &CacheConfig| {
-        if modes.len() > 1 && c.positions == Positions::Rebased {
-            format!("{} rebased", c.policy.name())
-        } else {
-            c.policy.name().to_string()
+        let mut s = c.policy.name().to_string();
+        if kv_types.len() > 1 {
+            s = format!("{s} {}", c.kv_type);
         }
+        if modes.len() > 1 && c.positions == Positions::Rebased {
+            s = format!("{s} rebased");
+        }
+        s
     };
     let mut rows = Vec::new();
     for &ctx in &opts.contexts {

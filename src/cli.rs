@@ -264,6 +264,10 @@ pub struct BenchArgs {
     /// Run every policy with both absolute and re-based positions (the cost of re-basing).
     #[arg(long = "both-positions")]
     pub both_positions: bool,
+    /// KV types to run every policy with, comma-separated (default: --kv-type), e.g.
+    /// f32,f16,q8_0: speed and bytes of each side by side.
+    #[arg(long = "kv-types", value_delimiter = ',', conflicts_with = "kv_type")]
+    pub kv_types: Vec<String>,
     /// Measure a preset's architecture and shapes with random f32 weights instead of a model
     /// file (nothing is downloaded; speed does not depend on the values), e.g.
     /// llama3.2-1b-instruct. -m is ignored.

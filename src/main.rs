@@ -406,6 +406,11 @@ fn run_bench(a: BenchArgs) -> Result<()> {
         } else {
             Vec::new()
         },
+        kv_types: a
+            .kv_types
+            .iter()
+            .map(|t| t.parse())
+            .collect::<morphkv::Result<_>>()?,
     };
     let report = morphkv::bench::run(&source, &device, &opts)?;
     let style = if a.markdown {

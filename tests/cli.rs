@@ -414,6 +414,47 @@ fn bench_with_random_weights() {
 }
 
 #[test]
+fn bench_runs_each_kv_type_side_by_side() {
+    let json = tmpdir("random-bench-kv").join("bench.json");
+    let (code, err) = run(&[
+        "bench",
+        "--random-weights",
+        "smollm2-135m-instruct",
+        "--device",
+        "cpu",
+        "--policies",
+        "full",
+        "--kv-types",
+        "f32,q8_0",
+        "--contexts",
+        "32",
+        "--decode-tokens",
+        "2",
+        "--reps",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let bytes = |label: &str| {
+        let r = rows.iter().find(|r| r["policy"] == label);
+        r.unwrap_or_else(|| panic!("no row `{label}` in {report}"))["kv_bytes"]
+            .as_f64()
+            .unwrap()
+    };
+    assert_eq!(rows.len(), 2, "{report}");
+    // Both hold the same tokens: q8_0 stores 34 bytes per 32 values where f32 stores 128.
+    let ratio = bytes("full f32") / bytes("full q8_0");
+    assert!(
+        (ratio - 128.0 / 34.0).abs() < 0.01,
+        "f32/q8_0 bytes {ratio}"
+    );
+}
+
+#[test]
 fn models_random_writes_a_file_that_runs() {
     common::default_model();
     let dir = tmpdir("models-random");
