@@ -88,7 +88,32 @@ mkdir -p "$carry"
 cp "$CARGO_TARGET_DIR/release/morphkv" "$carry/morphkv"
 cp "$test_bin" "$carry/device-test"
 strip "$carry/morphkv" "$carry/device-test"
+# A tiny GGUF carrying the default model's tokenizer (2.5 MB), from which the device check
+# writes 1B-shaped quantized files there (the GPU machine has no network and the carry is
+# limited to 64 MiB), made by the CPU build when there is one.
+cpu_bin="${MORPHKV_CPU_BIN:-$here/target/release/morphkv}"
+extra=()
+if [[ -x "$cpu_bin" ]]; then
+  cfg="$(mktemp -d)"
+  cat >"$cfg/models.toml" <<'TOML'
+[[model]]
+name = "tokenizer-carrier"
+description = "one tiny layer, carrying the default model's tokenizer"
+repo = "none/none"
+file = "none.gguf"
+arch = "llama"
+context = 8192
+shape = { layers = 1, heads = 1, kv_heads = 1, head_dim = 8, hidden = 8, ffn = 8, vocab = 49152, rope_base = 100000 }
+TOML
+  rm -f "$carry/tok.gguf"
+  if MORPHKV_CONFIG_DIR="$cfg" "$cpu_bin" models random tokenizer-carrier --type f16 -o "$carry/tok.gguf" >&2; then
+    extra=(tok.gguf)
+  fi
+  rm -rf "$cfg"
+else
+  echo "build-cuda: no CPU build at $cpu_bin: the device check will skip the quantized formats" >&2
+fi
 # Stripped they are still ~115 MB (candle's PTX and sm_90 kernels): compressed, ~16 MB.
-tar -C "$carry" -cf - morphkv device-test | xz -T2 -6 >"$CARGO_TARGET_DIR/carry.tar.xz"
+tar -C "$carry" -cf - morphkv device-test "${extra[@]}" | xz -T2 -6 >"$CARGO_TARGET_DIR/carry.tar.xz"
 du -sh "$carry"/* "$CARGO_TARGET_DIR/carry.tar.xz" >&2
 echo "build-cuda: built $carry/morphkv and $carry/device-test, packed in $CARGO_TARGET_DIR/carry.tar.xz" >&2

@@ -9,7 +9,10 @@
 #    with a missing GPU counted as a failure;
 # 2. `morphkv bench --random-weights` for SmolLM2-135M and Llama-3.2-1B shapes, full cache
 #    against MorphKV (budget 600, window 30), at 1K and 8K tokens of context;
-# writing everything to $OUT: gpu.txt, device-test.txt, bench-<preset>.{json,txt}.
+# 3. with tok.gguf in the carry, Llama-3.2-1B-shaped Q4_K_M and Q8_0 files (random weights):
+#    perplexity on the GPU against the CPU, and decode speed on the GPU;
+# writing everything to $OUT: gpu.txt, device-test.txt, bench-<preset>.{json,txt},
+# formats-<type>.txt.
 # Budget: a few minutes on an H100/H200 (device time is scarce; each step has a timeout).
 #
 # The binary needs libcuda.so.1 (the driver) and the CUDA 13 libraries libcublas.so.13,
@@ -68,4 +71,30 @@ for preset in smollm2-135m-instruct llama3.2-1b-instruct; do
     2>&1 | tee "$out/bench-$preset.txt"
   [[ ${PIPESTATUS[0]} == 0 ]] || status=1
 done
+
+# 3. Real weight formats on the GPU: Llama-3.2-1B-shaped random GGUFs written here (the carry
+#    holds only a tiny GGUF with SmolLM2's tokenizer, tok.gguf), their perplexity on one text on
+#    the GPU against the CPU (random weights: the two must agree, not be good), and decode speed
+#    on the GPU under the full cache and MorphKV.
+if [[ -f "$bin/tok.gguf" ]]; then
+  prompt="${TMPDIR:-/tmp}/morphkv-prompt.txt"
+  head -c 4000 eval/texts/alice-in-wonderland.txt >"$prompt" # about 1,000 tokens
+  for t in q4_k_m q8_0; do
+    f="${TMPDIR:-/tmp}/morphkv-l1b-$t.gguf"
+    rm -f "$f"
+    echo "== $t weights: write, perplexity cuda against cpu, decode on cuda"
+    timeout 120 "$bin/morphkv" models random llama3.2-1b-instruct --type "$t" \
+      --tokenizer-from "$bin/tok.gguf" -o "$f" 2>&1 | tee "$out/formats-$t.txt" || { status=1; continue; }
+    for dev in cuda cpu; do
+      timeout 120 "$bin/morphkv" eval --task perplexity --tokens 512 -m "$f" --device "$dev" 2>&1 |
+        grep -E "Final estimate|rror" | sed "s/^/$dev: /" | tee -a "$out/formats-$t.txt"
+    done
+    for p in full morphkv; do
+      timeout 120 "$bin/morphkv" generate -m "$f" --device cuda --policy "$p" -f "$prompt" \
+        --raw -n 256 --temp 0 --ignore-eos --prefill-chunk 512 2>&1 >/dev/null | tail -2 | sed "s/^/$p: /" |
+        tee -a "$out/formats-$t.txt"
+    done
+    rm -f "$f"
+  done
+fi
 exit $status
