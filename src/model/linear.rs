@@ -91,7 +91,7 @@ impl Part {
                     x.par_chunks(cols)
                         .map(|row| {
                             let mut a = QActs::default();
-                            a.quantize(row);
+                            a.quantize_for(p.kind(), row);
                             a
                         })
                         .collect::<Vec<_>>()
@@ -109,11 +109,22 @@ impl Part {
         })
     }
 
-    /// `out = W·x (+ b)` for one row on the CPU.
-    fn forward_one(&self, x: &[f32], acts: &mut QActs, out: &mut [f32]) -> Result<()> {
+    /// `out = W·x (+ b)` for one row on the CPU. `held`: the form `acts` already holds `x`
+    /// in (`Some(true)` the K-quants'), if a part before this one quantized it.
+    fn forward_one(
+        &self,
+        x: &[f32],
+        acts: &mut QActs,
+        held: &mut Option<bool>,
+        out: &mut [f32],
+    ) -> Result<()> {
         match (&self.packed, &self.w) {
             (Some(p), _) => {
-                acts.quantize(x);
+                let k = p.kind().is_k();
+                if *held != Some(k) {
+                    acts.quantize_for(p.kind(), x);
+                    *held = Some(k);
+                }
                 kernels::matvec(p, acts, out);
             }
             (None, Some(QMatMul::Tensor(w))) if w.device().is_cpu() && w.dtype() == DType::F32 => {
@@ -295,9 +306,9 @@ impl Linear {
         out: &mut Vec<f32>,
     ) -> Result<()> {
         out.resize(self.out(), 0.0);
-        let mut at = 0;
+        let (mut at, mut held) = (0, None);
         for p in &self.parts {
-            p.forward_one(x, acts, &mut out[at..at + p.out])?;
+            p.forward_one(x, acts, &mut held, &mut out[at..at + p.out])?;
             at += p.out;
         }
         Ok(())
