@@ -386,12 +386,16 @@ pub(super) fn matmat_with(
         .par_chunks_mut(chunk * t)
         .enumerate()
         .for_each(|(c, ys)| {
-            for (i, y) in ys.chunks_exact_mut(t).enumerate() {
-                let r = c * chunk + i;
-                for (g, yg) in y.chunks_mut(4).enumerate() {
-                    let at = |j: usize| &acts[g * 4 + if j < yg.len() { j } else { 0 }];
-                    let got = dot4(w, r, [at(0), at(1), at(2), at(3)]);
-                    yg.copy_from_slice(&got[..yg.len()]);
+            // Token groups outside, weight rows inside: a group's activations stay in the
+            // L1 cache for all the task's rows (a long prompt's do not fit it, nor L2).
+            let n = ys.len() / t;
+            for g in 0..t.div_ceil(4) {
+                let len = (t - 4 * g).min(4);
+                let at = |j: usize| &acts[g * 4 + if j < len { j } else { 0 }];
+                let group = [at(0), at(1), at(2), at(3)];
+                for i in 0..n {
+                    let got = dot4(w, c * chunk + i, group);
+                    ys[i * t + 4 * g..i * t + 4 * g + len].copy_from_slice(&got[..len]);
                 }
             }
         });
