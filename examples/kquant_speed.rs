@@ -4,7 +4,10 @@
 //! against candle's). The weights are random bytes (finite scales): speed does not depend on
 //! the values.
 //!
-//! `cargo run --release --example kquant_speed` (`RAYON_NUM_THREADS=1` for one core).
+//! And prompt products (16, 64, 512 rows) against the model's dequantize-and-GEMM path.
+//!
+//! `cargo run --release --example kquant_speed [-- --prompts]` (`RAYON_NUM_THREADS=1` for one
+//! core; `--prompts`: only the prompt products).
 
 use std::borrow::Cow;
 use std::time::{Duration, Instant};
@@ -15,6 +18,7 @@ use candle_core::{Device, Module, Tensor};
 use half::f16;
 use morphkv::kernels::{self, Packed, QActs, QKind};
 use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
 
 /// `kind`'s GGML blocks for a (rows, cols) matrix: random bytes, scales set to small finite
 /// values.
@@ -63,6 +67,9 @@ fn best(budget: Duration, mut f: impl FnMut()) -> Duration {
 
 fn main() -> Result<()> {
     let budget = Duration::from_millis(1500);
+    if std::env::args().any(|a| a == "--prompts") {
+        return prompts(budget);
+    }
     let threads = rayon::current_num_threads();
     println!("rayon threads: {threads}");
     for (rows, cols) in [(2048, 8192), (8192, 2048)] {
@@ -85,7 +92,7 @@ fn main() -> Result<()> {
             let mm = QMatMul::from_qtensor(QTensor::new(storage, (rows, cols))?)?;
             let (mut acts, mut out) = (QActs::default(), vec![0f32; rows]);
             let ours = best(budget, || {
-                acts.quantize(&x);
+                acts.quantize_for(kind, &x);
                 kernels::matvec(&w, &acts, &mut out);
             });
             let theirs = best(budget, || {
@@ -97,7 +104,7 @@ fn main() -> Result<()> {
             let mut pout = vec![0f32; 16 * rows];
             let ours16 = best(budget, || {
                 for (a, xs) in pacts.iter_mut().zip(prompt.chunks_exact(cols)) {
-                    a.quantize(xs);
+                    a.quantize_for(kind, xs);
                 }
                 kernels::matmat(&w, &pacts, &mut pout);
             });
@@ -114,6 +121,67 @@ fn main() -> Result<()> {
                 ours16.as_secs_f64() * 1e3,
                 theirs16.as_secs_f64() * 1e3,
             );
+        }
+    }
+    prompts(budget)
+}
+
+/// `x·Wᵀ` as the model's `dequantized_gemm` runs it: 256 weight rows at a time dequantized
+/// to f32, each tile a dense GEMM.
+fn dequantized_gemm(w: &Packed, x: &Tensor) -> Result<Tensor> {
+    let cols = w.cols();
+    let mut tiles = Vec::new();
+    let mut start = 0;
+    while start < w.rows() {
+        let n = 256.min(w.rows() - start);
+        let mut t = vec![0f32; n * cols];
+        t.par_chunks_mut(cols)
+            .enumerate()
+            .for_each(|(i, row)| w.dequantize_row(start + i, row));
+        let t = Tensor::from_vec(t, (n, cols), &Device::Cpu)?;
+        tiles.push(x.matmul(&t.t()?)?);
+        start += n;
+    }
+    Ok(Tensor::cat(&tiles, 1)?)
+}
+
+/// Prompt products on a Llama-3.2-1B shape: `kernels::matmat` (activations quantized
+/// included) against `dequantized_gemm`, at 16, 64 and 512 rows.
+fn prompts(budget: Duration) -> Result<()> {
+    println!("\nprompts: matmat vs dequantized_gemm, ms (GFLOP/s)");
+    for (rows, cols) in [(2048, 2048), (8192, 2048), (2048, 8192)] {
+        for kind in [QKind::Q4K, QKind::Q6K] {
+            let data = blocks(kind, rows, cols);
+            let Some(w) = Packed::from_ggml(kind, rows, cols, &data) else {
+                anyhow::bail!("{kind:?} does not fit {rows} x {cols}");
+            };
+            let mut line = format!("{rows} x {cols} {kind:?}:");
+            for t in [16, 64, 512] {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+                let x: Vec<f32> = (0..t * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let xt = Tensor::from_slice(&x, (t, cols), &Device::Cpu)?;
+                let mut acts = vec![QActs::default(); t];
+                let mut out = vec![0f32; t * rows];
+                let b = if t >= 512 { budget / 2 } else { budget / 4 };
+                let ours = best(b, || {
+                    acts.par_iter_mut()
+                        .zip(x.par_chunks(cols))
+                        .for_each(|(a, xs)| a.quantize_for(kind, xs));
+                    kernels::matmat(&w, &acts, &mut out);
+                });
+                let gemm = best(b, || {
+                    let _ = dequantized_gemm(&w, &xt).map(|y| y.dims().len());
+                });
+                let gf = |d: Duration| 2.0 * (t * rows * cols) as f64 / d.as_secs_f64() / 1e9;
+                line += &format!(
+                    " | {t}: {:.2} ({:.0}) vs {:.2} ({:.0})",
+                    ours.as_secs_f64() * 1e3,
+                    gf(ours),
+                    gemm.as_secs_f64() * 1e3,
+                    gf(gemm)
+                );
+            }
+            println!("{line}");
         }
     }
     Ok(())

@@ -198,7 +198,8 @@ fn half_at(b: &[u8], at: usize) -> f16 {
 }
 
 /// Activations quantized to 8 bits per block of 32: scale, values, and scale × the values'
-/// sum (which the minimum of Q4_1 and the offset of Q4_0 multiply), as llama.cpp's Q8_1.
+/// sum (which the minimum of Q4_1 and the offset of Q4_0 multiply), as llama.cpp's Q8_1; or,
+/// for the K-quants, per super-block of 256 (one scale, the sums of each 16), as its Q8_K.
 #[derive(Debug, Clone, Default)]
 pub struct QActs {
     /// (blocks) scales.
@@ -207,15 +208,65 @@ pub struct QActs {
     pub(super) ds: Vec<f32>,
     /// (blocks, 32) values.
     pub(super) q: Vec<i8>,
-    /// (blocks, 2) sums of each 16 values (Q6_K's sub-blocks): its −32 offset, once per
+    /// (blocks, 2) sums of each 16 values: the K-quants' minimums and offsets, once per
     /// super-block.
     pub(super) s16: Vec<i16>,
+    /// The K-quants' form (llama.cpp's Q8_K, [`QActs::quantize_k`]): one scale per 256
+    /// values in `d`, `ds` empty.
+    pub(super) k: bool,
 }
 
 impl QActs {
-    /// Quantizes `x` (length a multiple of 32) in place of the previous contents.
+    /// Quantizes `x` for `kind`'s kernels: [`QActs::quantize_k`] for the K-quants,
+    /// [`QActs::quantize`] for the others.
+    pub fn quantize_for(&mut self, kind: QKind, x: &[f32]) {
+        if kind.is_k() {
+            self.quantize_k(x)
+        } else {
+            self.quantize(x)
+        }
+    }
+
+    /// Whether these are in the K-quants' form ([`QActs::quantize_k`]).
+    pub fn is_k(&self) -> bool {
+        self.k
+    }
+
+    /// Quantizes `x` (length a multiple of 256) for the K-quants' kernels, in place of the
+    /// previous contents, as llama.cpp's Q8_K: one f32 scale per 256 values, the values,
+    /// and the sums of each 16.
+    pub fn quantize_k(&mut self, x: &[f32]) {
+        let sup = kquant::SUPER;
+        let ns = x.len() / sup;
+        self.k = true;
+        self.d.resize(ns, 0.0);
+        self.ds.clear();
+        self.q.resize(ns * sup, 0);
+        self.s16.resize(ns * sup / 16, 0);
+        for (i, xs) in x.chunks_exact(sup).enumerate() {
+            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let qs = self.q[i * sup..(i + 1) * sup].chunks_exact_mut(16);
+            let sums = &mut self.s16[i * sup / 16..(i + 1) * sup / 16];
+            for ((qs, xs), s) in qs.zip(xs.chunks_exact(16)).zip(sums) {
+                let mut sum = 0i32;
+                for (q, &v) in qs.iter_mut().zip(xs) {
+                    *q = (v * id).round().clamp(-127.0, 127.0) as i8;
+                    sum += *q as i32;
+                }
+                // |sum| ≤ 16 · 127: an i16.
+                *s = sum as i16;
+            }
+            self.d[i] = d;
+        }
+    }
+
+    /// Quantizes `x` (length a multiple of 32) in place of the previous contents, for the
+    /// kernels of Q4_0, Q4_1 and Q8_0.
     pub fn quantize(&mut self, x: &[f32]) {
         let nb = x.len() / BLOCK;
+        self.k = false;
         self.d.resize(nb, 0.0);
         self.ds.resize(nb, 0.0);
         self.q.resize(nb * BLOCK, 0);
@@ -335,12 +386,16 @@ pub(super) fn matmat_with(
         .par_chunks_mut(chunk * t)
         .enumerate()
         .for_each(|(c, ys)| {
-            for (i, y) in ys.chunks_exact_mut(t).enumerate() {
-                let r = c * chunk + i;
-                for (g, yg) in y.chunks_mut(4).enumerate() {
-                    let at = |j: usize| &acts[g * 4 + if j < yg.len() { j } else { 0 }];
-                    let got = dot4(w, r, [at(0), at(1), at(2), at(3)]);
-                    yg.copy_from_slice(&got[..yg.len()]);
+            // Token groups outside, weight rows inside: a group's activations stay in the
+            // L1 cache for all the task's rows (a long prompt's do not fit it, nor L2).
+            let n = ys.len() / t;
+            for g in 0..t.div_ceil(4) {
+                let len = (t - 4 * g).min(4);
+                let at = |j: usize| &acts[g * 4 + if j < len { j } else { 0 }];
+                let group = [at(0), at(1), at(2), at(3)];
+                for i in 0..n {
+                    let got = dot4(w, c * chunk + i, group);
+                    ys[i * t + 4 * g..i * t + 4 * g + len].copy_from_slice(&got[..len]);
                 }
             }
         });
@@ -439,7 +494,7 @@ mod tests {
             let data = random_blocks(kind, rows, cols, 1);
             let w = Packed::from_ggml(kind, rows, cols, &data).unwrap();
             let mut a = QActs::default();
-            a.quantize(&random_vec(cols, 2));
+            a.quantize_for(kind, &random_vec(cols, 2));
             let mut plain = vec![0f32; rows];
             let mut fast = vec![0f32; rows];
             matvec_with(dot_plain, &w, &a, &mut plain);
@@ -463,7 +518,7 @@ mod tests {
             let acts: Vec<QActs> = (0..t)
                 .map(|i| {
                     let mut a = QActs::default();
-                    a.quantize(&random_vec(cols, 10 + i as u64));
+                    a.quantize_for(kind, &random_vec(cols, 10 + i as u64));
                     a
                 })
                 .collect();
@@ -494,7 +549,7 @@ mod tests {
             let w = Packed::from_ggml(kind, rows, cols, &data).unwrap();
             let x = random_vec(cols, 4);
             let mut a = QActs::default();
-            a.quantize(&x);
+            a.quantize_for(kind, &x);
             let mut got = vec![0f32; rows];
             crate::kernels::matvec(&w, &a, &mut got);
             let mut plain = vec![0f32; rows];

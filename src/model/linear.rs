@@ -20,6 +20,19 @@ use crate::kernels::{self, Packed, QActs, QKind};
 /// quantized kernels on a long prompt, the quantized kernels win on a few rows.
 const DENSE_MIN_ROWS: usize = 16;
 
+/// Rows from which a packed part without a dense copy runs a prompt through
+/// [`dequantized_gemm`] rather than [`kernels::matmat`]: Q4_0, Q4_1 and Q8_0 from
+/// [`DENSE_MIN_ROWS`]; the K-quants never (their integer kernels, summing each super-block
+/// in integers, beat dequantizing and an f32 GEMM at 16, 64 and 512 rows: 55-62 against
+/// 38-62 GFLOP/s at 512 on 2 Zen 3 cores, `examples/kquant_speed.rs --prompts`).
+fn gemm_min_rows(kind: QKind) -> usize {
+    if kind.is_k() {
+        usize::MAX
+    } else {
+        DENSE_MIN_ROWS
+    }
+}
+
 /// A projection `y = x·Wᵀ (+ b)`: one weight, or several stacked along the output.
 #[derive(Debug, Clone)]
 pub(crate) struct Linear {
@@ -81,7 +94,7 @@ impl Part {
         let rows = x.dims()[0];
         let y = match (&self.dense, &self.packed, &self.w) {
             (Some(d), _, _) if rows >= DENSE_MIN_ROWS => d.forward(x)?,
-            (_, Some(p), _) if x.device().is_cpu() && rows >= DENSE_MIN_ROWS => {
+            (_, Some(p), _) if x.device().is_cpu() && rows >= gemm_min_rows(p.kind()) => {
                 dequantized_gemm(p, &x.to_dtype(DType::F32)?.contiguous()?)?
             }
             (_, Some(p), _) if x.device().is_cpu() => {
@@ -91,7 +104,7 @@ impl Part {
                     x.par_chunks(cols)
                         .map(|row| {
                             let mut a = QActs::default();
-                            a.quantize(row);
+                            a.quantize_for(p.kind(), row);
                             a
                         })
                         .collect::<Vec<_>>()
@@ -109,11 +122,22 @@ impl Part {
         })
     }
 
-    /// `out = W·x (+ b)` for one row on the CPU.
-    fn forward_one(&self, x: &[f32], acts: &mut QActs, out: &mut [f32]) -> Result<()> {
+    /// `out = W·x (+ b)` for one row on the CPU. `held`: the form `acts` already holds `x`
+    /// in (`Some(true)` the K-quants'), if a part before this one quantized it.
+    fn forward_one(
+        &self,
+        x: &[f32],
+        acts: &mut QActs,
+        held: &mut Option<bool>,
+        out: &mut [f32],
+    ) -> Result<()> {
         match (&self.packed, &self.w) {
             (Some(p), _) => {
-                acts.quantize(x);
+                let k = p.kind().is_k();
+                if *held != Some(k) {
+                    acts.quantize_for(p.kind(), x);
+                    *held = Some(k);
+                }
                 kernels::matvec(p, acts, out);
             }
             (None, Some(QMatMul::Tensor(w))) if w.device().is_cpu() && w.dtype() == DType::F32 => {
@@ -295,9 +319,9 @@ impl Linear {
         out: &mut Vec<f32>,
     ) -> Result<()> {
         out.resize(self.out(), 0.0);
-        let mut at = 0;
+        let (mut at, mut held) = (0, None);
         for p in &self.parts {
-            p.forward_one(x, acts, &mut out[at..at + p.out])?;
+            p.forward_one(x, acts, &mut held, &mut out[at..at + p.out])?;
             at += p.out;
         }
         Ok(())

@@ -14,8 +14,8 @@
 //!   nibble for `k < 2`, high one otherwise) and its top two from bits `2k, 2k + 1` of
 //!   `qh[32h + l]`; scale `sc[i]` covers values `16i..16i + 16`.
 //!
-//! The dot product per 32-value activation block `b` (scale `da`, `ds = da·Σq`): Q4_K/Q5_K
-//! `d·sc·da·Σ(q·a) − dmin·m·ds`, Q6_K `d·da·Σ_half sc·Σ((q − 32)·a)` over its two halves of 16.
+//! The dot product takes activations in llama.cpp's Q8_K form (one scale `da` per 256
+//! values, the sums of each 16) and sums each super-block in integers: see [`dot_plain`].
 
 use half::f16;
 
@@ -129,29 +129,41 @@ pub(super) fn dequantize(kind: QKind, d: &[f16], m: &[f16], qs: &[u8], out: &mut
     }
 }
 
-/// A row of a K-quant · the activations `a`, in plain Rust: `d`, `m` and `qs` as
-/// [`super::Packed::row`] gives them.
+/// A row of a K-quant · the activations `a` (in the K-quants' form, [`QActs::quantize_k`]),
+/// in plain Rust: `d`, `m` and `qs` as [`super::Packed::row`] gives them. Per super-block
+/// `i`, in integers: Q4_K/Q5_K `Σ sc·Σ(q·a)` and `Σ m·(sum of the 32 activations)`, Q6_K
+/// `Σ sc·Σ(q·a) − 32·Σ sc·(sum of the 16 activations)` (its `q` unsigned, 0..64), then in
+/// f32 `da·(d·isum − dmin·msum)` (Q6_K `d·da·isum`).
 pub(super) fn dot_plain(kind: QKind, d: &[f16], m: &[f16], qs: &[u8], a: &QActs) -> f32 {
+    assert!(a.k, "the K-quants need activations in their form");
     let pb = packed_bytes(kind);
     let mut acc = 0f32;
     for (i, &dw) in d.iter().enumerate() {
-        let (sb, dw) = (&qs[i * pb..(i + 1) * pb], dw.to_f32());
-        for s in 0..SUPER / BLOCK {
-            let b = i * SUPER / BLOCK + s;
-            let qa = &a.q[b * BLOCK..(b + 1) * BLOCK];
-            let sum = |from: usize, to: usize| -> i32 {
-                (from..to)
-                    .map(|l| value(kind, sb, s * BLOCK + l) * qa[l] as i32)
-                    .sum()
-            };
-            if kind == QKind::Q6K {
-                let (s0, s1) = ((sb[2 * s] as i8) as i32, (sb[2 * s + 1] as i8) as i32);
-                let isum = s0 * sum(0, 16) + s1 * sum(16, 32);
-                acc += dw * a.d[b] * isum as f32;
-            } else {
-                acc += dw * sb[s] as f32 * a.d[b] * sum(0, 32) as f32;
-                acc -= m[i].to_f32() * sb[8 + s] as f32 * a.ds[b];
+        let (sb, dw, da) = (&qs[i * pb..(i + 1) * pb], dw.to_f32(), a.d[i]);
+        let (qa, sums) = (
+            &a.q[i * SUPER..(i + 1) * SUPER],
+            &a.s16[i * 16..(i + 1) * 16],
+        );
+        let dot = |from: usize| -> i32 {
+            (from..from + 16)
+                .map(|v| value(kind, sb, v) * qa[v] as i32)
+                .sum()
+        };
+        if kind == QKind::Q6K {
+            let mut isum = 0i32;
+            for (c, &sc) in sb[..16].iter().enumerate() {
+                let sc = (sc as i8) as i32;
+                // `value` is q − 32: Σ(q − 32)·a = Σ q·a − 32·(sum of the 16), exactly.
+                isum += sc * dot(16 * c);
             }
+            acc += dw * da * isum as f32;
+        } else {
+            let (mut isum, mut msum) = (0i32, 0i32);
+            for s in 0..SUPER / BLOCK {
+                isum += sb[s] as i32 * (dot(32 * s) + dot(32 * s + 16));
+                msum += sb[8 + s] as i32 * (sums[2 * s] as i32 + sums[2 * s + 1] as i32);
+            }
+            acc += da * (dw * isum as f32 - m[i].to_f32() * msum as f32);
         }
     }
     acc
@@ -255,6 +267,65 @@ pub(super) mod tests {
             let row_bytes = 2 * kind.block_bytes();
             assert!(Packed::from_ggml(kind, 2, 288, &vec![0; row_bytes]).is_none());
             assert!(Packed::from_ggml(kind, 2, 256, &vec![0; row_bytes + 1]).is_none());
+        }
+    }
+    #[test]
+    fn k_activations_round_trip_within_half_a_step_with_sums_of_16() {
+        let x = random_vec(512, 30);
+        let mut a = QActs::default();
+        a.quantize_k(&x);
+        assert!(a.is_k() && a.d.len() == 2 && a.s16.len() == 32);
+        for (i, v) in x.iter().enumerate() {
+            let back = a.q[i] as f32 * a.d[i / SUPER];
+            assert!((back - v).abs() <= 0.51 * a.d[i / SUPER] + 1e-6);
+        }
+        for (g, &s) in a.s16.iter().enumerate() {
+            let want: i32 = a.q[16 * g..16 * g + 16].iter().map(|&q| q as i32).sum();
+            assert_eq!(s as i32, want);
+        }
+        a.quantize_k(&[0.0; 256]);
+        assert!(a.d == [0.0] && a.q.iter().all(|&q| q == 0));
+    }
+
+    /// Every bit pattern of scales and values against activations at full scale (±127 in
+    /// places): the SIMD kernels' integer sums neither saturate nor overflow where the plain
+    /// ones do not, for one activation row and for four.
+    #[test]
+    fn simd_kernels_match_plain_on_extreme_bytes() {
+        for kind in [QKind::Q4K, QKind::Q5K, QKind::Q6K] {
+            let (rows, cols) = (9, 2048);
+            let data = random_bytes(kind, rows, cols, 31);
+            let w = Packed::from_ggml(kind, rows, cols, &data).unwrap();
+            let acts: Vec<QActs> = (0..5)
+                .map(|t| {
+                    let mut x = random_vec(cols, 40 + t);
+                    // Runs of the extremes: the largest products and sums of 16.
+                    for (i, v) in x.iter_mut().enumerate() {
+                        if (i / 16 + t as usize).is_multiple_of(3) {
+                            *v = if t % 2 == 0 { 1.0 } else { -1.0 };
+                        }
+                    }
+                    let mut a = QActs::default();
+                    a.quantize_k(&x);
+                    a
+                })
+                .collect();
+            let mut fast = vec![0f32; acts.len() * rows];
+            crate::kernels::matmat(&w, &acts, &mut fast);
+            for (t, a) in acts.iter().enumerate() {
+                let mut one = vec![0f32; rows];
+                crate::kernels::matvec(&w, a, &mut one);
+                for r in 0..rows {
+                    let (d, m, qs) = w.row(r);
+                    let p = dot_plain(kind, d, m, qs, a);
+                    for f in [one[r], fast[t * rows + r]] {
+                        assert!(
+                            (p - f).abs() <= 1e-4 * p.abs().max(1.0),
+                            "{kind:?} row {t},{r}: {p} vs {f}"
+                        );
+                    }
+                }
+            }
         }
     }
 }

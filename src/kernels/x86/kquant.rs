@@ -1,13 +1,14 @@
 //! The K-quants' (Q4_K, Q5_K, Q6_K) row kernels in AVX2: one weight row against one row of
-//! 8-bit activations (decoding) or four (a prompt, each super-block unpacked once for the
-//! four). `crate::kernels::quant::kquant::dot_plain` is their plain twin and describes the
-//! repacked layout read here.
+//! activations in the K-quants' form (llama.cpp's Q8_K: decoding) or four (a prompt, each
+//! super-block unpacked once for the four). `crate::kernels::quant::kquant::dot_plain` is
+//! their plain twin and describes the repacked layout read here.
 //!
-//! Per 32 values: the weights unpacked to 32 unsigned bytes in the activations' order,
-//! multiplied with them by `maddubs` (unsigned × signed) into i16 pairs, summed to i32 by
-//! `madd` (Q6_K: with its two 16-value scales), converted, and added scaled by `d·sc·da`
-//! (Q6_K `d·da`) into f32 lanes. Once per super-block, eight blocks at a time: the Q4_K/Q5_K
-//! minimums (`dmin·m·ds`), the Q6_K offset (`32·d·da·Σ sc·(sum of 16 activations)`).
+//! Within a super-block everything is integer: per 32 values the weights unpacked to 32
+//! unsigned bytes in the activations' order, multiplied with them by `maddubs` (unsigned ×
+//! signed) into i16 pairs, summed to i32 by `madd` with the sub-block's scale (Q6_K: its two
+//! 16-value scales), added into i32 lanes. Once per super-block: the Q4_K/Q5_K minimums
+//! (`Σ m·sum of 32 activations`) or the Q6_K offset (`32·Σ sc·sum of 16`) from the
+//! activations' sums of 16, one conversion and one multiply-add by `d·da` into f32 lanes.
 
 use std::arch::x86_64::*;
 
@@ -18,8 +19,11 @@ use super::{Avx2, Vnni};
 use crate::kernels::quant::kquant::{packed_bytes, SCALES, SUPER};
 use crate::kernels::quant::{Packed, QActs, QKind, BLOCK};
 
-/// Activation blocks per super-block.
+/// 32-value sub-blocks per super-block.
 const SUBS: usize = SUPER / BLOCK;
+
+/// Sums of 16 activations per super-block.
+const SUMS: usize = SUPER / 16;
 
 /// Row `r` of `w` (a K-quant) · the activations `a`. Panics unless `w` is a K-quant and `a`
 /// holds `w.cols()` activations.
@@ -48,9 +52,8 @@ fn rows<const N: usize>(_cpu: Avx2, w: &Packed, r: usize, a: [&QActs; N]) -> [f3
     assert!(qs.len() == ns * packed_bytes(kind));
     assert!(m.len() == if kind == QKind::Q6K { 0 } else { ns });
     for x in &a {
-        let nb = ns * SUBS;
-        assert!(x.q.len() >= nb * BLOCK && x.d.len() >= nb && x.ds.len() >= nb);
-        assert!(x.s16.len() >= 2 * nb);
+        assert!(x.is_k(), "the K-quants need activations in their form");
+        assert!(x.q.len() >= ns * SUPER && x.d.len() >= ns && x.s16.len() >= ns * SUMS);
     }
     let (d, m, q) = (
         d.as_ptr().cast::<u16>(),
@@ -59,7 +62,7 @@ fn rows<const N: usize>(_cpu: Avx2, w: &Packed, r: usize, a: [&QActs; N]) -> [f3
     );
     // SAFETY: the token proves AVX2, FMA and F16C; the asserts above bound every read: `ns`
     // super-blocks of `kind`'s repacked bytes, `ns` `dmin`s where the kernel reads them, and
-    // `ns · 256` activations (and `ns · 16` sums of 16) in each of `a`.
+    // `ns · 256` activations, `ns` scales and `ns · 16` sums of 16 in each of `a`.
     unsafe {
         match kind {
             QKind::Q4K => q45::<N, false>(d, m, q, a, ns),
@@ -69,37 +72,46 @@ fn rows<const N: usize>(_cpu: Avx2, w: &Packed, r: usize, a: [&QActs; N]) -> [f3
     }
 }
 
-/// The unsigned weight bytes `w` (0..64) × the 32 activations at `qa`, adjacent products
-/// summed: sixteen i16 lanes (at most 2·63·127 in size, no saturation).
+/// For sub-block `s` (0..8) of a Q4_K/Q5_K super-block, a shuffle of its eight scales as
+/// i16 (in both 128-bit lanes) into every i16 lane.
+const PICK45: [[u8; 32]; SUBS] = {
+    let mut t = [[0u8; 32]; SUBS];
+    let mut s = 0;
+    while s < SUBS {
+        let mut i = 0;
+        while i < 16 {
+            t[s][2 * i] = 2 * s as u8;
+            t[s][2 * i + 1] = 2 * s as u8 + 1;
+            i += 1;
+        }
+        s += 1;
+    }
+    t
+};
+
+/// A shuffle of eight bytes into byte pairs: `[0, 0, 1, 1, …, 7, 7]`.
+const DUP: [u8; 16] = [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7];
+
+/// `maddubs(w, 32 activations at qa)` (unsigned weights below 64 × signed activations,
+/// adjacent products summed to i16 without saturation: at most 2·63·127), then `madd` with
+/// the i16 scales `sc`: eight i32 lanes.
 ///
 /// # Safety
 ///
 /// The CPU runs AVX2; `qa` points to 32 activations.
 #[inline(always)]
-unsafe fn sum_pairs(w: __m256i, qa: *const i8) -> __m256i {
+unsafe fn scaled_sum(w: __m256i, qa: *const i8, sc: __m256i) -> __m256i {
     // SAFETY: 32 activations at `qa` (the caller's contract); the CPU runs AVX2.
-    unsafe { _mm256_maddubs_epi16(w, _mm256_loadu_si256(qa.cast())) }
+    unsafe { _mm256_madd_epi16(_mm256_maddubs_epi16(w, _mm256_loadu_si256(qa.cast())), sc) }
 }
 
-/// Eight unsigned bytes at `p` as f32 lanes.
-///
-/// # Safety
-///
-/// The CPU runs AVX2; `p` points to 8 bytes.
-#[target_feature(enable = "avx2")]
-unsafe fn bytes8(p: *const u8) -> __m256 {
-    // SAFETY: 8 bytes at `p` (the caller's contract).
-    let b = unsafe { _mm_loadl_epi64(p.cast()) };
-    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b))
-}
-
-/// Q4_K (`FIVE` false) or Q5_K rows · `N` activation rows. For `N == 1` the odd sub-blocks
-/// go to a second accumulator, so two chains of additions run at once.
+/// Q4_K (`FIVE` false) or Q5_K rows · `N` activation rows.
 ///
 /// # Safety
 ///
 /// The CPU runs AVX2, FMA and F16C; `d`, `m` point to `ns` f16 values, `q` to `ns` repacked
-/// super-blocks of the kind, each of `a` holds `ns · 256` activations.
+/// super-blocks of the kind, each of `a` holds `ns · 256` activations, `ns` scales and
+/// `ns · 16` sums of 16.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q45<const N: usize, const FIVE: bool>(
     d: *const u16,
@@ -109,34 +121,23 @@ unsafe fn q45<const N: usize, const FIVE: bool>(
     ns: usize,
 ) -> [f32; N] {
     let pb = packed_bytes(if FIVE { QKind::Q5K } else { QKind::Q4K });
-    let odd = usize::from(N == 1);
-    let mut acc = [[_mm256_setzero_ps(); 2]; N];
-    let mut scale = [[0f32; SUBS]; N];
-    let (low4, bit4, ones) = (
-        _mm256_set1_epi8(0xF),
-        _mm256_set1_epi8(0x10),
-        _mm256_set1_epi16(1),
-    );
+    let mut acc = [_mm256_setzero_ps(); N];
+    // SAFETY: 16 bytes of `DUP`.
+    let dup = unsafe { _mm_loadu_si128(DUP.as_ptr().cast()) };
+    let (low4, bit4) = (_mm256_set1_epi8(0xF), _mm256_set1_epi8(0x10));
     for i in 0..ns {
-        // SAFETY: super-block `i` (`pb` bytes at `q + i·pb`, `d[i]`, `m[i]`) and activation
-        // blocks `8i..8i + 8` exist (the caller's contract); the CPU runs AVX2, FMA and F16C.
+        // SAFETY: super-block `i` (`pb` bytes at `q + i·pb`, `d[i]`, `m[i]`), activations
+        // `256i..256i + 256`, scale `i` and sums `16i..16i + 16` exist (the caller's
+        // contract); the CPU runs AVX2, FMA and F16C.
         unsafe {
             let sb = q.add(i * pb);
-            let dw = _mm256_set1_ps(f16::from_bits(*d.add(i)).to_f32());
-            let dm = _mm256_set1_ps(f16::from_bits(*m.add(i)).to_f32());
-            let sc = _mm256_mul_ps(dw, bytes8(sb));
-            let mn = _mm256_mul_ps(dm, bytes8(sb.add(8)));
-            for (n, x) in a.iter().enumerate() {
-                let ad = _mm256_loadu_ps(x.d.as_ptr().add(i * SUBS));
-                let ads = _mm256_loadu_ps(x.ds.as_ptr().add(i * SUBS));
-                _mm256_storeu_ps(scale[n].as_mut_ptr(), _mm256_mul_ps(sc, ad));
-                acc[n][0] = _mm256_fnmadd_ps(mn, ads, acc[n][0]);
-            }
-            // Read back from memory: a broadcast load per sub-block (a load port), where the
-            // compiler would otherwise shuffle the lanes out of the register (a vector port).
-            // `&mut`: the compiler must assume the values changed, and load them.
-            #[allow(clippy::unnecessary_mut_passed)]
-            let scale: &[[f32; SUBS]; N] = std::hint::black_box(&mut scale);
+            let dw = f16::from_bits(*d.add(i)).to_f32();
+            let dm = f16::from_bits(*m.add(i)).to_f32();
+            let sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_loadl_epi64(sb.cast())));
+            // Minimum `s` in i16 lanes 2s and 2s + 1, to meet the two sums of 16 of sub-block s.
+            let mn = _mm_shuffle_epi8(_mm_loadl_epi64(sb.add(8).cast()), dup);
+            let mn = _mm256_cvtepu8_epi16(mn);
+            let mut isum = [_mm256_setzero_si256(); N];
             // Q5_K: bits 2j, 2j + 1 of each `qh` byte shifted down to bits 0, 1 for pair `j`.
             let mut qh = if FIVE {
                 _mm256_loadu_si256(sb.add(SCALES).cast())
@@ -154,37 +155,47 @@ unsafe fn q45<const N: usize, const FIVE: bool>(
                     hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(qh, 3), bit4));
                     qh = _mm256_srli_epi16(qh, 2);
                 }
-                let b = i * SUBS + 2 * j;
+                let pick = |s: usize| _mm256_loadu_si256(PICK45[s].as_ptr().cast());
+                let (sc0, sc1) = (
+                    _mm256_shuffle_epi8(sc, pick(2 * j)),
+                    _mm256_shuffle_epi8(sc, pick(2 * j + 1)),
+                );
                 for (n, x) in a.iter().enumerate() {
-                    let qa = x.q.as_ptr().add(b * BLOCK);
-                    let s0 = _mm256_cvtepi32_ps(_mm256_madd_epi16(sum_pairs(lo, qa), ones));
-                    let s1 =
-                        _mm256_cvtepi32_ps(_mm256_madd_epi16(sum_pairs(hi, qa.add(BLOCK)), ones));
-                    acc[n][0] = _mm256_fmadd_ps(_mm256_set1_ps(scale[n][2 * j]), s0, acc[n][0]);
-                    acc[n][odd] =
-                        _mm256_fmadd_ps(_mm256_set1_ps(scale[n][2 * j + 1]), s1, acc[n][odd]);
+                    let qa = x.q.as_ptr().add(i * SUPER + 2 * j * BLOCK);
+                    let s0 = scaled_sum(lo, qa, sc0);
+                    let s1 = scaled_sum(hi, qa.add(BLOCK), sc1);
+                    isum[n] = _mm256_add_epi32(isum[n], _mm256_add_epi32(s0, s1));
                 }
+            }
+            for (n, x) in a.iter().enumerate() {
+                let da = *x.d.as_ptr().add(i);
+                acc[n] =
+                    _mm256_fmadd_ps(_mm256_set1_ps(dw * da), _mm256_cvtepi32_ps(isum[n]), acc[n]);
+                // Lane s: m_s · (the sum of sub-block s's 32 activations).
+                let sums = _mm256_loadu_si256(x.s16.as_ptr().add(i * SUMS).cast());
+                let msum = _mm256_cvtepi32_ps(_mm256_madd_epi16(mn, sums));
+                acc[n] = _mm256_fnmadd_ps(_mm256_set1_ps(dm * da), msum, acc[n]);
             }
         }
     }
     let mut out = [0f32; N];
-    for (o, [a0, a1]) in out.iter_mut().zip(acc) {
-        *o = hsum(_mm256_add_ps(a0, a1));
+    for (o, a) in out.iter_mut().zip(acc) {
+        *o = hsum(a);
     }
     out
 }
 
-/// For 32-value block `c` (0..8) of a Q6_K super-block, a shuffle of its sixteen scales
-/// (in both 128-bit lanes) into i16 lanes holding `sc[2c] << 8` (low lane: values 0..16) or
-/// `sc[2c + 1] << 8` (high lane): the scale in the high byte, so the sign carries over.
-const PICK: [[u8; 32]; SUBS] = {
-    let mut t = [[0x80u8; 32]; SUBS];
+/// For 32-value block `c` (0..8) of a Q6_K super-block, a shuffle of its sixteen i8 scales
+/// into `sc[2c]` eight times then `sc[2c + 1]` eight times: widened to i16, the low 128-bit
+/// lane scales values 0..16 of the block, the high one values 16..32.
+const PICK6: [[u8; 16]; SUBS] = {
+    let mut t = [[0u8; 16]; SUBS];
     let mut c = 0;
     while c < SUBS {
         let mut i = 0;
         while i < 8 {
-            t[c][2 * i + 1] = 2 * c as u8;
-            t[c][16 + 2 * i + 1] = 2 * c as u8 + 1;
+            t[c][i] = 2 * c as u8;
+            t[c][8 + i] = 2 * c as u8 + 1;
             i += 1;
         }
         c += 1;
@@ -193,45 +204,28 @@ const PICK: [[u8; 32]; SUBS] = {
 };
 
 /// Q6_K rows · `N` activation rows. Each 32-value block's unsigned `q` (0..64) × the
-/// activations in `maddubs`, then `madd` with its two 16-value scales (×256, see [`PICK`]);
-/// the `−32` of every value once per super-block, from the activations' sums of 16.
+/// activations in `maddubs`, then `madd` with its two 16-value scales; the `−32` of every
+/// value once per super-block, from the activations' sums of 16.
 ///
 /// # Safety
 ///
 /// The CPU runs AVX2, FMA and F16C; `d` points to `ns` f16 values, `q` to `ns` repacked Q6_K
-/// super-blocks, each of `a` holds `ns · 256` activations and `ns · 16` sums of 16.
+/// super-blocks, each of `a` holds `ns · 256` activations, `ns` scales and `ns · 16` sums
+/// of 16.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q6<const N: usize>(d: *const u16, q: *const u8, a: [&QActs; N], ns: usize) -> [f32; N] {
     let pb = packed_bytes(QKind::Q6K);
-    let odd = usize::from(N == 1);
-    let mut acc = [[_mm256_setzero_ps(); 2]; N];
-    let mut scale = [[0f32; SUBS]; N];
+    let mut acc = [_mm256_setzero_ps(); N];
     let (low4, top2) = (_mm256_set1_epi8(0xF), _mm256_set1_epi8(0x30));
     for i in 0..ns {
-        // SAFETY: super-block `i` (`pb` bytes at `q + i·pb`, `d[i]`) and activation blocks
-        // `8i..8i + 8` exist (the caller's contract); the CPU runs AVX2, FMA and F16C.
+        // SAFETY: super-block `i` (`pb` bytes at `q + i·pb`, `d[i]`), activations
+        // `256i..256i + 256`, scale `i` and sums `16i..16i + 16` exist (the caller's
+        // contract); the CPU runs AVX2, FMA and F16C.
         unsafe {
             let sb = q.add(i * pb);
-            let dw = _mm256_set1_ps(f16::from_bits(*d.add(i)).to_f32());
+            let dw = f16::from_bits(*d.add(i)).to_f32();
             let scales = _mm_loadu_si128(sb.cast());
-            let (sc16, both) = (
-                _mm256_cvtepi8_epi16(scales),
-                _mm256_broadcastsi128_si256(scales),
-            );
-            for (n, x) in a.iter().enumerate() {
-                let dd = _mm256_mul_ps(dw, _mm256_loadu_ps(x.d.as_ptr().add(i * SUBS)));
-                // Lane c: sc[2c]·Σ(first 16 of block c) + sc[2c + 1]·Σ(its last 16).
-                let sums = _mm256_loadu_si256(x.s16.as_ptr().add(i * 2 * SUBS).cast());
-                let off = _mm256_cvtepi32_ps(_mm256_madd_epi16(sc16, sums));
-                let dd32 = _mm256_mul_ps(dd, _mm256_set1_ps(32.0));
-                acc[n][0] = _mm256_fnmadd_ps(dd32, off, acc[n][0]);
-                let unscaled = _mm256_mul_ps(dd, _mm256_set1_ps(1.0 / 256.0));
-                _mm256_storeu_ps(scale[n].as_mut_ptr(), unscaled);
-            }
-            // Read back from memory (see `q45`).
-            // `&mut`: the compiler must assume the values changed, and load them.
-            #[allow(clippy::unnecessary_mut_passed)]
-            let scale: &[[f32; SUBS]; N] = std::hint::black_box(&mut scale);
+            let mut isum = [_mm256_setzero_si256(); N];
             for h in 0..2 {
                 let ql0 = _mm256_loadu_si256(sb.add(SCALES + 64 * h).cast());
                 let ql1 = _mm256_loadu_si256(sb.add(SCALES + 64 * h + 32).cast());
@@ -247,21 +241,28 @@ unsafe fn q6<const N: usize>(d: *const u16, q: *const u8, a: [&QActs; N], ns: us
                     let w =
                         _mm256_or_si256(_mm256_and_si256(low, low4), _mm256_and_si256(top, top2));
                     let c = 4 * h + k;
-                    let sc = _mm256_shuffle_epi8(both, _mm256_loadu_si256(PICK[c].as_ptr().cast()));
-                    let t = if k % 2 == 1 { odd } else { 0 };
+                    let pick = _mm_loadu_si128(PICK6[c].as_ptr().cast());
+                    let sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, pick));
                     for (n, x) in a.iter().enumerate() {
-                        let qa = x.q.as_ptr().add((i * SUBS + c) * BLOCK);
-                        let s = _mm256_madd_epi16(sum_pairs(w, qa), sc);
-                        let s = _mm256_cvtepi32_ps(s);
-                        acc[n][t] = _mm256_fmadd_ps(_mm256_set1_ps(scale[n][c]), s, acc[n][t]);
+                        let qa = x.q.as_ptr().add(i * SUPER + c * BLOCK);
+                        isum[n] = _mm256_add_epi32(isum[n], scaled_sum(w, qa, sc));
                     }
                 }
+            }
+            let sc16 = _mm256_cvtepi8_epi16(scales);
+            for (n, x) in a.iter().enumerate() {
+                // Lane c: sc[2c]·(sum of 16) + sc[2c + 1]·(the next sum), times 32.
+                let sums = _mm256_loadu_si256(x.s16.as_ptr().add(i * SUMS).cast());
+                let off = _mm256_slli_epi32(_mm256_madd_epi16(sc16, sums), 5);
+                let tot = _mm256_cvtepi32_ps(_mm256_sub_epi32(isum[n], off));
+                let dd = _mm256_set1_ps(dw * *x.d.as_ptr().add(i));
+                acc[n] = _mm256_fmadd_ps(dd, tot, acc[n]);
             }
         }
     }
     let mut out = [0f32; N];
-    for (o, [a0, a1]) in out.iter_mut().zip(acc) {
-        *o = hsum(_mm256_add_ps(a0, a1));
+    for (o, a) in out.iter_mut().zip(acc) {
+        *o = hsum(a);
     }
     out
 }
