@@ -172,6 +172,10 @@ pub fn run(a: ChatArgs) -> Result<()> {
                 None => Positions::Rebased,
             },
             kv_type: a.kv_type.parse()?,
+            profile: match &a.profile {
+                Some(p) => p.parse()?,
+                None => morphkv::cache::ProfileType::default(),
+            },
             ..CacheConfig::default()
         };
         // Errors name where the value came from.

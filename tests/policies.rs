@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 use candle_core::{DType, Device, Tensor};
 use half::f16;
 use morphkv::cache::{
-    encode_row, CacheConfig, Fusion, GroupAgg, KvCache, PolicyKind, ScoreCtx, POLICIES,
+    encode_row, CacheConfig, Fusion, GroupAgg, KvCache, PolicyKind, RingView, ScoreCtx, POLICIES,
 };
 use morphkv::model::attention::attention;
 use morphkv::model::{open_gguf, Config, Logits, Model, WeightFormat};
@@ -314,7 +314,7 @@ impl Scene {
             pos: &self.pos,
             candidate,
             acc,
-            ring: &self.ring,
+            ring: RingView::F16(&self.ring),
             ring_cap: self.rows,
             ring_len: self.rows,
             old_mass,
