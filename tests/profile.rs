@@ -2,6 +2,8 @@
 //! exact after evictions, takes half the f16 ring's bytes, and keeps (almost) the same tokens
 //! as the f16 ring.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeSet;
 
 use candle_core::{DType, Device};
