@@ -67,7 +67,7 @@ pub struct CacheConfig {
     /// How keys and values are stored (f16 by default, as llama.cpp).
     pub kv_type: KvType,
     /// How the attention profile's rows are stored (MorphKV's window of rows, TOVA's and
-    /// SnapKV's rows): exact scaled f16 or 8-bit log codes.
+    /// SnapKV's rows): 8-bit log codes (the default) or exact scaled f16.
     pub profile: ProfileType,
 }
 

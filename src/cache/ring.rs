@@ -29,10 +29,13 @@ pub const RING_SCALE: f32 = 32768.0;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub enum ProfileType {
     /// 2 bytes per value: the probability scaled by 2^15 as f16 (11 significant bits).
-    #[default]
     #[serde(rename = "f16")]
     F16,
-    /// 1 byte per value: a log2 code (8 steps per octave over 32 octaves, 0 for zero).
+    /// 1 byte per value: a log2 code (8 steps per octave over 32 octaves, 0 for zero). The
+    /// default: at equal bytes (K/V plus profile) the budget it frees keeps MorphKV closer to
+    /// the full cache than the exact ring does (`morphkv eval --profiles f16,log8
+    /// --equal-bytes ...`).
+    #[default]
     #[serde(rename = "log8")]
     Log8,
 }
@@ -100,8 +103,7 @@ pub fn log8_table() -> &'static [f32; 256] {
 /// The log code of probability `p` (0 for `p ≤ 0`, NaN, and below the code's range).
 #[inline]
 pub fn log8_encode(p: f32) -> u8 {
-    // `!(p > 0)` also catches NaN.
-    if !(p > 0.0) {
+    if p.is_nan() || p <= 0.0 {
         return 0;
     }
     let c = 255.0 + (p.log2() * PER_OCTAVE).round();
