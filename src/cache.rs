@@ -30,6 +30,7 @@
 //!   table; [`policy`]: the [`Policy`] trait; one file per policy;
 //! - `slots`: [`LayerCache`], slot storage and its in-place ops (and `fork`, `portable`);
 //! - `profile`: MorphKV's ring of attention rows and their old masses, its own type;
+//!   `ring`: [`ProfileType`], how its rows are stored (f16 or 8-bit log codes), and the codec;
 //! - `evict`: choosing and removing victims, layer by layer, in parallel;
 //! - `telemetry`: [`Eviction`]s, [`LayerAttention`], [`Snapshot`], byte counts, timing.
 
@@ -41,6 +42,7 @@ pub mod limits;
 pub mod policy;
 mod profile;
 mod registry;
+mod ring;
 mod shape;
 mod slots;
 mod telemetry;
@@ -67,6 +69,9 @@ pub use footprint::{format_bytes, parse_bytes, Bytes};
 pub use kv_type::{deserialize_kv_type, KvType, KV_TYPE_LIST};
 pub use policy::{encode_row, Fusion, GroupAgg, Needs, Phase, Policy, ScoreCtx, RING_SCALE};
 pub use registry::{Entry, PolicyKind, EVICTING_POLICIES, POLICIES, POLICY_LIST};
+pub use ring::{
+    axpy_rows, encode_log8, log8_encode, log8_table, ProfileType, RingView, PROFILE_TYPE_LIST,
+};
 pub use shape::Shape;
 pub use slots::LayerCache;
 use slots::INITIAL_SLOTS;
@@ -154,9 +159,10 @@ impl KvCache {
             INITIAL_SLOTS
         };
         let sizes = (cap, cache.budget, cache.prefill_chunk);
-        limits::check_first_allocation(model, sizes, needs.rows, kv)?;
+        let ring = (needs.rows, cache.profile);
+        limits::check_first_allocation(model, sizes, ring, kv)?;
         let layers = (0..model.n_layer)
-            .map(|_| LayerCache::new(model, cap, needs.rows, kv, device))
+            .map(|_| LayerCache::new(model, cap, ring, kv, device))
             .collect::<Result<_>>()?;
         Ok(Self {
             layers,

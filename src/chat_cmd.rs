@@ -175,6 +175,10 @@ pub fn run(a: ChatArgs) -> Result<()> {
                 Some(t) => t.parse()?,
                 None => cfg.kv_type.unwrap_or_default(),
             },
+            profile: match &a.profile {
+                Some(p) => p.parse()?,
+                None => morphkv::cache::ProfileType::default(),
+            },
             ..CacheConfig::default()
         };
         // Errors name where the value came from.

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use morphkv::cache::limits::{self, Limit};
-use morphkv::cache::{EVICTING_POLICIES, KV_TYPE_LIST, POLICY_LIST};
+use morphkv::cache::{EVICTING_POLICIES, KV_TYPE_LIST, POLICY_LIST, PROFILE_TYPE_LIST};
 
 /// Most CPU threads `-t` accepts (ggml's own limit).
 const THREADS: Limit = Limit {
@@ -235,6 +235,17 @@ pub struct CacheArgs {
     // KV storage: the list of types.
     #[arg(long = "kv-type", default_value = "f16", help = format!("Key and value storage: {KV_TYPE_LIST} (as llama.cpp's -ctk/-ctv; q8_0 on the CPU only)"))]
     pub kv_type: String,
+    // Attention profile storage: the list of types.
+    #[arg(long, help = profile_help())]
+    pub profile: Option<String>,
+}
+
+/// `--profile`'s help, naming the default.
+fn profile_help() -> String {
+    format!(
+        "Attention profile storage (MorphKV's window of rows; TOVA's and SnapKV's rows): {PROFILE_TYPE_LIST} (default: {})",
+        morphkv::cache::ProfileType::default()
+    )
 }
 
 #[derive(Debug, Args)]
@@ -360,6 +371,10 @@ pub struct EvalArgs {
     /// a full cache of each type other than f32 against the f32 reference.
     #[arg(long = "kv-types", value_delimiter = ',', conflicts_with = "kv_type")]
     pub kv_types: Vec<String>,
+    /// Profile storages to try, comma-separated (default: --profile); they apply to the
+    /// policies that keep attention rows (morphkv, tova, snapkv).
+    #[arg(long = "profiles", value_delimiter = ',', conflicts_with = "profile")]
+    pub profiles: Vec<String>,
     /// Text files to feed (default: the suite's texts in eval/texts).
     #[arg(long = "text")]
     pub texts: Vec<PathBuf>,
@@ -439,6 +454,9 @@ pub struct ChatArgs {
     // KV storage: the list of types.
     #[arg(long = "kv-type", help = format!("Key and value storage: {KV_TYPE_LIST} (as llama.cpp's -ctk/-ctv; q8_0 on the CPU only; default: the config file's, else f16)"))]
     pub kv_type: Option<String>,
+    // Attention profile storage: the list of types.
+    #[arg(long, help = profile_help())]
+    pub profile: Option<String>,
     /// Compare mode from the start: a second cache under this policy follows the
     /// conversation (as `/compare POLICY`); its budget and window are the main cache's unless
     /// given.
@@ -512,6 +530,10 @@ impl CacheArgs {
             prefill_chunk: self.prefill_chunk,
             positions: self.positions.parse()?,
             kv_type: self.kv_type.parse()?,
+            profile: match &self.profile {
+                Some(p) => p.parse()?,
+                None => morphkv::cache::ProfileType::default(),
+            },
         };
         cfg.validate()?;
         Ok(cfg)

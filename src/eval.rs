@@ -76,6 +76,11 @@ impl Variant {
         if kv != KvType::default() || (cache.policy == PolicyKind::Full && kv != KvType::F32) {
             label.push_str(&format!(" {kv}"));
         }
+        // The profile's storage when it is not the default and the policy keeps rows.
+        let rows = cache.build_policy().needs().rows;
+        if rows > 0 && cache.profile != crate::cache::ProfileType::default() {
+            label.push_str(&format!(" profile {}", cache.profile));
+        }
         Self { label, cache }
     }
 }

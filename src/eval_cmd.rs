@@ -120,6 +120,14 @@ fn variants(a: &EvalArgs) -> Result<Vec<Variant>> {
             .map(|t| t.parse())
             .collect::<morphkv::Result<_>>()?
     };
+    let profiles = if a.profiles.is_empty() {
+        vec![base.profile]
+    } else {
+        a.profiles
+            .iter()
+            .map(|t| t.parse())
+            .collect::<morphkv::Result<_>>()?
+    };
     let mut out = Vec::new();
     for (p, &kv_type) in a
         .policies
@@ -150,7 +158,21 @@ fn variants(a: &EvalArgs) -> Result<Vec<Variant>> {
                 } else {
                     &fusions[..1]
                 };
-                for &fusion in fs {
+                // Only the policies that keep rows have a profile to store.
+                let rows = CacheConfig {
+                    policy,
+                    window,
+                    ..base.clone()
+                }
+                .build_policy()
+                .needs()
+                .rows;
+                let ps = if rows > 0 {
+                    &profiles[..]
+                } else {
+                    &profiles[..1]
+                };
+                for (&fusion, &profile) in fs.iter().flat_map(|f| ps.iter().map(move |p| (f, p))) {
                     for &pos in &positions {
                         let cfg = CacheConfig {
                             policy,
@@ -159,6 +181,7 @@ fn variants(a: &EvalArgs) -> Result<Vec<Variant>> {
                             fusion,
                             positions: pos,
                             kv_type,
+                            profile,
                             ..base.clone()
                         };
                         cfg.validate()?;

@@ -10,7 +10,8 @@ use std::collections::{BTreeSet, HashMap};
 use candle_core::{DType, Device, Tensor};
 use half::f16;
 use morphkv::cache::{
-    encode_row, CacheConfig, Fusion, GroupAgg, KvCache, PolicyKind, ScoreCtx, POLICIES,
+    encode_row, CacheConfig, Fusion, GroupAgg, KvCache, PolicyKind, ProfileType, RingView,
+    ScoreCtx, POLICIES,
 };
 use morphkv::model::attention::attention;
 use morphkv::model::{open_gguf, Config, Logits, Model, WeightFormat};
@@ -314,7 +315,7 @@ impl Scene {
             pos: &self.pos,
             candidate,
             acc,
-            ring: &self.ring,
+            ring: RingView::F16(&self.ring),
             ring_cap: self.rows,
             ring_len: self.rows,
             old_mass,
@@ -536,6 +537,8 @@ fn morphkv_evictions_equal_brute_force_in_the_cache() {
                 group_agg,
                 evict_every,
                 prefill_chunk: 16,
+                // The exact ring: the tolerance below is f16's.
+                profile: ProfileType::F16,
                 ..CacheConfig::default()
             };
             let mut sim = Sim::new(c, 11);

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::limits;
 use super::policy::{Fusion, GroupAgg, Phase, Policy, Settings};
 use super::registry::PolicyKind;
-use super::KvType;
+use super::{KvType, ProfileType};
 use crate::error::{Error, Result};
 
 /// Prompt tokens run per forward pass during prefill.
@@ -66,6 +66,9 @@ pub struct CacheConfig {
     pub positions: Positions,
     /// How keys and values are stored (f16 by default, as llama.cpp).
     pub kv_type: KvType,
+    /// How the attention profile's rows are stored (MorphKV's window of rows, TOVA's and
+    /// SnapKV's rows): 8-bit log codes (the default) or exact scaled f16.
+    pub profile: ProfileType,
 }
 
 impl Default for CacheConfig {
@@ -81,6 +84,7 @@ impl Default for CacheConfig {
             prefill_chunk: DEFAULT_PREFILL_CHUNK,
             positions: Positions::Absolute,
             kv_type: KvType::default(),
+            profile: ProfileType::default(),
         }
     }
 }

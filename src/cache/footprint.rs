@@ -43,8 +43,8 @@ impl CacheConfig {
             .iter()
             .fold(shape.n_layer, |a, &b| a.saturating_mul(b));
         let rows = self.build_policy().needs().rows;
-        // The ring: f16 rows of every query head over the retained slots, per layer.
-        let per_slot = [std::mem::size_of::<half::f16>(), shape.n_head, rows]
+        // The ring: rows of every query head over the retained slots, per layer.
+        let per_slot = [self.profile.value_bytes(), shape.n_head, rows]
             .iter()
             .fold(shape.n_layer, |a, &b| a.saturating_mul(b));
         Bytes {

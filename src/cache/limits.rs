@@ -98,16 +98,16 @@ pub fn deserialize_window<'de, D: serde::Deserializer<'de>>(
 }
 
 /// Checks that a cache of `cap` slots per KV head in every layer of `model` (K and V, the
-/// per-slot records, and a profile of `ring_rows` rows) fits in this machine's memory: the
+/// per-slot records, and a profile of `ring_rows` rows stored as `ring_type`) fits in this machine's memory: the
 /// error names `--budget` and says what the cache would need.
 pub(super) fn check_first_allocation(
     model: &super::Shape,
     (cap, budget, prefill_chunk): (usize, usize, usize),
-    ring_rows: usize,
+    ring: (usize, super::ProfileType),
     kv: super::KvType,
 ) -> crate::error::Result<()> {
     use crate::error::Error;
-    let bytes = first_allocation(model, cap, ring_rows, kv);
+    let bytes = first_allocation(model, cap, ring, kv);
     let total = total_memory();
     if let (Some(total), Some(bytes)) = (total, bytes) {
         if bytes > total {
@@ -134,14 +134,17 @@ pub(super) fn check_first_allocation(
 fn first_allocation(
     model: &super::Shape,
     cap: usize,
-    ring_rows: usize,
+    (ring_rows, ring_type): (usize, super::ProfileType),
     kv: super::KvType,
 ) -> Option<u64> {
     let kv = model
         .n_kv_head
         .checked_mul(2 * kv.row_bytes(model.head_dim))?;
     let records = model.n_kv_head.checked_mul(16)?;
-    let ring = model.n_head.checked_mul(ring_rows)?.checked_mul(2)?;
+    let ring = model
+        .n_head
+        .checked_mul(ring_rows)?
+        .checked_mul(ring_type.value_bytes())?;
     let per_slot = kv.checked_add(records)?.checked_add(ring)?;
     let bytes = per_slot.checked_mul(cap)?.checked_mul(model.n_layer)?;
     u64::try_from(bytes).ok()

@@ -7,10 +7,12 @@
 //! full softmax divided by the old columns' sum), aggregated over the query heads of the KV
 //! head (sum, as in the paper's Algorithm 1, or max, as in the authors' code) and fused over
 //! the window (sum or max). The window's rows are the rows each query produced when it was
-//! decoded, kept by the cache as a ring: no extra matmul per step, O(H_q · R · n) work. The
-//! ring stores f16 (probabilities scaled by 2^15, 11 significant bits), since it is read whole
-//! at every step: scores match an f32 computation to about 1e-3 relative, so only tokens whose
-//! scores tie to that precision may be ranked differently.
+//! decoded, kept by the cache as a ring: no extra matmul per step, O(H_q · R · n) work. By
+//! default the ring stores 8-bit log codes (each value within 4.5%, see `super::ring`): at
+//! equal bytes the budget it frees is worth more than the exact ranking. With `--profile f16`
+//! it stores f16 (probabilities scaled by 2^15, 11 significant bits): scores match an f32
+//! computation to about 1e-3 relative, so only tokens whose scores tie to that precision may
+//! be ranked differently.
 
 use super::policy::Settings;
 use super::registry::Entry;
@@ -105,7 +107,7 @@ impl Policy for MorphKv {
                 }
             }
             if sum_sum {
-                crate::kernels::axpy_rows_f16(&weights, &rows, fused);
+                super::ring::axpy_rows(&weights, &rows, fused);
             }
         }
     }

@@ -6,8 +6,8 @@ use std::fmt::Debug;
 use std::str::FromStr;
 
 use half::f16;
-use half::slice::HalfFloatSliceExt;
 
+use super::ring::RingView;
 use crate::error::{Error, Result};
 
 /// What a policy's constructor reads from the cache's settings.
@@ -49,19 +49,20 @@ pub struct ScoreCtx<'a> {
     /// query since the token entered the cache (H2O's statistic).
     pub acc: &'a [f32],
     /// The ring of the most recent query rows (attention probabilities over slots, stored as
-    /// f16 scaled by [`RING_SCALE`]), per query head; `ring_len` of `ring_cap` rows are
-    /// valid, in no particular order.
-    pub ring: &'a [f16],
+    /// f16 scaled by [`RING_SCALE`] or as log codes decoding to such values), per query head;
+    /// `ring_len` of `ring_cap` rows are valid, in no particular order.
+    pub ring: RingView<'a>,
     pub ring_cap: usize,
     pub ring_len: usize,
     /// Each ring row's old mass: the sum of its stored values (scaled units) over the KV
     /// head's candidate slots, `[qhead * ring_cap + row]`. The cache keeps it up to date
     /// without re-reading rows (a row is read whole only when written), in f64, where sums of
-    /// f16 values are exact: no cancellation however much of a row the window holds.
+    /// f16 values (what every stored value decodes to) are exact: no cancellation however
+    /// much of a row the window holds.
     pub old_mass: &'a [f64],
 }
 
-impl ScoreCtx<'_> {
+impl<'a> ScoreCtx<'a> {
     /// Index of `slot` of KV head `head` in per-slot arrays.
     pub fn at(&self, head: usize, slot: usize) -> usize {
         head * self.cap + slot
@@ -74,22 +75,19 @@ impl ScoreCtx<'_> {
 
     /// One ring row of query head `qhead` as stored: scaled probabilities over slots
     /// `0..n`.
-    pub fn row(&self, qhead: usize, row: usize) -> &[f16] {
+    pub fn row(&self, qhead: usize, row: usize) -> RingView<'a> {
         let start = (qhead * self.ring_cap + row) * self.cap;
-        &self.ring[start..start + self.n]
+        self.ring.slice(start, self.n)
     }
 
     /// Converts one ring row into `out` (length `n`), in the ring's scaled units: divide by
     /// [`RING_SCALE`] for probabilities.
     pub fn row_into(&self, qhead: usize, row: usize, out: &mut [f32]) {
-        self.row(qhead, row).convert_to_f32_slice(out);
+        self.row(qhead, row).decode_into(out);
     }
 }
 
-/// Scale of the ring's f16 values: a probability `p` is stored as `p · 2^15`, so that f16's
-/// 11 significant bits cover probabilities down to 2^-39 (the ring is half the bytes of f32,
-/// and it is read whole at every MorphKV step).
-pub const RING_SCALE: f32 = 32768.0;
+pub use super::ring::RING_SCALE;
 
 /// Stores probabilities `src` as a ring row: f16 scaled by [`RING_SCALE`] (round to nearest
 /// even). Returns the row's old mass: the exact sum of the stored values whose slot's position

@@ -13,18 +13,71 @@
 //!
 //! Slots are the layer's: the profile reads their positions (`pos[head * cap + slot]`, the
 //! first `n` slots of each KV head used) but never moves them.
+//!
+//! Rows are stored as the cache's [`ProfileType`]: scaled f16 or 8-bit log codes (see
+//! [`super::ring`]). Either way a stored value decodes to an f16 value, so the old masses
+//! (f64 sums of decoded values) are exact and match what the scorer reads.
 
 use std::ops::Range;
 
 use half::f16;
 
 use super::policy;
+use super::ring::{self, ProfileType, RingView};
+
+/// One stored value of a ring row.
+trait Cell: Copy {
+    const ZERO: Self;
+    /// The value in the ring's scaled units.
+    fn value(self) -> f64;
+    /// Stores probabilities `src` in `dst`; returns the exact sum of the stored values whose
+    /// `pos` lies in `old`.
+    fn encode(src: &[f32], dst: &mut [Self], pos: &[u32], old: Range<u32>) -> f64;
+}
+
+impl Cell for f16 {
+    const ZERO: Self = f16::ZERO;
+    fn value(self) -> f64 {
+        f64::from(self)
+    }
+    fn encode(src: &[f32], dst: &mut [Self], pos: &[u32], old: Range<u32>) -> f64 {
+        policy::encode_row(src, dst, pos, old)
+    }
+}
+
+impl Cell for u8 {
+    const ZERO: Self = 0;
+    fn value(self) -> f64 {
+        f64::from(ring::log8_table()[usize::from(self)])
+    }
+    fn encode(src: &[f32], dst: &mut [Self], pos: &[u32], old: Range<u32>) -> f64 {
+        ring::encode_log8(src, dst, pos, old)
+    }
+}
+
+/// The stored rows, `[(qhead * rows + row) * cap + slot]`.
+#[derive(Debug, Clone)]
+enum Ring {
+    F16(Vec<f16>),
+    Log8(Vec<u8>),
+}
+
+/// Runs `$body` with `$r` bound to the ring's values (`&mut` when `$ring` is), whatever
+/// their type.
+macro_rules! each_ring {
+    ($ring:expr, $r:ident => $body:expr) => {
+        match $ring {
+            Ring::F16($r) => $body,
+            Ring::Log8($r) => $body,
+        }
+    };
+}
 
 /// One layer's ring of attention rows and their old masses.
 #[derive(Debug, Clone)]
 pub struct Profile {
-    /// Rows, scaled f16 (see [`policy::RING_SCALE`]): `[(qhead * rows + row) * cap + slot]`.
-    ring: Vec<f16>,
+    /// Rows as [`ProfileType`] says: `[(qhead * rows + row) * cap + slot]`.
+    ring: Ring,
     /// Query heads, and per KV head.
     n_head: usize,
     group: usize,
@@ -54,10 +107,14 @@ pub struct Profile {
 
 impl Profile {
     /// An empty profile of `rows` rows per query head (`n_head` of them, `group` per KV head)
-    /// over `cap` slots.
-    pub fn new(n_head: usize, group: usize, rows: usize, cap: usize) -> Self {
+    /// over `cap` slots, stored as `kind`.
+    pub fn new(n_head: usize, group: usize, rows: usize, cap: usize, kind: ProfileType) -> Self {
+        let n = n_head * rows * cap;
         Self {
-            ring: vec![f16::ZERO; n_head * rows * cap],
+            ring: match kind {
+                ProfileType::F16 => Ring::F16(vec![f16::ZERO; n]),
+                ProfileType::Log8 => Ring::Log8(vec![0; n]),
+            },
             n_head,
             group,
             rows,
@@ -71,9 +128,20 @@ impl Profile {
         }
     }
 
-    /// The rows as stored: `[(qhead * rows + row) * cap + slot]`, scaled f16.
-    pub fn ring(&self) -> &[f16] {
-        &self.ring
+    /// The rows as stored: `[(qhead * rows + row) * cap + slot]`.
+    pub fn ring(&self) -> RingView<'_> {
+        match &self.ring {
+            Ring::F16(r) => RingView::F16(r),
+            Ring::Log8(r) => RingView::Log8(r),
+        }
+    }
+
+    /// How the rows are stored.
+    pub fn kind(&self) -> ProfileType {
+        match self.ring {
+            Ring::F16(_) => ProfileType::F16,
+            Ring::Log8(_) => ProfileType::Log8,
+        }
     }
 
     /// Rows kept per query head.
@@ -96,9 +164,9 @@ impl Profile {
         self.old_to
     }
 
-    /// Bytes of the rows over `retained` slots per KV head (f16).
+    /// Bytes of the rows over `retained` slots per KV head, as stored.
     pub fn bytes(&self, retained: usize) -> usize {
-        std::mem::size_of::<f16>() * self.n_head * self.rows * retained
+        self.kind().value_bytes() * self.n_head * self.rows * retained
     }
 
     /// Forgets every row (a new conversation).
@@ -107,13 +175,13 @@ impl Profile {
         self.next = 0;
         self.old_to = 0;
         // Rows written later must read 0 in columns their tokens never saw.
-        self.ring.fill(f16::ZERO);
+        each_ring!(&mut self.ring, r => r.fill(Cell::ZERO));
     }
 
     /// Follows the layer to `cap` slots, of which the first `len` are used.
     pub fn grow(&mut self, cap: usize, len: usize) {
         let old = self.cap;
-        self.ring = remap(&self.ring, self.ring.len() / old, f16::ZERO, old, cap, len);
+        each_ring!(&mut self.ring, r => *r = remap(r, r.len() / old, Cell::ZERO, old, cap, len));
         self.dirty
             .iter_mut()
             .for_each(|e| *e = (*e).min(len as u32));
@@ -141,15 +209,16 @@ impl Profile {
             for qh in 0..n_head {
                 let src = &probs[(qh * rows + i) * visible..(qh * rows + i + 1) * visible];
                 let start = (qh * self.rows + r) * cap;
-                let dst = &mut self.ring[start..start + cap];
                 let pos = &pos[(qh / group) * cap..][..visible];
-                self.old_mass[qh * self.rows + r] =
-                    policy::encode_row(src, &mut dst[..visible], pos, lo..hi);
-                // Columns past `visible` are tokens this query never saw.
                 let dirty = &mut self.dirty[qh * self.rows + r];
-                if (*dirty as usize) > visible {
-                    dst[visible..*dirty as usize].fill(f16::ZERO);
-                }
+                self.old_mass[qh * self.rows + r] = each_ring!(&mut self.ring, ring => {
+                    let dst = &mut ring[start..start + cap];
+                    // Columns past `visible` are tokens this query never saw.
+                    if (*dirty as usize) > visible {
+                        dst[visible..*dirty as usize].fill(Cell::ZERO);
+                    }
+                    Cell::encode(src, &mut dst[..visible], pos, lo..hi)
+                });
                 *dirty = visible as u32;
             }
             self.next = (r + 1) % self.rows;
@@ -185,8 +254,10 @@ impl Profile {
             }
             for q in h * self.group..(h + 1) * self.group {
                 for r in 0..self.len {
-                    let row = &self.ring[(q * self.rows + r) * cap..][..n];
-                    let add: f64 = slots.iter().map(|&s| f64::from(row[s])).sum();
+                    let add = each_ring!(&self.ring, ring => {
+                        let row = &ring[(q * self.rows + r) * cap..][..n];
+                        slots.iter().map(|&s| row[s].value()).sum::<f64>()
+                    });
                     self.old_mass[q * self.rows + r] += add;
                 }
             }
@@ -216,11 +287,13 @@ impl Profile {
     fn counted_old(&self, pos: &[u32], n: usize, q: usize, r: usize, old: Range<u32>) -> f64 {
         let cap = self.cap;
         let pos = &pos[(q / self.group) * cap..][..n];
-        let row = &self.ring[(q * self.rows + r) * cap..][..n];
-        (0..n)
-            .filter(|&s| old.contains(&pos[s]))
-            .map(|s| f64::from(row[s]))
-            .sum()
+        each_ring!(&self.ring, ring => {
+            let row = &ring[(q * self.rows + r) * cap..][..n];
+            (0..n)
+                .filter(|&s| old.contains(&pos[s]))
+                .map(|s| row[s].value())
+                .sum()
+        })
     }
 
     /// Largest |maintained − recomputed| old mass over the valid rows (exact arithmetic makes
@@ -257,39 +330,43 @@ impl Profile {
         // The scoring sweep read the rows without keeping them in L2 (see
         // `kernels::axpy_rows_f16`): ask for the few lines each row needs here, all at once,
         // before touching any.
-        for q in h * self.group..(h + 1) * self.group {
-            for r in 0..self.len {
-                let (row, seen) = (&self.ring[(q * self.rows + r) * cap..][..n], self.qpos[r]);
-                for &s in victims.iter().chain(ahead) {
-                    crate::kernels::prefetch(row, s);
-                }
-                for &(s, _) in moves.iter().filter(|&&(s, _)| pos[s] <= seen) {
-                    crate::kernels::prefetch(row, s);
-                }
-                if keep_len < n && pos[keep_len..].iter().any(|&p| p <= seen) {
-                    crate::kernels::prefetch(row, keep_len);
-                }
-            }
-        }
-        for q in h * self.group..(h + 1) * self.group {
-            for r in 0..self.len {
-                let seen = self.qpos[r];
-                let row = &mut self.ring[(q * self.rows + r) * cap..][..n];
-                let gone: f64 = victims.iter().map(|&s| f64::from(row[s])).sum();
-                let turned: f64 = ahead.iter().map(|&s| f64::from(row[s])).sum();
-                self.old_mass[q * self.rows + r] += turned - gone;
-                for &(s, t) in moves {
-                    row[t] = if pos[s] <= seen { row[s] } else { f16::ZERO };
-                }
-                for (v, &p) in row[keep_len..].iter_mut().zip(&pos[keep_len..]) {
-                    if p <= seen {
-                        *v = f16::ZERO;
+        let (rows, len, group) = (self.rows, self.len, self.group);
+        let (qpos, old_mass, dirty) = (&self.qpos, &mut self.old_mass, &mut self.dirty);
+        each_ring!(&mut self.ring, ring => {
+            for q in h * group..(h + 1) * group {
+                for r in 0..len {
+                    let (row, seen) = (&ring[(q * rows + r) * cap..][..n], qpos[r]);
+                    for &s in victims.iter().chain(ahead) {
+                        crate::kernels::prefetch(row, s);
+                    }
+                    for &(s, _) in moves.iter().filter(|&&(s, _)| pos[s] <= seen) {
+                        crate::kernels::prefetch(row, s);
+                    }
+                    if keep_len < n && pos[keep_len..].iter().any(|&p| p <= seen) {
+                        crate::kernels::prefetch(row, keep_len);
                     }
                 }
-                let dirty = &mut self.dirty[q * self.rows + r];
-                *dirty = (*dirty).min(keep_len as u32);
             }
-        }
+            for q in h * group..(h + 1) * group {
+                for r in 0..len {
+                    let seen = qpos[r];
+                    let row = &mut ring[(q * rows + r) * cap..][..n];
+                    let gone: f64 = victims.iter().map(|&s| row[s].value()).sum();
+                    let turned: f64 = ahead.iter().map(|&s| row[s].value()).sum();
+                    old_mass[q * rows + r] += turned - gone;
+                    for &(s, t) in moves {
+                        row[t] = if pos[s] <= seen { row[s] } else { Cell::ZERO };
+                    }
+                    for (v, &p) in row[keep_len..].iter_mut().zip(&pos[keep_len..]) {
+                        if p <= seen {
+                            *v = Cell::ZERO;
+                        }
+                    }
+                    let d = &mut dirty[q * rows + r];
+                    *d = (*d).min(keep_len as u32);
+                }
+            }
+        });
     }
 }
 

@@ -14,7 +14,7 @@ use candle_core::{Device, Storage, Tensor};
 
 use super::profile::{remap, Profile};
 use super::KvCache;
-use super::{KvType, Shape};
+use super::{KvType, ProfileType, Shape};
 use crate::error::{Error, Result};
 use crate::kernels::{self, KvRows};
 
@@ -59,7 +59,7 @@ impl LayerCache {
     pub(super) fn new(
         cfg: &Shape,
         cap: usize,
-        ring_cap: usize,
+        (ring_cap, ring_type): (usize, ProfileType),
         kv: KvType,
         dev: &Device,
     ) -> Result<Self> {
@@ -78,7 +78,7 @@ impl LayerCache {
             acc: vec![0.0; n_kv * cap],
             score: vec![f32::NAN; n_kv * cap],
             rank: vec![0; n_kv * cap],
-            profile: Profile::new(cfg.n_head, cfg.group(), ring_cap, cap),
+            profile: Profile::new(cfg.n_head, cfg.group(), ring_cap, cap, ring_type),
             portable: false,
             candidate: Vec::new(),
         })
