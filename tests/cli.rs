@@ -358,6 +358,27 @@ fn bad_device() {
     );
 }
 
+/// `morphkv bench --random-weights smollm2-135m-instruct --device cpu --reps 1 ARGS`, its
+/// JSON report.
+fn random_bench(name: &str, args: &[&str]) -> serde_json::Value {
+    let json = tmpdir(name).join("bench.json");
+    let mut all = vec![
+        "bench",
+        "--random-weights",
+        "smollm2-135m-instruct",
+        "--device",
+        "cpu",
+        "--reps",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    let (code, err) = run(&all);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
+}
+
 #[test]
 fn bench_with_random_weights() {
     assert_fails(
@@ -369,31 +390,21 @@ fn bench_with_random_weights() {
             "llama3.2-1b-instruct",
         ],
     );
-    let json = tmpdir("random-bench").join("bench.json");
-    let (code, err) = run(&[
-        "bench",
-        "--random-weights",
-        "smollm2-135m-instruct",
-        "--device",
-        "cpu",
-        "--policies",
-        "full,morphkv",
-        "--budget",
-        "40",
-        "--window",
-        "8",
-        "--contexts",
-        "16,64",
-        "--decode-tokens",
-        "4",
-        "--reps",
-        "1",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report = random_bench(
+        "random-bench",
+        &[
+            "--policies",
+            "full,morphkv",
+            "--budget",
+            "40",
+            "--window",
+            "8",
+            "--contexts",
+            "16,64",
+            "--decode-tokens",
+            "4",
+        ],
+    );
     assert_eq!(report["device"], "cpu");
     assert!(report["model"].as_str().unwrap().contains("random weights"));
     let rows = report["rows"].as_array().unwrap();
@@ -415,29 +426,19 @@ fn bench_with_random_weights() {
 
 #[test]
 fn bench_runs_each_kv_type_side_by_side() {
-    let json = tmpdir("random-bench-kv").join("bench.json");
-    let (code, err) = run(&[
-        "bench",
-        "--random-weights",
-        "smollm2-135m-instruct",
-        "--device",
-        "cpu",
-        "--policies",
-        "full",
-        "--kv-types",
-        "f32,q8_0",
-        "--contexts",
-        "32",
-        "--decode-tokens",
-        "2",
-        "--reps",
-        "1",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report = random_bench(
+        "random-bench-kv",
+        &[
+            "--policies",
+            "full",
+            "--kv-types",
+            "f32,q8_0",
+            "--contexts",
+            "32",
+            "--decode-tokens",
+            "2",
+        ],
+    );
     let rows = report["rows"].as_array().unwrap();
     let bytes = |label: &str| {
         let r = rows.iter().find(|r| r["policy"] == label);
