@@ -154,8 +154,9 @@ mod tests {
             .iter()
             .map(|p| CacheConfig {
                 policy: p.parse::<PolicyKind>().unwrap(),
-                // The figures below are f32 K/V's.
+                // The figures below are f32 K/V's and the f16 profile's.
                 kv_type: crate::cache::KvType::F32,
+                profile: crate::cache::ProfileType::F16,
                 ..CacheConfig::default()
             })
             .collect();
