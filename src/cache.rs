@@ -70,7 +70,8 @@ pub use kv_type::{deserialize_kv_type, KvType, KV_TYPE_LIST};
 pub use policy::{encode_row, Fusion, GroupAgg, Needs, Phase, Policy, ScoreCtx, RING_SCALE};
 pub use registry::{Entry, PolicyKind, EVICTING_POLICIES, POLICIES, POLICY_LIST};
 pub use ring::{
-    axpy_rows, encode_log8, log8_encode, log8_table, ProfileType, RingView, PROFILE_TYPE_LIST,
+    axpy_rows, deserialize_profile, encode_log8, log8_encode, log8_table, ProfileType, RingView,
+    PROFILE_TYPE_LIST,
 };
 pub use shape::Shape;
 pub use slots::LayerCache;

@@ -177,7 +177,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
             },
             profile: match &a.profile {
                 Some(p) => p.parse()?,
-                None => morphkv::cache::ProfileType::default(),
+                None => cfg.profile.unwrap_or_default(),
             },
             ..CacheConfig::default()
         };

@@ -43,6 +43,23 @@ pub enum ProfileType {
 /// The values `--profile` takes, for help texts and errors.
 pub const PROFILE_TYPE_LIST: &str = "f16, log8";
 
+/// A profile storage in a config file (`profile = "f16"`), for serde
+/// (`#[serde(default, deserialize_with = "...")]`): an unknown name is an error at its line.
+pub fn deserialize_profile<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<ProfileType>, D::Error> {
+    let s = <String as serde::Deserialize>::deserialize(d)?;
+    ProfileType::ALL
+        .into_iter()
+        .find(|t| t.name() == s.trim().to_ascii_lowercase())
+        .map(Some)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "`{s}` is not a profile storage: choose from {PROFILE_TYPE_LIST}"
+            ))
+        })
+}
+
 impl ProfileType {
     /// Every type, in the order of [`PROFILE_TYPE_LIST`].
     pub const ALL: [Self; 2] = [Self::F16, Self::Log8];

@@ -20,6 +20,9 @@ pub struct Config {
     /// How keys and values are stored: f32, f16 or q8_0.
     #[serde(default, deserialize_with = "crate::cache::deserialize_kv_type")]
     pub kv_type: Option<crate::cache::KvType>,
+    /// How MorphKV's attention profile is stored: f16 or log8.
+    #[serde(default, deserialize_with = "crate::cache::deserialize_profile")]
+    pub profile: Option<crate::cache::ProfileType>,
     pub theme: Option<String>,
     pub system_prompt: Option<String>,
     /// Action name → key, e.g. `regenerate = "ctrl+g"`.
@@ -31,7 +34,7 @@ pub struct Config {
 pub fn parse(text: &str, path: &Path) -> Result<Config, String> {
     toml::from_str(text).map_err(|e| {
         format!(
-            "{} (keys: model, policy, budget, window, kv_type, theme, system_prompt, and a [keys] table)",
+            "{} (keys: model, policy, budget, window, kv_type, profile, theme, system_prompt, and a [keys] table)",
             toml_error(path, text, &e)
         )
     })
@@ -81,7 +84,18 @@ mod tests {
             e.contains("`q4` is not a KV type") && e.contains("q8_0"),
             "{e}"
         );
-        let ok = parse("budget = 300\nwindow = 20\nkv_type = \"Q8_0\"\n", path).unwrap();
+        let e = parse("profile = \"u4\"\n", path).unwrap_err();
+        assert!(e.starts_with("/x/config.toml:1:11: "), "{e}");
+        assert!(
+            e.contains("`u4` is not a profile storage") && e.contains("log8"),
+            "{e}"
+        );
+        let ok = parse(
+            "budget = 300\nwindow = 20\nkv_type = \"Q8_0\"\nprofile = \"f16\"\n",
+            path,
+        )
+        .unwrap();
+        assert_eq!(ok.profile, Some(crate::cache::ProfileType::F16));
         assert_eq!((ok.budget, ok.window), (Some(300), Some(20)));
         assert_eq!(ok.kv_type, Some(crate::cache::KvType::Q8_0));
     }
