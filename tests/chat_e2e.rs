@@ -279,7 +279,15 @@ fn sigterm_and_sigint_restore_the_terminal_and_exit_with_the_conventional_code()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        let how = t.display("status #{pane_dead_status} signal #{pane_dead_signal}");
+        // tmux marks the pane dead when its output closes, and records the exit status only
+        // when it reaps the process, a moment later: wait for one of the two.
+        let how = loop {
+            let how = t.display("status #{pane_dead_status} signal #{pane_dead_signal}");
+            if how != "status  signal" || start.elapsed() > Duration::from_secs(10) {
+                break how;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
         assert_eq!(how, format!("status {code} signal"), "{signal}");
         assert_eq!(
             t.display("#{alternate_on}"),
