@@ -104,18 +104,24 @@ impl fmt::Display for KvType {
     }
 }
 
-impl FromStr for KvType {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
+impl KvType {
+    /// The type named `s` (case and surrounding space ignored).
+    fn from_name(s: &str) -> Option<Self> {
         Self::ALL
             .into_iter()
             .find(|t| t.name() == s.trim().to_ascii_lowercase())
-            .ok_or_else(|| {
-                Error::arg(
-                    "--kv-type",
-                    format!("`{s}` is not a KV type: choose from {KV_TYPE_LIST}"),
-                )
-            })
+    }
+}
+
+impl FromStr for KvType {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::from_name(s).ok_or_else(|| {
+            Error::arg(
+                "--kv-type",
+                format!("`{s}` is not a KV type: choose from {KV_TYPE_LIST}"),
+            )
+        })
     }
 }
 
@@ -125,15 +131,11 @@ pub fn deserialize_kv_type<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> std::result::Result<Option<KvType>, D::Error> {
     let s = <String as serde::Deserialize>::deserialize(d)?;
-    KvType::ALL
-        .into_iter()
-        .find(|t| t.name() == s.trim().to_ascii_lowercase())
-        .map(Some)
-        .ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "`{s}` is not a KV type: choose from {KV_TYPE_LIST}"
-            ))
-        })
+    KvType::from_name(&s).map(Some).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "`{s}` is not a KV type: choose from {KV_TYPE_LIST}"
+        ))
+    })
 }
 
 #[cfg(test)]

@@ -49,15 +49,11 @@ pub fn deserialize_profile<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> std::result::Result<Option<ProfileType>, D::Error> {
     let s = <String as serde::Deserialize>::deserialize(d)?;
-    ProfileType::ALL
-        .into_iter()
-        .find(|t| t.name() == s.trim().to_ascii_lowercase())
-        .map(Some)
-        .ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "`{s}` is not a profile storage: choose from {PROFILE_TYPE_LIST}"
-            ))
-        })
+    ProfileType::from_name(&s).map(Some).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "`{s}` is not a profile storage: choose from {PROFILE_TYPE_LIST}"
+        ))
+    })
 }
 
 impl ProfileType {
@@ -70,6 +66,13 @@ impl ProfileType {
             Self::F16 => "f16",
             Self::Log8 => "log8",
         }
+    }
+
+    /// The storage named `s` (case and surrounding space ignored).
+    fn from_name(s: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.name() == s.trim().to_ascii_lowercase())
     }
 
     /// Bytes of one stored value.
