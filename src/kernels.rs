@@ -172,6 +172,22 @@ pub fn softmax(p: &mut [f32]) {
     attention::softmax_plain(p)
 }
 
+/// A prompt block's attention scores to probabilities, in place: `scores` holds rows of
+/// `visible` columns, in groups of `rows` query rows (query row `i` of a group is the block's
+/// `i`-th token, which sees the first `past + i + 1` columns). Each row is scaled by `scale`
+/// and softmaxed over the columns it sees; the rest become 0 (the causal mask).
+pub fn causal_softmax(scores: &mut [f32], visible: usize, rows: usize, past: usize, scale: f32) {
+    assert!(visible > 0 && rows > 0 && past + rows <= visible);
+    for (r, row) in scores.chunks_exact_mut(visible).enumerate() {
+        let (seen, masked) = row.split_at_mut(past + r % rows + 1);
+        for x in seen.iter_mut() {
+            *x *= scale;
+        }
+        softmax(seen);
+        masked.fill(0.0);
+    }
+}
+
 /// `y[s] += Σ_r w[r] · rows[r][s]` for f16 rows (converted on the fly), every row at least
 /// `y.len()` long: columns outermost, so `y` is loaded and stored once per 8 columns however
 /// many rows there are.

@@ -130,6 +130,30 @@ mod tests {
     }
 
     #[test]
+    fn causal_softmax_masks_and_normalises_each_query_row() {
+        let (group, rows, past, visible) = (3, 5, 4, 9);
+        let scores = random_vec(group * rows * visible, 11);
+        let mut got = scores.clone();
+        crate::kernels::causal_softmax(&mut got, visible, rows, past, 0.125);
+        for (r, (g, s)) in got.chunks(visible).zip(scores.chunks(visible)).enumerate() {
+            let seen = past + r % rows + 1;
+            let max = s[..seen].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let sum: f32 = s[..seen].iter().map(|x| ((x - max) * 0.125).exp()).sum();
+            for (c, (&g, &x)) in g.iter().zip(s).enumerate() {
+                let want = if c < seen {
+                    ((x - max) * 0.125).exp() / sum
+                } else {
+                    0.0
+                };
+                assert!(
+                    (g - want).abs() <= 1e-6,
+                    "row {r} column {c}: {g} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn softmax_matches_the_library_exp() {
         for n in [1, 5, 8, 600, 603] {
             let mut p: Vec<f32> = random_vec(n, 12).iter().map(|x| x * 20.0).collect();

@@ -1,6 +1,6 @@
 //! Scaled dot-product attention over the cache's slots: the one place attention is computed.
 
-use candle_core::{Device, Tensor};
+use candle_core::{CpuStorage, DType, Device, Layout, Tensor};
 
 use crate::error::Result;
 use crate::kernels::KvRows;
@@ -50,18 +50,30 @@ pub fn attention(
             .contiguous()?
             .reshape((n_kv_head, group * rows, d))?;
         // (H_kv, G·rows, d) × (H_kv, d, visible) → (H_kv, G·rows, visible)
-        let scores = (qb.matmul(&kb.t()?)? * scale)?;
-        let scores = if rows > 1 {
-            // (H_kv, G·rows, visible) → (H_kv, G, rows, visible) + (rows, visible)
-            let mask = causal_mask(rows, past + start, q.device())?;
+        let scores = qb.matmul(&kb.t()?)?;
+        let probs = if scores.device().is_cpu() && scores.dtype() == DType::F32 {
+            // Scale, mask and softmax in one pass over the scores, in place.
+            scores.inplace_op1(&CausalSoftmax {
+                visible,
+                rows,
+                past: past + start,
+                scale: scale as f32,
+            })?;
             scores
-                .reshape((n_kv_head, group, rows, visible))?
-                .broadcast_add(&mask)?
-                .reshape((n_kv_head, group * rows, visible))?
         } else {
-            scores
+            let scores = (scores * scale)?;
+            let scores = if rows > 1 {
+                // (H_kv, G·rows, visible) → (H_kv, G, rows, visible) + (rows, visible)
+                let mask = causal_mask(rows, past + start, q.device())?;
+                scores
+                    .reshape((n_kv_head, group, rows, visible))?
+                    .broadcast_add(&mask)?
+                    .reshape((n_kv_head, group * rows, visible))?
+            } else {
+                scores
+            };
+            candle_nn::ops::softmax_last_dim(&scores)?
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         // (H_kv, G·rows, visible) × (H_kv, visible, d) → (H_kv, G·rows, d) → (H_q, rows, d)
         outs.push(probs.matmul(&vb)?.reshape((n_head, rows, d))?);
         // (H_kv, G·rows, visible) → (H_q, rows, visible)
@@ -73,6 +85,31 @@ pub fn attention(
     } else {
         Tensor::cat(&outs, 1)?
     })
+}
+
+/// On the CPU, a block's scores to probabilities in place ([`crate::kernels::causal_softmax`]):
+/// rows of `visible` columns, in groups of `rows` query rows after `past` slots.
+struct CausalSoftmax {
+    visible: usize,
+    rows: usize,
+    past: usize,
+    scale: f32,
+}
+
+impl candle_core::InplaceOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "causal-softmax"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let (CpuStorage::F32(data), Some((from, to))) = (storage, layout.contiguous_offsets())
+        else {
+            candle_core::bail!("causal-softmax takes contiguous f32 scores")
+        };
+        let scores = &mut data[from..to];
+        crate::kernels::causal_softmax(scores, self.visible, self.rows, self.past, self.scale);
+        Ok(())
+    }
 }
 
 /// Causal mask for `t` new tokens after `past` visible slots: (t, past + t), where new token
