@@ -13,10 +13,12 @@ mod commands;
 mod compare;
 #[cfg(test)]
 mod tests;
+mod texts;
 mod travel;
 
 pub use commands::SLASH_HELP;
 pub use compare::{CompareView, DIVERGENCES};
+pub use texts::TokenTexts;
 
 /// Side panels beside the chat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,8 +197,8 @@ pub struct App {
     pub(crate) max_tokens: usize,
     pub step: StepInfo,
     pub history: Vec<CachePoint>,
-    /// Each position's token text, for the retention view.
-    pub tokens: Vec<String>,
+    /// The token texts the panels can still show, by position.
+    pub tokens: TokenTexts,
     pub panel: Option<Panel>,
     /// Lines scrolled up from the bottom of the transcript.
     pub(crate) scroll: usize,
@@ -247,7 +249,7 @@ impl App {
             max_tokens,
             step: StepInfo::default(),
             history: Vec::new(),
-            tokens: Vec::new(),
+            tokens: TokenTexts::default(),
             panel: Some(Panel::Retention),
             scroll: 0,
             notice: None,
@@ -370,6 +372,7 @@ impl App {
                 if self.history.len() > 4096 {
                     self.history.drain(..1024);
                 }
+                self.tokens.prune(&info, self.inspect);
                 self.on_live_step(*info);
             }
             Event::Finished {

@@ -73,7 +73,7 @@ fn retention_lines(
     let mut token_hits: Vec<Vec<Hit>> = Vec::new();
     // Travelling, the tokens after the step shown had not come yet.
     let shown = app.travel.map_or(app.tokens.len(), |_| s.seen);
-    for (pos, tok) in app.tokens.iter().enumerate().take(shown) {
+    for (pos, tok) in app.tokens.iter().take_while(|&(pos, _)| pos < shown) {
         let kept = match &s.focus {
             // Positions the step has not reported yet count as kept.
             Some((_, _, k)) => {
@@ -150,10 +150,7 @@ pub(super) fn inspector(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     let title = match app.inspect {
         Some(p) => format!(
             "Inspector · token {p} {:?}",
-            app.tokens
-                .get(p)
-                .map(|t| token_display(t))
-                .unwrap_or_default()
+            app.tokens.get(p).map(token_display).unwrap_or_default()
         ),
         None => "Inspector".to_string(),
     };
@@ -429,7 +426,7 @@ pub(super) fn attention(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
             let tok = app
                 .tokens
                 .get(*pos as usize)
-                .map_or(String::new(), |t| token_display(t));
+                .map_or(String::new(), token_display);
             lines.push(Line::from(vec![
                 Span::styled(format!("{:>6} ", pos), theme.muted),
                 Span::styled(format!("{:>5.1}% ", 100.0 * p), theme.accent),
