@@ -310,6 +310,7 @@ impl Scene {
         ScoreCtx {
             n_kv: NKV,
             group: GROUP,
+            row_group: GROUP,
             n: self.n,
             cap: self.n,
             pos: &self.pos,

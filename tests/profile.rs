@@ -100,3 +100,53 @@ fn log8_profile_takes_half_the_f16_bytes() {
         assert_eq!(2 * log8.profile, f16.profile, "{policy:?}");
     }
 }
+
+/// One row per KV head (`log8-kv`, `f16-kv`): the old masses stay exact through a run and
+/// the bytes are the footprint's, a group's worth fewer than one row per query head; with one
+/// query head per KV head the cache keeps exactly the tokens the per-query-head profile keeps.
+#[test]
+fn kv_head_profile_pools_the_group_and_matches_query_rows_at_group_one() {
+    let tokens: Vec<u32> = (0..160u32).map(|i| (i * 31 + 3) % 97).collect();
+    let base = CacheConfig {
+        policy: PolicyKind::MorphKv,
+        budget: 40,
+        window: 8,
+        prefill_chunk: 16,
+        ..CacheConfig::default()
+    };
+    let at = |profile| CacheConfig {
+        profile,
+        ..base.clone()
+    };
+    let model = tiny();
+    let shape = Shape::from(model.config());
+    let group = shape.n_head / shape.n_kv_head;
+    assert!(group > 1);
+    for (query, kv) in [
+        (ProfileType::Log8, ProfileType::Log8Kv),
+        (ProfileType::F16, ProfileType::F16Kv),
+    ] {
+        let (q, k) = (at(query).bytes_at(&shape), at(kv).bytes_at(&shape));
+        assert_eq!((q.kv, q.profile), (k.kv, group * k.profile), "{kv:?}");
+        // `run` checks the old masses after every step and the bytes at the end.
+        let held = run(&model, &at(kv), &tokens, 60);
+        assert!(!held.is_empty());
+    }
+    let single = Model::random(
+        Config {
+            n_kv_head: 4,
+            ..Config::tiny()
+        },
+        7,
+        &Device::Cpu,
+    )
+    .unwrap();
+    for (query, kv) in [
+        (ProfileType::Log8, ProfileType::Log8Kv),
+        (ProfileType::F16, ProfileType::F16Kv),
+    ] {
+        let a = run(&single, &at(query), &tokens, 60);
+        let b = run(&single, &at(kv), &tokens, 60);
+        assert_eq!(a, b, "{kv:?}");
+    }
+}

@@ -95,6 +95,7 @@ impl LayerCache {
         let ctx = ScoreCtx {
             n_kv: self.n_kv,
             group: self.group,
+            row_group: self.profile.group(),
             n,
             cap,
             pos: &self.pos,

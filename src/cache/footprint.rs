@@ -43,8 +43,9 @@ impl CacheConfig {
             .iter()
             .fold(shape.n_layer, |a, &b| a.saturating_mul(b));
         let rows = self.build_policy().needs().rows;
-        // The ring: rows of every query head over the retained slots, per layer.
-        let per_slot = [self.profile.value_bytes(), shape.n_head, rows]
+        // The ring: rows of every query head (or KV head) over the retained slots, per layer.
+        let heads = self.profile.row_heads(shape.n_head, shape.n_kv_head);
+        let per_slot = [self.profile.value_bytes(), heads, rows]
             .iter()
             .fold(shape.n_layer, |a, &b| a.saturating_mul(b));
         Bytes {

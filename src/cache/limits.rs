@@ -141,8 +141,8 @@ fn first_allocation(
         .n_kv_head
         .checked_mul(2 * kv.row_bytes(model.head_dim))?;
     let records = model.n_kv_head.checked_mul(16)?;
-    let ring = model
-        .n_head
+    let ring = ring_type
+        .row_heads(model.n_head, model.n_kv_head)
         .checked_mul(ring_rows)?
         .checked_mul(ring_type.value_bytes())?;
     let per_slot = kv.checked_add(records)?.checked_add(ring)?;

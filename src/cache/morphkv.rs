@@ -12,7 +12,9 @@
 //! equal bytes the budget it frees is worth more than the exact ranking. With `--profile f16`
 //! it stores f16 (probabilities scaled by 2^15, 11 significant bits): scores match an f32
 //! computation to about 1e-3 relative, so only tokens whose scores tie to that precision may
-//! be ranked differently.
+//! be ranked differently. With `--profile log8-kv` (or `f16-kv`) the ring keeps one row per
+//! KV head, its query heads' rows pooled as `super::profile` describes: the group
+//! aggregation is then the pooling's sum, whatever `--group-agg` says.
 
 use super::policy::Settings;
 use super::registry::Entry;
@@ -75,8 +77,8 @@ impl Policy for MorphKv {
                 if !sum_sum {
                     agg.fill(0.0);
                 }
-                for g in 0..ctx.group {
-                    let q = h * ctx.group + g;
+                for g in 0..ctx.row_group {
+                    let q = h * ctx.row_group + g;
                     let raw = ctx.row(q, r);
                     // The row's softmax over old slots is its stored values over their sum.
                     let denom = ctx.old_mass(q, r);

@@ -31,12 +31,17 @@ pub enum Phase {
 /// What a policy scores from: one layer's used slots and the attention the cache kept.
 ///
 /// Slots are indexed `head * cap + slot` for per-KV-head data; ring rows are indexed
-/// `(qhead * rows_cap + row) * cap + slot`.
+/// `(rhead * rows_cap + row) * cap + slot`, where the row heads are the query heads
+/// (`row_group == group`) or, with a pooled profile (`--profile log8-kv`), the KV heads
+/// (`row_group == 1`).
 pub struct ScoreCtx<'a> {
     /// KV heads.
     pub n_kv: usize,
     /// Query heads per KV head.
     pub group: usize,
+    /// Ring row heads per KV head: `group`, or 1 where the profile pools each KV head's
+    /// query heads into one row (see `super::profile::pool_rows`).
+    pub row_group: usize,
     /// Used slots per KV head.
     pub n: usize,
     /// Slot stride of the per-slot arrays (the layer's capacity).
@@ -49,13 +54,13 @@ pub struct ScoreCtx<'a> {
     /// query since the token entered the cache (H2O's statistic).
     pub acc: &'a [f32],
     /// The ring of the most recent query rows (attention probabilities over slots, stored as
-    /// f16 scaled by [`RING_SCALE`] or as log codes decoding to such values), per query head;
+    /// f16 scaled by [`RING_SCALE`] or as log codes decoding to such values), per row head;
     /// `ring_len` of `ring_cap` rows are valid, in no particular order.
     pub ring: RingView<'a>,
     pub ring_cap: usize,
     pub ring_len: usize,
     /// Each ring row's old mass: the sum of its stored values (scaled units) over the KV
-    /// head's candidate slots, `[qhead * ring_cap + row]`. The cache keeps it up to date
+    /// head's candidate slots, `[rhead * ring_cap + row]`. The cache keeps it up to date
     /// without re-reading rows (a row is read whole only when written), in f64, where sums of
     /// f16 values (what every stored value decodes to) are exact: no cancellation however
     /// much of a row the window holds.
@@ -69,21 +74,20 @@ impl<'a> ScoreCtx<'a> {
     }
 
     /// Old mass of one ring row (see [`ScoreCtx::old_mass`]).
-    pub fn old_mass(&self, qhead: usize, row: usize) -> f64 {
-        self.old_mass[qhead * self.ring_cap + row]
+    pub fn old_mass(&self, rhead: usize, row: usize) -> f64 {
+        self.old_mass[rhead * self.ring_cap + row]
     }
 
-    /// One ring row of query head `qhead` as stored: scaled probabilities over slots
-    /// `0..n`.
-    pub fn row(&self, qhead: usize, row: usize) -> RingView<'a> {
-        let start = (qhead * self.ring_cap + row) * self.cap;
+    /// One ring row of row head `rhead` as stored: scaled probabilities over slots `0..n`.
+    pub fn row(&self, rhead: usize, row: usize) -> RingView<'a> {
+        let start = (rhead * self.ring_cap + row) * self.cap;
         self.ring.slice(start, self.n)
     }
 
     /// Converts one ring row into `out` (length `n`), in the ring's scaled units: divide by
     /// [`RING_SCALE`] for probabilities.
-    pub fn row_into(&self, qhead: usize, row: usize, out: &mut [f32]) {
-        self.row(qhead, row).decode_into(out);
+    pub fn row_into(&self, rhead: usize, row: usize, out: &mut [f32]) {
+        self.row(rhead, row).decode_into(out);
     }
 }
 

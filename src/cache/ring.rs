@@ -1,6 +1,7 @@
 //! How the attention profile stores its rows: [`ProfileType`] (`--profile`), exact scaled f16
-//! or an 8-bit log code ([`ProfileType::Log8`]), the 8-bit codec, and [`RingView`], the
-//! stored rows as a policy reads them.
+//! or an 8-bit log code ([`ProfileType::Log8`]), one row per query head or one per KV head
+//! (`f16-kv`, `log8-kv`: the group's rows pooled, see `super::profile`), the 8-bit codec,
+//! and [`RingView`], the stored rows as a policy reads them.
 //!
 //! The log code: a probability `p > 0` is stored as the byte `c = 255 + round(log2(p) ·
 //! 254 / 32)` (1..=255: 254 steps over 32 octaves, `2^-32 ≤ p ≤ 1`), 0 stands for 0 and for
@@ -38,10 +39,17 @@ pub enum ProfileType {
     #[default]
     #[serde(rename = "log8")]
     Log8,
+    /// As [`ProfileType::F16`], one row per KV head: the group's query heads' rows pooled
+    /// (each weighted by the inverse of its old mass when stored), `group` times fewer bytes.
+    #[serde(rename = "f16-kv")]
+    F16Kv,
+    /// As [`ProfileType::Log8`], one row per KV head (see [`ProfileType::F16Kv`]).
+    #[serde(rename = "log8-kv")]
+    Log8Kv,
 }
 
 /// The values `--profile` takes, for help texts and errors.
-pub const PROFILE_TYPE_LIST: &str = "f16, log8";
+pub const PROFILE_TYPE_LIST: &str = "f16, log8, f16-kv, log8-kv";
 
 /// A profile storage in a config file (`profile = "f16"`), for serde
 /// (`#[serde(default, deserialize_with = "...")]`): an unknown name is an error at its line.
@@ -58,13 +66,30 @@ pub fn deserialize_profile<'de, D: serde::Deserializer<'de>>(
 
 impl ProfileType {
     /// Every type, in the order of [`PROFILE_TYPE_LIST`].
-    pub const ALL: [Self; 2] = [Self::F16, Self::Log8];
+    pub const ALL: [Self; 4] = [Self::F16, Self::Log8, Self::F16Kv, Self::Log8Kv];
 
     /// The name `--profile` takes.
     pub fn name(self) -> &'static str {
         match self {
             Self::F16 => "f16",
             Self::Log8 => "log8",
+            Self::F16Kv => "f16-kv",
+            Self::Log8Kv => "log8-kv",
+        }
+    }
+
+    /// Whether one row per KV head is stored (the group's query heads pooled), not one per
+    /// query head.
+    pub fn per_kv_head(self) -> bool {
+        matches!(self, Self::F16Kv | Self::Log8Kv)
+    }
+
+    /// Rows stored per window query: one per query head (`n_head`), or one per KV head.
+    pub fn row_heads(self, n_head: usize, n_kv_head: usize) -> usize {
+        if self.per_kv_head() {
+            n_kv_head
+        } else {
+            n_head
         }
     }
 
@@ -78,8 +103,8 @@ impl ProfileType {
     /// Bytes of one stored value.
     pub fn value_bytes(self) -> usize {
         match self {
-            Self::F16 => std::mem::size_of::<f16>(),
-            Self::Log8 => 1,
+            Self::F16 | Self::F16Kv => std::mem::size_of::<f16>(),
+            Self::Log8 | Self::Log8Kv => 1,
         }
     }
 }

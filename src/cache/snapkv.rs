@@ -53,9 +53,9 @@ impl Policy for SnapKv {
         for h in 0..ctx.n_kv {
             let mut votes = vec![0f32; ctx.n];
             let mut row = vec![0f32; ctx.n];
-            for g in 0..ctx.group {
+            for g in 0..ctx.row_group {
                 for r in 0..ctx.ring_len {
-                    ctx.row_into(h * ctx.group + g, r, &mut row);
+                    ctx.row_into(h * ctx.row_group + g, r, &mut row);
                     for (v, p) in votes.iter_mut().zip(&row) {
                         *v += p / RING_SCALE;
                     }

@@ -47,9 +47,9 @@ impl Policy for Tova {
                 continue;
             }
             let mut row = vec![0f32; ctx.n];
-            let unit = 1.0 / (RING_SCALE * ctx.group as f32);
-            for g in 0..ctx.group {
-                ctx.row_into(h * ctx.group + g, 0, &mut row);
+            let unit = 1.0 / (RING_SCALE * ctx.row_group as f32);
+            for g in 0..ctx.row_group {
+                ctx.row_into(h * ctx.row_group + g, 0, &mut row);
                 for (s, p) in row.iter().enumerate() {
                     out[ctx.at(h, s)] += p * unit;
                 }
