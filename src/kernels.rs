@@ -2,13 +2,15 @@
 //! blocks (Q4_0, Q4_1, Q8_0, and the K-quants Q4_K, Q5_K, Q6_K) with the activations
 //! quantized to 8 bits per 32-value block (as llama.cpp does) and over dense f32 rows, rows
 //! split across the rayon pool; attention over one query (scores, softmax, weighted sum),
-//! over f32, f16 or Q8_0 keys and values; f16 rows for MorphKV's profile.
+//! over f32, f16 or Q8_0 keys and values; f16 and 8-bit log-code rows for MorphKV's profile.
 //!
 //! This file is the safe public API and the run-time dispatch: each function below picks the
 //! fastest version this CPU runs. By kind, each with its plain Rust twins:
 //! - `quant`: [`Packed`], [`QKind`], [`QActs`], the quantized and dense matrix × vector.
 //! - `attention`: scores, softmax, weighted sum, [`silu`], [`exp_nonpositive`].
 //! - `f16`: sums of f16 rows and f32 → f16 encoding.
+//! - `log8`: the 8-bit log code of probabilities ([`log8_encode`], [`log8_decode`]), sums of
+//!   code rows and the row encoder.
 //! - `kv`: [`KvRows`], attention over cached rows stored as f16 or Q8_0, Q8_0's encoding.
 //! - `x86` (x86-64 only): every `unsafe` of the kernels, the AVX2 and AVX-512 VNNI versions,
 //!   reached only through safe functions that take a CPU-feature token, which exists only
@@ -20,12 +22,14 @@
 mod attention;
 mod f16;
 mod kv;
+mod log8;
 mod quant;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
 pub use attention::{axpy, exp_nonpositive, silu};
 pub use kv::{dequantize_q8_0, quantize_q8_0, KvRows, Q8_BLOCK, Q8_BLOCK_BYTES};
+pub use log8::{decode as log8_decode, encode as log8_encode};
 pub use quant::{dot_f32, matvec_f32, Packed, QActs, QKind, BLOCK};
 
 /// The AVX-512 token, if the CPU runs AVX-512 VNNI and `MORPHKV_NO_AVX512` is unset (read
@@ -217,6 +221,29 @@ pub fn encode_f16(
         return x86::encode_f16(cpu, src, scale, dst, pos, (lo, hi));
     }
     f16::encode_f16_plain(src, scale, dst, pos, (lo, hi))
+}
+
+/// `y[s] += Σ_r w[r] · log8_decode(rows[r][s])` for rows of log codes (decoded on the fly),
+/// every row at least `y.len()` long: as [`axpy_rows_f16`], columns outermost.
+pub fn axpy_rows_log8(w: &[f32], rows: &[&[u8]], y: &mut [f32]) {
+    assert!(w.len() == rows.len() && rows.iter().all(|r| r.len() >= y.len()));
+    #[cfg(target_arch = "x86_64")]
+    if let Some(cpu) = x86::Avx2::detect() {
+        return x86::axpy_rows_log8(cpu, w, rows, y);
+    }
+    log8::axpy_rows_log8_plain(w, rows, y)
+}
+
+/// Stores probabilities `src` as log codes ([`log8_encode`]) in `dst` and returns the sum, in
+/// f64, of the decoded values ([`log8_decode`]) whose `pos` lies in `lo..hi`: exact, so it
+/// does not depend on the order of the additions.
+pub fn encode_log8(src: &[f32], dst: &mut [u8], pos: &[u32], lo: u32, hi: u32) -> f64 {
+    assert!(src.len() == dst.len() && src.len() == pos.len());
+    #[cfg(target_arch = "x86_64")]
+    if let Some(cpu) = x86::Avx2::detect() {
+        return x86::encode_log8(cpu, src, dst, pos, (lo, hi));
+    }
+    log8::encode_log8_plain(src, dst, pos, (lo, hi))
 }
 
 /// Asks the CPU to start loading the cache line holding `x[at]` (a hint: no effect on

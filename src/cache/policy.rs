@@ -62,8 +62,8 @@ pub struct ScoreCtx<'a> {
     /// Each ring row's old mass: the sum of its stored values (scaled units) over the KV
     /// head's candidate slots, `[rhead * ring_cap + row]`. The cache keeps it up to date
     /// without re-reading rows (a row is read whole only when written), in f64, where sums of
-    /// f16 values (what every stored value decodes to) are exact: no cancellation however
-    /// much of a row the window holds.
+    /// what every stored value decodes to (11 significant bits, multiples of 2^-27) are exact:
+    /// no cancellation however much of a row the window holds.
     pub old_mass: &'a [f64],
 }
 

@@ -15,8 +15,9 @@
 //! first `n` slots of each KV head used) but never moves them.
 //!
 //! Rows are stored as the cache's [`ProfileType`]: scaled f16 or 8-bit log codes (see
-//! [`super::ring`]). Either way a stored value decodes to an f16 value, so the old masses
-//! (f64 sums of decoded values) are exact and match what the scorer reads.
+//! [`super::ring`]). Either way a stored value decodes to a value with f16's 11 significant
+//! bits, no smaller than 2^-27, so the old masses (f64 sums of decoded values) are exact and
+//! match what the scorer reads.
 //!
 //! One row per query head, or (`f16-kv`, `log8-kv`) one per KV head: the group's rows
 //! pooled when stored, each query head's weighted by the inverse of its old mass then

@@ -3,15 +3,15 @@
 //! (`f16-kv`, `log8-kv`: the group's rows pooled, see `super::profile`), the 8-bit codec,
 //! and [`RingView`], the stored rows as a policy reads them.
 //!
-//! The log code: a probability `p > 0` is stored as the byte `c = 255 + round(log2(p) ·
-//! 254 / 32)` (1..=255: 254 steps over 32 octaves, `2^-32 ≤ p ≤ 1`), 0 stands for 0 and for
-//! anything below `2^-32`. A byte decodes through a 256-entry table ([`log8_table`]) to the
-//! f16 value (scaled by [`RING_SCALE`]) nearest `2^(-(255 - c) · 32 / 254)`: the stored value
-//! is within 4.5% of `p` (half a step, `2^(16/254) − 1` = 4.46%, plus the table's f16
-//! rounding, 0.05%), 5% below `p = 2^-29` (where the scaled values are f16 subnormals).
-//! Table values are f16 values, so the old masses, f64 sums of them, stay exact as with the
-//! f16 ring.
-
+//! The log code: a probability `p > 0` is stored as the byte `c = 255 + round(8 · log2(p))`
+//! (1..=255: 8 steps per octave, `2^-31.8 ≤ p ≤ 1`), 0 stands for 0 and for anything smaller.
+//! A byte decodes to `2^((c - 255) / 8)` scaled by [`RING_SCALE`] and rounded to 11
+//! significant bits (f16's), the 256 values of [`log8_table`]: the stored value is within
+//! 4.5% of `p` (half a step, `2^(1/16) − 1` = 4.43%, plus the rounding, 0.03%). Both
+//! directions work on the float's bits, without a table (see `crate::kernels::log8_encode`),
+//! so that reading a code costs about what converting an f16 does. Decoded values are
+//! multiples of 2^-27 below 2^16, so the old masses, f64 sums of them, stay exact as with
+//! the f16 ring.
 use std::fmt;
 use std::str::FromStr;
 use std::sync::LazyLock;
@@ -125,22 +125,11 @@ impl FromStr for ProfileType {
     }
 }
 
-/// Octaves the log code spans below 1.
-const OCTAVES: f32 = 32.0;
-/// Codes per octave: 254 nonzero codes after the top one.
-const PER_OCTAVE: f32 = 254.0 / OCTAVES;
+static TABLE: LazyLock<[f32; 256]> =
+    LazyLock::new(|| std::array::from_fn(|c| crate::kernels::log8_decode(c as u8)));
 
-static TABLE: LazyLock<[f32; 256]> = LazyLock::new(|| {
-    let mut t = [0f32; 256];
-    for (c, v) in t.iter_mut().enumerate().skip(1) {
-        let log2 = -((255 - c) as f32) / PER_OCTAVE;
-        *v = f16::from_f32(RING_SCALE * log2.exp2()).to_f32();
-    }
-    t
-});
-
-/// What each log code stands for, in the ring's scaled units (f16 values: code 0 is 0, code
-/// 255 is [`RING_SCALE`]).
+/// What each log code stands for, in the ring's scaled units (code 0 is 0, code 255 is
+/// [`RING_SCALE`]).
 pub fn log8_table() -> &'static [f32; 256] {
     &TABLE
 }
@@ -148,26 +137,13 @@ pub fn log8_table() -> &'static [f32; 256] {
 /// The log code of probability `p` (0 for `p ≤ 0`, NaN, and below the code's range).
 #[inline]
 pub fn log8_encode(p: f32) -> u8 {
-    if p.is_nan() || p <= 0.0 {
-        return 0;
-    }
-    let c = 255.0 + (p.log2() * PER_OCTAVE).round();
-    // Below 0.5 rounds to code 0 (`as` saturates).
-    c.clamp(0.0, 255.0) as u8
+    crate::kernels::log8_encode(p)
 }
 
 /// Stores probabilities `src` as log codes in `dst`; returns the exact f64 sum of the decoded
 /// values (scaled units) whose slot's position (`pos`) lies in `old`.
 pub fn encode_log8(src: &[f32], dst: &mut [u8], pos: &[u32], old: std::ops::Range<u32>) -> f64 {
-    let table = log8_table();
-    let mut sum = 0f64;
-    for ((x, d), p) in src.iter().zip(dst.iter_mut()).zip(pos) {
-        *d = log8_encode(*x);
-        if old.contains(p) {
-            sum += f64::from(table[usize::from(*d)]);
-        }
-    }
-    sum
+    crate::kernels::encode_log8(src, dst, pos, old.start, old.end)
 }
 
 /// The rows of a profile's ring as stored (a whole ring, or one row of it).
@@ -226,7 +202,7 @@ impl<'a> RingView<'a> {
 }
 
 /// `y[s] += Σ_r w[r] · rows[r][s]` over the first `y.len()` values of each row, in scaled
-/// units: the f16 kernel where every row is f16.
+/// units: the f16 kernel where every row is f16, the log-code kernel where every row is log8.
 pub fn axpy_rows(w: &[f32], rows: &[RingView<'_>], y: &mut [f32]) {
     let f16_rows: Option<Vec<&[f16]>> = rows
         .iter()
@@ -237,6 +213,16 @@ pub fn axpy_rows(w: &[f32], rows: &[RingView<'_>], y: &mut [f32]) {
         .collect();
     if let Some(f16_rows) = f16_rows {
         return crate::kernels::axpy_rows_f16(w, &f16_rows, y);
+    }
+    let log8_rows: Option<Vec<&[u8]>> = rows
+        .iter()
+        .map(|r| match r {
+            RingView::Log8(r) => Some(*r),
+            RingView::F16(_) => None,
+        })
+        .collect();
+    if let Some(log8_rows) = log8_rows {
+        return crate::kernels::axpy_rows_log8(w, &log8_rows, y);
     }
     let table = log8_table();
     for (&a, row) in w.iter().zip(rows) {
@@ -260,22 +246,24 @@ pub fn axpy_rows(w: &[f32], rows: &[RingView<'_>], y: &mut [f32]) {
 mod tests {
     use super::*;
 
-    /// Decoding the code of `p` gives `p` within 4.5% over the code's range (5% among the
-    /// subnormals); zero, negative
-    /// and NaN store 0; tiny values round to 0; the table is increasing and made of f16s.
+    /// Decoding the code of `p` gives `p` within 4.5% over the code's range (and 5% below
+    /// 2^-29, where the f16 ring's values are subnormals); zero, negative and NaN store 0;
+    /// tiny values round to 0; the table is increasing and made of values with f16's 11
+    /// significant bits, multiples of 2^-27 (so f64 sums of them are exact).
     #[test]
     fn log8_round_trips_within_its_bound() {
         let t = log8_table();
         assert_eq!(t[0], 0.0);
         assert_eq!(t[255], RING_SCALE);
         assert!(t.windows(2).all(|w| w[0] < w[1]));
-        assert!(t.iter().all(|&v| f16::from_f32(v).to_f32() == v));
+        assert!(t.iter().all(|&v| v.to_bits() & 0xfff == 0));
+        assert!(t.iter().all(|&v| (v * 2f32.powi(27)).fract() == 0.0));
         for p in [0.0f32, -0.5, f32::NAN, 1e-12, 2f32.powi(-33)] {
             assert_eq!(log8_encode(p), 0, "{p}");
         }
         let (mut worst, mut worst_low) = (0f32, 0f32);
         let mut p = 1.0f32;
-        while p > 2f32.powi(-32) {
+        while p > 2f32.powf(-31.8) {
             let back = t[usize::from(log8_encode(p))] / RING_SCALE;
             let err = (back / p - 1.0).abs();
             if p >= 2f32.powi(-29) {

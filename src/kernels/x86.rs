@@ -1,5 +1,5 @@
 //! Every `unsafe` of the kernels: the AVX2 and AVX-512 VNNI versions of the plain kernels in
-//! `quant`, `attention` and `f16`, and a prefetch hint.
+//! `quant`, `attention`, `f16`, `kv` and `log8`, and a prefetch hint.
 //!
 //! Soundness by construction: the `#[target_feature]` code runs only behind a safe function
 //! that takes a CPU-feature token, [`Avx2`] or [`Vnni`], which only [`Avx2::detect`] and
@@ -17,7 +17,9 @@ use half::f16;
 use super::quant::{Packed, QActs, QKind};
 
 mod kv16;
+mod log8;
 pub use kv16::{f16_to_f32, scores_f16, scores_q8_0, weighted_sum_f16, weighted_sum_q8_0};
+pub use log8::{axpy_rows_log8, encode_log8};
 
 /// Proof that this CPU runs AVX2, FMA and F16C: only [`Avx2::detect`] makes one.
 #[derive(Debug, Clone, Copy)]
