@@ -56,14 +56,20 @@ pub fn matvec(w: &Packed, a: &QActs, out: &mut [f32]) {
 
 /// `out = X · Wᵀ` for a quantized `W` (rows × cols) and the `T` rows of `X` quantized into
 /// `acts`: `out` (T, rows), row-major. A prompt's projection: each weight block is read once
-/// for four tokens.
+/// for four tokens (eight for the K-quants).
 pub fn matmat(w: &Packed, acts: &[QActs], out: &mut [f32]) {
     assert_eq!(out.len(), w.rows() * acts.len());
     #[cfg(target_arch = "x86_64")]
     if let Some(cpu) = x86::Avx2::detect() {
-        return quant::matmat_with(|w, r, a| x86::dot4(cpu, w, r, a), w, acts, out);
+        return quant::matmat_with(
+            |w, r, a| x86::dot4(cpu, w, r, a),
+            |w, r0, g, o| x86::tile(cpu, w, r0, g, o),
+            w,
+            acts,
+            out,
+        );
     }
-    quant::matmat_with(quant::dot4_plain, w, acts, out)
+    quant::matmat_with(quant::dot4_plain, quant::tile_k_plain, w, acts, out)
 }
 
 /// Attention scores of one query over `n` keys: `out[s] = scale · (q · k_s)`, `k` row-major

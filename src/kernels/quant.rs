@@ -139,18 +139,20 @@ impl Packed {
 
     /// Row `r`: its scales, minimums (empty unless Q4_1, Q4_K or Q5_K) and packed values.
     pub(super) fn row(&self, r: usize) -> (&[f16], &[f16], &[u8]) {
+        self.row_range(r, 1)
+    }
+
+    /// Rows `r0..r0 + n`, one after the other: as [`Packed::row`] gives one.
+    pub(super) fn row_range(&self, r0: usize, n: usize) -> (&[f16], &[f16], &[u8]) {
         let nb = self.cols / self.kind.block_values();
         let v = p_values(self.kind);
+        let (from, to) = (r0 * nb, (r0 + n) * nb);
         let m = if self.m.is_empty() {
             &self.m[..]
         } else {
-            &self.m[r * nb..(r + 1) * nb]
+            &self.m[from..to]
         };
-        (
-            &self.d[r * nb..(r + 1) * nb],
-            m,
-            &self.qs[r * nb * v..(r + 1) * nb * v],
-        )
+        (&self.d[from..to], m, &self.qs[from * v..to * v])
     }
 
     /// Row `r` as f32 values.
@@ -353,29 +355,151 @@ pub(super) fn matvec_with(
     });
 }
 
-/// Row `r` of `w` · each of four activations: the plain twin of the x86 `dot4`.
+/// Row `r` of `w` (not a K-quant) · each of four activations: the plain twin of the x86
+/// `dot4`.
 pub(super) fn dot4_plain(w: &Packed, r: usize, a: [&QActs; 4]) -> [f32; 4] {
     a.map(|a| dot_plain(w, r, a))
 }
 
-/// Rows per parallel task of [`matmat_with`]: each task reads its rows of `W` once for every
-/// activation row, so tasks are as many as the threads can share evenly.
-fn chunk_rows_matmat(rows: usize) -> usize {
-    rows.div_ceil(rayon::current_num_threads() * 4).max(4)
+/// Tokens per group of a K-quant prompt product: each super-block of a weight row is
+/// unpacked once for this many tokens (eight: the most whose sums stay in registers).
+pub(super) const KGROUP: usize = 8;
+
+/// [`KGROUP`] tokens' activations in the K-quants' form, interleaved by super-block so the
+/// kernels read a group from one base at fixed offsets: (super-blocks, [`KGROUP`], 256)
+/// values, (super-blocks, [`KGROUP`]) scales, (super-blocks, [`KGROUP`], 16) sums of 16.
+/// A single [`QActs`] is the same layout with a group of one.
+#[derive(Debug, Clone, Default)]
+pub(super) struct KGroup {
+    pub(super) q: Vec<i8>,
+    pub(super) d: Vec<f32>,
+    pub(super) s16: Vec<i16>,
+}
+
+impl KGroup {
+    /// `acts` (each in the K-quants' form, all of one length) interleaved.
+    fn gather(acts: [&QActs; KGROUP]) -> Self {
+        let ns = acts[0].d.len();
+        let (sup, sums) = (kquant::SUPER, kquant::SUPER / 16);
+        let mut g = Self {
+            q: Vec::with_capacity(ns * KGROUP * sup),
+            d: Vec::with_capacity(ns * KGROUP),
+            s16: Vec::with_capacity(ns * KGROUP * sums),
+        };
+        for i in 0..ns {
+            for a in acts {
+                assert!(
+                    a.k && a.d.len() == ns,
+                    "a group needs activations of one K form"
+                );
+                g.q.extend_from_slice(&a.q[i * sup..(i + 1) * sup]);
+                g.d.push(a.d[i]);
+                g.s16.extend_from_slice(&a.s16[i * sums..(i + 1) * sums]);
+            }
+        }
+        g
+    }
+
+    /// Super-blocks per token.
+    pub(super) fn supers(&self) -> usize {
+        self.d.len() / KGROUP
+    }
+}
+
+/// Rows `r0..r0 + out.len()` of `w` (a K-quant) · each token of `g`, in plain Rust: the
+/// portable twin of the x86 `tile`.
+pub(super) fn tile_k_plain(w: &Packed, r0: usize, g: &KGroup, out: &mut [[f32; KGROUP]]) {
+    let (sup, sums) = (kquant::SUPER, kquant::SUPER / 16);
+    for (i, o) in out.iter_mut().enumerate() {
+        let (d, m, qs) = w.row(r0 + i);
+        for (n, y) in o.iter_mut().enumerate() {
+            *y = kquant::dot_plain_with(w.kind, d, m, qs, |s| {
+                let at = s * KGROUP + n;
+                (
+                    &g.q[at * sup..(at + 1) * sup],
+                    g.d[at],
+                    &g.s16[at * sums..(at + 1) * sums],
+                )
+            });
+        }
+    }
+}
+
+/// Rows `r0..r0 + out.len()` of `w` · each of four activations, through `dot4`.
+fn tile4(
+    dot4: &(impl Fn(&Packed, usize, [&QActs; 4]) -> [f32; 4] + Sync),
+    w: &Packed,
+    r0: usize,
+    g: &[&QActs; 4],
+    out: &mut [[f32; 4]],
+) {
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = dot4(w, r0 + i, *g);
+    }
 }
 
 /// `out = X · Wᵀ` for a quantized `W` (rows × cols) and `T` rows of activations `acts`
-/// (each `x_t` quantized): `out` (T, rows), row-major. Each weight row meets four activation
-/// rows at a time through `dot4` (a kernel the facade picked for this CPU, or
-/// [`dot4_plain`]); a last group of fewer than four repeats its first row.
+/// (each `x_t` quantized): `out` (T, rows), row-major. The K-quants meet [`KGROUP`] tokens
+/// at a time through `tile` (rows `r0..` of `W` · a [`KGroup`]: a kernel the facade picked
+/// for this CPU, or [`tile_k_plain`]), the others four through `dot4` (or [`dot4_plain`]); a
+/// last group of fewer tokens repeats its first.
 pub(super) fn matmat_with(
     dot4: impl Fn(&Packed, usize, [&QActs; 4]) -> [f32; 4] + Sync,
+    tile: impl Fn(&Packed, usize, &KGroup, &mut [[f32; KGROUP]]) + Sync,
     w: &Packed,
     acts: &[QActs],
     out: &mut [f32],
 ) {
-    let (rows, t) = (w.rows, acts.len());
-    debug_assert_eq!(out.len(), rows * t);
+    debug_assert_eq!(out.len(), w.rows * acts.len());
+    if w.kind.is_k() {
+        let groups: Vec<KGroup> = (0..acts.len().div_ceil(KGROUP))
+            .into_par_iter()
+            .map(|g| KGroup::gather(group(acts, g)))
+            .collect();
+        matmat_groups(
+            |r0, g: &KGroup, o| tile(w, r0, g, o),
+            &groups,
+            w,
+            acts.len(),
+            out,
+        );
+    } else {
+        let groups: Vec<[&QActs; 4]> = (0..acts.len().div_ceil(4))
+            .map(|g| group(acts, g))
+            .collect();
+        matmat_groups(
+            |r0, g, o| tile4(&dot4, w, r0, g, o),
+            &groups,
+            w,
+            acts.len(),
+            out,
+        );
+    }
+}
+
+/// Tokens `G·g..G·g + G` of `acts`; past the end, the group's first token again.
+fn group<const G: usize>(acts: &[QActs], g: usize) -> [&QActs; G] {
+    let len = (acts.len() - G * g).min(G);
+    std::array::from_fn(|j| &acts[G * g + if j < len { j } else { 0 }])
+}
+
+/// Rows per parallel task of [`matmat_groups`]: each task reads its rows of `W` once for
+/// every group of tokens, so tasks are as many as the threads can share evenly.
+fn chunk_rows_matmat(rows: usize) -> usize {
+    rows.div_ceil(rayon::current_num_threads() * 4).max(4)
+}
+
+/// `out` (t, rows) from `tile(r0, group, rows' outputs)` over every group of `G` tokens:
+/// the rows split across the rayon pool, each task sweeping its rows once per group (the
+/// group's activations stay in the L1 cache for all of them).
+fn matmat_groups<const G: usize, Grp: Sync>(
+    tile: impl Fn(usize, &Grp, &mut [[f32; G]]) + Sync,
+    groups: &[Grp],
+    w: &Packed,
+    t: usize,
+    out: &mut [f32],
+) {
+    let rows = w.rows;
     if t == 0 {
         return;
     }
@@ -386,16 +510,12 @@ pub(super) fn matmat_with(
         .par_chunks_mut(chunk * t)
         .enumerate()
         .for_each(|(c, ys)| {
-            // Token groups outside, weight rows inside: a group's activations stay in the
-            // L1 cache for all the task's rows (a long prompt's do not fit it, nor L2).
-            let n = ys.len() / t;
-            for g in 0..t.div_ceil(4) {
-                let len = (t - 4 * g).min(4);
-                let at = |j: usize| &acts[g * 4 + if j < len { j } else { 0 }];
-                let group = [at(0), at(1), at(2), at(3)];
-                for i in 0..n {
-                    let got = dot4(w, c * chunk + i, group);
-                    ys[i * t + 4 * g..i * t + 4 * g + len].copy_from_slice(&got[..len]);
+            let mut got = vec![[0f32; G]; ys.len() / t];
+            for (g, grp) in groups.iter().enumerate() {
+                let len = (t - G * g).min(G);
+                tile(c * chunk, grp, &mut got);
+                for (i, v) in got.iter().enumerate() {
+                    ys[i * t + G * g..i * t + G * g + len].copy_from_slice(&v[..len]);
                 }
             }
         });
@@ -510,8 +630,12 @@ mod tests {
 
     #[test]
     fn matrix_products_equal_row_products() {
-        // 1, 4 and 7 activation rows: a full group of four, a partial one, and both.
-        for (kind, t) in KINDS.iter().flat_map(|&k| [(k, 1), (k, 4), (k, 7)]) {
+        // 1, 4, 7, 8 and 19 activation rows: full groups of four and of eight, partial ones,
+        // and both.
+        for (kind, t) in KINDS
+            .iter()
+            .flat_map(|&k| [(k, 1), (k, 4), (k, 7), (k, 8), (k, 19)])
+        {
             let (rows, cols) = (37, fit(kind, 576));
             let data = random_blocks(kind, rows, cols, 8);
             let w = Packed::from_ggml(kind, rows, cols, &data).unwrap();
@@ -524,7 +648,7 @@ mod tests {
                 .collect();
             let mut plain = vec![0f32; t * rows];
             let mut fast = vec![0f32; t * rows];
-            matmat_with(dot4_plain, &w, &acts, &mut plain);
+            matmat_with(dot4_plain, tile_k_plain, &w, &acts, &mut plain);
             crate::kernels::matmat(&w, &acts, &mut fast);
             for (i, a) in acts.iter().enumerate() {
                 let mut one = vec![0f32; rows];

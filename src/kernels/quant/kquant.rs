@@ -136,14 +136,29 @@ pub(super) fn dequantize(kind: QKind, d: &[f16], m: &[f16], qs: &[u8], out: &mut
 /// f32 `da·(d·isum − dmin·msum)` (Q6_K `d·da·isum`).
 pub(super) fn dot_plain(kind: QKind, d: &[f16], m: &[f16], qs: &[u8], a: &QActs) -> f32 {
     assert!(a.k, "the K-quants need activations in their form");
+    dot_plain_with(kind, d, m, qs, |i| {
+        (
+            &a.q[i * SUPER..(i + 1) * SUPER],
+            a.d[i],
+            &a.s16[i * 16..(i + 1) * 16],
+        )
+    })
+}
+
+/// [`dot_plain`] with the activations of super-block `i` from `acts(i)`: its 256 values,
+/// scale and sums of 16.
+pub(super) fn dot_plain_with<'a>(
+    kind: QKind,
+    d: &[f16],
+    m: &[f16],
+    qs: &[u8],
+    acts: impl Fn(usize) -> (&'a [i8], f32, &'a [i16]),
+) -> f32 {
     let pb = packed_bytes(kind);
     let mut acc = 0f32;
     for (i, &dw) in d.iter().enumerate() {
-        let (sb, dw, da) = (&qs[i * pb..(i + 1) * pb], dw.to_f32(), a.d[i]);
-        let (qa, sums) = (
-            &a.q[i * SUPER..(i + 1) * SUPER],
-            &a.s16[i * 16..(i + 1) * 16],
-        );
+        let (sb, dw) = (&qs[i * pb..(i + 1) * pb], dw.to_f32());
+        let (qa, da, sums) = acts(i);
         let dot = |from: usize| -> i32 {
             (from..from + 16)
                 .map(|v| value(kind, sb, v) * qa[v] as i32)

@@ -11,11 +11,10 @@ use super::Avx2;
 use crate::kernels::quant::{Packed, QActs, QKind, BLOCK};
 
 /// Row `r` of `w` · each of the four activations `a`: four [`super::dot`]s for the price of
-/// one weight read. Panics unless every `a[i]` holds `w.cols()` activations.
-pub fn dot4(cpu: Avx2, w: &Packed, r: usize, a: [&QActs; 4]) -> [f32; 4] {
-    if w.kind().is_k() {
-        return super::kquant::dot4(cpu, w, r, a);
-    }
+/// one weight read. Panics if `w` is a K-quant or some `a[i]` does not hold `w.cols()`
+/// activations.
+pub fn dot4(_cpu: Avx2, w: &Packed, r: usize, a: [&QActs; 4]) -> [f32; 4] {
+    assert!(!w.kind().is_k(), "the K-quants' prompts go through `tile`");
     let (d, m, q, nb) = row_parts(w, r, a[0]);
     for x in &a[1..] {
         assert!(x.q.len() >= nb * BLOCK && x.d.len() >= nb && x.ds.len() >= nb);
@@ -28,7 +27,7 @@ pub fn dot4(cpu: Avx2, w: &Packed, r: usize, a: [&QActs; 4]) -> [f32; 4] {
             QKind::Q4_0 => rows4::<0>(d, m, q, a, nb),
             QKind::Q4_1 => rows4::<1>(d, m, q, a, nb),
             QKind::Q8_0 => rows4::<2>(d, m, q, a, nb),
-            QKind::Q4K | QKind::Q5K | QKind::Q6K => unreachable!("dispatched above"),
+            QKind::Q4K | QKind::Q5K | QKind::Q6K => unreachable!("refused above"),
         }
     }
 }

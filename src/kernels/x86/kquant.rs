@@ -1,7 +1,8 @@
-//! The K-quants' (Q4_K, Q5_K, Q6_K) row kernels in AVX2: one weight row against one row of
-//! activations in the K-quants' form (llama.cpp's Q8_K: decoding) or four (a prompt, each
-//! super-block unpacked once for the four). `crate::kernels::quant::kquant::dot_plain` is
-//! their plain twin and describes the repacked layout read here.
+//! The K-quants' (Q4_K, Q5_K, Q6_K) row kernels in AVX2: weight rows against one row of
+//! activations in the K-quants' form (llama.cpp's Q8_K: decoding) or a group of eight
+//! interleaved by super-block (`KGroup`: a prompt, each super-block unpacked once for the
+//! eight, read from one base at fixed offsets). `crate::kernels::quant::kquant::dot_plain`
+//! is their plain twin and describes the repacked layout read here.
 //!
 //! Within a super-block everything is integer: per 32 values the weights unpacked to 32
 //! unsigned bytes in the activations' order, multiplied with them by `maddubs` (unsigned ×
@@ -17,7 +18,7 @@ use half::f16;
 use super::avx2::hsum;
 use super::{Avx2, Vnni};
 use crate::kernels::quant::kquant::{packed_bytes, SCALES, SUPER};
-use crate::kernels::quant::{Packed, QActs, QKind, BLOCK};
+use crate::kernels::quant::{KGroup, Packed, QActs, QKind, BLOCK, KGROUP};
 
 /// 32-value sub-blocks per super-block.
 const SUBS: usize = SUPER / BLOCK;
@@ -26,9 +27,17 @@ const SUBS: usize = SUPER / BLOCK;
 const SUMS: usize = SUPER / 16;
 
 /// Row `r` of `w` (a K-quant) · the activations `a`. Panics unless `w` is a K-quant and `a`
-/// holds `w.cols()` activations.
-pub fn dot(cpu: Avx2, w: &Packed, r: usize, a: &QActs) -> f32 {
-    rows(cpu, w, r, [a])[0]
+/// holds `w.cols()` activations in the K-quants' form.
+pub fn dot(_cpu: Avx2, w: &Packed, r: usize, a: &QActs) -> f32 {
+    let ns = w.cols() / SUPER;
+    assert!(a.is_k(), "the K-quants need activations in their form");
+    assert!(a.q.len() >= ns * SUPER && a.d.len() >= ns && a.s16.len() >= ns * SUMS);
+    let acts = (a.q.as_ptr(), a.d.as_ptr(), a.s16.as_ptr());
+    let mut out = [[0f32]];
+    // SAFETY: the token proves AVX2, FMA and F16C; `a`'s reads for `ns` super-blocks (a group
+    // of one) are checked above, the rows' in `rows`.
+    unsafe { rows::<1>(w, r, acts, &mut out) };
+    out[0][0]
 }
 
 /// [`dot`] on a CPU with AVX-512 VNNI (which runs AVX2, FMA and F16C: the [`Vnni`] token is
@@ -37,37 +46,86 @@ pub fn dot_vnni(_cpu: Vnni, w: &Packed, r: usize, a: &QActs) -> f32 {
     dot(Avx2(()), w, r, a)
 }
 
-/// Row `r` of `w` (a K-quant) · each of the four activations `a`, each super-block unpacked
-/// once. Panics unless `w` is a K-quant and every `a[i]` holds `w.cols()` activations.
-pub fn dot4(cpu: Avx2, w: &Packed, r: usize, a: [&QActs; 4]) -> [f32; 4] {
-    rows(cpu, w, r, a)
+/// Rows `r0..r0 + out.len()` of `w` (a K-quant) · each of the group's tokens, each
+/// super-block unpacked once for the group: a prompt's product. Panics unless `w` is a
+/// K-quant, the rows exist and `g` holds `w.cols()` activations a token.
+pub fn tile(_cpu: Avx2, w: &Packed, r0: usize, g: &KGroup, out: &mut [[f32; KGROUP]]) {
+    let ns = w.cols() / SUPER;
+    assert!(g.supers() == ns && g.q.len() == ns * KGROUP * SUPER);
+    assert!(g.s16.len() == ns * KGROUP * SUMS);
+    let acts = (g.q.as_ptr(), g.d.as_ptr(), g.s16.as_ptr());
+    // SAFETY: the token proves AVX2, FMA and F16C; the group's reads are checked above, the
+    // rows' in `rows`.
+    unsafe { rows::<KGROUP>(w, r0, acts, out) };
 }
 
-/// Row `r` of `w` · each of `a`, after checking every read the kernels make is in bounds.
-fn rows<const N: usize>(_cpu: Avx2, w: &Packed, r: usize, a: [&QActs; N]) -> [f32; N] {
+/// Rows `r0..r0 + out.len()` of `w` · a group of `N` tokens' activations at `acts` (values,
+/// scales, sums of 16, laid out as [`KGroup`]'s), after checking every read of the rows.
+///
+/// # Safety
+///
+/// The CPU runs AVX2, FMA and F16C; `acts` holds `w.cols() / 256` super-blocks of `N`
+/// tokens.
+unsafe fn rows<const N: usize>(
+    w: &Packed,
+    r0: usize,
+    acts: (*const i8, *const f32, *const i16),
+    out: &mut [[f32; N]],
+) {
     let kind = w.kind();
     assert!(kind.is_k(), "{kind:?} is not a K-quant");
-    let (d, m, qs) = w.row(r);
-    let ns = d.len();
-    assert!(qs.len() == ns * packed_bytes(kind));
-    assert!(m.len() == if kind == QKind::Q6K { 0 } else { ns });
-    for x in &a {
-        assert!(x.is_k(), "the K-quants need activations in their form");
-        assert!(x.q.len() >= ns * SUPER && x.d.len() >= ns && x.s16.len() >= ns * SUMS);
-    }
+    let (n, ns, pb) = (out.len(), w.cols() / SUPER, packed_bytes(kind));
+    assert!(r0 + n <= w.rows());
+    let (d, m, qs) = w.row_range(r0, n);
+    assert!(d.len() == n * ns && qs.len() == n * ns * pb);
+    assert!(m.len() == if kind == QKind::Q6K { 0 } else { n * ns });
     let (d, m, q) = (
         d.as_ptr().cast::<u16>(),
         m.as_ptr().cast::<u16>(),
         qs.as_ptr(),
     );
-    // SAFETY: the token proves AVX2, FMA and F16C; the asserts above bound every read: `ns`
-    // super-blocks of `kind`'s repacked bytes, `ns` `dmin`s where the kernel reads them, and
-    // `ns · 256` activations, `ns` scales and `ns · 16` sums of 16 in each of `a`.
+    // SAFETY: the CPU runs AVX2, FMA and F16C and `acts` holds `ns` super-blocks of `N`
+    // tokens (the caller's contract); the asserts above bound the reads of the rows: `n`
+    // rows of `ns` super-blocks of `kind`'s repacked bytes, and their `dmin`s where the
+    // kernel reads them.
     unsafe {
         match kind {
-            QKind::Q4K => q45::<N, false>(d, m, q, a, ns),
-            QKind::Q5K => q45::<N, true>(d, m, q, a, ns),
-            _ => q6::<N>(d, q, a, ns),
+            QKind::Q4K => rows_of::<N, 4>(d, m, q, acts, ns, out),
+            QKind::Q5K => rows_of::<N, 5>(d, m, q, acts, ns, out),
+            _ => rows_of::<N, 6>(d, m, q, acts, ns, out),
+        }
+    }
+}
+
+/// The kernel of each row in turn (`BITS`: 4 Q4_K, 5 Q5_K, 6 Q6_K).
+///
+/// # Safety
+///
+/// As [`q45`] and [`q6`] for each of `out.len()` consecutive rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_of<const N: usize, const BITS: u8>(
+    d: *const u16,
+    m: *const u16,
+    q: *const u8,
+    acts: (*const i8, *const f32, *const i16),
+    ns: usize,
+    out: &mut [[f32; N]],
+) {
+    let pb = packed_bytes(match BITS {
+        4 => QKind::Q4K,
+        5 => QKind::Q5K,
+        _ => QKind::Q6K,
+    });
+    for (i, o) in out.iter_mut().enumerate() {
+        // SAFETY: row `i` of the caller's rows: `ns` super-blocks from `i·ns` (their
+        // `d`, `dmin`, and `pb` bytes each); the CPU and `acts` as the caller's contract.
+        unsafe {
+            let (d, m, q) = (d.add(i * ns), m.add(i * ns), q.add(i * ns * pb));
+            *o = match BITS {
+                4 => q45::<N, false>(d, m, q, acts, ns),
+                5 => q45::<N, true>(d, m, q, acts, ns),
+                _ => q6::<N>(d, q, acts, ns),
+            };
         }
     }
 }
@@ -105,19 +163,19 @@ unsafe fn scaled_sum(w: __m256i, qa: *const i8, sc: __m256i) -> __m256i {
     unsafe { _mm256_madd_epi16(_mm256_maddubs_epi16(w, _mm256_loadu_si256(qa.cast())), sc) }
 }
 
-/// Q4_K (`FIVE` false) or Q5_K rows · `N` activation rows.
+/// A Q4_K (`FIVE` false) or Q5_K row · a group of `N` tokens.
 ///
 /// # Safety
 ///
 /// The CPU runs AVX2, FMA and F16C; `d`, `m` point to `ns` f16 values, `q` to `ns` repacked
-/// super-blocks of the kind, each of `a` holds `ns · 256` activations, `ns` scales and
-/// `ns · 16` sums of 16.
+/// super-blocks of the kind, `acts` to `ns` super-blocks of `N` tokens' values, scales and
+/// sums of 16 ([`KGroup`]'s layout).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q45<const N: usize, const FIVE: bool>(
     d: *const u16,
     m: *const u16,
     q: *const u8,
-    a: [&QActs; N],
+    (aq, ad, asum): (*const i8, *const f32, *const i16),
     ns: usize,
 ) -> [f32; N] {
     let pb = packed_bytes(if FIVE { QKind::Q5K } else { QKind::Q4K });
@@ -126,9 +184,9 @@ unsafe fn q45<const N: usize, const FIVE: bool>(
     let dup = unsafe { _mm_loadu_si128(DUP.as_ptr().cast()) };
     let (low4, bit4) = (_mm256_set1_epi8(0xF), _mm256_set1_epi8(0x10));
     for i in 0..ns {
-        // SAFETY: super-block `i` (`pb` bytes at `q + i·pb`, `d[i]`, `m[i]`), activations
-        // `256i..256i + 256`, scale `i` and sums `16i..16i + 16` exist (the caller's
-        // contract); the CPU runs AVX2, FMA and F16C.
+        // SAFETY: super-block `i` (`pb` bytes at `q + i·pb`, `d[i]`, `m[i]`) and the
+        // group's super-block `i` (`N` tokens' values, scales and sums from `N·i`) exist
+        // (the caller's contract); the CPU runs AVX2, FMA and F16C.
         unsafe {
             let sb = q.add(i * pb);
             let dw = f16::from_bits(*d.add(i)).to_f32();
@@ -160,19 +218,19 @@ unsafe fn q45<const N: usize, const FIVE: bool>(
                     _mm256_shuffle_epi8(sc, pick(2 * j)),
                     _mm256_shuffle_epi8(sc, pick(2 * j + 1)),
                 );
-                for (n, x) in a.iter().enumerate() {
-                    let qa = x.q.as_ptr().add(i * SUPER + 2 * j * BLOCK);
+                for (n, sum) in isum.iter_mut().enumerate() {
+                    let qa = aq.add((N * i + n) * SUPER + 2 * j * BLOCK);
                     let s0 = scaled_sum(lo, qa, sc0);
                     let s1 = scaled_sum(hi, qa.add(BLOCK), sc1);
-                    isum[n] = _mm256_add_epi32(isum[n], _mm256_add_epi32(s0, s1));
+                    *sum = _mm256_add_epi32(*sum, _mm256_add_epi32(s0, s1));
                 }
             }
-            for (n, x) in a.iter().enumerate() {
-                let da = *x.d.as_ptr().add(i);
+            for n in 0..N {
+                let da = *ad.add(N * i + n);
                 acc[n] =
                     _mm256_fmadd_ps(_mm256_set1_ps(dw * da), _mm256_cvtepi32_ps(isum[n]), acc[n]);
                 // Lane s: m_s · (the sum of sub-block s's 32 activations).
-                let sums = _mm256_loadu_si256(x.s16.as_ptr().add(i * SUMS).cast());
+                let sums = _mm256_loadu_si256(asum.add((N * i + n) * SUMS).cast());
                 let msum = _mm256_cvtepi32_ps(_mm256_madd_epi16(mn, sums));
                 acc[n] = _mm256_fnmadd_ps(_mm256_set1_ps(dm * da), msum, acc[n]);
             }
@@ -203,24 +261,29 @@ const PICK6: [[u8; 16]; SUBS] = {
     t
 };
 
-/// Q6_K rows · `N` activation rows. Each 32-value block's unsigned `q` (0..64) × the
+/// A Q6_K row · a group of `N` tokens. Each 32-value block's unsigned `q` (0..64) × the
 /// activations in `maddubs`, then `madd` with its two 16-value scales; the `−32` of every
 /// value once per super-block, from the activations' sums of 16.
 ///
 /// # Safety
 ///
 /// The CPU runs AVX2, FMA and F16C; `d` points to `ns` f16 values, `q` to `ns` repacked Q6_K
-/// super-blocks, each of `a` holds `ns · 256` activations, `ns` scales and `ns · 16` sums
-/// of 16.
+/// super-blocks, `acts` to `ns` super-blocks of `N` tokens' values, scales and sums of 16
+/// ([`KGroup`]'s layout).
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q6<const N: usize>(d: *const u16, q: *const u8, a: [&QActs; N], ns: usize) -> [f32; N] {
+unsafe fn q6<const N: usize>(
+    d: *const u16,
+    q: *const u8,
+    (aq, ad, asum): (*const i8, *const f32, *const i16),
+    ns: usize,
+) -> [f32; N] {
     let pb = packed_bytes(QKind::Q6K);
     let mut acc = [_mm256_setzero_ps(); N];
     let (low4, top2) = (_mm256_set1_epi8(0xF), _mm256_set1_epi8(0x30));
     for i in 0..ns {
-        // SAFETY: super-block `i` (`pb` bytes at `q + i·pb`, `d[i]`), activations
-        // `256i..256i + 256`, scale `i` and sums `16i..16i + 16` exist (the caller's
-        // contract); the CPU runs AVX2, FMA and F16C.
+        // SAFETY: super-block `i` (`pb` bytes at `q + i·pb`, `d[i]`) and the group's
+        // super-block `i` (`N` tokens' values, scales and sums from `N·i`) exist (the
+        // caller's contract); the CPU runs AVX2, FMA and F16C.
         unsafe {
             let sb = q.add(i * pb);
             let dw = f16::from_bits(*d.add(i)).to_f32();
@@ -243,19 +306,19 @@ unsafe fn q6<const N: usize>(d: *const u16, q: *const u8, a: [&QActs; N], ns: us
                     let c = 4 * h + k;
                     let pick = _mm_loadu_si128(PICK6[c].as_ptr().cast());
                     let sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, pick));
-                    for (n, x) in a.iter().enumerate() {
-                        let qa = x.q.as_ptr().add(i * SUPER + c * BLOCK);
-                        isum[n] = _mm256_add_epi32(isum[n], scaled_sum(w, qa, sc));
+                    for (n, sum) in isum.iter_mut().enumerate() {
+                        let qa = aq.add((N * i + n) * SUPER + c * BLOCK);
+                        *sum = _mm256_add_epi32(*sum, scaled_sum(w, qa, sc));
                     }
                 }
             }
             let sc16 = _mm256_cvtepi8_epi16(scales);
-            for (n, x) in a.iter().enumerate() {
+            for n in 0..N {
                 // Lane c: sc[2c]·(sum of 16) + sc[2c + 1]·(the next sum), times 32.
-                let sums = _mm256_loadu_si256(x.s16.as_ptr().add(i * SUMS).cast());
+                let sums = _mm256_loadu_si256(asum.add((N * i + n) * SUMS).cast());
                 let off = _mm256_slli_epi32(_mm256_madd_epi16(sc16, sums), 5);
                 let tot = _mm256_cvtepi32_ps(_mm256_sub_epi32(isum[n], off));
-                let dd = _mm256_set1_ps(dw * *x.d.as_ptr().add(i));
+                let dd = _mm256_set1_ps(dw * *ad.add(N * i + n));
                 acc[n] = _mm256_fmadd_ps(dd, tot, acc[n]);
             }
         }
