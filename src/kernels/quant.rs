@@ -491,7 +491,8 @@ fn chunk_rows_matmat(rows: usize) -> usize {
 
 /// `out` (t, rows) from `tile(r0, group, rows' outputs)` over every group of `G` tokens:
 /// the rows split across the rayon pool, each task sweeping its rows once per group (the
-/// group's activations stay in the L1 cache for all of them).
+/// group's activations stay in the L1 cache for all of them) and writing its columns of
+/// `out` directly.
 fn matmat_groups<const G: usize, Grp: Sync>(
     tile: impl Fn(usize, &Grp, &mut [[f32; G]]) + Sync,
     groups: &[Grp],
@@ -500,30 +501,33 @@ fn matmat_groups<const G: usize, Grp: Sync>(
     out: &mut [f32],
 ) {
     let rows = w.rows;
-    if t == 0 {
+    if t == 0 || rows == 0 {
         return;
     }
-    // (rows, T): each task writes whole rows; transposed into `out` after.
-    let mut by_row = vec![0f32; rows * t];
     let chunk = chunk_rows_matmat(rows);
-    by_row
-        .par_chunks_mut(chunk * t)
+    // Task c's columns c·chunk.. of every token's row of `out`.
+    let mut columns: Vec<Vec<&mut [f32]>> = (0..rows.div_ceil(chunk))
+        .map(|_| Vec::with_capacity(t))
+        .collect();
+    for token in out.chunks_exact_mut(rows) {
+        for (dst, part) in columns.iter_mut().zip(token.chunks_mut(chunk)) {
+            dst.push(part);
+        }
+    }
+    columns
+        .into_par_iter()
         .enumerate()
-        .for_each(|(c, ys)| {
-            let mut got = vec![[0f32; G]; ys.len() / t];
+        .for_each(|(c, mut dst)| {
+            let mut got = vec![[0f32; G]; dst[0].len()];
             for (g, grp) in groups.iter().enumerate() {
-                let len = (t - G * g).min(G);
                 tile(c * chunk, grp, &mut got);
-                for (i, v) in got.iter().enumerate() {
-                    ys[i * t + G * g..i * t + G * g + len].copy_from_slice(&v[..len]);
+                for (j, token) in dst[G * g..].iter_mut().take(G).enumerate() {
+                    for (y, v) in token.iter_mut().zip(&got) {
+                        *y = v[j];
+                    }
                 }
             }
         });
-    for (r, ys) in by_row.chunks_exact(t).enumerate() {
-        for (i, y) in ys.iter().enumerate() {
-            out[i * rows + r] = *y;
-        }
-    }
 }
 
 /// `out = W · x` for a dense row-major f32 `W` (out.len() × x.len()).
