@@ -46,6 +46,9 @@ fn vnni(cpu: x86::Avx2) -> Option<x86::Vnni> {
 pub fn matvec(w: &Packed, a: &QActs, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if let Some(cpu) = x86::Avx2::detect() {
+        if w.kind().is_k() {
+            return quant::matvec_ranges(|r0, ys| x86::dot_rows(cpu, w, r0, a, ys), w, out);
+        }
         if let Some(wide) = vnni(cpu) {
             return quant::matvec_with(|w, r, a| x86::dot_vnni(wide, w, r, a), w, a, out);
         }

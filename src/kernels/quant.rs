@@ -346,13 +346,25 @@ pub(super) fn matvec_with(
     a: &QActs,
     out: &mut [f32],
 ) {
+    matvec_ranges(
+        |r0, ys| {
+            for (i, y) in ys.iter_mut().enumerate() {
+                *y = dot(w, r0 + i, a);
+            }
+        },
+        w,
+        out,
+    );
+}
+
+/// `out = W · x` by ranges of rows across the rayon pool: `rows(r0, ys)` fills rows
+/// `r0..r0 + ys.len()` (a kernel that takes a range: one call, one bounds check).
+pub(super) fn matvec_ranges(rows: impl Fn(usize, &mut [f32]) + Sync, w: &Packed, out: &mut [f32]) {
     debug_assert_eq!(out.len(), w.rows);
     let chunk = chunk_rows(w.rows);
-    out.par_chunks_mut(chunk).enumerate().for_each(|(c, ys)| {
-        for (i, y) in ys.iter_mut().enumerate() {
-            *y = dot(w, c * chunk + i, a);
-        }
-    });
+    out.par_chunks_mut(chunk)
+        .enumerate()
+        .for_each(|(c, ys)| rows(c * chunk, ys));
 }
 
 /// Row `r` of `w` (not a K-quant) · each of four activations: the plain twin of the x86

@@ -40,6 +40,19 @@ pub fn dot(_cpu: Avx2, w: &Packed, r: usize, a: &QActs) -> f32 {
     out[0][0]
 }
 
+/// Rows `r0..r0 + out.len()` of `w` (a K-quant) · the activations `a`: a decoding step's
+/// share of a projection, in one call. Panics unless `w` is a K-quant, the rows exist and
+/// `a` holds `w.cols()` activations in the K-quants' form.
+pub fn dot_rows(_cpu: Avx2, w: &Packed, r0: usize, a: &QActs, out: &mut [f32]) {
+    let ns = w.cols() / SUPER;
+    assert!(a.is_k(), "the K-quants need activations in their form");
+    assert!(a.q.len() >= ns * SUPER && a.d.len() >= ns && a.s16.len() >= ns * SUMS);
+    let acts = (a.q.as_ptr(), a.d.as_ptr(), a.s16.as_ptr());
+    // SAFETY: the token proves AVX2, FMA and F16C; `a`'s reads for `ns` super-blocks (a group
+    // of one) are checked above, the rows' in `rows`.
+    unsafe { rows::<1>(w, r0, acts, out.as_chunks_mut::<1>().0) };
+}
+
 /// [`dot`] on a CPU with AVX-512 VNNI (which runs AVX2, FMA and F16C: the [`Vnni`] token is
 /// made only from an [`Avx2`] one): the AVX2 kernel.
 pub fn dot_vnni(_cpu: Vnni, w: &Packed, r: usize, a: &QActs) -> f32 {
