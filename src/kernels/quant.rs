@@ -89,32 +89,36 @@ impl Packed {
         if !cols.is_multiple_of(kind.block_values()) || data.len() != nb * bb {
             return None;
         }
-        let has_m = matches!(kind, QKind::Q4_1 | QKind::Q4K | QKind::Q5K);
-        let mut p = Self {
+        // Block by block across the rayon pool (a 1B model has millions of blocks).
+        let v = p_values(kind);
+        let mut qs = vec![0u8; nb * v];
+        let d = data
+            .par_chunks_exact(bb)
+            .zip(qs.par_chunks_exact_mut(v))
+            .map(|(blk, qs)| {
+                if kind.is_k() {
+                    return kquant::repack(kind, blk, qs);
+                }
+                qs.copy_from_slice(&blk[bb - v..]);
+                half_at(blk, 0)
+            })
+            .collect();
+        // Q4_1's minimum and Q4_K/Q5_K's `dmin` follow the scale.
+        let m = match kind {
+            QKind::Q4_1 | QKind::Q4K | QKind::Q5K => data
+                .par_chunks_exact(bb)
+                .map(|blk| half_at(blk, 2))
+                .collect(),
+            _ => Vec::new(),
+        };
+        Some(Self {
             kind,
             rows,
             cols,
-            d: Vec::with_capacity(nb),
-            m: Vec::with_capacity(if has_m { nb } else { 0 }),
-            qs: Vec::with_capacity(nb * p_values(kind)),
-        };
-        if kind.is_k() {
-            for blk in data.chunks_exact(bb) {
-                kquant::repack(kind, blk, &mut p.d, &mut p.m, &mut p.qs);
-            }
-            return Some(p);
-        }
-        for blk in data.chunks_exact(bb) {
-            p.d.push(half_at(blk, 0));
-            let at = if kind == QKind::Q4_1 {
-                p.m.push(half_at(blk, 2));
-                4
-            } else {
-                2
-            };
-            p.qs.extend_from_slice(&blk[at..]);
-        }
-        Some(p)
+            d,
+            m,
+            qs,
+        })
     }
 
     /// Output rows.

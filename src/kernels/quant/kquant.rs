@@ -52,30 +52,24 @@ fn scale_min(j: usize, s: &[u8]) -> (u8, u8) {
     }
 }
 
-/// Appends one GGML super-block `blk` of `kind` (a K-quant): its scale to `d`, its `dmin`
-/// (Q4_K/Q5_K) to `m`, the rest to `qs` in the layout above.
-pub(super) fn repack(
-    kind: QKind,
-    blk: &[u8],
-    d: &mut Vec<f16>,
-    m: &mut Vec<f16>,
-    qs: &mut Vec<u8>,
-) {
+/// One GGML super-block `blk` of `kind` (a K-quant) in the layout above: all but its scale
+/// (and Q4_K/Q5_K `dmin`, which the caller takes from bytes 2..4) written to `qs`
+/// ([`packed_bytes`] bytes); its scale returned.
+pub(super) fn repack(kind: QKind, blk: &[u8], qs: &mut [u8]) -> f16 {
     match kind {
         QKind::Q4K | QKind::Q5K => {
-            d.push(half_at(blk, 0));
-            m.push(half_at(blk, 2));
             let scales = &blk[4..16];
-            let (sc, mn): (Vec<u8>, Vec<u8>) = (0..8).map(|j| scale_min(j, scales)).unzip();
-            qs.extend_from_slice(&sc);
-            qs.extend_from_slice(&mn);
+            for j in 0..8 {
+                (qs[j], qs[8 + j]) = scale_min(j, scales);
+            }
             // Q5_K: qh then qs, as in the file.
-            qs.extend_from_slice(&blk[16..]);
+            qs[SCALES..].copy_from_slice(&blk[16..]);
+            half_at(blk, 0)
         }
         _ => {
-            d.push(half_at(blk, 208));
-            qs.extend_from_slice(&blk[192..208]);
-            qs.extend_from_slice(&blk[..192]);
+            qs[..SCALES].copy_from_slice(&blk[192..208]);
+            qs[SCALES..].copy_from_slice(&blk[..192]);
+            half_at(blk, 208)
         }
     }
 }
