@@ -1,6 +1,7 @@
-//! The prompt kernel in AVX2: one weight row against four rows of 8-bit activations, each
-//! weight block unpacked once and multiplied four times (the row kernel unpacks it once per
-//! token). [`super::super::quant::dot4_plain`] is its plain twin.
+//! The prompt kernel of Q4_0, Q4_1 and Q8_0 in AVX2 (the K-quants' is `kquant::tile`): one
+//! weight row against four rows of 8-bit activations, each weight block unpacked once and
+//! multiplied four times (the row kernel unpacks it once per token).
+//! [`super::super::quant::dot4_plain`] is its plain twin.
 
 use std::arch::x86_64::*;
 
