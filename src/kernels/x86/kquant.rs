@@ -132,8 +132,10 @@ unsafe fn rows_of<const N: usize, const BITS: u8>(
     for (i, o) in out.iter_mut().enumerate() {
         // SAFETY: row `i` of the caller's rows: `ns` super-blocks from `i·ns` (their
         // `d`, `dmin`, and `pb` bytes each); the CPU and `acts` as the caller's contract.
+        // Q6_K has no `dmin`: `m` (an empty slice's pointer) is only offset, never read, so
+        // by `wrapping_add`.
         unsafe {
-            let (d, m, q) = (d.add(i * ns), m.add(i * ns), q.add(i * ns * pb));
+            let (d, m, q) = (d.add(i * ns), m.wrapping_add(i * ns), q.add(i * ns * pb));
             *o = match BITS {
                 4 => q45::<N, false>(d, m, q, acts, ns),
                 5 => q45::<N, true>(d, m, q, acts, ns),
