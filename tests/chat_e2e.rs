@@ -280,10 +280,12 @@ fn sigterm_and_sigint_restore_the_terminal_and_exit_with_the_conventional_code()
             std::thread::sleep(Duration::from_millis(100));
         }
         // tmux marks the pane dead when its output closes, and records the exit status only
-        // when it reaps the process, a moment later: wait for one of the two.
+        // when it reaps the process, a moment later: wait for one of the two, on a clock of
+        // its own (a loaded machine can spend most of the first 10 s exiting).
+        let dead_at = Instant::now();
         let how = loop {
             let how = t.display("status #{pane_dead_status} signal #{pane_dead_signal}");
-            if how != "status  signal" || start.elapsed() > Duration::from_secs(10) {
+            if how != "status  signal" || dead_at.elapsed() > Duration::from_secs(10) {
                 break how;
             }
             std::thread::sleep(Duration::from_millis(50));
