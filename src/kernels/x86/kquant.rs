@@ -26,18 +26,11 @@ const SUBS: usize = SUPER / BLOCK;
 /// Sums of 16 activations per super-block.
 const SUMS: usize = SUPER / 16;
 
-/// Row `r` of `w` (a K-quant) · the activations `a`. Panics unless `w` is a K-quant and `a`
-/// holds `w.cols()` activations in the K-quants' form.
-pub fn dot(_cpu: Avx2, w: &Packed, r: usize, a: &QActs) -> f32 {
-    let ns = w.cols() / SUPER;
-    assert!(a.is_k(), "the K-quants need activations in their form");
-    assert!(a.q.len() >= ns * SUPER && a.d.len() >= ns && a.s16.len() >= ns * SUMS);
-    let acts = (a.q.as_ptr(), a.d.as_ptr(), a.s16.as_ptr());
-    let mut out = [[0f32]];
-    // SAFETY: the token proves AVX2, FMA and F16C; `a`'s reads for `ns` super-blocks (a group
-    // of one) are checked above, the rows' in `rows`.
-    unsafe { rows::<1>(w, r, acts, &mut out) };
-    out[0][0]
+/// Row `r` of `w` (a K-quant) · the activations `a`: [`dot_rows`] for one row.
+pub fn dot(cpu: Avx2, w: &Packed, r: usize, a: &QActs) -> f32 {
+    let mut out = [0f32];
+    dot_rows(cpu, w, r, a, &mut out);
+    out[0]
 }
 
 /// Rows `r0..r0 + out.len()` of `w` (a K-quant) · the activations `a`: a decoding step's
