@@ -33,7 +33,15 @@ impl Tmux {
         let _ = std::fs::remove_dir_all(&data);
         std::fs::create_dir_all(data.join("config")).unwrap();
         let model = common::default_model();
+        // Through `sh`, which writes the chat's exit status to a file when it ends: tmux 3.3
+        // marks a pane dead when its output closes and often never shows the status of a
+        // process that exited a moment later (`#{pane_dead_status}` stayed empty for 10 s on
+        // an idle machine).
         let mut cmd = vec![
+            "sh".into(),
+            "-c".into(),
+            r#""$@"; echo $? > "$0""#.into(),
+            data.join("exit-status").display().to_string(),
             env!("CARGO_BIN_EXE_morphkv").to_string(),
             "chat".into(),
             "-m".into(),
@@ -101,6 +109,43 @@ impl Tmux {
                 "timed out waiting for {what}; screen:\n{s}"
             );
             std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The chat's process id: the child of the pane's `sh`.
+    fn pid(&self) -> String {
+        let sh = self.display("#{pane_pid}");
+        let start = Instant::now();
+        loop {
+            let children =
+                std::fs::read_to_string(format!("/proc/{sh}/task/{sh}/children")).unwrap();
+            if let Some(pid) = children.split_whitespace().next() {
+                return pid.to_string();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the pane's sh ({sh}) has no child"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The chat's exit status, once `sh` has written it (within 10 s).
+    fn exit_status(&self) -> String {
+        let file = self.data.join("exit-status");
+        let start = Instant::now();
+        loop {
+            if let Ok(s) = std::fs::read_to_string(&file) {
+                if s.ends_with('\n') {
+                    return s.trim().to_string();
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no exit status in {}",
+                file.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -229,7 +274,7 @@ fn sigkill_during_a_reply_loses_no_finished_turn() {
     t.wait("the second answer to start", 60, |s| {
         s.contains("answering…")
     });
-    let pid = t.display("#{pane_pid}");
+    let pid = t.pid();
     let status = Command::new("kill").args(["-9", &pid]).status().unwrap();
     assert!(status.success());
     let start = Instant::now();
@@ -268,7 +313,7 @@ fn sigterm_and_sigint_restore_the_terminal_and_exit_with_the_conventional_code()
         t.wait("the answer", 120, |s| {
             s.contains("Assistant") && s.contains("┌ Message ") && !s.contains("answering…")
         });
-        let pid = t.display("#{pane_pid}");
+        let pid = t.pid();
         let status = Command::new("kill").args([signal, &pid]).status().unwrap();
         assert!(status.success());
         let start = Instant::now();
@@ -279,18 +324,7 @@ fn sigterm_and_sigint_restore_the_terminal_and_exit_with_the_conventional_code()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        // tmux marks the pane dead when its output closes, and records the exit status only
-        // when it reaps the process, a moment later: wait for one of the two, on a clock of
-        // its own (a loaded machine can spend most of the first 10 s exiting).
-        let dead_at = Instant::now();
-        let how = loop {
-            let how = t.display("status #{pane_dead_status} signal #{pane_dead_signal}");
-            if how != "status  signal" || dead_at.elapsed() > Duration::from_secs(10) {
-                break how;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        assert_eq!(how, format!("status {code} signal"), "{signal}");
+        assert_eq!(t.exit_status(), code, "{signal}: the exit status");
         assert_eq!(
             t.display("#{alternate_on}"),
             "0",
@@ -333,7 +367,7 @@ fn an_idle_chat_uses_no_cpu() {
     t.wait("the answer", 120, |s| {
         s.contains("Assistant") && s.contains("┌ Message ") && !s.contains("answering…")
     });
-    let pid = t.display("#{pane_pid}");
+    let pid = t.pid();
     let idle = |what: &str| {
         std::thread::sleep(Duration::from_secs(1));
         let secs = 30;
