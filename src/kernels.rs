@@ -47,6 +47,13 @@ pub fn matvec(w: &Packed, a: &QActs, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if let Some(cpu) = x86::Avx2::detect() {
         if w.kind().is_k() {
+            if let Some(wide) = vnni(cpu) {
+                return quant::matvec_ranges(
+                    |r0, ys| x86::dot_rows_vnni(wide, w, r0, a, ys),
+                    w,
+                    out,
+                );
+            }
             return quant::matvec_ranges(|r0, ys| x86::dot_rows(cpu, w, r0, a, ys), w, out);
         }
         if let Some(wide) = vnni(cpu) {
@@ -64,6 +71,15 @@ pub fn matmat(w: &Packed, acts: &[QActs], out: &mut [f32]) {
     assert_eq!(out.len(), w.rows() * acts.len());
     #[cfg(target_arch = "x86_64")]
     if let Some(cpu) = x86::Avx2::detect() {
+        if let Some(wide) = vnni(cpu) {
+            return quant::matmat_with(
+                |w, r, a| x86::dot4(cpu, w, r, a),
+                |w, r0, g, o| x86::tile_vnni(wide, w, r0, g, o),
+                w,
+                acts,
+                out,
+            );
+        }
         return quant::matmat_with(
             |w, r, a| x86::dot4(cpu, w, r, a),
             |w, r0, g, o| x86::tile(cpu, w, r0, g, o),

@@ -685,6 +685,58 @@ mod tests {
         }
     }
 
+    /// Where the CPU runs AVX-512 VNNI, its K-quant kernels give the AVX2 kernels' results
+    /// bit for bit (their integer sums meet in the same lanes), one token and a group, both
+    /// within rounding of the plain twins; elsewhere there is nothing to compare.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_k_quant_kernels_equal_the_avx2_ones() {
+        use crate::kernels::x86;
+        let Some(cpu) = x86::Avx2::detect() else {
+            return eprintln!("no AVX2: nothing to compare");
+        };
+        let Some(wide) = x86::Vnni::detect(cpu) else {
+            return eprintln!("no AVX-512 VNNI: nothing to compare");
+        };
+        for kind in [QKind::Q4K, QKind::Q5K, QKind::Q6K] {
+            let (rows, cols) = (37, 1536);
+            let w =
+                Packed::from_ggml(kind, rows, cols, &random_blocks(kind, rows, cols, 3)).unwrap();
+            let acts: Vec<QActs> = (0..KGROUP)
+                .map(|i| {
+                    let mut a = QActs::default();
+                    a.quantize_for(kind, &random_vec(cols, 30 + i as u64));
+                    a
+                })
+                .collect();
+            let (mut avx2, mut avx512) = (vec![0f32; rows - 1], vec![0f32; rows - 1]);
+            x86::dot_rows(cpu, &w, 1, &acts[0], &mut avx2);
+            x86::dot_rows_vnni(wide, &w, 1, &acts[0], &mut avx512);
+            assert_eq!(avx2, avx512, "{kind:?}, one token");
+            let mut plain = vec![0f32; rows];
+            matvec_with(dot_plain, &w, &acts[0], &mut plain);
+            for (p, f) in plain[1..].iter().zip(&avx512) {
+                assert!(
+                    (p - f).abs() <= 1e-4 * p.abs().max(1.0),
+                    "{kind:?}: {p} vs {f}"
+                );
+            }
+            let g = KGroup::gather(std::array::from_fn(|i| &acts[i]));
+            let (mut avx2, mut avx512) = (vec![[0f32; KGROUP]; rows], vec![[0f32; KGROUP]; rows]);
+            x86::tile(cpu, &w, 0, &g, &mut avx2);
+            x86::tile_vnni(wide, &w, 0, &g, &mut avx512);
+            assert_eq!(avx2, avx512, "{kind:?}, a group");
+            let mut plain = vec![[0f32; KGROUP]; rows];
+            tile_k_plain(&w, 0, &g, &mut plain);
+            for (p, f) in plain.iter().flatten().zip(avx512.iter().flatten()) {
+                assert!(
+                    (p - f).abs() <= 1e-4 * p.abs().max(1.0),
+                    "{kind:?}: {p} vs {f}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn quantized_products_match_dequantized_f32_arithmetic() {
         for kind in KINDS {

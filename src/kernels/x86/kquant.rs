@@ -20,6 +20,8 @@ use super::{Avx2, Vnni};
 use crate::kernels::quant::kquant::{packed_bytes, SCALES, SUPER};
 use crate::kernels::quant::{KGroup, Packed, QActs, QKind, BLOCK, KGROUP};
 
+mod wide;
+
 /// 32-value sub-blocks per super-block.
 const SUBS: usize = SUPER / BLOCK;
 
@@ -43,13 +45,26 @@ pub fn dot_rows(_cpu: Avx2, w: &Packed, r0: usize, a: &QActs, out: &mut [f32]) {
     let acts = (a.q.as_ptr(), a.d.as_ptr(), a.s16.as_ptr());
     // SAFETY: the token proves AVX2, FMA and F16C; `a`'s reads for `ns` super-blocks (a group
     // of one) are checked above, the rows' in `rows`.
-    unsafe { rows::<1>(w, r0, acts, out.as_chunks_mut::<1>().0) };
+    unsafe { rows::<1, false>(w, r0, acts, out.as_chunks_mut::<1>().0) };
 }
 
-/// [`dot`] on a CPU with AVX-512 VNNI (which runs AVX2, FMA and F16C: the [`Vnni`] token is
-/// made only from an [`Avx2`] one): the AVX2 kernel.
-pub fn dot_vnni(_cpu: Vnni, w: &Packed, r: usize, a: &QActs) -> f32 {
-    dot(Avx2(()), w, r, a)
+/// [`dot`] on a CPU with AVX-512 VNNI: [`dot_rows_vnni`] for one row.
+pub fn dot_vnni(cpu: Vnni, w: &Packed, r: usize, a: &QActs) -> f32 {
+    let mut out = [0f32];
+    dot_rows_vnni(cpu, w, r, a, &mut out);
+    out[0]
+}
+
+/// [`dot_rows`] on a CPU with AVX-512 VNNI (which runs AVX2, FMA and F16C: the [`Vnni`]
+/// token is made only from an [`Avx2`] one), through the AVX-512 kernels ([`wide`]).
+pub fn dot_rows_vnni(_cpu: Vnni, w: &Packed, r0: usize, a: &QActs, out: &mut [f32]) {
+    let ns = w.cols() / SUPER;
+    assert!(a.is_k(), "the K-quants need activations in their form");
+    assert!(a.q.len() >= ns * SUPER && a.d.len() >= ns && a.s16.len() >= ns * SUMS);
+    let acts = (a.q.as_ptr(), a.d.as_ptr(), a.s16.as_ptr());
+    // SAFETY: the token proves AVX-512 F/BW/DQ/VNNI, AVX2, FMA and F16C; `a`'s reads for
+    // `ns` super-blocks (a group of one) are checked above, the rows' in `rows`.
+    unsafe { rows::<1, true>(w, r0, acts, out.as_chunks_mut::<1>().0) };
 }
 
 /// Rows `r0..r0 + out.len()` of `w` (a K-quant) · each of the group's tokens, each
@@ -62,7 +77,18 @@ pub fn tile(_cpu: Avx2, w: &Packed, r0: usize, g: &KGroup, out: &mut [[f32; KGRO
     let acts = (g.q.as_ptr(), g.d.as_ptr(), g.s16.as_ptr());
     // SAFETY: the token proves AVX2, FMA and F16C; the group's reads are checked above, the
     // rows' in `rows`.
-    unsafe { rows::<KGROUP>(w, r0, acts, out) };
+    unsafe { rows::<KGROUP, false>(w, r0, acts, out) };
+}
+
+/// [`tile`] on a CPU with AVX-512 VNNI, through the AVX-512 kernels ([`wide`]).
+pub fn tile_vnni(_cpu: Vnni, w: &Packed, r0: usize, g: &KGroup, out: &mut [[f32; KGROUP]]) {
+    let ns = w.cols() / SUPER;
+    assert!(g.supers() == ns && g.q.len() == ns * KGROUP * SUPER);
+    assert!(g.s16.len() == ns * KGROUP * SUMS);
+    let acts = (g.q.as_ptr(), g.d.as_ptr(), g.s16.as_ptr());
+    // SAFETY: the token proves AVX-512 F/BW/DQ/VNNI, AVX2, FMA and F16C; the group's reads
+    // are checked above, the rows' in `rows`.
+    unsafe { rows::<KGROUP, true>(w, r0, acts, out) };
 }
 
 /// Rows `r0..r0 + out.len()` of `w` · a group of `N` tokens' activations at `acts` (values,
@@ -70,9 +96,9 @@ pub fn tile(_cpu: Avx2, w: &Packed, r0: usize, g: &KGroup, out: &mut [[f32; KGRO
 ///
 /// # Safety
 ///
-/// The CPU runs AVX2, FMA and F16C; `acts` holds `w.cols() / 256` super-blocks of `N`
-/// tokens.
-unsafe fn rows<const N: usize>(
+/// The CPU runs AVX2, FMA and F16C (with `WIDE`, AVX-512 F/BW/VNNI too); `acts` holds
+/// `w.cols() / 256` super-blocks of `N` tokens.
+unsafe fn rows<const N: usize, const WIDE: bool>(
     w: &Packed,
     r0: usize,
     acts: (*const i8, *const f32, *const i16),
@@ -96,20 +122,21 @@ unsafe fn rows<const N: usize>(
     // kernel reads them.
     unsafe {
         match kind {
-            QKind::Q4K => rows_of::<N, 4>(d, m, q, acts, ns, out),
-            QKind::Q5K => rows_of::<N, 5>(d, m, q, acts, ns, out),
-            _ => rows_of::<N, 6>(d, m, q, acts, ns, out),
+            QKind::Q4K => rows_of::<N, 4, WIDE>(d, m, q, acts, ns, out),
+            QKind::Q5K => rows_of::<N, 5, WIDE>(d, m, q, acts, ns, out),
+            _ => rows_of::<N, 6, WIDE>(d, m, q, acts, ns, out),
         }
     }
 }
 
-/// The kernel of each row in turn (`BITS`: 4 Q4_K, 5 Q5_K, 6 Q6_K).
+/// The kernel of each row in turn (`BITS`: 4 Q4_K, 5 Q5_K, 6 Q6_K; `WIDE`: AVX-512's).
 ///
 /// # Safety
 ///
-/// As [`q45`] and [`q6`] for each of `out.len()` consecutive rows.
+/// As [`q45`] and [`q6`] (with `WIDE`, [`wide::q45`] and [`wide::q6`]) for each of
+/// `out.len()` consecutive rows.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_of<const N: usize, const BITS: u8>(
+unsafe fn rows_of<const N: usize, const BITS: u8, const WIDE: bool>(
     d: *const u16,
     m: *const u16,
     q: *const u8,
@@ -129,10 +156,13 @@ unsafe fn rows_of<const N: usize, const BITS: u8>(
         // by `wrapping_add`.
         unsafe {
             let (d, m, q) = (d.add(i * ns), m.wrapping_add(i * ns), q.add(i * ns * pb));
-            *o = match BITS {
-                4 => q45::<N, false>(d, m, q, acts, ns),
-                5 => q45::<N, true>(d, m, q, acts, ns),
-                _ => q6::<N>(d, q, acts, ns),
+            *o = match (BITS, WIDE) {
+                (4, false) => q45::<N, false>(d, m, q, acts, ns),
+                (5, false) => q45::<N, true>(d, m, q, acts, ns),
+                (_, false) => q6::<N>(d, q, acts, ns),
+                (4, true) => wide::q45::<N, false>(d, m, q, acts, ns),
+                (5, true) => wide::q45::<N, true>(d, m, q, acts, ns),
+                (_, true) => wide::q6::<N>(d, q, acts, ns),
             };
         }
     }
