@@ -42,6 +42,22 @@ fn vnni(cpu: x86::Avx2) -> Option<x86::Vnni> {
     })
 }
 
+/// Whether [`matmat`] beats dequantizing `kind` and an f32 GEMM on a prompt of any length:
+/// always for the K-quants (each super-block summed in integers for eight tokens); for
+/// Q4_0, Q4_1 and Q8_0 where the CPU runs AVX-512 VNNI (pairs of blocks per instruction:
+/// on Zen 5, 450-485 GFLOP/s against the GEMM's 200-230 at 512 tokens, `examples/
+/// kquant_speed.rs --prompts`; their AVX2 kernel, 135-180, loses to it).
+pub fn prompts_in_integers(kind: QKind) -> bool {
+    if kind.is_k() {
+        return true;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(cpu) = x86::Avx2::detect() {
+        return vnni(cpu).is_some();
+    }
+    false
+}
+
 /// `out = W · x` for a quantized `W` (rows × cols) and `x` quantized into `a`.
 pub fn matvec(w: &Packed, a: &QActs, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
@@ -73,7 +89,7 @@ pub fn matmat(w: &Packed, acts: &[QActs], out: &mut [f32]) {
     if let Some(cpu) = x86::Avx2::detect() {
         if let Some(wide) = vnni(cpu) {
             return quant::matmat_with(
-                |w, r, a| x86::dot4(cpu, w, r, a),
+                |w, r, a| x86::dot4_vnni(wide, w, r, a),
                 |w, r0, g, o| x86::tile_vnni(wide, w, r0, g, o),
                 w,
                 acts,

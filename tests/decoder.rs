@@ -98,7 +98,10 @@ fn one_pass_and_stepwise(weights: morphkv::model::WeightFormat) -> (Vec<Vec<f32>
         morphkv::model::load(&common::default_model(), &Device::Cpu, weights).unwrap();
     let ids = tok
         .encode_plain(
-            "The quick brown fox jumps over the lazy dog because it was in a hurry to get home.",
+            "The quick brown fox jumps over the lazy dog because it was in a hurry to get home. \
+             It had left its den at dawn, crossed two fields and a stream, and found nothing to \
+             eat all day; now the sun was setting behind the hills, the wind was cold, and its \
+             cubs were waiting for it under the old oak tree at the edge of the forest.",
         )
         .unwrap();
     let mut cache = fresh(&model);
@@ -122,8 +125,12 @@ fn argmax(v: &[f32]) -> usize {
 #[test]
 fn q4_1_single_token_kernels_track_the_dense_prompt_path() {
     // `auto` on this model: the file's Q4_1 read by the single-token kernels with 8-bit
-    // activations, dense f32 (the same weights dequantized) for prompts. The two differ by
-    // the activations' rounding only: the same next token almost everywhere, logits close.
+    // activations; prompts through dense f32 (the same weights dequantized) in AVX2, through
+    // the integer prompt kernels (8-bit activations too) where the CPU runs AVX-512 VNNI.
+    // The two differ by the activations' rounding, or by the order of float sums, which
+    // flips some of those roundings: the same next token almost everywhere (one pass
+    // against another with 8-bit activations, on Zen 5: 17 of 19 on the first sentence
+    // alone), logits close.
     let (all, steps) = one_pass_and_stepwise(morphkv::model::WeightFormat::Auto);
     let agree = all
         .iter()
@@ -131,7 +138,7 @@ fn q4_1_single_token_kernels_track_the_dense_prompt_path() {
         .filter(|(a, s)| argmax(a) == argmax(s))
         .count();
     assert!(
-        agree * 10 >= all.len() * 9,
+        agree * 20 >= all.len() * 17,
         "{agree} of {} agree",
         all.len()
     );
@@ -151,7 +158,7 @@ fn q4_1_single_token_kernels_track_the_dense_prompt_path() {
         "max |Δlogit| {worst}, mean {mean}"
     );
     eprintln!(
-        "q4_1 single-token vs dense: {agree}/{} argmax agree, |Δlogit| max {worst} mean {mean}",
+        "q4_1 single-token vs one pass: {agree}/{} argmax agree, |Δlogit| max {worst} mean {mean}",
         all.len()
     );
 }

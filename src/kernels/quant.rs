@@ -687,10 +687,11 @@ mod tests {
 
     /// Where the CPU runs AVX-512 VNNI, its K-quant kernels give the AVX2 kernels' results
     /// bit for bit (their integer sums meet in the same lanes), one token and a group, both
-    /// within rounding of the plain twins; elsewhere there is nothing to compare.
+    /// within rounding of the plain twins, and both prompt kernels of the other kinds agree
+    /// with theirs; elsewhere there is nothing to compare.
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn avx512_k_quant_kernels_equal_the_avx2_ones() {
+    fn avx512_prompt_kernels_agree_with_the_avx2_and_plain_ones() {
         use crate::kernels::x86;
         let Some(cpu) = x86::Avx2::detect() else {
             return eprintln!("no AVX2: nothing to compare");
@@ -733,6 +734,38 @@ mod tests {
                     (p - f).abs() <= 1e-4 * p.abs().max(1.0),
                     "{kind:?}: {p} vs {f}"
                 );
+            }
+        }
+        // The other kinds' four-token kernels, both, against their plain twin: 18 blocks (two
+        // of eight and a tail of two), 7 (all tail), 48.
+        for (kind, cols) in KINDS[..3]
+            .iter()
+            .flat_map(|&k| [(k, 576), (k, 224), (k, 1536)])
+        {
+            let rows = 9;
+            let w =
+                Packed::from_ggml(kind, rows, cols, &random_blocks(kind, rows, cols, 4)).unwrap();
+            let acts: Vec<QActs> = (0..4)
+                .map(|i| {
+                    let mut a = QActs::default();
+                    a.quantize_for(kind, &random_vec(cols, 40 + i as u64));
+                    a
+                })
+                .collect();
+            let four = std::array::from_fn(|i| &acts[i]);
+            for r in 0..rows {
+                let plain = dot4_plain(&w, r, four);
+                for fast in [
+                    x86::dot4(cpu, &w, r, four),
+                    x86::dot4_vnni(wide, &w, r, four),
+                ] {
+                    for (p, f) in plain.iter().zip(fast) {
+                        assert!(
+                            (p - f).abs() <= 1e-4 * p.abs().max(1.0),
+                            "{kind:?} {cols}: {p} vs {f}"
+                        );
+                    }
+                }
             }
         }
     }

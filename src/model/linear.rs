@@ -21,14 +21,13 @@ use crate::kernels::{self, Packed, QActs, QKind};
 const DENSE_MIN_ROWS: usize = 16;
 
 /// Rows from which a packed part without a dense copy runs a prompt through
-/// [`dequantized_gemm`] rather than [`kernels::matmat`]: Q4_0, Q4_1 and Q8_0 from
-/// [`DENSE_MIN_ROWS`]; the K-quants never (their integer kernels, summing each super-block
-/// in integers for eight tokens at a time, beat dequantizing and an f32 GEMM at 16, 64 and
-/// 512 rows: Q4_K 124-140 and Q6_K 95-112 against 58-77 GFLOP/s at 512 on 2 Zen 3 cores,
-/// `examples/kquant_speed.rs --prompts`). Q4_1's four-token integer kernel loses to the GEMM
-/// at 512 (SmolLM2 prompt 176-190 against 234-304 tok/s).
+/// [`dequantized_gemm`] rather than [`kernels::matmat`]: never where the integer kernels win
+/// at every length ([`kernels::prompts_in_integers`]: the K-quants, and every kind on a CPU
+/// with AVX-512 VNNI); else (Q4_0, Q4_1 and Q8_0 in AVX2) from [`DENSE_MIN_ROWS`], where
+/// the four-token kernel loses to the GEMM (SmolLM2 prompt 176-190 against 234-304 tok/s
+/// on Zen 3).
 fn gemm_min_rows(kind: QKind) -> usize {
-    if kind.is_k() {
+    if kernels::prompts_in_integers(kind) {
         usize::MAX
     } else {
         DENSE_MIN_ROWS
