@@ -65,7 +65,7 @@ impl QKind {
 /// values in another. Same bytes as the GGUF blocks, another order (the K-quants: their
 /// 6-bit scales decoded to bytes, 4 bytes more per 256 values for Q4_K and Q5_K; see
 /// `kquant`).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Packed {
     kind: QKind,
     rows: usize,
@@ -76,7 +76,53 @@ pub struct Packed {
     m: Vec<f16>,
     /// (rows, blocks, [`p_values`]) nibbles (value j in the low half of byte j, value j + 16
     /// in its high half) or bytes; the K-quants' layouts are `kquant`'s.
-    qs: Vec<u8>,
+    qs: Values,
+}
+
+/// A matrix's packed values, in pages of their own: an anonymous mapping that Linux is asked
+/// to back with 2 MiB pages (transparent huge pages, where the system leaves them to
+/// `madvise`, Debian's default). A decoding step streams every weight once; with 4 KiB pages
+/// the hardware prefetchers stop at each page's end and every page costs a TLB miss. From the
+/// heap the pages would often be ones already touched (a tensor's bytes read and freed just
+/// before), which stay small. Where no mapping can be made, a `Vec`.
+#[derive(Debug)]
+enum Values {
+    Mapped(memmap2::MmapMut),
+    Heap(Vec<u8>),
+}
+
+impl Values {
+    /// `len` zero bytes.
+    fn zeroed(len: usize) -> Self {
+        match memmap2::MmapMut::map_anon(len) {
+            Ok(map) if len > 0 => {
+                #[cfg(target_os = "linux")]
+                // A hint: a kernel without transparent huge pages refuses it, and nothing changes.
+                let _ = map.advise(memmap2::Advice::HugePage);
+                Self::Mapped(map)
+            }
+            _ => Self::Heap(vec![0; len]),
+        }
+    }
+}
+
+impl std::ops::Deref for Values {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Mapped(m) => m,
+            Self::Heap(v) => v,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Values {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match self {
+            Self::Mapped(m) => m,
+            Self::Heap(v) => v,
+        }
+    }
 }
 
 impl Packed {
@@ -91,7 +137,7 @@ impl Packed {
         }
         // Block by block across the rayon pool (a 1B model has millions of blocks).
         let v = p_values(kind);
-        let mut qs = vec![0u8; nb * v];
+        let mut qs = Values::zeroed(nb * v);
         let d = data
             .par_chunks_exact(bb)
             .zip(qs.par_chunks_exact_mut(v))
