@@ -15,14 +15,9 @@ use crate::kernels::quant::{Packed, QActs, QKind, BLOCK};
 /// one weight read. Panics if `w` is a K-quant or some `a[i]` does not hold `w.cols()`
 /// activations.
 pub fn dot4(_cpu: Avx2, w: &Packed, r: usize, a: [&QActs; 4]) -> [f32; 4] {
-    assert!(!w.kind().is_k(), "the K-quants' prompts go through `tile`");
-    let (d, m, q, nb) = row_parts(w, r, a[0]);
-    for x in &a[1..] {
-        assert!(x.q.len() >= nb * BLOCK && x.d.len() >= nb && x.ds.len() >= nb);
-    }
-    // SAFETY: the token proves AVX2, FMA and F16C; `row_parts` checked every read of the row
-    // and of `a[0]` is in bounds, the loop above those of the other activations; `w`'s kind
-    // picks `KIND`.
+    let (d, m, q, nb) = parts4(w, r, a);
+    // SAFETY: the token proves AVX2, FMA and F16C; `parts4` checked every read of the row and
+    // of the activations; `w`'s kind picks `KIND`.
     unsafe {
         match w.kind() {
             QKind::Q4_0 => rows4::<0>(d, m, q, a, nb),
@@ -31,6 +26,18 @@ pub fn dot4(_cpu: Avx2, w: &Packed, r: usize, a: [&QActs; 4]) -> [f32; 4] {
             QKind::Q4K | QKind::Q5K | QKind::Q6K => unreachable!("refused above"),
         }
     }
+}
+
+/// Row `r` of `w` as the raw pointers the kernels read, after checking that every read of
+/// the row and of the four activations is in bounds (`row_parts` for the first).
+fn parts4(w: &Packed, r: usize, a: [&QActs; 4]) -> super::avx2::RowParts {
+    assert!(!w.kind().is_k(), "the K-quants' prompts go through `tile`");
+    let parts = row_parts(w, r, a[0]);
+    let nb = parts.3;
+    for x in &a[1..] {
+        assert!(x.q.len() >= nb * BLOCK && x.d.len() >= nb && x.ds.len() >= nb);
+    }
+    parts
 }
 
 /// The body of [`dot4`]. `KIND`: 0 Q4_0, 1 Q4_1, 2 Q8_0.
@@ -74,14 +81,9 @@ unsafe fn rows4<const KIND: u8>(
 /// [`dot4`] on a CPU with AVX-512 VNNI: pairs of blocks per dot-product instruction, each
 /// pair unpacked once for the four tokens.
 pub fn dot4_vnni(_cpu: Vnni, w: &Packed, r: usize, a: [&QActs; 4]) -> [f32; 4] {
-    assert!(!w.kind().is_k(), "the K-quants' prompts go through `tile`");
-    let (d, m, q, nb) = row_parts(w, r, a[0]);
-    for x in &a[1..] {
-        assert!(x.q.len() >= nb * BLOCK && x.d.len() >= nb && x.ds.len() >= nb);
-    }
-    // SAFETY: the token proves AVX-512 F/BW/DQ/VNNI, AVX2, FMA and F16C; `row_parts` checked
-    // every read of the row and of `a[0]` is in bounds, the loop above those of the other
-    // activations; `w`'s kind picks `KIND`.
+    let (d, m, q, nb) = parts4(w, r, a);
+    // SAFETY: the token proves AVX-512 F/BW/DQ/VNNI, AVX2, FMA and F16C; `parts4` checked
+    // every read of the row and of the activations; `w`'s kind picks `KIND`.
     unsafe {
         match w.kind() {
             QKind::Q4_0 => rows4_wide::<0>(d, m, q, a, nb),

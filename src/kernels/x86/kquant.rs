@@ -39,12 +39,9 @@ pub fn dot(cpu: Avx2, w: &Packed, r: usize, a: &QActs) -> f32 {
 /// share of a projection, in one call. Panics unless `w` is a K-quant, the rows exist and
 /// `a` holds `w.cols()` activations in the K-quants' form.
 pub fn dot_rows(_cpu: Avx2, w: &Packed, r0: usize, a: &QActs, out: &mut [f32]) {
-    let ns = w.cols() / SUPER;
-    assert!(a.is_k(), "the K-quants need activations in their form");
-    assert!(a.q.len() >= ns * SUPER && a.d.len() >= ns && a.s16.len() >= ns * SUMS);
-    let acts = (a.q.as_ptr(), a.d.as_ptr(), a.s16.as_ptr());
-    // SAFETY: the token proves AVX2, FMA and F16C; `a`'s reads for `ns` super-blocks (a group
-    // of one) are checked above, the rows' in `rows`.
+    let acts = one_token(w, a);
+    // SAFETY: the token proves AVX2, FMA and F16C; `one_token` checked `a`'s reads, `rows`
+    // checks the rows'.
     unsafe { rows::<1, false>(w, r0, acts, out.as_chunks_mut::<1>().0) };
 }
 
@@ -58,12 +55,9 @@ pub fn dot_vnni(cpu: Vnni, w: &Packed, r: usize, a: &QActs) -> f32 {
 /// [`dot_rows`] on a CPU with AVX-512 VNNI (which runs AVX2, FMA and F16C: the [`Vnni`]
 /// token is made only from an [`Avx2`] one), through the AVX-512 kernels ([`wide`]).
 pub fn dot_rows_vnni(_cpu: Vnni, w: &Packed, r0: usize, a: &QActs, out: &mut [f32]) {
-    let ns = w.cols() / SUPER;
-    assert!(a.is_k(), "the K-quants need activations in their form");
-    assert!(a.q.len() >= ns * SUPER && a.d.len() >= ns && a.s16.len() >= ns * SUMS);
-    let acts = (a.q.as_ptr(), a.d.as_ptr(), a.s16.as_ptr());
-    // SAFETY: the token proves AVX-512 F/BW/DQ/VNNI, AVX2, FMA and F16C; `a`'s reads for
-    // `ns` super-blocks (a group of one) are checked above, the rows' in `rows`.
+    let acts = one_token(w, a);
+    // SAFETY: the token proves AVX-512 F/BW/DQ/VNNI, AVX2, FMA and F16C; `one_token` checked
+    // `a`'s reads, `rows` checks the rows'.
     unsafe { rows::<1, true>(w, r0, acts, out.as_chunks_mut::<1>().0) };
 }
 
@@ -71,25 +65,41 @@ pub fn dot_rows_vnni(_cpu: Vnni, w: &Packed, r0: usize, a: &QActs, out: &mut [f3
 /// super-block unpacked once for the group: a prompt's product. Panics unless `w` is a
 /// K-quant, the rows exist and `g` holds `w.cols()` activations a token.
 pub fn tile(_cpu: Avx2, w: &Packed, r0: usize, g: &KGroup, out: &mut [[f32; KGROUP]]) {
-    let ns = w.cols() / SUPER;
-    assert!(g.supers() == ns && g.q.len() == ns * KGROUP * SUPER);
-    assert!(g.s16.len() == ns * KGROUP * SUMS);
-    let acts = (g.q.as_ptr(), g.d.as_ptr(), g.s16.as_ptr());
-    // SAFETY: the token proves AVX2, FMA and F16C; the group's reads are checked above, the
-    // rows' in `rows`.
+    let acts = group(w, g);
+    // SAFETY: the token proves AVX2, FMA and F16C; `group` checked the group's reads, `rows`
+    // checks the rows'.
     unsafe { rows::<KGROUP, false>(w, r0, acts, out) };
 }
 
 /// [`tile`] on a CPU with AVX-512 VNNI, through the AVX-512 kernels ([`wide`]).
 pub fn tile_vnni(_cpu: Vnni, w: &Packed, r0: usize, g: &KGroup, out: &mut [[f32; KGROUP]]) {
+    let acts = group(w, g);
+    // SAFETY: the token proves AVX-512 F/BW/DQ/VNNI, AVX2, FMA and F16C; `group` checked the
+    // group's reads, `rows` checks the rows'.
+    unsafe { rows::<KGROUP, true>(w, r0, acts, out) };
+}
+
+/// The pointers to one token's activations (values, scales, sums of 16: a group of one),
+/// after checking they hold `w.cols()` values in the K-quants' form.
+fn one_token(w: &Packed, a: &QActs) -> Acts {
+    let ns = w.cols() / SUPER;
+    assert!(a.is_k(), "the K-quants need activations in their form");
+    assert!(a.q.len() >= ns * SUPER && a.d.len() >= ns && a.s16.len() >= ns * SUMS);
+    (a.q.as_ptr(), a.d.as_ptr(), a.s16.as_ptr())
+}
+
+/// The pointers to a group's activations, after checking they hold `w.cols()` values a
+/// token.
+fn group(w: &Packed, g: &KGroup) -> Acts {
     let ns = w.cols() / SUPER;
     assert!(g.supers() == ns && g.q.len() == ns * KGROUP * SUPER);
     assert!(g.s16.len() == ns * KGROUP * SUMS);
-    let acts = (g.q.as_ptr(), g.d.as_ptr(), g.s16.as_ptr());
-    // SAFETY: the token proves AVX-512 F/BW/DQ/VNNI, AVX2, FMA and F16C; the group's reads
-    // are checked above, the rows' in `rows`.
-    unsafe { rows::<KGROUP, true>(w, r0, acts, out) };
+    (g.q.as_ptr(), g.d.as_ptr(), g.s16.as_ptr())
 }
+
+/// Activations as the kernels read them: values, scales and sums of 16, laid out as
+/// [`KGroup`]'s.
+type Acts = (*const i8, *const f32, *const i16);
 
 /// Rows `r0..r0 + out.len()` of `w` · a group of `N` tokens' activations at `acts` (values,
 /// scales, sums of 16, laid out as [`KGroup`]'s), after checking every read of the rows.
@@ -101,7 +111,7 @@ pub fn tile_vnni(_cpu: Vnni, w: &Packed, r0: usize, g: &KGroup, out: &mut [[f32;
 unsafe fn rows<const N: usize, const WIDE: bool>(
     w: &Packed,
     r0: usize,
-    acts: (*const i8, *const f32, *const i16),
+    acts: Acts,
     out: &mut [[f32; N]],
 ) {
     let kind = w.kind();
@@ -140,7 +150,7 @@ unsafe fn rows_of<const N: usize, const BITS: u8, const WIDE: bool>(
     d: *const u16,
     m: *const u16,
     q: *const u8,
-    acts: (*const i8, *const f32, *const i16),
+    acts: Acts,
     ns: usize,
     out: &mut [[f32; N]],
 ) {
@@ -213,7 +223,7 @@ unsafe fn q45<const N: usize, const FIVE: bool>(
     d: *const u16,
     m: *const u16,
     q: *const u8,
-    (aq, ad, asum): (*const i8, *const f32, *const i16),
+    (aq, ad, asum): Acts,
     ns: usize,
 ) -> [f32; N] {
     let pb = packed_bytes(if FIVE { QKind::Q5K } else { QKind::Q4K });
@@ -264,13 +274,8 @@ unsafe fn q45<const N: usize, const FIVE: bool>(
                 }
             }
             for n in 0..N {
-                let da = *ad.add(N * i + n);
-                acc[n] =
-                    _mm256_fmadd_ps(_mm256_set1_ps(dw * da), _mm256_cvtepi32_ps(isum[n]), acc[n]);
-                // Lane s: m_s · (the sum of sub-block s's 32 activations).
-                let sums = _mm256_loadu_si256(asum.add((N * i + n) * SUMS).cast());
-                let msum = _mm256_cvtepi32_ps(_mm256_madd_epi16(mn, sums));
-                acc[n] = _mm256_fnmadd_ps(_mm256_set1_ps(dm * da), msum, acc[n]);
+                let (da, sums) = (*ad.add(N * i + n), asum.add((N * i + n) * SUMS));
+                finish45(&mut acc[n], isum[n], mn, sums, dw * da, dm * da);
             }
         }
     }
@@ -279,6 +284,52 @@ unsafe fn q45<const N: usize, const FIVE: bool>(
         *o = hsum(a);
     }
     out
+}
+
+/// Adds a Q4_K/Q5_K super-block's integer sums for one token into `acc`:
+/// `dd·isum − dmm·Σ_s m_s·(the sum of sub-block s's 32 activations)`, `mn` the minimums as
+/// [`q45`] spreads them (minimum `s` in i16 lanes 2s and 2s + 1), `sums` the token's sixteen
+/// sums of 16. Shared by the AVX2 and AVX-512 kernels.
+///
+/// # Safety
+///
+/// The CPU runs AVX2 and FMA; `sums` points to 16 i16.
+#[inline(always)]
+unsafe fn finish45(
+    acc: &mut __m256,
+    isum: __m256i,
+    mn: __m256i,
+    sums: *const i16,
+    dd: f32,
+    dmm: f32,
+) {
+    // SAFETY: 16 sums at `sums`; the CPU runs AVX2 and FMA (the caller's contract).
+    unsafe {
+        *acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(isum), *acc);
+        // Lane s: m_s · (the sum of sub-block s's 32 activations).
+        let sums = _mm256_loadu_si256(sums.cast());
+        let msum = _mm256_cvtepi32_ps(_mm256_madd_epi16(mn, sums));
+        *acc = _mm256_fnmadd_ps(_mm256_set1_ps(dmm), msum, *acc);
+    }
+}
+
+/// Adds a Q6_K super-block's integer sums for one token into `acc`: `dd·(isum − 32·Σ
+/// sc·(sum of 16))`, `sc16` its sixteen scales as i16, `sums` the token's sixteen sums of 16.
+/// Shared by the AVX2 and AVX-512 kernels.
+///
+/// # Safety
+///
+/// The CPU runs AVX2 and FMA; `sums` points to 16 i16.
+#[inline(always)]
+unsafe fn finish6(acc: &mut __m256, isum: __m256i, sc16: __m256i, sums: *const i16, dd: f32) {
+    // SAFETY: 16 sums at `sums`; the CPU runs AVX2 and FMA (the caller's contract).
+    unsafe {
+        // Lane c: sc[2c]·(sum of 16) + sc[2c + 1]·(the next sum), times 32.
+        let sums = _mm256_loadu_si256(sums.cast());
+        let off = _mm256_slli_epi32(_mm256_madd_epi16(sc16, sums), 5);
+        let tot = _mm256_cvtepi32_ps(_mm256_sub_epi32(isum, off));
+        *acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), tot, *acc);
+    }
 }
 
 /// For 32-value block `c` (0..8) of a Q6_K super-block, a shuffle of its sixteen i8 scales
@@ -312,7 +363,7 @@ const PICK6: [[u8; 16]; SUBS] = {
 unsafe fn q6<const N: usize>(
     d: *const u16,
     q: *const u8,
-    (aq, ad, asum): (*const i8, *const f32, *const i16),
+    (aq, ad, asum): Acts,
     ns: usize,
 ) -> [f32; N] {
     let pb = packed_bytes(QKind::Q6K);
@@ -352,12 +403,8 @@ unsafe fn q6<const N: usize>(
             }
             let sc16 = _mm256_cvtepi8_epi16(scales);
             for n in 0..N {
-                // Lane c: sc[2c]·(sum of 16) + sc[2c + 1]·(the next sum), times 32.
-                let sums = _mm256_loadu_si256(asum.add((N * i + n) * SUMS).cast());
-                let off = _mm256_slli_epi32(_mm256_madd_epi16(sc16, sums), 5);
-                let tot = _mm256_cvtepi32_ps(_mm256_sub_epi32(isum[n], off));
-                let dd = _mm256_set1_ps(dw * *ad.add(N * i + n));
-                acc[n] = _mm256_fmadd_ps(dd, tot, acc[n]);
+                let sums = asum.add((N * i + n) * SUMS);
+                finish6(&mut acc[n], isum[n], sc16, sums, dw * *ad.add(N * i + n));
             }
         }
     }

@@ -4,14 +4,16 @@
 //! load, and `maddubs` then `dpwssd` (VNNI's `madd` and add in one) sum them with the two
 //! blocks' scales into sixteen i32 lanes. Once per super-block the two halves are added into
 //! the eight lanes of the AVX2 kernel: integer sums, so the lanes hold exactly the AVX2
-//! kernel's values, and everything after (minimums, offsets, scales, f32) is its code.
-//! The results are bit-identical to the AVX2 kernels'.
+//! kernel's values, and everything after (minimums, offsets, scales, f32) is its code
+//! (`finish45`, `finish6`). The results are bit-identical to the AVX2 kernels'.
 
 use std::arch::x86_64::*;
 
 use half::f16;
 
-use super::{hsum, packed_bytes, DUP, PICK45, PICK6, SCALES, SUBS, SUMS, SUPER};
+use super::{
+    finish45, finish6, hsum, packed_bytes, Acts, DUP, PICK45, PICK6, SCALES, SUBS, SUMS, SUPER,
+};
 use crate::kernels::quant::{QKind, BLOCK};
 
 /// For block pair `j` (sub-blocks `2j`, `2j + 1`) of a Q4_K/Q5_K super-block: [`PICK45`] of
@@ -111,7 +113,7 @@ pub(super) unsafe fn q45<const N: usize, const FIVE: bool>(
     d: *const u16,
     m: *const u16,
     q: *const u8,
-    (aq, ad, asum): (*const i8, *const f32, *const i16),
+    (aq, ad, asum): Acts,
     ns: usize,
 ) -> [f32; N] {
     let pb = packed_bytes(if FIVE { QKind::Q5K } else { QKind::Q4K });
@@ -157,12 +159,8 @@ pub(super) unsafe fn q45<const N: usize, const FIVE: bool>(
                 }
             }
             for (n, sum) in isum.iter().enumerate() {
-                let da = *ad.add(N * i + n);
-                let isum = fold(*sum);
-                acc[n] = _mm256_fmadd_ps(_mm256_set1_ps(dw * da), _mm256_cvtepi32_ps(isum), acc[n]);
-                let sums = _mm256_loadu_si256(asum.add((N * i + n) * SUMS).cast());
-                let msum = _mm256_cvtepi32_ps(_mm256_madd_epi16(mn, sums));
-                acc[n] = _mm256_fnmadd_ps(_mm256_set1_ps(dm * da), msum, acc[n]);
+                let (da, sums) = (*ad.add(N * i + n), asum.add((N * i + n) * SUMS));
+                finish45(&mut acc[n], fold(*sum), mn, sums, dw * da, dm * da);
             }
         }
     }
@@ -182,7 +180,7 @@ pub(super) unsafe fn q45<const N: usize, const FIVE: bool>(
 pub(super) unsafe fn q6<const N: usize>(
     d: *const u16,
     q: *const u8,
-    (aq, ad, asum): (*const i8, *const f32, *const i16),
+    (aq, ad, asum): Acts,
     ns: usize,
 ) -> [f32; N] {
     let pb = packed_bytes(QKind::Q6K);
@@ -223,11 +221,8 @@ pub(super) unsafe fn q6<const N: usize>(
             }
             let sc16 = _mm256_cvtepi8_epi16(scales);
             for (n, sum) in isum.iter().enumerate() {
-                let sums = _mm256_loadu_si256(asum.add((N * i + n) * SUMS).cast());
-                let off = _mm256_slli_epi32(_mm256_madd_epi16(sc16, sums), 5);
-                let tot = _mm256_cvtepi32_ps(_mm256_sub_epi32(fold(*sum), off));
-                let dd = _mm256_set1_ps(dw * *ad.add(N * i + n));
-                acc[n] = _mm256_fmadd_ps(dd, tot, acc[n]);
+                let sums = asum.add((N * i + n) * SUMS);
+                finish6(&mut acc[n], fold(*sum), sc16, sums, dw * *ad.add(N * i + n));
             }
         }
     }
