@@ -237,12 +237,8 @@ unsafe fn q45<const N: usize, const FIVE: bool>(
         // (the caller's contract); the CPU runs AVX2, FMA and F16C.
         unsafe {
             let sb = q.add(i * pb);
-            let dw = f16::from_bits(*d.add(i)).to_f32();
-            let dm = f16::from_bits(*m.add(i)).to_f32();
-            let sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_loadl_epi64(sb.cast())));
-            // Minimum `s` in i16 lanes 2s and 2s + 1, to meet the two sums of 16 of sub-block s.
-            let mn = _mm_shuffle_epi8(_mm_loadl_epi64(sb.add(8).cast()), dup);
-            let mn = _mm256_cvtepu8_epi16(mn);
+            let (dw, dm, sc, mn) = head45(sb, d.add(i), m.add(i), dup);
+            let sc = _mm256_broadcastsi128_si256(sc);
             let mut isum = [_mm256_setzero_si256(); N];
             // Q5_K: bits 2j, 2j + 1 of each `qh` byte shifted down to bits 0, 1 for pair `j`.
             let mut qh = if FIVE {
@@ -284,6 +280,33 @@ unsafe fn q45<const N: usize, const FIVE: bool>(
         *o = hsum(a);
     }
     out
+}
+
+/// What a Q4_K/Q5_K super-block holds for all its rows' tokens, read once: its `d` and `dmin`
+/// as f32, its eight sub-block scales as i16 (128 bits), and its minimums spread for
+/// [`finish45`] (minimum `s` in i16 lanes 2s and 2s + 1, to meet the two sums of 16 of
+/// sub-block s). Shared by the AVX2 and AVX-512 kernels.
+///
+/// # Safety
+///
+/// The CPU runs AVX2 and F16C; `sb` points to the super-block's repacked bytes, `d` and `m`
+/// to its two f16 scales; `dup` is [`DUP`].
+#[inline(always)]
+unsafe fn head45(
+    sb: *const u8,
+    d: *const u16,
+    m: *const u16,
+    dup: __m128i,
+) -> (f32, f32, __m128i, __m256i) {
+    // SAFETY: the super-block's first 16 bytes (scales, minimums) and its two f16 scales are
+    // readable; the CPU runs AVX2 and F16C (the caller's contract).
+    unsafe {
+        let dw = f16::from_bits(*d).to_f32();
+        let dm = f16::from_bits(*m).to_f32();
+        let sc = _mm_cvtepu8_epi16(_mm_loadl_epi64(sb.cast()));
+        let mn = _mm_shuffle_epi8(_mm_loadl_epi64(sb.add(8).cast()), dup);
+        (dw, dm, sc, _mm256_cvtepu8_epi16(mn))
+    }
 }
 
 /// Adds a Q4_K/Q5_K super-block's integer sums for one token into `acc`:

@@ -12,7 +12,8 @@ use std::arch::x86_64::*;
 use half::f16;
 
 use super::{
-    finish45, finish6, hsum, packed_bytes, Acts, DUP, PICK45, PICK6, SCALES, SUBS, SUMS, SUPER,
+    finish45, finish6, head45, hsum, packed_bytes, Acts, DUP, PICK45, PICK6, SCALES, SUBS, SUMS,
+    SUPER,
 };
 use crate::kernels::quant::{QKind, BLOCK};
 
@@ -131,11 +132,8 @@ pub(super) unsafe fn q45<const N: usize, const FIVE: bool>(
         // caller's contract); the CPU runs AVX-512 F/BW/VNNI, AVX2, FMA and F16C.
         unsafe {
             let sb = q.add(i * pb);
-            let dw = f16::from_bits(*d.add(i)).to_f32();
-            let dm = f16::from_bits(*m.add(i)).to_f32();
-            let sc = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_loadl_epi64(sb.cast())));
-            let mn = _mm_shuffle_epi8(_mm_loadl_epi64(sb.add(8).cast()), dup);
-            let mn = _mm256_cvtepu8_epi16(mn);
+            let (dw, dm, sc, mn) = head45(sb, d.add(i), m.add(i), dup);
+            let sc = _mm512_broadcast_i32x4(sc);
             let mut isum = [_mm512_setzero_si512(); N];
             let mut qh = if FIVE {
                 both_halves(sb.add(SCALES))
