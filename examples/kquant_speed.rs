@@ -6,8 +6,13 @@
 //!
 //! And prompt products (16, 64, 512 rows) against the model's dequantize-and-GEMM path.
 //!
-//! `cargo run --release --example kquant_speed [-- --prompts]` (`RAYON_NUM_THREADS=1` for one
-//! core; `--prompts`: only the prompt products).
+//! And `--memory`: single tokens against weights read from memory, not from the caches: 40
+//! matrices of 8,192 × 2,048 (376-648 MB) one after the other, as a decoding step reads a
+//! model's weights.
+//!
+//! `cargo run --release --example kquant_speed [-- --prompts | --memory]`
+//! (`RAYON_NUM_THREADS=1` for one core; `--prompts`: only the prompt products;
+//! `MORPHKV_NO_AVX512=1`: the AVX2 kernels and the row layout).
 
 use std::borrow::Cow;
 use std::time::{Duration, Instant};
@@ -70,6 +75,9 @@ fn main() -> Result<()> {
     if std::env::args().any(|a| a == "--prompts") {
         return prompts(budget);
     }
+    if std::env::args().any(|a| a == "--memory") {
+        return from_memory();
+    }
     let threads = rayon::current_num_threads();
     println!("rayon threads: {threads}");
     for (rows, cols) in [(2048, 8192), (8192, 2048)] {
@@ -124,6 +132,41 @@ fn main() -> Result<()> {
         }
     }
     prompts(budget)
+}
+
+/// Single tokens against 40 matrices of 8,192 × 2,048 in turn, for each kind: GB/s of weights
+/// read, the best of five sweeps.
+fn from_memory() -> Result<()> {
+    let (rows, cols, n) = (8192, 2048, 40);
+    println!("single tokens from memory: {n} matrices of {rows} x {cols}, GB/s");
+    for kind in [QKind::Q4_0, QKind::Q4K, QKind::Q5K, QKind::Q6K] {
+        let data = blocks(kind, rows, cols);
+        let ws = (0..n)
+            .map(|_| Packed::from_ggml(kind, rows, cols, &data))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| anyhow::anyhow!("{kind:?} does not fit {rows} x {cols}"))?;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        let x: Vec<f32> = (0..cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let (mut acts, mut out) = (QActs::default(), vec![0f32; rows]);
+        acts.quantize_for(kind, &x);
+        let mut sweep = || {
+            let t = Instant::now();
+            for w in &ws {
+                kernels::matvec(w, &acts, &mut out);
+            }
+            t.elapsed()
+        };
+        sweep();
+        let best = (0..5).map(|_| sweep()).min().unwrap_or(Duration::MAX);
+        let bytes: usize = ws.iter().map(Packed::bytes).sum();
+        println!(
+            "{kind:?}: {:.1} GB/s ({} MB{})",
+            bytes as f64 / best.as_secs_f64() / 1e9,
+            bytes / 1_000_000,
+            if ws[0].is_tiled() { ", tiled" } else { "" }
+        );
+    }
+    Ok(())
 }
 
 /// `x·Wᵀ` as the model's `dequantized_gemm` runs it: 256 weight rows at a time dequantized

@@ -6,7 +6,9 @@
 //!
 //! This file is the safe public API and the run-time dispatch: each function below picks the
 //! fastest version this CPU runs. By kind, each with its plain Rust twins:
-//! - `quant`: [`Packed`], [`QKind`], [`QActs`], the quantized and dense matrix × vector.
+//! - `quant`: [`Packed`], [`QKind`], [`QActs`], the quantized and dense matrix × vector;
+//!   `quant::tiles`, Q4_K and Q6_K rows interleaved sixteen at a time where the CPU runs
+//!   AVX-512 VNNI (one register lane per row: no per-row sums or scaling).
 //! - `attention`: scores, softmax, weighted sum, [`silu`], [`exp_nonpositive`].
 //! - `f16`: sums of f16 rows and f32 → f16 encoding.
 //! - `log8`: the 8-bit log code of probabilities ([`log8_encode`], [`log8_decode`]), sums of
@@ -58,8 +60,25 @@ pub fn prompts_in_integers(kind: QKind) -> bool {
     false
 }
 
+/// Whether Q4_K and Q6_K matrices should be tiled (`quant::tiles`): where this CPU runs the
+/// tiled kernels (AVX-512 VNNI). Elsewhere only the plain twin reads tiles.
+fn tiles_pay() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(cpu) = x86::Avx2::detect() {
+        return vnni(cpu).is_some();
+    }
+    false
+}
+
 /// `out = W · x` for a quantized `W` (rows × cols) and `x` quantized into `a`.
 pub fn matvec(w: &Packed, a: &QActs, out: &mut [f32]) {
+    if w.is_tiled() {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(wide) = x86::Avx2::detect().and_then(vnni) {
+            return quant::matvec_ranges(|r0, ys| x86::tiled_rows(wide, w, r0, a, ys), w, out);
+        }
+        return quant::matvec_with(quant::dot_plain, w, a, out);
+    }
     #[cfg(target_arch = "x86_64")]
     if let Some(cpu) = x86::Avx2::detect() {
         if w.kind().is_k() {
@@ -85,6 +104,19 @@ pub fn matvec(w: &Packed, a: &QActs, out: &mut [f32]) {
 /// for four tokens (eight for the K-quants).
 pub fn matmat(w: &Packed, acts: &[QActs], out: &mut [f32]) {
     assert_eq!(out.len(), w.rows() * acts.len());
+    if w.is_tiled() {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(wide) = x86::Avx2::detect().and_then(vnni) {
+            return quant::matmat_with(
+                quant::dot4_plain,
+                |w, r0, g, o| x86::tiled_group(wide, w, r0, g, o),
+                w,
+                acts,
+                out,
+            );
+        }
+        return quant::matmat_with(quant::dot4_plain, quant::tile_k_plain, w, acts, out);
+    }
     #[cfg(target_arch = "x86_64")]
     if let Some(cpu) = x86::Avx2::detect() {
         if let Some(wide) = vnni(cpu) {

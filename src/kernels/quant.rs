@@ -9,6 +9,7 @@ use half::f16;
 use rayon::prelude::*;
 
 pub(super) mod kquant;
+pub(super) mod tiles;
 
 /// Values per quantization block.
 pub const BLOCK: usize = 32;
@@ -64,7 +65,8 @@ impl QKind {
 /// in arrays of their own, so eight are converted and multiplied at once, and the packed
 /// values in another. Same bytes as the GGUF blocks, another order (the K-quants: their
 /// 6-bit scales decoded to bytes, 4 bytes more per 256 values for Q4_K and Q5_K; see
-/// `kquant`).
+/// `kquant`); Q4_K and Q6_K rows in tiles of sixteen where the CPU has the kernels for them
+/// (`tiles`).
 #[derive(Debug)]
 pub struct Packed {
     kind: QKind,
@@ -77,6 +79,9 @@ pub struct Packed {
     /// (rows, blocks, [`p_values`]) nibbles (value j in the low half of byte j, value j + 16
     /// in its high half) or bytes; the K-quants' layouts are `kquant`'s.
     qs: Values,
+    /// Q4_K/Q6_K rows interleaved in tiles of 16 (`tiles`' layout; `d` and `m` too) for the
+    /// AVX-512 kernels, instead of one row after the other.
+    tiled: bool,
 }
 
 /// A matrix's packed values, in pages of their own: an anonymous mapping that Linux is asked
@@ -128,12 +133,33 @@ impl std::ops::DerefMut for Values {
 impl Packed {
     /// Repacks `data` (GGML blocks, row-major, as in a GGUF file); `None` if `cols` is not a
     /// multiple of the kind's block (32 values, 256 for the K-quants) or the length does not
-    /// match.
+    /// match. Q4_K and Q6_K matrices of whole tiles are tiled where this CPU has the kernels
+    /// for them (AVX-512 VNNI).
     pub fn from_ggml(kind: QKind, rows: usize, cols: usize, data: &[u8]) -> Option<Self> {
+        let tiled = tiles::fits(kind, rows) && super::tiles_pay();
+        Self::from_ggml_as(kind, rows, cols, data, tiled)
+    }
+
+    /// [`Packed::from_ggml`] in the layout asked for: `tiled` (which must fit, `tiles::fits`)
+    /// or row after row.
+    pub(super) fn from_ggml_as(
+        kind: QKind,
+        rows: usize,
+        cols: usize,
+        data: &[u8],
+        tiled: bool,
+    ) -> Option<Self> {
         let bb = kind.block_bytes();
         let nb = rows * (cols / kind.block_values());
         if !cols.is_multiple_of(kind.block_values()) || data.len() != nb * bb {
             return None;
+        }
+        if tiled {
+            assert!(
+                tiles::fits(kind, rows),
+                "{kind:?} × {rows} rows does not tile"
+            );
+            return Some(Self::tiled_from(kind, rows, cols, data));
         }
         // Block by block across the rayon pool (a 1B model has millions of blocks).
         let v = p_values(kind);
@@ -164,7 +190,51 @@ impl Packed {
             d,
             m,
             qs,
+            tiled: false,
         })
+    }
+
+    /// The tiled layout (`tiles`): each tile's sixteen rows repacked as the row layout's
+    /// super-blocks, then interleaved; one row tile per task.
+    fn tiled_from(kind: QKind, rows: usize, cols: usize, data: &[u8]) -> Self {
+        let (bb, pb, tb) = (
+            kind.block_bytes(),
+            kquant::packed_bytes(kind),
+            tiles::tile_bytes(kind),
+        );
+        let (ns, tile) = (cols / kquant::SUPER, tiles::TILE);
+        let mut qs = Values::zeroed(rows / tile * ns * tb);
+        let heads: Vec<(Vec<f16>, Vec<f16>)> = qs
+            .par_chunks_exact_mut(ns * tb)
+            .enumerate()
+            .map(|(t, out)| {
+                let (mut d, mut m) = (Vec::with_capacity(ns * tile), Vec::new());
+                let mut sbs = vec![0u8; tile * pb];
+                for (i, out) in out.chunks_exact_mut(tb).enumerate() {
+                    for (r, sb) in sbs.chunks_exact_mut(pb).enumerate() {
+                        let blk = &data[((t * tile + r) * ns + i) * bb..][..bb];
+                        d.push(kquant::repack(kind, blk, sb));
+                        if kind == QKind::Q4K {
+                            m.push(half_at(blk, 2));
+                        }
+                    }
+                    let rows = std::array::from_fn(|r| &sbs[r * pb..(r + 1) * pb]);
+                    tiles::tile(kind, &rows, out);
+                }
+                (d, m)
+            })
+            .collect();
+        let d = heads.iter().flat_map(|(d, _)| d.iter().copied()).collect();
+        let m = heads.iter().flat_map(|(_, m)| m.iter().copied()).collect();
+        Self {
+            kind,
+            rows,
+            cols,
+            d,
+            m,
+            qs,
+            tiled: true,
+        }
     }
 
     /// Output rows.
@@ -187,13 +257,62 @@ impl Packed {
         2 * (self.d.len() + self.m.len()) + self.qs.len()
     }
 
+    /// Whether the rows are interleaved in tiles (`tiles`' layout) for the AVX-512 kernels.
+    pub fn is_tiled(&self) -> bool {
+        self.tiled
+    }
+
+    /// The rows a parallel task's share must be a multiple of: a tile's, or one.
+    pub(super) fn row_align(&self) -> usize {
+        if self.tiled {
+            tiles::TILE
+        } else {
+            1
+        }
+    }
+
     /// Row `r`: its scales, minimums (empty unless Q4_1, Q4_K or Q5_K) and packed values.
+    /// Panics if the rows are tiled ([`Packed::with_row`] takes either layout).
     pub(super) fn row(&self, r: usize) -> (&[f16], &[f16], &[u8]) {
         self.row_range(r, 1)
     }
 
-    /// Rows `r0..r0 + n`, one after the other: as [`Packed::row`] gives one.
+    /// `f` of row `r` as [`Packed::row`] gives it, in either layout (a tiled row gathered
+    /// from its tiles first).
+    pub(super) fn with_row<T>(&self, r: usize, f: impl FnOnce(&[f16], &[f16], &[u8]) -> T) -> T {
+        if self.tiled {
+            let ns = self.cols / kquant::SUPER;
+            let (d, m, qs) = tiles::row(self.kind, ns, (&self.d, &self.m, &self.qs[..]), r);
+            return f(&d, &m, &qs);
+        }
+        let (d, m, qs) = self.row(r);
+        f(d, m, qs)
+    }
+
+    /// Row tiles `t0..t0 + n` of a tiled matrix: their `d`, `dmin` (empty for Q6_K) and
+    /// values, tile after tile (`tiles`' layout).
+    pub(super) fn tiles(&self, t0: usize, n: usize) -> (&[f16], &[f16], &[u8]) {
+        assert!(self.tiled, "the rows are not tiled");
+        let ns = self.cols / kquant::SUPER;
+        let (from, to) = (t0 * ns, (t0 + n) * ns);
+        let tb = tiles::tile_bytes(self.kind);
+        let (tile, m) = (tiles::TILE, &self.m);
+        let m = if m.is_empty() {
+            &m[..]
+        } else {
+            &m[from * tile..to * tile]
+        };
+        (
+            &self.d[from * tile..to * tile],
+            m,
+            &self.qs[from * tb..to * tb],
+        )
+    }
+
+    /// Rows `r0..r0 + n`, one after the other: as [`Packed::row`] gives one. Panics if the
+    /// rows are tiled.
     pub(super) fn row_range(&self, r0: usize, n: usize) -> (&[f16], &[f16], &[u8]) {
+        assert!(!self.tiled, "a tiled matrix has no row ranges");
         let nb = self.cols / self.kind.block_values();
         let v = p_values(self.kind);
         let (from, to) = (r0 * nb, (r0 + n) * nb);
@@ -207,10 +326,10 @@ impl Packed {
 
     /// Row `r` as f32 values.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
-        let (d, m, qs) = self.row(r);
         if self.kind.is_k() {
-            return kquant::dequantize(self.kind, d, m, qs, out);
+            return self.with_row(r, |d, m, qs| kquant::dequantize(self.kind, d, m, qs, out));
         }
+        let (d, m, qs) = self.row(r);
         let v = p_values(self.kind);
         for (b, out) in out.chunks_exact_mut(BLOCK).enumerate() {
             let (d, qs) = (d[b].to_f32(), &qs[b * v..(b + 1) * v]);
@@ -349,10 +468,10 @@ impl QActs {
 /// Row `r` of `w` · quantized activations, in plain Rust: the portable twin of the x86
 /// kernels, and what they are tested against.
 pub(super) fn dot_plain(w: &Packed, r: usize, a: &QActs) -> f32 {
-    let (d, m, qs) = w.row(r);
     if w.kind.is_k() {
-        return kquant::dot_plain(w.kind, d, m, qs, a);
+        return w.with_row(r, |d, m, qs| kquant::dot_plain(w.kind, d, m, qs, a));
     }
+    let (d, m, qs) = w.row(r);
     let v = p_values(w.kind);
     let mut acc = 0f32;
     for b in 0..d.len() {
@@ -411,7 +530,7 @@ pub(super) fn matvec_with(
 /// `r0..r0 + ys.len()` (a kernel that takes a range: one call, one bounds check).
 pub(super) fn matvec_ranges(rows: impl Fn(usize, &mut [f32]) + Sync, w: &Packed, out: &mut [f32]) {
     debug_assert_eq!(out.len(), w.rows);
-    let chunk = chunk_rows(w.rows);
+    let chunk = chunk_rows(w.rows).next_multiple_of(w.row_align());
     out.par_chunks_mut(chunk)
         .enumerate()
         .for_each(|(c, ys)| rows(c * chunk, ys));
@@ -473,17 +592,18 @@ impl KGroup {
 pub(super) fn tile_k_plain(w: &Packed, r0: usize, g: &KGroup, out: &mut [[f32; KGROUP]]) {
     let (sup, sums) = (kquant::SUPER, kquant::SUPER / 16);
     for (i, o) in out.iter_mut().enumerate() {
-        let (d, m, qs) = w.row(r0 + i);
-        for (n, y) in o.iter_mut().enumerate() {
-            *y = kquant::dot_plain_with(w.kind, d, m, qs, |s| {
-                let at = s * KGROUP + n;
-                (
-                    &g.q[at * sup..(at + 1) * sup],
-                    g.d[at],
-                    &g.s16[at * sums..(at + 1) * sums],
-                )
-            });
-        }
+        w.with_row(r0 + i, |d, m, qs| {
+            for (n, y) in o.iter_mut().enumerate() {
+                *y = kquant::dot_plain_with(w.kind, d, m, qs, |s| {
+                    let at = s * KGROUP + n;
+                    (
+                        &g.q[at * sup..(at + 1) * sup],
+                        g.d[at],
+                        &g.s16[at * sums..(at + 1) * sums],
+                    )
+                });
+            }
+        })
     }
 }
 
@@ -566,7 +686,7 @@ fn matmat_groups<const G: usize, Grp: Sync>(
     if t == 0 || rows == 0 {
         return;
     }
-    let chunk = chunk_rows_matmat(rows);
+    let chunk = chunk_rows_matmat(rows).next_multiple_of(w.row_align());
     // Task c's columns c·chunk.. of every token's row of `out`.
     let mut columns: Vec<Vec<&mut [f32]>> = (0..rows.div_ceil(chunk))
         .map(|_| Vec::with_capacity(t))
@@ -810,6 +930,67 @@ mod tests {
                             (p - f).abs() <= 1e-4 * p.abs().max(1.0),
                             "{kind:?} {cols}: {p} vs {f}"
                         );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Q4_K and Q6_K in tiles (`tiles`) against the same blocks row after row: the same
+    /// bytes held, the same rows dequantized, the plain products bit for bit, and the kernels
+    /// this CPU picks for tiles (AVX-512 where it runs it) within rounding, for one token and
+    /// for groups, on quantized values and on every bit pattern with activations at ±127.
+    #[test]
+    fn tiled_matrices_give_the_row_layouts_results() {
+        for kind in [QKind::Q4K, QKind::Q6K] {
+            let (rows, cols) = (48, 1536);
+            for data in [
+                random_blocks(kind, rows, cols, 5),
+                kquant::tests::random_bytes(kind, rows, cols, 6),
+            ] {
+                let flat = Packed::from_ggml_as(kind, rows, cols, &data, false).unwrap();
+                let tiled = Packed::from_ggml_as(kind, rows, cols, &data, true).unwrap();
+                assert!(tiled.is_tiled() && !flat.is_tiled());
+                assert_eq!(tiled.bytes(), flat.bytes());
+                let (mut a, mut b) = (vec![0f32; cols], vec![0f32; cols]);
+                for r in 0..rows {
+                    flat.dequantize_row(r, &mut a);
+                    tiled.dequantize_row(r, &mut b);
+                    assert_eq!(a, b, "{kind:?} row {r}");
+                }
+                for t in [1, 8, 19] {
+                    let acts: Vec<QActs> = (0..t)
+                        .map(|i| {
+                            let mut x = random_vec(cols, 50 + i as u64);
+                            for (j, v) in x.iter_mut().enumerate() {
+                                if (j / 16 + i).is_multiple_of(3) {
+                                    *v = if i % 2 == 0 { 1.0 } else { -1.0 };
+                                }
+                            }
+                            let mut a = QActs::default();
+                            a.quantize_k(&x);
+                            a
+                        })
+                        .collect();
+                    let mut want = vec![0f32; t * rows];
+                    matmat_with(dot4_plain, tile_k_plain, &flat, &acts, &mut want);
+                    let mut plain = vec![0f32; t * rows];
+                    matmat_with(dot4_plain, tile_k_plain, &tiled, &acts, &mut plain);
+                    assert_eq!(want, plain, "{kind:?} t={t}: the plain twin on tiles");
+                    let mut fast = vec![0f32; t * rows];
+                    crate::kernels::matmat(&tiled, &acts, &mut fast);
+                    let mut one = vec![0f32; rows];
+                    for (i, a) in acts.iter().enumerate() {
+                        crate::kernels::matvec(&tiled, a, &mut one);
+                        for r in 0..rows {
+                            let p = want[i * rows + r];
+                            for f in [fast[i * rows + r], one[r]] {
+                                assert!(
+                                    (p - f).abs() <= 1e-4 * p.abs().max(1.0),
+                                    "{kind:?} t={t} row {i},{r}: {p} vs {f}"
+                                );
+                            }
+                        }
                     }
                 }
             }

@@ -218,7 +218,12 @@ pub(super) mod tests {
 
     /// Random bytes as `kind`'s blocks, but for finite `d` and `dmin`: every bit pattern of
     /// the scales and values.
-    fn random_bytes(kind: QKind, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+    pub(in crate::kernels) fn random_bytes(
+        kind: QKind,
+        rows: usize,
+        cols: usize,
+        seed: u64,
+    ) -> Vec<u8> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let nb = rows * cols / SUPER;
         let mut data: Vec<u8> = (0..nb * kind.block_bytes()).map(|_| rng.random()).collect();

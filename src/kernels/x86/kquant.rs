@@ -20,6 +20,7 @@ use super::{Avx2, Vnni};
 use crate::kernels::quant::kquant::{packed_bytes, SCALES, SUPER};
 use crate::kernels::quant::{KGroup, Packed, QActs, QKind, BLOCK, KGROUP};
 
+mod tiled;
 mod wide;
 
 /// 32-value sub-blocks per super-block.
@@ -77,6 +78,25 @@ pub fn tile_vnni(_cpu: Vnni, w: &Packed, r0: usize, g: &KGroup, out: &mut [[f32;
     // SAFETY: the token proves AVX-512 F/BW/DQ/VNNI, AVX2, FMA and F16C; `group` checked the
     // group's reads, `rows` checks the rows'.
     unsafe { rows::<KGROUP, true>(w, r0, acts, out) };
+}
+
+/// Rows `r0..r0 + out.len()` of `w` (tiled Q4_K or Q6_K, whole tiles) · the activations
+/// `a`: [`dot_rows_vnni`] on the tiled layout. Panics unless `w` is tiled, the rows are whole
+/// tiles that exist and `a` holds `w.cols()` activations in the K-quants' form.
+pub fn tiled_rows(_cpu: Vnni, w: &Packed, r0: usize, a: &QActs, out: &mut [f32]) {
+    let acts = one_token(w, a);
+    // SAFETY: the token proves AVX-512 F/BW/DQ/VNNI, AVX2, FMA and F16C; `one_token` checked
+    // `a`'s reads, `tiled::rows` checks the rows'.
+    unsafe { tiled::rows::<1>(w, r0, acts, out.as_chunks_mut::<1>().0) };
+}
+
+/// [`tile_vnni`] on the tiled layout: rows `r0..r0 + out.len()` (whole tiles) of `w` · each
+/// of the group's tokens.
+pub fn tiled_group(_cpu: Vnni, w: &Packed, r0: usize, g: &KGroup, out: &mut [[f32; KGROUP]]) {
+    let acts = group(w, g);
+    // SAFETY: the token proves AVX-512 F/BW/DQ/VNNI, AVX2, FMA and F16C; `group` checked the
+    // group's reads, `tiled::rows` checks the rows'.
+    unsafe { tiled::rows::<KGROUP>(w, r0, acts, out) };
 }
 
 /// The pointers to one token's activations (values, scales, sums of 16: a group of one),
