@@ -8,7 +8,8 @@
 //! fastest version this CPU runs. By kind, each with its plain Rust twins:
 //! - `quant`: [`Packed`], [`QKind`], [`QActs`], the quantized and dense matrix × vector;
 //!   `quant::tiles`, Q4_K and Q6_K rows interleaved sixteen at a time where the CPU runs
-//!   AVX-512 VNNI (one register lane per row: no per-row sums or scaling).
+//!   AVX2 (one register lane per row: no per-row sums or scaling; `MORPHKV_NO_TILES` set
+//!   keeps them row after row).
 //! - `attention`: scores, softmax, weighted sum, [`silu`], [`exp_nonpositive`].
 //! - `f16`: sums of f16 rows and f32 → f16 encoding.
 //! - `log8`: the 8-bit log code of probabilities ([`log8_encode`], [`log8_decode`]), sums of
@@ -18,7 +19,7 @@
 //!   reached only through safe functions that take a CPU-feature token, which exists only
 //!   once the CPU has been checked. The tests check each against its plain twin.
 //!
-//! The AVX2 versions need AVX2, FMA and F16C; the AVX-512 one (quantized rows only) also
+//! The AVX2 versions need AVX2, FMA and F16C; the AVX-512 ones (quantized rows only) also
 //! AVX-512 F/BW/DQ/VNNI and `MORPHKV_NO_AVX512` unset.
 
 mod attention;
@@ -61,11 +62,14 @@ pub fn prompts_in_integers(kind: QKind) -> bool {
 }
 
 /// Whether Q4_K and Q6_K matrices should be tiled (`quant::tiles`): where this CPU runs the
-/// tiled kernels (AVX-512 VNNI). Elsewhere only the plain twin reads tiles.
+/// tiled kernels (AVX2, or AVX-512 VNNI) and `MORPHKV_NO_TILES` is unset. Elsewhere only the
+/// plain twin would read tiles. Tiled, by `examples/kquant_speed.rs` on 2 Zen 5 cores,
+/// prompts at 512 tokens: AVX2 Q4_K 509-531 GFLOP/s against 303-358 row after row, Q6_K
+/// 433-456 against 284-329; AVX-512 Q4_K 1,057-1,156 against 360-438.
 fn tiles_pay() -> bool {
     #[cfg(target_arch = "x86_64")]
-    if let Some(cpu) = x86::Avx2::detect() {
-        return vnni(cpu).is_some();
+    if x86::Avx2::detect().is_some() {
+        return std::env::var_os("MORPHKV_NO_TILES").is_none();
     }
     false
 }
@@ -74,8 +78,15 @@ fn tiles_pay() -> bool {
 pub fn matvec(w: &Packed, a: &QActs, out: &mut [f32]) {
     if w.is_tiled() {
         #[cfg(target_arch = "x86_64")]
-        if let Some(wide) = x86::Avx2::detect().and_then(vnni) {
-            return quant::matvec_ranges(|r0, ys| x86::tiled_rows(wide, w, r0, a, ys), w, out);
+        if let Some(cpu) = x86::Avx2::detect() {
+            if let Some(wide) = vnni(cpu) {
+                return quant::matvec_ranges(
+                    |r0, ys| x86::tiled_rows_vnni(wide, w, r0, a, ys),
+                    w,
+                    out,
+                );
+            }
+            return quant::matvec_ranges(|r0, ys| x86::tiled_rows(cpu, w, r0, a, ys), w, out);
         }
         return quant::matvec_with(quant::dot_plain, w, a, out);
     }
@@ -106,14 +117,14 @@ pub fn matmat(w: &Packed, acts: &[QActs], out: &mut [f32]) {
     assert_eq!(out.len(), w.rows() * acts.len());
     if w.is_tiled() {
         #[cfg(target_arch = "x86_64")]
-        if let Some(wide) = x86::Avx2::detect().and_then(vnni) {
-            return quant::matmat_with(
-                quant::dot4_plain,
-                |w, r0, g, o| x86::tiled_group(wide, w, r0, g, o),
-                w,
-                acts,
-                out,
-            );
+        if let Some(cpu) = x86::Avx2::detect() {
+            if let Some(wide) = vnni(cpu) {
+                let tile =
+                    |w: &Packed, r0, g: &_, o: &mut _| x86::tiled_group_vnni(wide, w, r0, g, o);
+                return quant::matmat_with(quant::dot4_plain, tile, w, acts, out);
+            }
+            let tile = |w: &Packed, r0, g: &_, o: &mut _| x86::tiled_group(cpu, w, r0, g, o);
+            return quant::matmat_with(quant::dot4_plain, tile, w, acts, out);
         }
         return quant::matmat_with(quant::dot4_plain, quant::tile_k_plain, w, acts, out);
     }

@@ -80,7 +80,7 @@ pub struct Packed {
     /// in its high half) or bytes; the K-quants' layouts are `kquant`'s.
     qs: Values,
     /// Q4_K/Q6_K rows interleaved in tiles of 16 (`tiles`' layout; `d` and `m` too) for the
-    /// AVX-512 kernels, instead of one row after the other.
+    /// AVX2 and AVX-512 kernels, instead of one row after the other.
     tiled: bool,
 }
 
@@ -134,7 +134,7 @@ impl Packed {
     /// Repacks `data` (GGML blocks, row-major, as in a GGUF file); `None` if `cols` is not a
     /// multiple of the kind's block (32 values, 256 for the K-quants) or the length does not
     /// match. Q4_K and Q6_K matrices of whole tiles are tiled where this CPU has the kernels
-    /// for them (AVX-512 VNNI).
+    /// for them (AVX2).
     pub fn from_ggml(kind: QKind, rows: usize, cols: usize, data: &[u8]) -> Option<Self> {
         let tiled = tiles::fits(kind, rows) && super::tiles_pay();
         Self::from_ggml_as(kind, rows, cols, data, tiled)
@@ -257,7 +257,7 @@ impl Packed {
         2 * (self.d.len() + self.m.len()) + self.qs.len()
     }
 
-    /// Whether the rows are interleaved in tiles (`tiles`' layout) for the AVX-512 kernels.
+    /// Whether the rows are interleaved in tiles (`tiles`' layout) for the SIMD kernels.
     pub fn is_tiled(&self) -> bool {
         self.tiled
     }
@@ -992,6 +992,58 @@ mod tests {
                             }
                         }
                     }
+                    #[cfg(target_arch = "x86_64")]
+                    tiled_kernels_match(&tiled, &acts, &want);
+                }
+            }
+        }
+    }
+
+    /// Every x86 kernel on tiles this CPU runs, called directly (the facade picks one):
+    /// AVX2, and AVX-512 where it runs it, for the first token and for a group of the first
+    /// [`KGROUP`] (repeating the first past the end), against `want` (tokens × rows).
+    #[cfg(target_arch = "x86_64")]
+    fn tiled_kernels_match(w: &Packed, acts: &[QActs], want: &[f32]) {
+        use crate::kernels::x86;
+        let Some(cpu) = x86::Avx2::detect() else {
+            return;
+        };
+        let (rows, kind) = (w.rows(), w.kind());
+        let close = |p: f32, f: f32, what: &str| {
+            assert!(
+                (p - f).abs() <= 1e-4 * p.abs().max(1.0),
+                "{kind:?} {what}: {p} vs {f}"
+            )
+        };
+        let g = KGroup::gather(std::array::from_fn(|i| {
+            &acts[if i < acts.len() { i } else { 0 }]
+        }));
+        let wide = x86::Vnni::detect(cpu);
+        let mut one = vec![0f32; rows - 16];
+        let mut grp = vec![[0f32; KGROUP]; rows];
+        for vnni in [false, true] {
+            match (vnni, wide) {
+                (false, _) => {
+                    x86::tiled_rows(cpu, w, 16, &acts[0], &mut one);
+                    x86::tiled_group(cpu, w, 0, &g, &mut grp);
+                }
+                (true, Some(wide)) => {
+                    x86::tiled_rows_vnni(wide, w, 16, &acts[0], &mut one);
+                    x86::tiled_group_vnni(wide, w, 0, &g, &mut grp);
+                }
+                (true, None) => continue,
+            }
+            for (r, f) in one.iter().enumerate() {
+                close(want[16 + r], *f, &format!("one token, row {}", 16 + r));
+            }
+            for (r, o) in grp.iter().enumerate() {
+                for (n, f) in o.iter().enumerate() {
+                    let n = if n < acts.len() { n } else { 0 };
+                    close(
+                        want[n * rows + r],
+                        *f,
+                        &format!("group, row {r}, token {n}"),
+                    );
                 }
             }
         }

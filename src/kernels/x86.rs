@@ -149,7 +149,10 @@ pub fn prefetch<T>(x: &[T], at: usize) {
 mod gemm;
 mod kquant;
 pub use gemm::{dot4, dot4_vnni};
-pub use kquant::{dot_rows, dot_rows_vnni, tile, tile_vnni, tiled_group, tiled_rows};
+pub use kquant::{
+    dot_rows, dot_rows_vnni, tile, tile_vnni, tiled_group, tiled_group_vnni, tiled_rows,
+    tiled_rows_vnni,
+};
 
 /// The AVX2 kernels (and the row dot product's shared body).
 mod avx2 {

@@ -1,6 +1,6 @@
 //! Q4_K and Q6_K rows interleaved in tiles of [`TILE`] rows × one super-block, for the
-//! AVX-512 kernels (`super::super::x86::kquant::tiled`): there a register's sixteen 32-bit
-//! lanes are sixteen rows, each lane four consecutive values of its row, so one `maddubs` and
+//! AVX2 and AVX-512 kernels (`super::super::x86::kquant::tiled`): there a register's sixteen
+//! 32-bit lanes are sixteen rows (AVX2: eight, a half tile), each lane four consecutive values of its row, so one `maddubs` and
 //! one `dpwssd` serve sixteen rows against four activations broadcast to every lane, and a
 //! super-block's scales, minimums and `d` meet sixteen rows at once: no per-row horizontal
 //! sum, no per-row finish. Same bytes as the row layout (`super::kquant`), another order.

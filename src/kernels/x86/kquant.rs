@@ -81,22 +81,38 @@ pub fn tile_vnni(_cpu: Vnni, w: &Packed, r0: usize, g: &KGroup, out: &mut [[f32;
 }
 
 /// Rows `r0..r0 + out.len()` of `w` (tiled Q4_K or Q6_K, whole tiles) · the activations
-/// `a`: [`dot_rows_vnni`] on the tiled layout. Panics unless `w` is tiled, the rows are whole
+/// `a`: [`dot_rows`] on the tiled layout. Panics unless `w` is tiled, the rows are whole
 /// tiles that exist and `a` holds `w.cols()` activations in the K-quants' form.
-pub fn tiled_rows(_cpu: Vnni, w: &Packed, r0: usize, a: &QActs, out: &mut [f32]) {
+pub fn tiled_rows(_cpu: Avx2, w: &Packed, r0: usize, a: &QActs, out: &mut [f32]) {
+    let acts = one_token(w, a);
+    // SAFETY: the token proves AVX2, FMA and F16C; `one_token` checked `a`'s reads,
+    // `tiled::rows` checks the rows'.
+    unsafe { tiled::rows::<1, false>(w, r0, acts, out.as_chunks_mut::<1>().0) };
+}
+
+/// [`tiled_rows`] on a CPU with AVX-512 VNNI, through the AVX-512 kernels.
+pub fn tiled_rows_vnni(_cpu: Vnni, w: &Packed, r0: usize, a: &QActs, out: &mut [f32]) {
     let acts = one_token(w, a);
     // SAFETY: the token proves AVX-512 F/BW/DQ/VNNI, AVX2, FMA and F16C; `one_token` checked
     // `a`'s reads, `tiled::rows` checks the rows'.
-    unsafe { tiled::rows::<1>(w, r0, acts, out.as_chunks_mut::<1>().0) };
+    unsafe { tiled::rows::<1, true>(w, r0, acts, out.as_chunks_mut::<1>().0) };
 }
 
-/// [`tile_vnni`] on the tiled layout: rows `r0..r0 + out.len()` (whole tiles) of `w` · each
-/// of the group's tokens.
-pub fn tiled_group(_cpu: Vnni, w: &Packed, r0: usize, g: &KGroup, out: &mut [[f32; KGROUP]]) {
+/// [`tile`] on the tiled layout: rows `r0..r0 + out.len()` (whole tiles) of `w` · each of
+/// the group's tokens.
+pub fn tiled_group(_cpu: Avx2, w: &Packed, r0: usize, g: &KGroup, out: &mut [[f32; KGROUP]]) {
+    let acts = group(w, g);
+    // SAFETY: the token proves AVX2, FMA and F16C; `group` checked the group's reads,
+    // `tiled::rows` checks the rows'.
+    unsafe { tiled::rows::<KGROUP, false>(w, r0, acts, out) };
+}
+
+/// [`tiled_group`] on a CPU with AVX-512 VNNI, through the AVX-512 kernels.
+pub fn tiled_group_vnni(_cpu: Vnni, w: &Packed, r0: usize, g: &KGroup, out: &mut [[f32; KGROUP]]) {
     let acts = group(w, g);
     // SAFETY: the token proves AVX-512 F/BW/DQ/VNNI, AVX2, FMA and F16C; `group` checked the
     // group's reads, `tiled::rows` checks the rows'.
-    unsafe { tiled::rows::<KGROUP>(w, r0, acts, out) };
+    unsafe { tiled::rows::<KGROUP, true>(w, r0, acts, out) };
 }
 
 /// The pointers to one token's activations (values, scales, sums of 16: a group of one),

@@ -1,6 +1,7 @@
 //! The Q4_K and Q6_K kernels on tiled rows (`crate::kernels::quant::tiles`, whose layout
-//! they read) in AVX-512 (BW, VNNI): a register's sixteen 32-bit lanes are a tile's sixteen
-//! rows, each lane four consecutive values of its row. Four activations are broadcast to every
+//! they read) in AVX-512 (BW, VNNI), and in AVX2 a half tile at a time: a register's sixteen
+//! 32-bit lanes are a tile's sixteen rows (AVX2: eight), each lane four consecutive values of
+//! its row. Four activations are broadcast to every
 //! lane, `maddubs` multiplies them with sixteen rows' values at once (unsigned × signed, pairs
 //! summed to i16), the i16 pairs of a sub-block are added (no overflow: at most 8·2·15·127
 //! for Q4_K, 2·2·63·127 for Q6_K) and `dpwssd` applies the sixteen rows' scales of the
@@ -8,7 +9,8 @@
 //! minimums (`dpwssd` of the rows' minimums with the token's sums of 16) and the scaling into
 //! sixteen f32 lanes, one per row, by the rows' `d` and the token's scale; Q6_K's `−32`
 //! joins the integer sums (`dpwssd` of −32 × its scales with the sums of 16). Nothing is
-//! summed across lanes: each row ends in its own lane.
+//! summed across lanes: each row ends in its own lane. AVX2 has no `dpwssd`: `madd` then an
+//! add in its place, the same integer sums.
 
 use std::arch::x86_64::*;
 
@@ -101,11 +103,19 @@ unsafe fn prefetch(p: *const u8) {
 /// Row tiles `r0 / 16..` of `w` (tiled Q4_K or Q6_K) · a group of `N` tokens' activations
 /// at `acts`, into `out` (`out.len()` rows), after checking every read of the rows.
 ///
+/// With `WIDE` through the AVX-512 kernels, else through the AVX2 ones (each tile as two
+/// halves of eight rows: eight 32-bit lanes).
+///
 /// # Safety
 ///
-/// The CPU runs AVX-512 F/BW/VNNI, AVX2, FMA and F16C; `acts` holds `w.cols() / 256`
-/// super-blocks of `N` tokens ([`crate::kernels::quant::KGroup`]'s layout).
-pub(super) unsafe fn rows<const N: usize>(w: &Packed, r0: usize, acts: Acts, out: &mut [[f32; N]]) {
+/// The CPU runs AVX2, FMA and F16C (with `WIDE`, AVX-512 F/BW/VNNI too); `acts` holds
+/// `w.cols() / 256` super-blocks of `N` tokens ([`crate::kernels::quant::KGroup`]'s layout).
+pub(super) unsafe fn rows<const N: usize, const WIDE: bool>(
+    w: &Packed,
+    r0: usize,
+    acts: Acts,
+    out: &mut [[f32; N]],
+) {
     let kind = w.kind();
     assert!(
         r0.is_multiple_of(TILE) && out.len().is_multiple_of(TILE) && r0 + out.len() <= w.rows(),
@@ -132,14 +142,38 @@ pub(super) unsafe fn rows<const N: usize>(w: &Packed, r0: usize, acts: Acts, out
                 m.wrapping_add(t * ns * TILE),
                 q.add(t * ns * tb),
             );
-            if kind == QKind::Q4K {
-                q4k::<N>(d, m, q, acts, ns, o)
-            } else {
-                q6k::<N>(d, q, acts, ns, o)
+            match (kind == QKind::Q4K, WIDE) {
+                (true, true) => q4k::<N>(d, m, q, acts, ns, o),
+                (false, true) => q6k::<N>(d, q, acts, ns, o),
+                (true, false) => q4k_halves::<N>(d, m, q, acts, ns, o),
+                (false, false) => q6k_halves::<N>(d, q, acts, ns, o),
             }
         }
     }
 }
+
+/// Rows per half tile: the AVX2 kernels' eight 32-bit lanes.
+const HALF: usize = TILE / 2;
+
+/// [`SPREAD`] for AVX2 and half `h` of a tile: in each 128-bit lane `l`, 32-bit lane `i` gets
+/// byte `8h + 4l + i` (of sixteen broadcast to both) in both its i16 halves.
+const SPREAD_HALF: [[u8; 32]; 2] = {
+    let mut t = [[0u8; 32]; 2];
+    let mut h = 0;
+    while h < 2 {
+        let mut i = 0;
+        while i < 8 {
+            let b = (8 * h + i) as u8;
+            t[h][4 * i] = b;
+            t[h][4 * i + 1] = 0x80;
+            t[h][4 * i + 2] = b;
+            t[h][4 * i + 3] = 0x80;
+            i += 1;
+        }
+        h += 1;
+    }
+    t
+};
 
 /// The sixteen rows' f32 lanes of each token into `out` (rows × tokens).
 ///
@@ -317,5 +351,274 @@ unsafe fn q6k<const N: usize>(
             }
         }
         store(&acc, out);
+    }
+}
+
+/// The four bytes at `p` in every 32-bit lane of 256 bits.
+///
+/// # Safety
+///
+/// The CPU runs AVX; four bytes at `p` are readable.
+#[inline(always)]
+unsafe fn four8(p: *const i8) -> __m256i {
+    // SAFETY: four bytes at `p`; the CPU runs AVX (the caller's contract).
+    unsafe { _mm256_set1_epi32(p.cast::<i32>().read_unaligned()) }
+}
+
+/// Sixteen bytes at `p` spread by `spread` ([`SPREAD_HALF`]): in AVX2's eight 32-bit lanes,
+/// one half tile's bytes, each in both i16 halves of its lane.
+///
+/// # Safety
+///
+/// The CPU runs AVX2; sixteen bytes at `p` are readable.
+#[inline(always)]
+unsafe fn spread8(p: *const u8, spread: __m256i) -> __m256i {
+    // SAFETY: sixteen bytes at `p`; the CPU runs AVX2 (the caller's contract).
+    unsafe {
+        _mm256_shuffle_epi8(
+            _mm256_broadcastsi128_si256(_mm_loadu_si128(p.cast())),
+            spread,
+        )
+    }
+}
+
+/// A row tile of Q4_K · a group of `N` tokens in AVX2, a half tile (eight rows, eight lanes)
+/// at a time: [`q4k`] with `madd` and an add where it has `dpwssd`. One token (decoding,
+/// the weights streamed from memory) takes both halves of each super-block in turn, so every
+/// cache line read is used at once; a group takes one half through every super-block, then
+/// the other (the tile's bytes are then in the L2 cache).
+///
+/// # Safety
+///
+/// The CPU runs AVX2, FMA and F16C; as [`q4k`].
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4k_halves<const N: usize>(
+    d: *const u16,
+    m: *const u16,
+    q: *const u8,
+    acts: Acts,
+    ns: usize,
+    out: &mut [[f32; N]],
+) {
+    let mut acc = [[_mm256_setzero_ps(); N]; 2];
+    // SAFETY: the CPU runs AVX2, FMA and F16C; super-blocks `0..ns` of the tile and of the
+    // group exist (the caller's contract).
+    unsafe {
+        let spread = [0, 1].map(|h| _mm256_loadu_si256(SPREAD_HALF[h].as_ptr().cast()));
+        if N == 1 {
+            for i in 0..ns {
+                for (half, acc) in acc.iter_mut().enumerate() {
+                    q4k_super::<N>(d, m, q, acts, i, half, spread[half], acc);
+                }
+            }
+        } else {
+            for (half, acc) in acc.iter_mut().enumerate() {
+                for i in 0..ns {
+                    q4k_super::<N>(d, m, q, acts, i, half, spread[half], acc);
+                }
+            }
+        }
+        let (lo, hi) = out.split_at_mut(HALF);
+        store_half(&acc[0], lo);
+        store_half(&acc[1], hi);
+    }
+}
+
+/// Super-block `i` of half `half` of a Q4_K row tile · a group of `N` tokens, added into the
+/// half's eight lanes of each token in `acc`.
+///
+/// # Safety
+///
+/// The CPU runs AVX2, FMA and F16C; super-block `i` of the tile and of the group exist (as
+/// [`q4k`]); `half` < 2 and `spread` is `SPREAD_HALF[half]`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn q4k_super<const N: usize>(
+    d: *const u16,
+    m: *const u16,
+    q: *const u8,
+    (aq, ad, asum): Acts,
+    i: usize,
+    half: usize,
+    spread: __m256i,
+    acc: &mut [__m256; N],
+) {
+    let tb = tile_bytes(QKind::Q4K);
+    // SAFETY: every read is within super-block `i` of the tile (`d[16i..]`, `m[16i..]`, `tb`
+    // bytes at `q + i·tb`) or of the group (the caller's contract); the CPU runs AVX2, FMA
+    // and F16C.
+    unsafe {
+        let low4 = _mm256_set1_epi8(0xF);
+        let t = q.add(i * tb);
+        prefetch(t.wrapping_add(AHEAD * tb + 256 * half));
+        let dw = _mm256_cvtph_ps(_mm_loadu_si128(d.add(i * TILE + HALF * half).cast()));
+        let dm = _mm256_cvtph_ps(_mm_loadu_si128(m.add(i * TILE + HALF * half).cast()));
+        let mut isum = [_mm256_setzero_si256(); N];
+        for s in 0..8 {
+            let sc = spread8(t.add(TILE * s), spread);
+            let mut part = [_mm256_setzero_si256(); N];
+            for k in 0..4 {
+                let at = 256 + 256 * s + 64 * k + 32 * half;
+                prefetch(t.wrapping_add(AHEAD * tb + at));
+                let packed = _mm256_loadu_si256(t.add(at).cast());
+                let lo = _mm256_and_si256(packed, low4);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), low4);
+                for (n, p) in part.iter_mut().enumerate() {
+                    let a = aq.add((N * i + n) * SUPER + 32 * s + 4 * k);
+                    let x = _mm256_maddubs_epi16(lo, four8(a));
+                    let y = _mm256_maddubs_epi16(hi, four8(a.add(16)));
+                    *p = _mm256_add_epi16(*p, _mm256_add_epi16(x, y));
+                }
+            }
+            for (sum, p) in isum.iter_mut().zip(part) {
+                *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(p, sc));
+            }
+        }
+        for (n, (a, sum)) in acc.iter_mut().zip(isum).enumerate() {
+            let sums = asum.add((N * i + n) * SUMS);
+            let mut msum = _mm256_setzero_si256();
+            for s in 0..8 {
+                let pair = _mm256_set1_epi32(sums.add(2 * s).cast::<i32>().read_unaligned());
+                let mn = spread8(t.add(128 + TILE * s), spread);
+                msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mn, pair));
+            }
+            let da = _mm256_set1_ps(*ad.add(N * i + n));
+            *a = _mm256_fmadd_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(sum), *a);
+            *a = _mm256_fnmadd_ps(_mm256_mul_ps(dm, da), _mm256_cvtepi32_ps(msum), *a);
+        }
+    }
+}
+
+/// A row tile of Q6_K · a group of `N` tokens in AVX2, a half tile at a time, the halves in
+/// the order of [`q4k_halves`]: [`q6k`] in eight lanes.
+///
+/// # Safety
+///
+/// The CPU runs AVX2, FMA and F16C; as [`q6k`].
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6k_halves<const N: usize>(
+    d: *const u16,
+    q: *const u8,
+    acts: Acts,
+    ns: usize,
+    out: &mut [[f32; N]],
+) {
+    let mut acc = [[_mm256_setzero_ps(); N]; 2];
+    // SAFETY: the CPU runs AVX2, FMA and F16C; super-blocks `0..ns` of the tile and of the
+    // group exist (the caller's contract).
+    unsafe {
+        if N == 1 {
+            for i in 0..ns {
+                for (half, acc) in acc.iter_mut().enumerate() {
+                    q6k_super::<N>(d, q, acts, i, half, acc);
+                }
+            }
+        } else {
+            for (half, acc) in acc.iter_mut().enumerate() {
+                for i in 0..ns {
+                    q6k_super::<N>(d, q, acts, i, half, acc);
+                }
+            }
+        }
+        let (lo, hi) = out.split_at_mut(HALF);
+        store_half(&acc[0], lo);
+        store_half(&acc[1], hi);
+    }
+}
+
+/// Super-block `i` of half `half` of a Q6_K row tile · a group of `N` tokens, added into the
+/// half's eight lanes of each token in `acc`.
+///
+/// # Safety
+///
+/// The CPU runs AVX2, FMA and F16C; super-block `i` of the tile and of the group exist (as
+/// [`q6k`]); `half` < 2.
+#[inline(always)]
+unsafe fn q6k_super<const N: usize>(
+    d: *const u16,
+    q: *const u8,
+    (aq, ad, asum): Acts,
+    i: usize,
+    half: usize,
+    acc: &mut [__m256; N],
+) {
+    let tb = tile_bytes(QKind::Q6K);
+    // SAFETY: as [`q4k_super`]: every read is within super-block `i` of the tile or of the
+    // group (the caller's contract); the CPU runs AVX2, FMA and F16C.
+    unsafe {
+        let (low4, top2) = (_mm256_set1_epi8(0xF), _mm256_set1_epi8(0x30));
+        let first = _mm256_loadu_si256(FIRST.as_ptr().cast());
+        let second = _mm256_loadu_si256(SECOND.as_ptr().cast());
+        let six8 = |low: __m256i, top: __m256i| {
+            _mm256_or_si256(_mm256_and_si256(low, low4), _mm256_and_si256(top, top2))
+        };
+        let t = q.add(i * tb);
+        prefetch(t.wrapping_add(AHEAD * tb + 128 * half));
+        let dw = _mm256_cvtph_ps(_mm_loadu_si128(d.add(i * TILE + HALF * half).cast()));
+        // This half's rows' two scales of pair p, as i16: (sc[2p], sc[2p + 1]).
+        let scp =
+            |p: usize| _mm256_cvtepi8_epi16(_mm_loadu_si128(t.add(32 * p + 16 * half).cast()));
+        let mut isum = [_mm256_setzero_si256(); N];
+        for p in 0..8 {
+            let (sa, sb) = (
+                _mm256_shuffle_epi8(scp(p), first),
+                _mm256_shuffle_epi8(scp(p), second),
+            );
+            let pair = t.add(Q6_PAIRS + Q6_PAIR * p);
+            for line in 0..Q6_PAIR / 128 {
+                prefetch(pair.wrapping_add(AHEAD * tb + 64 * (2 * line + half)));
+            }
+            for hh in 0..2 {
+                let hb = _mm256_loadu_si256(pair.add(256 + 64 * hh + 32 * half).cast());
+                let q0 = _mm256_loadu_si256(pair.add(128 * hh + 32 * half).cast());
+                let q1 = _mm256_loadu_si256(pair.add(128 * hh + 64 + 32 * half).cast());
+                // 16-bit shifts: what crosses into the other byte is masked off.
+                let a0 = six8(q0, _mm256_slli_epi16::<4>(hb));
+                let a1 = six8(q1, _mm256_slli_epi16::<2>(hb));
+                let b0 = six8(_mm256_srli_epi16::<4>(q0), hb);
+                let b1 = six8(_mm256_srli_epi16::<4>(q1), _mm256_srli_epi16::<2>(hb));
+                for (n, sum) in isum.iter_mut().enumerate() {
+                    let a = aq.add((N * i + n) * SUPER + 32 * p + 8 * hh);
+                    let x = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(a0, four8(a)),
+                        _mm256_maddubs_epi16(a1, four8(a.add(4))),
+                    );
+                    let y = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(b0, four8(a.add(16))),
+                        _mm256_maddubs_epi16(b1, four8(a.add(20))),
+                    );
+                    let xy = _mm256_add_epi32(_mm256_madd_epi16(x, sa), _mm256_madd_epi16(y, sb));
+                    *sum = _mm256_add_epi32(*sum, xy);
+                }
+            }
+        }
+        for (n, (a, mut sum)) in acc.iter_mut().zip(isum).enumerate() {
+            let sums = asum.add((N * i + n) * SUMS);
+            for p in 0..8 {
+                // The −32 of every value: −32·sc with the sums of 16.
+                let off = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16::<5>(scp(p)));
+                let pair = _mm256_set1_epi32(sums.add(2 * p).cast::<i32>().read_unaligned());
+                sum = _mm256_add_epi32(sum, _mm256_madd_epi16(off, pair));
+            }
+            let da = _mm256_set1_ps(*ad.add(N * i + n));
+            *a = _mm256_fmadd_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(sum), *a);
+        }
+    }
+}
+
+/// Eight rows' f32 lanes of each token into `out` (rows × tokens).
+///
+/// # Safety
+///
+/// The CPU runs AVX; `out` has eight rows.
+#[inline(always)]
+unsafe fn store_half<const N: usize>(acc: &[__m256; N], out: &mut [[f32; N]]) {
+    let mut lanes = [0f32; HALF];
+    for (n, a) in acc.iter().enumerate() {
+        // SAFETY: eight f32 at `lanes`; the CPU runs AVX (the caller's contract).
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *a) };
+        for (o, l) in out.iter_mut().zip(lanes) {
+            o[n] = l;
+        }
     }
 }
