@@ -193,7 +193,7 @@ fn dequantized_gemm(w: &Packed, x: &Tensor) -> Result<Tensor> {
 fn prompts(budget: Duration) -> Result<()> {
     println!("\nprompts: matmat vs dequantized_gemm, ms (GFLOP/s)");
     for (rows, cols) in [(2048, 2048), (8192, 2048), (2048, 8192)] {
-        for kind in [QKind::Q4_1, QKind::Q8_0, QKind::Q4K, QKind::Q6K] {
+        for kind in [QKind::Q4_1, QKind::Q8_0, QKind::Q4K, QKind::Q5K, QKind::Q6K] {
             let data = blocks(kind, rows, cols);
             let Some(w) = Packed::from_ggml(kind, rows, cols, &data) else {
                 anyhow::bail!("{kind:?} does not fit {rows} x {cols}");

@@ -7,7 +7,7 @@
 //! This file is the safe public API and the run-time dispatch: each function below picks the
 //! fastest version this CPU runs. By kind, each with its plain Rust twins:
 //! - `quant`: [`Packed`], [`QKind`], [`QActs`], the quantized and dense matrix × vector;
-//!   `quant::tiles`, Q4_K and Q6_K rows interleaved sixteen at a time where the CPU runs
+//!   `quant::tiles`, K-quant rows interleaved sixteen at a time where the CPU runs
 //!   AVX2 (one register lane per row: no per-row sums or scaling; `MORPHKV_NO_TILES` set
 //!   keeps them row after row).
 //! - `attention`: scores, softmax, weighted sum, [`silu`], [`exp_nonpositive`].
@@ -61,7 +61,7 @@ pub fn prompts_in_integers(kind: QKind) -> bool {
     false
 }
 
-/// Whether Q4_K and Q6_K matrices should be tiled (`quant::tiles`): where this CPU runs the
+/// Whether K-quant matrices should be tiled (`quant::tiles`): where this CPU runs the
 /// tiled kernels (AVX2, or AVX-512 VNNI) and `MORPHKV_NO_TILES` is unset. Elsewhere only the
 /// plain twin would read tiles. Tiled, by `examples/kquant_speed.rs` on 2 Zen 5 cores,
 /// prompts at 512 tokens: AVX2 Q4_K 509-531 GFLOP/s against 303-358 row after row, Q6_K

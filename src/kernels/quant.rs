@@ -65,7 +65,7 @@ impl QKind {
 /// in arrays of their own, so eight are converted and multiplied at once, and the packed
 /// values in another. Same bytes as the GGUF blocks, another order (the K-quants: their
 /// 6-bit scales decoded to bytes, 4 bytes more per 256 values for Q4_K and Q5_K; see
-/// `kquant`); Q4_K and Q6_K rows in tiles of sixteen where the CPU has the kernels for them
+/// `kquant`); K-quant rows in tiles of sixteen where the CPU has the kernels for them
 /// (`tiles`).
 #[derive(Debug)]
 pub struct Packed {
@@ -79,7 +79,7 @@ pub struct Packed {
     /// (rows, blocks, [`p_values`]) nibbles (value j in the low half of byte j, value j + 16
     /// in its high half) or bytes; the K-quants' layouts are `kquant`'s.
     qs: Values,
-    /// Q4_K/Q6_K rows interleaved in tiles of 16 (`tiles`' layout; `d` and `m` too) for the
+    /// K-quant rows interleaved in tiles of 16 (`tiles`' layout; `d` and `m` too) for the
     /// AVX2 and AVX-512 kernels, instead of one row after the other.
     tiled: bool,
 }
@@ -133,7 +133,7 @@ impl std::ops::DerefMut for Values {
 impl Packed {
     /// Repacks `data` (GGML blocks, row-major, as in a GGUF file); `None` if `cols` is not a
     /// multiple of the kind's block (32 values, 256 for the K-quants) or the length does not
-    /// match. Q4_K and Q6_K matrices of whole tiles are tiled where this CPU has the kernels
+    /// match. K-quant matrices of whole tiles are tiled where this CPU has the kernels
     /// for them (AVX2).
     pub fn from_ggml(kind: QKind, rows: usize, cols: usize, data: &[u8]) -> Option<Self> {
         let tiled = tiles::fits(kind, rows) && super::tiles_pay();
@@ -214,7 +214,7 @@ impl Packed {
                     for (r, sb) in sbs.chunks_exact_mut(pb).enumerate() {
                         let blk = &data[((t * tile + r) * ns + i) * bb..][..bb];
                         d.push(kquant::repack(kind, blk, sb));
-                        if kind == QKind::Q4K {
+                        if kind != QKind::Q6K {
                             m.push(half_at(blk, 2));
                         }
                     }
@@ -936,17 +936,30 @@ mod tests {
         }
     }
 
-    /// Q4_K and Q6_K in tiles (`tiles`) against the same blocks row after row: the same
+    /// The K-quants in tiles (`tiles`) against the same blocks row after row: the same
     /// bytes held, the same rows dequantized, the plain products bit for bit, and the kernels
     /// this CPU picks for tiles (AVX-512 where it runs it) within rounding, for one token and
     /// for groups, on quantized values and on every bit pattern with activations at ±127.
     #[test]
     fn tiled_matrices_give_the_row_layouts_results() {
-        for kind in [QKind::Q4K, QKind::Q6K] {
+        for kind in [QKind::Q4K, QKind::Q5K, QKind::Q6K] {
             let (rows, cols) = (48, 1536);
+            // Every value and scale at its largest: with activations at ±127, the kernels'
+            // i16 sums at their bounds.
+            let mut top = kquant::tests::random_bytes(kind, rows, cols, 7);
+            for blk in top.chunks_exact_mut(kind.block_bytes()) {
+                match kind {
+                    QKind::Q6K => {
+                        blk[..192].fill(0xFF);
+                        blk[192..208].fill(0x7F);
+                    }
+                    _ => blk[4..].fill(0xFF),
+                }
+            }
             for data in [
                 random_blocks(kind, rows, cols, 5),
                 kquant::tests::random_bytes(kind, rows, cols, 6),
+                top,
             ] {
                 let flat = Packed::from_ggml_as(kind, rows, cols, &data, false).unwrap();
                 let tiled = Packed::from_ggml_as(kind, rows, cols, &data, true).unwrap();
@@ -963,7 +976,9 @@ mod tests {
                         .map(|i| {
                             let mut x = random_vec(cols, 50 + i as u64);
                             for (j, v) in x.iter_mut().enumerate() {
-                                if (j / 16 + i).is_multiple_of(3) {
+                                // Tokens 0 and 1 all +1 and all −1 (every activation ±127),
+                                // the others in runs of 16.
+                                if i < 2 || (j / 16 + i).is_multiple_of(3) {
                                     *v = if i % 2 == 0 { 1.0 } else { -1.0 };
                                 }
                             }

@@ -1,4 +1,4 @@
-//! Q4_K and Q6_K rows interleaved in tiles of [`TILE`] rows × one super-block, for the
+//! Q4_K, Q5_K and Q6_K rows interleaved in tiles of [`TILE`] rows × one super-block, for the
 //! AVX2 and AVX-512 kernels (`super::super::x86::kquant::tiled`): there a register's sixteen
 //! 32-bit lanes are sixteen rows (AVX2: eight, a half tile), each lane four consecutive values of its row, so one `maddubs` and
 //! one `dpwssd` serve sixteen rows against four activations broadcast to every lane, and a
@@ -10,6 +10,8 @@
 //! - Q4_K (2,304 bytes): `sc[s][r]` (s < 8, 128 bytes), `mn[s][r]` (128), then
 //!   `qs[s][k][r][j]` (k < 4, j < 4; 2,048): the low nibble value `32s + 4k + j`, the high
 //!   one value `32s + 16 + 4k + j`.
+//! - Q5_K (2,816 bytes): as Q4_K with `qh[s][r][j]` (512 bytes) between `mn` and `qs`: bit `k`
+//!   the fifth bit (16) of value `32s + 4k + j`, bit `4 + k` that of value `32s + 16 + 4k + j`.
 //! - Q6_K (3,328 bytes): `sc[p][r][2]` (p < 8; the i8 scales of 16-value sub-blocks `2p` and
 //!   `2p + 1`; 256 bytes), then per `p` (384 bytes): `ql[k][r][j]` (k < 4; 256): the low four
 //!   bits of value `32p + 4k + j` in the low nibble, of `32p + 16 + 4k + j` in the high one;
@@ -27,9 +29,21 @@ use super::QKind;
 /// Rows per tile.
 pub const TILE: usize = 16;
 
-/// Whether `kind`'s rows can be tiled: Q4_K and Q6_K, rows a multiple of [`TILE`].
+/// Whether `kind`'s rows can be tiled: the K-quants, rows a multiple of [`TILE`].
 pub(super) fn fits(kind: QKind, rows: usize) -> bool {
-    matches!(kind, QKind::Q4K | QKind::Q6K) && rows.is_multiple_of(TILE)
+    kind.is_k() && rows.is_multiple_of(TILE)
+}
+
+/// Offset of Q5_K's fifth bits in a tile.
+pub(in crate::kernels) const Q5_HIGH: usize = 256;
+
+/// Offset of a Q4_K or Q5_K tile's `qs`.
+pub(in crate::kernels) fn q45_values(kind: QKind) -> usize {
+    if kind == QKind::Q5K {
+        Q5_HIGH + 512
+    } else {
+        256
+    }
 }
 
 /// Bytes of a tile's values (besides its `d` and `dmin`): [`TILE`] rows' repacked
@@ -48,12 +62,14 @@ pub(in crate::kernels) const Q6_PAIR: usize = 384;
 /// `sb` ([`super::kquant`]'s).
 fn values(kind: QKind, sb: &[u8]) -> [u8; SUPER] {
     let mut v = [0u8; SUPER];
-    if kind == QKind::Q4K {
-        let qs = &sb[SCALES..SCALES + 128];
-        for (j, bytes) in qs.chunks_exact(32).enumerate() {
+    if kind != QKind::Q6K {
+        let five = kind == QKind::Q5K;
+        let (qh, qs) = sb[SCALES..].split_at(if five { 32 } else { 0 });
+        for (j, bytes) in qs[..128].chunks_exact(32).enumerate() {
             for (l, &b) in bytes.iter().enumerate() {
-                v[64 * j + l] = b & 0xF;
-                v[64 * j + 32 + l] = b >> 4;
+                let top = |bit: usize| if five { (qh[l] >> bit) & 1 } else { 0 };
+                v[64 * j + l] = b & 0xF | top(2 * j) << 4;
+                v[64 * j + 32 + l] = b >> 4 | top(2 * j + 1) << 4;
             }
         }
     } else {
@@ -75,10 +91,17 @@ fn values(kind: QKind, sb: &[u8]) -> [u8; SUPER] {
 /// The inverse of [`values`]: 256 unsigned values into a row-layout super-block's value bytes
 /// (its scales untouched).
 fn put_values(kind: QKind, v: &[u8; SUPER], sb: &mut [u8]) {
-    if kind == QKind::Q4K {
-        for (i, b) in sb[SCALES..SCALES + 128].iter_mut().enumerate() {
+    if kind != QKind::Q6K {
+        let five = kind == QKind::Q5K;
+        let (qh, qs) = sb[SCALES..].split_at_mut(if five { 32 } else { 0 });
+        qh.fill(0);
+        for (i, b) in qs[..128].iter_mut().enumerate() {
             let (j, l) = (i / 32, i % 32);
-            *b = v[64 * j + l] | v[64 * j + 32 + l] << 4;
+            let (x, y) = (v[64 * j + l], v[64 * j + 32 + l]);
+            *b = (x & 0xF) | (y & 0xF) << 4;
+            if five {
+                qh[l] |= (x >> 4) << (2 * j) | (y >> 4) << (2 * j + 1);
+            }
         }
     } else {
         let (ql, qh) = sb[SCALES..SCALES + 192].split_at_mut(128);
@@ -108,7 +131,8 @@ fn q6_top(a: usize, q: usize, r: usize, j: usize) -> (usize, usize) {
 /// tile (`tile`, [`tile_bytes`]).
 pub(super) fn tile(kind: QKind, rows: &[&[u8]; TILE], tile: &mut [u8]) {
     match kind {
-        QKind::Q4K => {
+        QKind::Q4K | QKind::Q5K => {
+            let qs = q45_values(kind);
             for (r, sb) in rows.iter().enumerate() {
                 for s in 0..8 {
                     tile[TILE * s + r] = sb[s];
@@ -116,12 +140,16 @@ pub(super) fn tile(kind: QKind, rows: &[&[u8]; TILE], tile: &mut [u8]) {
                 }
                 let v = values(kind, sb);
                 for s in 0..8 {
+                    let mut high = [0u8; 4];
                     for k in 0..4 {
-                        for j in 0..4 {
-                            let at = 256 + 256 * s + 64 * k + 4 * r + j;
+                        for (j, h) in high.iter_mut().enumerate() {
                             let x = 32 * s + 4 * k + j;
-                            tile[at] = v[x] | v[x + 16] << 4;
+                            tile[qs + 256 * s + 64 * k + 4 * r + j] = (v[x] & 0xF) | v[x + 16] << 4;
+                            *h |= (v[x] >> 4) << k | (v[x + 16] >> 4) << (4 + k);
                         }
+                    }
+                    if kind == QKind::Q5K {
+                        tile[Q5_HIGH + 64 * s + 4 * r..][..4].copy_from_slice(&high);
                     }
                 }
             }
@@ -158,15 +186,22 @@ pub(super) fn untile(kind: QKind, tile: &[u8], r: usize) -> Vec<u8> {
     let mut sb = vec![0u8; packed_bytes(kind)];
     let mut v = [0u8; SUPER];
     match kind {
-        QKind::Q4K => {
+        QKind::Q4K | QKind::Q5K => {
+            let qs = q45_values(kind);
             for s in 0..8 {
                 sb[s] = tile[TILE * s + r];
                 sb[8 + s] = tile[128 + TILE * s + r];
                 for k in 0..4 {
                     for j in 0..4 {
-                        let b = tile[256 + 256 * s + 64 * k + 4 * r + j];
+                        let b = tile[qs + 256 * s + 64 * k + 4 * r + j];
+                        let h = if kind == QKind::Q5K {
+                            tile[Q5_HIGH + 64 * s + 4 * r + j]
+                        } else {
+                            0
+                        };
                         let x = 32 * s + 4 * k + j;
-                        (v[x], v[x + 16]) = (b & 0xF, b >> 4);
+                        v[x] = b & 0xF | ((h >> k) & 1) << 4;
+                        v[x + 16] = b >> 4 | ((h >> (4 + k)) & 1) << 4;
                     }
                 }
             }
@@ -229,12 +264,12 @@ mod tests {
     #[test]
     fn tiles_round_trip_and_follow_the_documented_layout() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        for kind in [QKind::Q4K, QKind::Q6K] {
+        for kind in [QKind::Q4K, QKind::Q5K, QKind::Q6K] {
             let pb = packed_bytes(kind);
             let rows: Vec<Vec<u8>> = (0..TILE)
                 .map(|_| {
                     let mut sb: Vec<u8> = (0..pb).map(|_| rng.random()).collect();
-                    if kind == QKind::Q4K {
+                    if kind != QKind::Q6K {
                         // Decoded 6-bit scales and minimums, as `kquant::repack` writes them.
                         sb[..SCALES].iter_mut().for_each(|b| *b &= 63);
                     }
@@ -250,8 +285,14 @@ mod tests {
                 // Value 32·3 + 16 + 4·2 + 1 of row r (Q4_K: sub-block 3, k = 2, j = 1, high
                 // nibble; Q6_K: pair 3, a = 1, q = 2, j = 1).
                 let x = v[32 * 3 + 16 + 4 * 2 + 1];
-                if kind == QKind::Q4K {
-                    assert_eq!(t[256 + 256 * 3 + 64 * 2 + 4 * r + 1] >> 4, x);
+                if kind != QKind::Q6K {
+                    let low = t[q45_values(kind) + 256 * 3 + 64 * 2 + 4 * r + 1] >> 4;
+                    let top = if kind == QKind::Q5K {
+                        (t[Q5_HIGH + 64 * 3 + 4 * r + 1] >> (4 + 2)) & 1
+                    } else {
+                        0
+                    };
+                    assert_eq!(low | top << 4, x);
                     assert_eq!(t[TILE * 5 + r], sb[5]);
                 } else {
                     let pair = &t[Q6_PAIRS + Q6_PAIR * 3..];

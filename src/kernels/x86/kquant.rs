@@ -80,7 +80,7 @@ pub fn tile_vnni(_cpu: Vnni, w: &Packed, r0: usize, g: &KGroup, out: &mut [[f32;
     unsafe { rows::<KGROUP, true>(w, r0, acts, out) };
 }
 
-/// Rows `r0..r0 + out.len()` of `w` (tiled Q4_K or Q6_K, whole tiles) · the activations
+/// Rows `r0..r0 + out.len()` of `w` (a tiled K-quant, whole tiles) · the activations
 /// `a`: [`dot_rows`] on the tiled layout. Panics unless `w` is tiled, the rows are whole
 /// tiles that exist and `a` holds `w.cols()` activations in the K-quants' form.
 pub fn tiled_rows(_cpu: Avx2, w: &Packed, r0: usize, a: &QActs, out: &mut [f32]) {

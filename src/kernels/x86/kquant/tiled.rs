@@ -1,12 +1,12 @@
-//! The Q4_K and Q6_K kernels on tiled rows (`crate::kernels::quant::tiles`, whose layout
+//! The K-quant kernels on tiled rows (`crate::kernels::quant::tiles`, whose layout
 //! they read) in AVX-512 (BW, VNNI), and in AVX2 a half tile at a time: a register's sixteen
 //! 32-bit lanes are a tile's sixteen rows (AVX2: eight), each lane four consecutive values of
 //! its row. Four activations are broadcast to every
 //! lane, `maddubs` multiplies them with sixteen rows' values at once (unsigned × signed, pairs
 //! summed to i16), the i16 pairs of a sub-block are added (no overflow: at most 8·2·15·127
-//! for Q4_K, 2·2·63·127 for Q6_K) and `dpwssd` applies the sixteen rows' scales of the
+//! for Q4_K, 4·2·31·127 for Q5_K, 2·2·63·127 for Q6_K) and `dpwssd` applies the sixteen rows' scales of the
 //! sub-block, pair by pair, into the rows' i32 sums. Once per super-block and token: Q4_K's
-//! minimums (`dpwssd` of the rows' minimums with the token's sums of 16) and the scaling into
+//! and Q5_K's minimums (`dpwssd` of the rows' minimums with the token's sums of 16) and the scaling into
 //! sixteen f32 lanes, one per row, by the rows' `d` and the token's scale; Q6_K's `−32`
 //! joins the integer sums (`dpwssd` of −32 × its scales with the sums of 16). Nothing is
 //! summed across lanes: each row ends in its own lane. AVX2 has no `dpwssd`: `madd` then an
@@ -15,7 +15,7 @@
 use std::arch::x86_64::*;
 
 use super::{Acts, SUMS, SUPER};
-use crate::kernels::quant::tiles::{tile_bytes, Q6_PAIR, Q6_PAIRS, TILE};
+use crate::kernels::quant::tiles::{q45_values, tile_bytes, Q5_HIGH, Q6_PAIR, Q6_PAIRS, TILE};
 use crate::kernels::quant::{Packed, QKind};
 
 /// A shuffle of sixteen bytes (broadcast to the four 128-bit lanes) that gives 32-bit lane
@@ -100,7 +100,7 @@ unsafe fn prefetch(p: *const u8) {
     unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
 }
 
-/// Row tiles `r0 / 16..` of `w` (tiled Q4_K or Q6_K) · a group of `N` tokens' activations
+/// Row tiles `r0 / 16..` of `w` (a tiled K-quant) · a group of `N` tokens' activations
 /// at `acts`, into `out` (`out.len()` rows), after checking every read of the rows.
 ///
 /// With `WIDE` through the AVX-512 kernels, else through the AVX2 ones (each tile as two
@@ -126,7 +126,7 @@ pub(super) unsafe fn rows<const N: usize, const WIDE: bool>(
     let (nt, ns, tb) = (out.len() / TILE, w.cols() / SUPER, tile_bytes(kind));
     let (d, m, qs) = w.tiles(r0 / TILE, nt);
     assert!(d.len() == nt * ns * TILE && qs.len() == nt * ns * tb);
-    assert!(m.len() == if kind == QKind::Q4K { d.len() } else { 0 });
+    assert!(m.len() == if kind == QKind::Q6K { 0 } else { d.len() });
     let (d, m, q) = (
         d.as_ptr().cast::<u16>(),
         m.as_ptr().cast::<u16>(),
@@ -142,11 +142,13 @@ pub(super) unsafe fn rows<const N: usize, const WIDE: bool>(
                 m.wrapping_add(t * ns * TILE),
                 q.add(t * ns * tb),
             );
-            match (kind == QKind::Q4K, WIDE) {
-                (true, true) => q4k::<N>(d, m, q, acts, ns, o),
-                (false, true) => q6k::<N>(d, q, acts, ns, o),
-                (true, false) => q4k_halves::<N>(d, m, q, acts, ns, o),
-                (false, false) => q6k_halves::<N>(d, q, acts, ns, o),
+            match (kind, WIDE) {
+                (QKind::Q4K, true) => q4k::<N, false>(d, m, q, acts, ns, o),
+                (QKind::Q5K, true) => q4k::<N, true>(d, m, q, acts, ns, o),
+                (_, true) => q6k::<N>(d, q, acts, ns, o),
+                (QKind::Q4K, false) => q4k_halves::<N, false>(d, m, q, acts, ns, o),
+                (QKind::Q5K, false) => q4k_halves::<N, true>(d, m, q, acts, ns, o),
+                (_, false) => q6k_halves::<N>(d, q, acts, ns, o),
             }
         }
     }
@@ -192,14 +194,14 @@ unsafe fn store<const N: usize>(acc: &[__m512; N], out: &mut [[f32; N]]) {
     }
 }
 
-/// One row tile of Q4_K · a group of `N` tokens.
+/// One row tile of Q4_K (`FIVE` false) or Q5_K · a group of `N` tokens.
 ///
 /// # Safety
 ///
 /// The CPU runs AVX-512 F/BW/VNNI, AVX2, FMA and F16C; `d` and `m` point to `ns · 16` f16
 /// values, `q` to `ns` tiles, `acts` to `ns` super-blocks of `N` tokens; `out` has 16 rows.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-unsafe fn q4k<const N: usize>(
+unsafe fn q4k<const N: usize, const FIVE: bool>(
     d: *const u16,
     m: *const u16,
     q: *const u8,
@@ -207,8 +209,9 @@ unsafe fn q4k<const N: usize>(
     ns: usize,
     out: &mut [[f32; N]],
 ) {
-    let tb = tile_bytes(QKind::Q4K);
-    let low4 = _mm512_set1_epi8(0xF);
+    let kind = if FIVE { QKind::Q5K } else { QKind::Q4K };
+    let (tb, qs) = (tile_bytes(kind), q45_values(kind));
+    let (low4, bit4) = (_mm512_set1_epi8(0xF), _mm512_set1_epi8(0x10));
     let mut acc = [_mm512_setzero_ps(); N];
     // SAFETY: every read below is within super-block `i` of the tile (`d[16i..]`,
     // `m[16i..]`, `tb` bytes at `q + i·tb`) or of the group (`N` tokens' values, scales, sums
@@ -227,20 +230,39 @@ unsafe fn q4k<const N: usize>(
             for s in 0..8 {
                 let sc = spread16(t.add(TILE * s), spread);
                 let mut part = [_mm512_setzero_si512(); N];
+                let qh = if FIVE {
+                    prefetch(t.wrapping_add(AHEAD * tb + Q5_HIGH + 64 * s));
+                    _mm512_loadu_si512(t.add(Q5_HIGH + 64 * s).cast())
+                } else {
+                    _mm512_setzero_si512()
+                };
                 for k in 0..4 {
-                    let packed = _mm512_loadu_si512(t.add(256 + 256 * s + 64 * k).cast());
-                    prefetch(t.wrapping_add(AHEAD * tb + 256 + 256 * s + 64 * k));
-                    let lo = _mm512_and_si512(packed, low4);
-                    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(packed), low4);
+                    let at = qs + 256 * s + 64 * k;
+                    let packed = _mm512_loadu_si512(t.add(at).cast());
+                    prefetch(t.wrapping_add(AHEAD * tb + at));
+                    let mut lo = _mm512_and_si512(packed, low4);
+                    let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(packed), low4);
+                    if FIVE {
+                        // Bits k and 4 + k of `qh` moved to bit 4 (16-bit shifts: what
+                        // crosses into the other byte is masked off).
+                        let up = _mm512_sll_epi16(qh, _mm_cvtsi32_si128(4 - k as i32));
+                        let down = _mm512_srl_epi16(qh, _mm_cvtsi32_si128(k as i32));
+                        lo = _mm512_or_si512(lo, _mm512_and_si512(up, bit4));
+                        hi = _mm512_or_si512(hi, _mm512_and_si512(down, bit4));
+                    }
                     for (n, p) in part.iter_mut().enumerate() {
                         let a = aq.add((N * i + n) * SUPER + 32 * s + 4 * k);
                         let x = _mm512_maddubs_epi16(lo, four(a));
                         let y = _mm512_maddubs_epi16(hi, four(a.add(16)));
                         *p = _mm512_add_epi16(*p, _mm512_add_epi16(x, y));
                     }
-                }
-                for (sum, p) in isum.iter_mut().zip(part) {
-                    *sum = _mm512_dpwssd_epi32(*sum, p, sc);
+                    // Q5_K's values reach 31: its i16 sums take two steps of k, not four.
+                    if k == 3 || (FIVE && k == 1) {
+                        for (sum, p) in isum.iter_mut().zip(&mut part) {
+                            *sum = _mm512_dpwssd_epi32(*sum, *p, sc);
+                            *p = _mm512_setzero_si512();
+                        }
+                    }
                 }
             }
             let mut mn = [_mm512_setzero_si512(); 8];
@@ -382,8 +404,8 @@ unsafe fn spread8(p: *const u8, spread: __m256i) -> __m256i {
     }
 }
 
-/// A row tile of Q4_K · a group of `N` tokens in AVX2, a half tile (eight rows, eight lanes)
-/// at a time: [`q4k`] with `madd` and an add where it has `dpwssd`. One token (decoding,
+/// A row tile of Q4_K (`FIVE` false) or Q5_K · a group of `N` tokens in AVX2, a half tile
+/// (eight rows, eight lanes) at a time: [`q4k`] with `madd` and an add where it has `dpwssd`. One token (decoding,
 /// the weights streamed from memory) takes both halves of each super-block in turn, so every
 /// cache line read is used at once; a group takes one half through every super-block, then
 /// the other (the tile's bytes are then in the L2 cache).
@@ -392,7 +414,7 @@ unsafe fn spread8(p: *const u8, spread: __m256i) -> __m256i {
 ///
 /// The CPU runs AVX2, FMA and F16C; as [`q4k`].
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4k_halves<const N: usize>(
+unsafe fn q4k_halves<const N: usize, const FIVE: bool>(
     d: *const u16,
     m: *const u16,
     q: *const u8,
@@ -408,13 +430,13 @@ unsafe fn q4k_halves<const N: usize>(
         if N == 1 {
             for i in 0..ns {
                 for (half, acc) in acc.iter_mut().enumerate() {
-                    q4k_super::<N>(d, m, q, acts, i, half, spread[half], acc);
+                    q4k_super::<N, FIVE>(d, m, q, acts, i, half, spread[half], acc);
                 }
             }
         } else {
             for (half, acc) in acc.iter_mut().enumerate() {
                 for i in 0..ns {
-                    q4k_super::<N>(d, m, q, acts, i, half, spread[half], acc);
+                    q4k_super::<N, FIVE>(d, m, q, acts, i, half, spread[half], acc);
                 }
             }
         }
@@ -424,7 +446,7 @@ unsafe fn q4k_halves<const N: usize>(
     }
 }
 
-/// Super-block `i` of half `half` of a Q4_K row tile · a group of `N` tokens, added into the
+/// Super-block `i` of half `half` of a Q4_K (Q5_K) row tile · a group of `N` tokens, added into the
 /// half's eight lanes of each token in `acc`.
 ///
 /// # Safety
@@ -433,7 +455,7 @@ unsafe fn q4k_halves<const N: usize>(
 /// [`q4k`]); `half` < 2 and `spread` is `SPREAD_HALF[half]`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn q4k_super<const N: usize>(
+unsafe fn q4k_super<const N: usize, const FIVE: bool>(
     d: *const u16,
     m: *const u16,
     q: *const u8,
@@ -443,12 +465,13 @@ unsafe fn q4k_super<const N: usize>(
     spread: __m256i,
     acc: &mut [__m256; N],
 ) {
-    let tb = tile_bytes(QKind::Q4K);
+    let kind = if FIVE { QKind::Q5K } else { QKind::Q4K };
+    let (tb, qs) = (tile_bytes(kind), q45_values(kind));
     // SAFETY: every read is within super-block `i` of the tile (`d[16i..]`, `m[16i..]`, `tb`
     // bytes at `q + i·tb`) or of the group (the caller's contract); the CPU runs AVX2, FMA
     // and F16C.
     unsafe {
-        let low4 = _mm256_set1_epi8(0xF);
+        let (low4, bit4) = (_mm256_set1_epi8(0xF), _mm256_set1_epi8(0x10));
         let t = q.add(i * tb);
         prefetch(t.wrapping_add(AHEAD * tb + 256 * half));
         let dw = _mm256_cvtph_ps(_mm_loadu_si128(d.add(i * TILE + HALF * half).cast()));
@@ -457,21 +480,38 @@ unsafe fn q4k_super<const N: usize>(
         for s in 0..8 {
             let sc = spread8(t.add(TILE * s), spread);
             let mut part = [_mm256_setzero_si256(); N];
+            let qh = if FIVE {
+                let at = Q5_HIGH + 64 * s + 32 * half;
+                prefetch(t.wrapping_add(AHEAD * tb + at));
+                _mm256_loadu_si256(t.add(at).cast())
+            } else {
+                _mm256_setzero_si256()
+            };
             for k in 0..4 {
-                let at = 256 + 256 * s + 64 * k + 32 * half;
+                let at = qs + 256 * s + 64 * k + 32 * half;
                 prefetch(t.wrapping_add(AHEAD * tb + at));
                 let packed = _mm256_loadu_si256(t.add(at).cast());
-                let lo = _mm256_and_si256(packed, low4);
-                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), low4);
+                let mut lo = _mm256_and_si256(packed, low4);
+                let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), low4);
+                if FIVE {
+                    // As the AVX-512 kernel: bits k and 4 + k of `qh` to bit 4.
+                    let up = _mm256_sll_epi16(qh, _mm_cvtsi32_si128(4 - k as i32));
+                    let down = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(k as i32));
+                    lo = _mm256_or_si256(lo, _mm256_and_si256(up, bit4));
+                    hi = _mm256_or_si256(hi, _mm256_and_si256(down, bit4));
+                }
                 for (n, p) in part.iter_mut().enumerate() {
                     let a = aq.add((N * i + n) * SUPER + 32 * s + 4 * k);
                     let x = _mm256_maddubs_epi16(lo, four8(a));
                     let y = _mm256_maddubs_epi16(hi, four8(a.add(16)));
                     *p = _mm256_add_epi16(*p, _mm256_add_epi16(x, y));
                 }
-            }
-            for (sum, p) in isum.iter_mut().zip(part) {
-                *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(p, sc));
+                if k == 3 || (FIVE && k == 1) {
+                    for (sum, p) in isum.iter_mut().zip(&mut part) {
+                        *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(*p, sc));
+                        *p = _mm256_setzero_si256();
+                    }
+                }
             }
         }
         for (n, (a, sum)) in acc.iter_mut().zip(isum).enumerate() {
