@@ -1,16 +1,16 @@
-//! The K-quant kernels on tiled rows (`crate::kernels::quant::tiles`, whose layout
-//! they read) in AVX-512 (BW, VNNI), and in AVX2 a half tile at a time: a register's sixteen
-//! 32-bit lanes are a tile's sixteen rows (AVX2: eight), each lane four consecutive values of
-//! its row. Four activations are broadcast to every
-//! lane, `maddubs` multiplies them with sixteen rows' values at once (unsigned × signed, pairs
-//! summed to i16), the i16 pairs of a sub-block are added (no overflow: at most 8·2·15·127
-//! for Q4_K, 4·2·31·127 for Q5_K, 2·2·63·127 for Q6_K) and `dpwssd` applies the sixteen rows' scales of the
-//! sub-block, pair by pair, into the rows' i32 sums. Once per super-block and token: Q4_K's
-//! and Q5_K's minimums (`dpwssd` of the rows' minimums with the token's sums of 16) and the scaling into
-//! sixteen f32 lanes, one per row, by the rows' `d` and the token's scale; Q6_K's `−32`
+//! The K-quant kernels on tiled rows (`crate::kernels::quant::tiles`, whose layout they
+//! read), one body for two register widths ([`Width`]): AVX-512 (BW, VNNI), where a
+//! register's sixteen 32-bit lanes are a tile's sixteen rows, and AVX2, eight lanes, a group of
+//! eight rows (half a tile) at a time. Each lane holds four consecutive values of its row.
+//! Four activations are broadcast to every lane, `maddubs` multiplies them with a register's
+//! rows at once (unsigned × signed, pairs summed to i16), the i16 pairs of a sub-block are
+//! added (no overflow: at most 8·2·15·127 for Q4_K, 4·2·31·127 for Q5_K, 2·2·63·127 for Q6_K)
+//! and `dpwssd` (AVX2: `madd` then an add, the same sums) applies the rows' scales of the
+//! sub-block, pair by pair, into the rows' i32 sums. Once per super-block and token: the
+//! Q4_K/Q5_K minimums (`dpwssd` of the rows' minimums with the token's sums of 16) and the
+//! scaling into f32 lanes, one per row, by the rows' `d` and the token's scale; Q6_K's `−32`
 //! joins the integer sums (`dpwssd` of −32 × its scales with the sums of 16). Nothing is
-//! summed across lanes: each row ends in its own lane. AVX2 has no `dpwssd`: `madd` then an
-//! add in its place, the same integer sums.
+//! summed across lanes: each row ends in its own lane.
 
 use std::arch::x86_64::*;
 
@@ -18,18 +18,24 @@ use super::{Acts, SUMS, SUPER};
 use crate::kernels::quant::tiles::{q45_values, tile_bytes, Q5_HIGH, Q6_PAIR, Q6_PAIRS, TILE};
 use crate::kernels::quant::{Packed, QKind};
 
-/// A shuffle of sixteen bytes (broadcast to the four 128-bit lanes) that gives 32-bit lane
-/// `i` byte `i` zero-extended in both its i16 halves: one row's scale for both of a
-/// `maddubs` pair.
-const SPREAD: [u8; 64] = {
-    let mut t = [0u8; 64];
-    let mut i = 0;
-    while i < 16 {
-        t[4 * i] = i as u8;
-        t[4 * i + 1] = 0x80;
-        t[4 * i + 2] = i as u8;
-        t[4 * i + 3] = 0x80;
-        i += 1;
+/// For row group `g` of a width's rows (`8g..` for AVX2's eight; AVX-512's one group of
+/// sixteen is group 0): a shuffle of sixteen bytes (broadcast to every 128-bit lane) that
+/// gives 32-bit lane `j` byte `8g + j` zero-extended in both its i16 halves, one row's scale
+/// for both of a `maddubs` pair. A width reads the first `4 · ROWS` bytes.
+const SPREAD: [[u8; 64]; 2] = {
+    let mut t = [[0u8; 64]; 2];
+    let mut g = 0;
+    while g < 2 {
+        let mut j = 0;
+        while j < 16 {
+            let b = (8 * g + j) as u8;
+            t[g][4 * j] = b;
+            t[g][4 * j + 1] = 0x80;
+            t[g][4 * j + 2] = b;
+            t[g][4 * j + 3] = 0x80;
+            j += 1;
+        }
+        g += 1;
     }
     t
 };
@@ -49,40 +55,6 @@ const fn dup_pairs(at: u8) -> [u8; 64] {
     t
 }
 
-/// The four bytes at `p` in every 32-bit lane.
-///
-/// # Safety
-///
-/// The CPU runs AVX-512 F; four bytes at `p` are readable.
-#[inline(always)]
-unsafe fn four(p: *const i8) -> __m512i {
-    // SAFETY: four bytes at `p`; the CPU runs AVX-512 F (the caller's contract).
-    unsafe { _mm512_set1_epi32(p.cast::<i32>().read_unaligned()) }
-}
-
-/// Sixteen bytes at `p` spread by [`SPREAD`]: byte `i` in both i16 halves of lane `i`.
-///
-/// # Safety
-///
-/// The CPU runs AVX-512 F/BW; sixteen bytes at `p` are readable; `spread` is [`SPREAD`].
-#[inline(always)]
-unsafe fn spread16(p: *const u8, spread: __m512i) -> __m512i {
-    // SAFETY: sixteen bytes at `p`; the CPU runs AVX-512 F/BW (the caller's contract).
-    unsafe { _mm512_shuffle_epi8(_mm512_broadcast_i32x4(_mm_loadu_si128(p.cast())), spread) }
-}
-
-/// Six-bit values from their low four bits (`low`'s low nibbles) and top two (`top`'s bits
-/// 4 and 5): `(low & low4) | (top & top2)`.
-///
-/// # Safety
-///
-/// The CPU runs AVX-512 F.
-#[inline(always)]
-unsafe fn six(low: __m512i, top: __m512i, low4: __m512i, top2: __m512i) -> __m512i {
-    // SAFETY: the CPU runs AVX-512 F (the caller's contract).
-    unsafe { _mm512_or_si512(_mm512_and_si512(low, low4), _mm512_and_si512(top, top2)) }
-}
-
 /// Tiles ahead whose lines the kernels ask for while they read a tile. A decoding step
 /// streams the weights from memory once, and on its own the hardware prefetcher falls behind
 /// on these tiles: on Zen 5, 8,192 × 2,048 Q4_K rows read from memory ran at 33 GB/s without
@@ -100,11 +72,169 @@ unsafe fn prefetch(p: *const u8) {
     unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
 }
 
-/// Row tiles `r0 / 16..` of `w` (a tiled K-quant) · a group of `N` tokens' activations
-/// at `acts`, into `out` (`out.len()` rows), after checking every read of the rows.
+/// A register width of the tiled kernels: its integer and f32 registers and the operations
+/// the kernels use, each one instruction (or two) of the width.
 ///
-/// With `WIDE` through the AVX-512 kernels, else through the AVX2 ones (each tile as two
-/// halves of eight rows: eight 32-bit lanes).
+/// # Safety
+///
+/// Every method is `unsafe`: the CPU runs the width's features ([`Wide`]: AVX-512 F/BW/VNNI;
+/// [`Narrow`]: AVX2; both FMA and F16C), and a method that reads memory reads the bytes its
+/// documentation names.
+trait Width {
+    /// Rows per register: its 32-bit lanes.
+    const ROWS: usize;
+    /// An integer register.
+    type I: Copy;
+    /// An f32 register.
+    type F: Copy;
+    /// All zero bits.
+    unsafe fn zero() -> Self::I;
+    /// `x` in every byte.
+    unsafe fn bytes(x: i8) -> Self::I;
+    /// `4 · ROWS` bytes at `p`.
+    unsafe fn load(p: *const u8) -> Self::I;
+    /// The four bytes at `p` in every 32-bit lane.
+    unsafe fn four(p: *const i8) -> Self::I;
+    /// Sixteen bytes at `p` (broadcast to every 128-bit lane) shuffled by `pattern`.
+    unsafe fn spread(p: *const u8, pattern: Self::I) -> Self::I;
+    /// `2 · ROWS` i8 at `p` widened to i16.
+    unsafe fn widen(p: *const u8) -> Self::I;
+    unsafe fn and(a: Self::I, b: Self::I) -> Self::I;
+    unsafe fn or(a: Self::I, b: Self::I) -> Self::I;
+    /// Each 16-bit lane shifted left by `n`.
+    unsafe fn shl(a: Self::I, n: i32) -> Self::I;
+    /// Each 16-bit lane shifted right (logically) by `n`.
+    unsafe fn shr(a: Self::I, n: i32) -> Self::I;
+    /// Bytes shuffled within 128-bit lanes.
+    unsafe fn shuffle(a: Self::I, pattern: Self::I) -> Self::I;
+    unsafe fn add16(a: Self::I, b: Self::I) -> Self::I;
+    unsafe fn sub16(a: Self::I, b: Self::I) -> Self::I;
+    /// Unsigned bytes `w` × signed bytes `a`, adjacent products summed to i16.
+    unsafe fn maddubs(w: Self::I, a: Self::I) -> Self::I;
+    /// `acc + Σ pairs of i16 (p · sc)` into i32 lanes.
+    unsafe fn dot(acc: Self::I, p: Self::I, sc: Self::I) -> Self::I;
+    /// `ROWS` f16 at `p` as f32.
+    unsafe fn halves(p: *const u16) -> Self::F;
+    unsafe fn splat(x: f32) -> Self::F;
+    unsafe fn mul(a: Self::F, b: Self::F) -> Self::F;
+    /// `c + a · b`.
+    unsafe fn fma(a: Self::F, b: Self::F, c: Self::F) -> Self::F;
+    /// `c − a · b`.
+    unsafe fn fnma(a: Self::F, b: Self::F, c: Self::F) -> Self::F;
+    unsafe fn float(a: Self::I) -> Self::F;
+    unsafe fn zero_f() -> Self::F;
+    /// The `ROWS` lanes of `a` to `p`.
+    unsafe fn store(a: Self::F, p: *mut f32);
+}
+
+/// AVX-512 F/BW/VNNI: sixteen rows a register.
+struct Wide;
+
+/// AVX2: eight rows a register.
+struct Narrow;
+
+/// One [`Width`] method: its signature and its body, the body run in an `unsafe` block under
+/// the trait's contract.
+macro_rules! width_fn {
+    ($name:ident($($arg:ident: $ty:ty),*) $body:block) => {
+        #[inline(always)]
+        unsafe fn $name($($arg: $ty),*) {
+            // SAFETY: the CPU runs this width's features and the writes are the ones the
+            // method's documentation names ([`Width`]'s contract).
+            unsafe { $body }
+        }
+    };
+    ($name:ident($($arg:ident: $ty:ty),*) -> $out:ty $body:block) => {
+        #[inline(always)]
+        unsafe fn $name($($arg: $ty),*) -> $out {
+            // SAFETY: the CPU runs this width's features and the reads are the ones the
+            // method's documentation names ([`Width`]'s contract).
+            unsafe { $body }
+        }
+    };
+}
+
+impl Width for Wide {
+    const ROWS: usize = 16;
+    type I = __m512i;
+    type F = __m512;
+    width_fn!(zero() -> __m512i { _mm512_setzero_si512() });
+    width_fn!(bytes(x: i8) -> __m512i { _mm512_set1_epi8(x) });
+    width_fn!(load(p: *const u8) -> __m512i { _mm512_loadu_si512(p.cast()) });
+    width_fn!(four(p: *const i8) -> __m512i {
+        _mm512_set1_epi32(p.cast::<i32>().read_unaligned())
+    });
+    width_fn!(spread(p: *const u8, pattern: __m512i) -> __m512i {
+        _mm512_shuffle_epi8(_mm512_broadcast_i32x4(_mm_loadu_si128(p.cast())), pattern)
+    });
+    width_fn!(widen(p: *const u8) -> __m512i {
+        _mm512_cvtepi8_epi16(_mm256_loadu_si256(p.cast()))
+    });
+    width_fn!(and(a: __m512i, b: __m512i) -> __m512i { _mm512_and_si512(a, b) });
+    width_fn!(or(a: __m512i, b: __m512i) -> __m512i { _mm512_or_si512(a, b) });
+    width_fn!(shl(a: __m512i, n: i32) -> __m512i { _mm512_sll_epi16(a, _mm_cvtsi32_si128(n)) });
+    width_fn!(shr(a: __m512i, n: i32) -> __m512i { _mm512_srl_epi16(a, _mm_cvtsi32_si128(n)) });
+    width_fn!(shuffle(a: __m512i, pattern: __m512i) -> __m512i {
+        _mm512_shuffle_epi8(a, pattern)
+    });
+    width_fn!(add16(a: __m512i, b: __m512i) -> __m512i { _mm512_add_epi16(a, b) });
+    width_fn!(sub16(a: __m512i, b: __m512i) -> __m512i { _mm512_sub_epi16(a, b) });
+    width_fn!(maddubs(w: __m512i, a: __m512i) -> __m512i { _mm512_maddubs_epi16(w, a) });
+    width_fn!(dot(acc: __m512i, p: __m512i, sc: __m512i) -> __m512i {
+        _mm512_dpwssd_epi32(acc, p, sc)
+    });
+    width_fn!(halves(p: *const u16) -> __m512 { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) });
+    width_fn!(splat(x: f32) -> __m512 { _mm512_set1_ps(x) });
+    width_fn!(mul(a: __m512, b: __m512) -> __m512 { _mm512_mul_ps(a, b) });
+    width_fn!(fma(a: __m512, b: __m512, c: __m512) -> __m512 { _mm512_fmadd_ps(a, b, c) });
+    width_fn!(fnma(a: __m512, b: __m512, c: __m512) -> __m512 { _mm512_fnmadd_ps(a, b, c) });
+    width_fn!(float(a: __m512i) -> __m512 { _mm512_cvtepi32_ps(a) });
+    width_fn!(zero_f() -> __m512 { _mm512_setzero_ps() });
+    width_fn!(store(a: __m512, p: *mut f32) { _mm512_storeu_ps(p, a) });
+}
+
+impl Width for Narrow {
+    const ROWS: usize = 8;
+    type I = __m256i;
+    type F = __m256;
+    width_fn!(zero() -> __m256i { _mm256_setzero_si256() });
+    width_fn!(bytes(x: i8) -> __m256i { _mm256_set1_epi8(x) });
+    width_fn!(load(p: *const u8) -> __m256i { _mm256_loadu_si256(p.cast()) });
+    width_fn!(four(p: *const i8) -> __m256i {
+        _mm256_set1_epi32(p.cast::<i32>().read_unaligned())
+    });
+    width_fn!(spread(p: *const u8, pattern: __m256i) -> __m256i {
+        _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128(p.cast())), pattern)
+    });
+    width_fn!(widen(p: *const u8) -> __m256i {
+        _mm256_cvtepi8_epi16(_mm_loadu_si128(p.cast()))
+    });
+    width_fn!(and(a: __m256i, b: __m256i) -> __m256i { _mm256_and_si256(a, b) });
+    width_fn!(or(a: __m256i, b: __m256i) -> __m256i { _mm256_or_si256(a, b) });
+    width_fn!(shl(a: __m256i, n: i32) -> __m256i { _mm256_sll_epi16(a, _mm_cvtsi32_si128(n)) });
+    width_fn!(shr(a: __m256i, n: i32) -> __m256i { _mm256_srl_epi16(a, _mm_cvtsi32_si128(n)) });
+    width_fn!(shuffle(a: __m256i, pattern: __m256i) -> __m256i {
+        _mm256_shuffle_epi8(a, pattern)
+    });
+    width_fn!(add16(a: __m256i, b: __m256i) -> __m256i { _mm256_add_epi16(a, b) });
+    width_fn!(sub16(a: __m256i, b: __m256i) -> __m256i { _mm256_sub_epi16(a, b) });
+    width_fn!(maddubs(w: __m256i, a: __m256i) -> __m256i { _mm256_maddubs_epi16(w, a) });
+    width_fn!(dot(acc: __m256i, p: __m256i, sc: __m256i) -> __m256i {
+        _mm256_add_epi32(acc, _mm256_madd_epi16(p, sc))
+    });
+    width_fn!(halves(p: *const u16) -> __m256 { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) });
+    width_fn!(splat(x: f32) -> __m256 { _mm256_set1_ps(x) });
+    width_fn!(mul(a: __m256, b: __m256) -> __m256 { _mm256_mul_ps(a, b) });
+    width_fn!(fma(a: __m256, b: __m256, c: __m256) -> __m256 { _mm256_fmadd_ps(a, b, c) });
+    width_fn!(fnma(a: __m256, b: __m256, c: __m256) -> __m256 { _mm256_fnmadd_ps(a, b, c) });
+    width_fn!(float(a: __m256i) -> __m256 { _mm256_cvtepi32_ps(a) });
+    width_fn!(zero_f() -> __m256 { _mm256_setzero_ps() });
+    width_fn!(store(a: __m256, p: *mut f32) { _mm256_storeu_ps(p, a) });
+}
+
+/// Row tiles `r0 / 16..` of `w` (a tiled K-quant) · a group of `N` tokens' activations
+/// at `acts`, into `out` (`out.len()` rows), after checking every read of the rows; with
+/// `WIDE` through the AVX-512 kernels, else through the AVX2 ones.
 ///
 /// # Safety
 ///
@@ -134,531 +264,300 @@ pub(super) unsafe fn rows<const N: usize, const WIDE: bool>(
     );
     for (t, o) in out.chunks_exact_mut(TILE).enumerate() {
         // SAFETY: tile row `t` of the ones checked above: `ns` tiles from `t·ns` (their `d`,
-        // Q4_K's `dmin`, `tb` bytes each); the CPU and `acts` as the caller's contract. Q6_K
-        // has no `dmin`: `m` (an empty slice's pointer) is only offset, never read.
+        // Q4_K's and Q5_K's `dmin`, `tb` bytes each); the CPU and `acts` as the caller's
+        // contract. Q6_K has no `dmin`: `m` (an empty slice's pointer) is only offset, never
+        // read.
         unsafe {
-            let (d, m, q) = (
-                d.add(t * ns * TILE),
-                m.wrapping_add(t * ns * TILE),
-                q.add(t * ns * tb),
-            );
+            let tile = Tile {
+                d: d.add(t * ns * TILE),
+                m: m.wrapping_add(t * ns * TILE),
+                q: q.add(t * ns * tb),
+                ns,
+            };
             match (kind, WIDE) {
-                (QKind::Q4K, true) => q4k::<N, false>(d, m, q, acts, ns, o),
-                (QKind::Q5K, true) => q4k::<N, true>(d, m, q, acts, ns, o),
-                (_, true) => q6k::<N>(d, q, acts, ns, o),
-                (QKind::Q4K, false) => q4k_halves::<N, false>(d, m, q, acts, ns, o),
-                (QKind::Q5K, false) => q4k_halves::<N, true>(d, m, q, acts, ns, o),
-                (_, false) => q6k_halves::<N>(d, q, acts, ns, o),
+                (QKind::Q4K, true) => wide::<N, 4>(tile, acts, o),
+                (QKind::Q5K, true) => wide::<N, 5>(tile, acts, o),
+                (_, true) => wide::<N, 6>(tile, acts, o),
+                (QKind::Q4K, false) => narrow::<N, 4>(tile, acts, o),
+                (QKind::Q5K, false) => narrow::<N, 5>(tile, acts, o),
+                (_, false) => narrow::<N, 6>(tile, acts, o),
             }
         }
     }
 }
 
-/// Rows per half tile: the AVX2 kernels' eight 32-bit lanes.
-const HALF: usize = TILE / 2;
-
-/// [`SPREAD`] for AVX2 and half `h` of a tile: in each 128-bit lane `l`, 32-bit lane `i` gets
-/// byte `8h + 4l + i` (of sixteen broadcast to both) in both its i16 halves.
-const SPREAD_HALF: [[u8; 32]; 2] = {
-    let mut t = [[0u8; 32]; 2];
-    let mut h = 0;
-    while h < 2 {
-        let mut i = 0;
-        while i < 8 {
-            let b = (8 * h + i) as u8;
-            t[h][4 * i] = b;
-            t[h][4 * i + 1] = 0x80;
-            t[h][4 * i + 2] = b;
-            t[h][4 * i + 3] = 0x80;
-            i += 1;
-        }
-        h += 1;
-    }
-    t
-};
-
-/// The sixteen rows' f32 lanes of each token into `out` (rows × tokens).
-///
-/// # Safety
-///
-/// The CPU runs AVX-512 F; `out` has [`TILE`] rows.
-#[inline(always)]
-unsafe fn store<const N: usize>(acc: &[__m512; N], out: &mut [[f32; N]]) {
-    let mut lanes = [0f32; TILE];
-    for (n, a) in acc.iter().enumerate() {
-        // SAFETY: sixteen f32 at `lanes`; the CPU runs AVX-512 F (the caller's contract).
-        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *a) };
-        for (o, l) in out.iter_mut().zip(lanes) {
-            o[n] = l;
-        }
-    }
-}
-
-/// One row tile of Q4_K (`FIVE` false) or Q5_K · a group of `N` tokens.
-///
-/// # Safety
-///
-/// The CPU runs AVX-512 F/BW/VNNI, AVX2, FMA and F16C; `d` and `m` point to `ns · 16` f16
-/// values, `q` to `ns` tiles, `acts` to `ns` super-blocks of `N` tokens; `out` has 16 rows.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-unsafe fn q4k<const N: usize, const FIVE: bool>(
+/// One row tile's `ns` super-blocks: their sixteen `d` each, `dmin` (Q4_K, Q5_K) and bytes.
+#[derive(Clone, Copy)]
+struct Tile {
     d: *const u16,
     m: *const u16,
     q: *const u8,
-    (aq, ad, asum): Acts,
     ns: usize,
-    out: &mut [[f32; N]],
-) {
-    let kind = if FIVE { QKind::Q5K } else { QKind::Q4K };
-    let (tb, qs) = (tile_bytes(kind), q45_values(kind));
-    let (low4, bit4) = (_mm512_set1_epi8(0xF), _mm512_set1_epi8(0x10));
-    let mut acc = [_mm512_setzero_ps(); N];
-    // SAFETY: every read below is within super-block `i` of the tile (`d[16i..]`,
-    // `m[16i..]`, `tb` bytes at `q + i·tb`) or of the group (`N` tokens' values, scales, sums
-    // from `N·i`), which exist (the caller's contract); the CPU runs AVX-512 F/BW/VNNI and
-    // F16C.
-    unsafe {
-        let spread = _mm512_loadu_si512(SPREAD.as_ptr().cast());
-        for i in 0..ns {
-            let t = q.add(i * tb);
-            for line in 0..4 {
-                prefetch(t.wrapping_add(AHEAD * tb + 64 * line));
-            }
-            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(d.add(i * TILE).cast()));
-            let dm = _mm512_cvtph_ps(_mm256_loadu_si256(m.add(i * TILE).cast()));
-            let mut isum = [_mm512_setzero_si512(); N];
-            for s in 0..8 {
-                let sc = spread16(t.add(TILE * s), spread);
-                let mut part = [_mm512_setzero_si512(); N];
-                let qh = if FIVE {
-                    prefetch(t.wrapping_add(AHEAD * tb + Q5_HIGH + 64 * s));
-                    _mm512_loadu_si512(t.add(Q5_HIGH + 64 * s).cast())
-                } else {
-                    _mm512_setzero_si512()
-                };
-                for k in 0..4 {
-                    let at = qs + 256 * s + 64 * k;
-                    let packed = _mm512_loadu_si512(t.add(at).cast());
-                    prefetch(t.wrapping_add(AHEAD * tb + at));
-                    let mut lo = _mm512_and_si512(packed, low4);
-                    let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(packed), low4);
-                    if FIVE {
-                        // Bits k and 4 + k of `qh` moved to bit 4 (16-bit shifts: what
-                        // crosses into the other byte is masked off).
-                        let up = _mm512_sll_epi16(qh, _mm_cvtsi32_si128(4 - k as i32));
-                        let down = _mm512_srl_epi16(qh, _mm_cvtsi32_si128(k as i32));
-                        lo = _mm512_or_si512(lo, _mm512_and_si512(up, bit4));
-                        hi = _mm512_or_si512(hi, _mm512_and_si512(down, bit4));
-                    }
-                    for (n, p) in part.iter_mut().enumerate() {
-                        let a = aq.add((N * i + n) * SUPER + 32 * s + 4 * k);
-                        let x = _mm512_maddubs_epi16(lo, four(a));
-                        let y = _mm512_maddubs_epi16(hi, four(a.add(16)));
-                        *p = _mm512_add_epi16(*p, _mm512_add_epi16(x, y));
-                    }
-                    // Q5_K's values reach 31: its i16 sums take two steps of k, not four.
-                    if k == 3 || (FIVE && k == 1) {
-                        for (sum, p) in isum.iter_mut().zip(&mut part) {
-                            *sum = _mm512_dpwssd_epi32(*sum, *p, sc);
-                            *p = _mm512_setzero_si512();
-                        }
-                    }
-                }
-            }
-            let mut mn = [_mm512_setzero_si512(); 8];
-            for (s, mn) in mn.iter_mut().enumerate() {
-                *mn = spread16(t.add(128 + TILE * s), spread);
-            }
-            for (n, (a, sum)) in acc.iter_mut().zip(isum).enumerate() {
-                // Σ_s m_s·(the two sums of 16 of sub-block s).
-                let sums = asum.add((N * i + n) * SUMS);
-                let mut msum = _mm512_setzero_si512();
-                for (s, mn) in mn.iter().enumerate() {
-                    let pair = _mm512_set1_epi32(sums.add(2 * s).cast::<i32>().read_unaligned());
-                    msum = _mm512_dpwssd_epi32(msum, *mn, pair);
-                }
-                let da = _mm512_set1_ps(*ad.add(N * i + n));
-                *a = _mm512_fmadd_ps(_mm512_mul_ps(dw, da), _mm512_cvtepi32_ps(sum), *a);
-                *a = _mm512_fnmadd_ps(_mm512_mul_ps(dm, da), _mm512_cvtepi32_ps(msum), *a);
-            }
-        }
-        store(&acc, out);
-    }
 }
 
-/// One row tile of Q6_K · a group of `N` tokens.
+/// A row tile (`BITS`: 4 Q4_K, 5 Q5_K, 6 Q6_K) · a group of `N` tokens in AVX-512.
 ///
 /// # Safety
 ///
-/// The CPU runs AVX-512 F/BW/VNNI, AVX2, FMA and F16C; `d` points to `ns · 16` f16 values,
-/// `q` to `ns` tiles, `acts` to `ns` super-blocks of `N` tokens; `out` has 16 rows.
+/// The CPU runs AVX-512 F/BW/VNNI, AVX2, FMA and F16C; the tile's `d` (and `dmin`) hold
+/// `16 · ns` f16, its `q` `ns` tiles of the kind, `acts` `ns` super-blocks of `N` tokens; `out`
+/// has 16 rows.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-unsafe fn q6k<const N: usize>(
-    d: *const u16,
-    q: *const u8,
-    (aq, ad, asum): Acts,
-    ns: usize,
-    out: &mut [[f32; N]],
-) {
-    let tb = tile_bytes(QKind::Q6K);
-    let (low4, top2) = (_mm512_set1_epi8(0xF), _mm512_set1_epi8(0x30));
-    let mut acc = [_mm512_setzero_ps(); N];
-    // SAFETY: as [`q4k`]: every read is within super-block `i` of the tile or of the group
-    // (the caller's contract); the CPU runs AVX-512 F/BW/VNNI and F16C.
-    unsafe {
-        let first = _mm512_loadu_si512(FIRST.as_ptr().cast());
-        let second = _mm512_loadu_si512(SECOND.as_ptr().cast());
-        for i in 0..ns {
-            let t = q.add(i * tb);
-            for line in 0..4 {
-                prefetch(t.wrapping_add(AHEAD * tb + 64 * line));
-            }
-            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(d.add(i * TILE).cast()));
-            // Pair p's two scales per row, as i16: (sc[2p], sc[2p + 1]).
-            let mut scp = [_mm512_setzero_si512(); 8];
-            for (p, scp) in scp.iter_mut().enumerate() {
-                *scp = _mm512_cvtepi8_epi16(_mm256_loadu_si256(t.add(32 * p).cast()));
-            }
-            let mut isum = [_mm512_setzero_si512(); N];
-            for (p, scp) in scp.iter().enumerate() {
-                let (sa, sb) = (
-                    _mm512_shuffle_epi8(*scp, first),
-                    _mm512_shuffle_epi8(*scp, second),
-                );
-                let pair = t.add(Q6_PAIRS + Q6_PAIR * p);
-                for line in 0..Q6_PAIR / 64 {
-                    prefetch(pair.wrapping_add(AHEAD * tb + 64 * line));
-                }
-                for h in 0..2 {
-                    let hb = _mm512_loadu_si512(pair.add(256 + 64 * h).cast());
-                    let q0 = _mm512_loadu_si512(pair.add(128 * h).cast());
-                    let q1 = _mm512_loadu_si512(pair.add(128 * h + 64).cast());
-                    // 16-bit shifts: what crosses into the other byte is masked off.
-                    let a0 = six(q0, _mm512_slli_epi16::<4>(hb), low4, top2);
-                    let a1 = six(q1, _mm512_slli_epi16::<2>(hb), low4, top2);
-                    let b0 = six(_mm512_srli_epi16::<4>(q0), hb, low4, top2);
-                    let b1 = six(
-                        _mm512_srli_epi16::<4>(q1),
-                        _mm512_srli_epi16::<2>(hb),
-                        low4,
-                        top2,
-                    );
-                    for (n, sum) in isum.iter_mut().enumerate() {
-                        let a = aq.add((N * i + n) * SUPER + 32 * p + 8 * h);
-                        let x = _mm512_add_epi16(
-                            _mm512_maddubs_epi16(a0, four(a)),
-                            _mm512_maddubs_epi16(a1, four(a.add(4))),
-                        );
-                        let y = _mm512_add_epi16(
-                            _mm512_maddubs_epi16(b0, four(a.add(16))),
-                            _mm512_maddubs_epi16(b1, four(a.add(20))),
-                        );
-                        *sum = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(*sum, x, sa), y, sb);
-                    }
-                }
-            }
-            // The −32 of every value: −32·sc per pair of scales, with the sums of 16.
-            let mut off = [_mm512_setzero_si512(); 8];
-            for (off, scp) in off.iter_mut().zip(scp) {
-                *off = _mm512_sub_epi16(_mm512_setzero_si512(), _mm512_slli_epi16::<5>(scp));
-            }
-            for (n, (a, mut sum)) in acc.iter_mut().zip(isum).enumerate() {
-                let sums = asum.add((N * i + n) * SUMS);
-                for (p, off) in off.iter().enumerate() {
-                    let pair = _mm512_set1_epi32(sums.add(2 * p).cast::<i32>().read_unaligned());
-                    sum = _mm512_dpwssd_epi32(sum, *off, pair);
-                }
-                let da = _mm512_set1_ps(*ad.add(N * i + n));
-                *a = _mm512_fmadd_ps(_mm512_mul_ps(dw, da), _mm512_cvtepi32_ps(sum), *a);
-            }
-        }
-        store(&acc, out);
-    }
+unsafe fn wide<const N: usize, const BITS: u8>(tile: Tile, acts: Acts, out: &mut [[f32; N]]) {
+    // SAFETY: the caller's contract, passed on; AVX-512 is [`Wide`]'s width.
+    unsafe { groups::<Wide, N, BITS>(tile, acts, out) }
 }
 
-/// The four bytes at `p` in every 32-bit lane of 256 bits.
+/// [`wide`] in AVX2: each tile as two groups of eight rows.
 ///
 /// # Safety
 ///
-/// The CPU runs AVX; four bytes at `p` are readable.
-#[inline(always)]
-unsafe fn four8(p: *const i8) -> __m256i {
-    // SAFETY: four bytes at `p`; the CPU runs AVX (the caller's contract).
-    unsafe { _mm256_set1_epi32(p.cast::<i32>().read_unaligned()) }
-}
-
-/// Sixteen bytes at `p` spread by `spread` ([`SPREAD_HALF`]): in AVX2's eight 32-bit lanes,
-/// one half tile's bytes, each in both i16 halves of its lane.
-///
-/// # Safety
-///
-/// The CPU runs AVX2; sixteen bytes at `p` are readable.
-#[inline(always)]
-unsafe fn spread8(p: *const u8, spread: __m256i) -> __m256i {
-    // SAFETY: sixteen bytes at `p`; the CPU runs AVX2 (the caller's contract).
-    unsafe {
-        _mm256_shuffle_epi8(
-            _mm256_broadcastsi128_si256(_mm_loadu_si128(p.cast())),
-            spread,
-        )
-    }
-}
-
-/// A row tile of Q4_K (`FIVE` false) or Q5_K · a group of `N` tokens in AVX2, a half tile
-/// (eight rows, eight lanes) at a time: [`q4k`] with `madd` and an add where it has `dpwssd`. One token (decoding,
-/// the weights streamed from memory) takes both halves of each super-block in turn, so every
-/// cache line read is used at once; a group takes one half through every super-block, then
-/// the other (the tile's bytes are then in the L2 cache).
-///
-/// # Safety
-///
-/// The CPU runs AVX2, FMA and F16C; as [`q4k`].
+/// As [`wide`], but the CPU need only run AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4k_halves<const N: usize, const FIVE: bool>(
-    d: *const u16,
-    m: *const u16,
-    q: *const u8,
+unsafe fn narrow<const N: usize, const BITS: u8>(tile: Tile, acts: Acts, out: &mut [[f32; N]]) {
+    // SAFETY: the caller's contract, passed on; AVX2 is [`Narrow`]'s width.
+    unsafe { groups::<Narrow, N, BITS>(tile, acts, out) }
+}
+
+/// A row tile · a group of `N` tokens, a group of `W::ROWS` rows at a time. One token
+/// (decoding, the weights streamed from memory) takes each super-block's groups in turn, so
+/// every cache line read is used at once; a group of tokens takes one row group through every
+/// super-block, then the next (the tile's bytes are then in the L2 cache).
+///
+/// # Safety
+///
+/// As [`wide`], the CPU running `W`'s width.
+#[inline(always)]
+unsafe fn groups<W: Width, const N: usize, const BITS: u8>(
+    tile: Tile,
     acts: Acts,
-    ns: usize,
     out: &mut [[f32; N]],
 ) {
-    let mut acc = [[_mm256_setzero_ps(); N]; 2];
-    // SAFETY: the CPU runs AVX2, FMA and F16C; super-blocks `0..ns` of the tile and of the
-    // group exist (the caller's contract).
+    // SAFETY: the CPU runs `W`'s width; every super-block and row group exists (the
+    // caller's contract).
     unsafe {
-        let spread = [0, 1].map(|h| _mm256_loadu_si256(SPREAD_HALF[h].as_ptr().cast()));
+        let mut acc = [[W::zero_f(); N]; 2];
+        let spread = [W::load(SPREAD[0].as_ptr()), W::load(SPREAD[1].as_ptr())];
+        let rgroups = TILE / W::ROWS;
         if N == 1 {
-            for i in 0..ns {
-                for (half, acc) in acc.iter_mut().enumerate() {
-                    q4k_super::<N, FIVE>(d, m, q, acts, i, half, spread[half], acc);
+            for i in 0..tile.ns {
+                for (g, acc) in acc.iter_mut().enumerate().take(rgroups) {
+                    super_block::<W, N, BITS>(tile, acts, i, g, spread[g], acc);
                 }
             }
         } else {
-            for (half, acc) in acc.iter_mut().enumerate() {
-                for i in 0..ns {
-                    q4k_super::<N, FIVE>(d, m, q, acts, i, half, spread[half], acc);
+            for (g, acc) in acc.iter_mut().enumerate().take(rgroups) {
+                for i in 0..tile.ns {
+                    super_block::<W, N, BITS>(tile, acts, i, g, spread[g], acc);
                 }
             }
         }
-        let (lo, hi) = out.split_at_mut(HALF);
-        store_half(&acc[0], lo);
-        store_half(&acc[1], hi);
+        for (g, acc) in acc.iter().enumerate().take(rgroups) {
+            let mut lanes = [0f32; TILE];
+            for (n, a) in acc.iter().enumerate() {
+                W::store(*a, lanes.as_mut_ptr());
+                for (o, l) in out[g * W::ROWS..(g + 1) * W::ROWS].iter_mut().zip(lanes) {
+                    o[n] = l;
+                }
+            }
+        }
     }
 }
 
-/// Super-block `i` of half `half` of a Q4_K (Q5_K) row tile · a group of `N` tokens, added into the
-/// half's eight lanes of each token in `acc`.
+/// Super-block `i` of row group `g` of a row tile of `BITS` ([`wide`]'s) · a group of `N`
+/// tokens: [`q45`] or [`q6`].
 ///
 /// # Safety
 ///
-/// The CPU runs AVX2, FMA and F16C; super-block `i` of the tile and of the group exist (as
-/// [`q4k`]); `half` < 2 and `spread` is `SPREAD_HALF[half]`.
+/// As [`q45`].
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn q4k_super<const N: usize, const FIVE: bool>(
-    d: *const u16,
-    m: *const u16,
-    q: *const u8,
+unsafe fn super_block<W: Width, const N: usize, const BITS: u8>(
+    tile: Tile,
+    acts: Acts,
+    i: usize,
+    g: usize,
+    spread: W::I,
+    acc: &mut [W::F; N],
+) {
+    // SAFETY: the caller's contract, passed on.
+    unsafe {
+        if BITS == 6 {
+            q6::<W, N>(tile, acts, i, g, acc)
+        } else {
+            q45::<W, N, BITS>(tile, acts, i, g, spread, acc)
+        }
+    }
+}
+
+/// Super-block `i` of row group `g` of a Q4_K (`BITS` 4) or Q5_K row tile · a group of `N`
+/// tokens, added into the group's lanes of each token in `acc`.
+///
+/// # Safety
+///
+/// The CPU runs `W`'s width; super-block `i` of the tile and of the group exist (as [`wide`]);
+/// `g` < 16 / `W::ROWS`, `spread` is `SPREAD[g]`'s first `4 · W::ROWS` bytes.
+#[inline(always)]
+unsafe fn q45<W: Width, const N: usize, const BITS: u8>(
+    tile: Tile,
     (aq, ad, asum): Acts,
     i: usize,
-    half: usize,
-    spread: __m256i,
-    acc: &mut [__m256; N],
+    g: usize,
+    spread: W::I,
+    acc: &mut [W::F; N],
 ) {
-    let kind = if FIVE { QKind::Q5K } else { QKind::Q4K };
-    let (tb, qs) = (tile_bytes(kind), q45_values(kind));
+    let five = BITS == 5;
+    let kind = if five { QKind::Q5K } else { QKind::Q4K };
+    let (tb, qs, lane) = (tile_bytes(kind), q45_values(kind), 4 * W::ROWS * g);
     // SAFETY: every read is within super-block `i` of the tile (`d[16i..]`, `m[16i..]`, `tb`
-    // bytes at `q + i·tb`) or of the group (the caller's contract); the CPU runs AVX2, FMA
-    // and F16C.
+    // bytes at `q + i·tb`) or of the group (`N` tokens' values, scales, sums from `N·i`),
+    // which exist (the caller's contract); the CPU runs `W`'s width.
     unsafe {
-        let (low4, bit4) = (_mm256_set1_epi8(0xF), _mm256_set1_epi8(0x10));
-        let t = q.add(i * tb);
-        prefetch(t.wrapping_add(AHEAD * tb + 256 * half));
-        let dw = _mm256_cvtph_ps(_mm_loadu_si128(d.add(i * TILE + HALF * half).cast()));
-        let dm = _mm256_cvtph_ps(_mm_loadu_si128(m.add(i * TILE + HALF * half).cast()));
-        let mut isum = [_mm256_setzero_si256(); N];
+        let (low4, bit4) = (W::bytes(0xF), W::bytes(0x10));
+        let t = tile.q.add(i * tb);
+        if g == 0 {
+            // The scales and minimums (the rest as they are read).
+            for line in 0..4 {
+                prefetch(t.wrapping_add(AHEAD * tb + 64 * line));
+            }
+        }
+        let rows = i * TILE + W::ROWS * g;
+        let (dw, dm) = (W::halves(tile.d.add(rows)), W::halves(tile.m.add(rows)));
+        let mut isum = [W::zero(); N];
         for s in 0..8 {
-            let sc = spread8(t.add(TILE * s), spread);
-            let mut part = [_mm256_setzero_si256(); N];
-            let qh = if FIVE {
-                let at = Q5_HIGH + 64 * s + 32 * half;
+            let sc = W::spread(t.add(TILE * s), spread);
+            let mut part = [W::zero(); N];
+            let qh = if five {
+                let at = Q5_HIGH + 64 * s + lane;
                 prefetch(t.wrapping_add(AHEAD * tb + at));
-                _mm256_loadu_si256(t.add(at).cast())
+                W::load(t.add(at))
             } else {
-                _mm256_setzero_si256()
+                W::zero()
             };
             for k in 0..4 {
-                let at = qs + 256 * s + 64 * k + 32 * half;
+                let at = qs + 256 * s + 64 * k + lane;
                 prefetch(t.wrapping_add(AHEAD * tb + at));
-                let packed = _mm256_loadu_si256(t.add(at).cast());
-                let mut lo = _mm256_and_si256(packed, low4);
-                let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), low4);
-                if FIVE {
-                    // As the AVX-512 kernel: bits k and 4 + k of `qh` to bit 4.
-                    let up = _mm256_sll_epi16(qh, _mm_cvtsi32_si128(4 - k as i32));
-                    let down = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(k as i32));
-                    lo = _mm256_or_si256(lo, _mm256_and_si256(up, bit4));
-                    hi = _mm256_or_si256(hi, _mm256_and_si256(down, bit4));
+                let packed = W::load(t.add(at));
+                let mut lo = W::and(packed, low4);
+                let mut hi = W::and(W::shr(packed, 4), low4);
+                if five {
+                    // Bits k and 4 + k of `qh` moved to bit 4 (16-bit shifts: what crosses
+                    // into the other byte is masked off).
+                    lo = W::or(lo, W::and(W::shl(qh, 4 - k as i32), bit4));
+                    hi = W::or(hi, W::and(W::shr(qh, k as i32), bit4));
                 }
                 for (n, p) in part.iter_mut().enumerate() {
                     let a = aq.add((N * i + n) * SUPER + 32 * s + 4 * k);
-                    let x = _mm256_maddubs_epi16(lo, four8(a));
-                    let y = _mm256_maddubs_epi16(hi, four8(a.add(16)));
-                    *p = _mm256_add_epi16(*p, _mm256_add_epi16(x, y));
+                    let x = W::maddubs(lo, W::four(a));
+                    let y = W::maddubs(hi, W::four(a.add(16)));
+                    *p = W::add16(*p, W::add16(x, y));
                 }
-                if k == 3 || (FIVE && k == 1) {
+                // Q5_K's values reach 31: its i16 sums take two steps of k, not four.
+                if k == 3 || (five && k == 1) {
                     for (sum, p) in isum.iter_mut().zip(&mut part) {
-                        *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(*p, sc));
-                        *p = _mm256_setzero_si256();
+                        *sum = W::dot(*sum, *p, sc);
+                        *p = W::zero();
                     }
                 }
             }
         }
+        let mut mn = [W::zero(); 8];
+        for (s, mn) in mn.iter_mut().enumerate() {
+            *mn = W::spread(t.add(128 + TILE * s), spread);
+        }
         for (n, (a, sum)) in acc.iter_mut().zip(isum).enumerate() {
+            // Σ_s m_s·(the two sums of 16 of sub-block s).
             let sums = asum.add((N * i + n) * SUMS);
-            let mut msum = _mm256_setzero_si256();
-            for s in 0..8 {
-                let pair = _mm256_set1_epi32(sums.add(2 * s).cast::<i32>().read_unaligned());
-                let mn = spread8(t.add(128 + TILE * s), spread);
-                msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mn, pair));
+            let mut msum = W::zero();
+            for (s, mn) in mn.iter().enumerate() {
+                msum = W::dot(msum, *mn, W::four(sums.add(2 * s).cast()));
             }
-            let da = _mm256_set1_ps(*ad.add(N * i + n));
-            *a = _mm256_fmadd_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(sum), *a);
-            *a = _mm256_fnmadd_ps(_mm256_mul_ps(dm, da), _mm256_cvtepi32_ps(msum), *a);
+            let da = W::splat(*ad.add(N * i + n));
+            *a = W::fma(W::mul(dw, da), W::float(sum), *a);
+            *a = W::fnma(W::mul(dm, da), W::float(msum), *a);
         }
     }
 }
 
-/// A row tile of Q6_K · a group of `N` tokens in AVX2, a half tile at a time, the halves in
-/// the order of [`q4k_halves`]: [`q6k`] in eight lanes.
+/// Super-block `i` of row group `g` of a Q6_K row tile · a group of `N` tokens, added into
+/// the group's lanes of each token in `acc`.
 ///
 /// # Safety
 ///
-/// The CPU runs AVX2, FMA and F16C; as [`q6k`].
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q6k_halves<const N: usize>(
-    d: *const u16,
-    q: *const u8,
-    acts: Acts,
-    ns: usize,
-    out: &mut [[f32; N]],
-) {
-    let mut acc = [[_mm256_setzero_ps(); N]; 2];
-    // SAFETY: the CPU runs AVX2, FMA and F16C; super-blocks `0..ns` of the tile and of the
-    // group exist (the caller's contract).
-    unsafe {
-        if N == 1 {
-            for i in 0..ns {
-                for (half, acc) in acc.iter_mut().enumerate() {
-                    q6k_super::<N>(d, q, acts, i, half, acc);
-                }
-            }
-        } else {
-            for (half, acc) in acc.iter_mut().enumerate() {
-                for i in 0..ns {
-                    q6k_super::<N>(d, q, acts, i, half, acc);
-                }
-            }
-        }
-        let (lo, hi) = out.split_at_mut(HALF);
-        store_half(&acc[0], lo);
-        store_half(&acc[1], hi);
-    }
-}
-
-/// Super-block `i` of half `half` of a Q6_K row tile · a group of `N` tokens, added into the
-/// half's eight lanes of each token in `acc`.
-///
-/// # Safety
-///
-/// The CPU runs AVX2, FMA and F16C; super-block `i` of the tile and of the group exist (as
-/// [`q6k`]); `half` < 2.
+/// As [`q45`].
 #[inline(always)]
-unsafe fn q6k_super<const N: usize>(
-    d: *const u16,
-    q: *const u8,
+unsafe fn q6<W: Width, const N: usize>(
+    tile: Tile,
     (aq, ad, asum): Acts,
     i: usize,
-    half: usize,
-    acc: &mut [__m256; N],
+    g: usize,
+    acc: &mut [W::F; N],
 ) {
-    let tb = tile_bytes(QKind::Q6K);
-    // SAFETY: as [`q4k_super`]: every read is within super-block `i` of the tile or of the
-    // group (the caller's contract); the CPU runs AVX2, FMA and F16C.
+    let (tb, lane) = (tile_bytes(QKind::Q6K), 4 * W::ROWS * g);
+    // SAFETY: as [`q45`]: every read is within super-block `i` of the tile or of the group
+    // (the caller's contract); the CPU runs `W`'s width.
     unsafe {
-        let (low4, top2) = (_mm256_set1_epi8(0xF), _mm256_set1_epi8(0x30));
-        let first = _mm256_loadu_si256(FIRST.as_ptr().cast());
-        let second = _mm256_loadu_si256(SECOND.as_ptr().cast());
-        let six8 = |low: __m256i, top: __m256i| {
-            _mm256_or_si256(_mm256_and_si256(low, low4), _mm256_and_si256(top, top2))
-        };
-        let t = q.add(i * tb);
-        prefetch(t.wrapping_add(AHEAD * tb + 128 * half));
-        let dw = _mm256_cvtph_ps(_mm_loadu_si128(d.add(i * TILE + HALF * half).cast()));
-        // This half's rows' two scales of pair p, as i16: (sc[2p], sc[2p + 1]).
-        let scp =
-            |p: usize| _mm256_cvtepi8_epi16(_mm_loadu_si128(t.add(32 * p + 16 * half).cast()));
-        let mut isum = [_mm256_setzero_si256(); N];
-        for p in 0..8 {
-            let (sa, sb) = (
-                _mm256_shuffle_epi8(scp(p), first),
-                _mm256_shuffle_epi8(scp(p), second),
-            );
-            let pair = t.add(Q6_PAIRS + Q6_PAIR * p);
-            for line in 0..Q6_PAIR / 128 {
-                prefetch(pair.wrapping_add(AHEAD * tb + 64 * (2 * line + half)));
+        let (low4, top2) = (W::bytes(0xF), W::bytes(0x30));
+        let (first, second) = (W::load(FIRST.as_ptr()), W::load(SECOND.as_ptr()));
+        // Six-bit values: the low four bits from `low`'s low nibbles, the top two from
+        // `top`'s bits 4 and 5.
+        let six = |low: W::I, top: W::I| W::or(W::and(low, low4), W::and(top, top2));
+        let t = tile.q.add(i * tb);
+        if g == 0 {
+            // The scales, then each pair's lines as it is read.
+            for line in 0..4 {
+                prefetch(t.wrapping_add(AHEAD * tb + 64 * line));
             }
-            for hh in 0..2 {
-                let hb = _mm256_loadu_si256(pair.add(256 + 64 * hh + 32 * half).cast());
-                let q0 = _mm256_loadu_si256(pair.add(128 * hh + 32 * half).cast());
-                let q1 = _mm256_loadu_si256(pair.add(128 * hh + 64 + 32 * half).cast());
-                // 16-bit shifts: what crosses into the other byte is masked off.
-                let a0 = six8(q0, _mm256_slli_epi16::<4>(hb));
-                let a1 = six8(q1, _mm256_slli_epi16::<2>(hb));
-                let b0 = six8(_mm256_srli_epi16::<4>(q0), hb);
-                let b1 = six8(_mm256_srli_epi16::<4>(q1), _mm256_srli_epi16::<2>(hb));
-                for (n, sum) in isum.iter_mut().enumerate() {
-                    let a = aq.add((N * i + n) * SUPER + 32 * p + 8 * hh);
-                    let x = _mm256_add_epi16(
-                        _mm256_maddubs_epi16(a0, four8(a)),
-                        _mm256_maddubs_epi16(a1, four8(a.add(4))),
-                    );
-                    let y = _mm256_add_epi16(
-                        _mm256_maddubs_epi16(b0, four8(a.add(16))),
-                        _mm256_maddubs_epi16(b1, four8(a.add(20))),
-                    );
-                    let xy = _mm256_add_epi32(_mm256_madd_epi16(x, sa), _mm256_madd_epi16(y, sb));
-                    *sum = _mm256_add_epi32(*sum, xy);
+        }
+        let dw = W::halves(tile.d.add(i * TILE + W::ROWS * g));
+        // The group's rows' two scales of pair p, as i16: (sc[2p], sc[2p + 1]).
+        let mut scp = [W::zero(); 8];
+        for (p, scp) in scp.iter_mut().enumerate() {
+            *scp = W::widen(t.add(32 * p + 2 * W::ROWS * g));
+        }
+        let mut isum = [W::zero(); N];
+        for (p, scp) in scp.iter().enumerate() {
+            let (sa, sb) = (W::shuffle(*scp, first), W::shuffle(*scp, second));
+            let pair = t.add(Q6_PAIRS + Q6_PAIR * p);
+            if g == 0 {
+                for line in 0..Q6_PAIR / 64 {
+                    prefetch(pair.wrapping_add(AHEAD * tb + 64 * line));
                 }
             }
+            for h in 0..2 {
+                let hb = W::load(pair.add(256 + 64 * h + lane));
+                let q0 = W::load(pair.add(128 * h + lane));
+                let q1 = W::load(pair.add(128 * h + 64 + lane));
+                // 16-bit shifts: what crosses into the other byte is masked off.
+                let a0 = six(q0, W::shl(hb, 4));
+                let a1 = six(q1, W::shl(hb, 2));
+                let b0 = six(W::shr(q0, 4), hb);
+                let b1 = six(W::shr(q1, 4), W::shr(hb, 2));
+                for (n, sum) in isum.iter_mut().enumerate() {
+                    let a = aq.add((N * i + n) * SUPER + 32 * p + 8 * h);
+                    let x = W::add16(
+                        W::maddubs(a0, W::four(a)),
+                        W::maddubs(a1, W::four(a.add(4))),
+                    );
+                    let y = W::add16(
+                        W::maddubs(b0, W::four(a.add(16))),
+                        W::maddubs(b1, W::four(a.add(20))),
+                    );
+                    *sum = W::dot(W::dot(*sum, x, sa), y, sb);
+                }
+            }
+        }
+        // The −32 of every value: −32·sc per pair of scales, with the sums of 16.
+        let mut off = [W::zero(); 8];
+        for (off, scp) in off.iter_mut().zip(scp) {
+            *off = W::sub16(W::zero(), W::shl(scp, 5));
         }
         for (n, (a, mut sum)) in acc.iter_mut().zip(isum).enumerate() {
             let sums = asum.add((N * i + n) * SUMS);
-            for p in 0..8 {
-                // The −32 of every value: −32·sc with the sums of 16.
-                let off = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16::<5>(scp(p)));
-                let pair = _mm256_set1_epi32(sums.add(2 * p).cast::<i32>().read_unaligned());
-                sum = _mm256_add_epi32(sum, _mm256_madd_epi16(off, pair));
+            for (p, off) in off.iter().enumerate() {
+                sum = W::dot(sum, *off, W::four(sums.add(2 * p).cast()));
             }
-            let da = _mm256_set1_ps(*ad.add(N * i + n));
-            *a = _mm256_fmadd_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(sum), *a);
-        }
-    }
-}
-
-/// Eight rows' f32 lanes of each token into `out` (rows × tokens).
-///
-/// # Safety
-///
-/// The CPU runs AVX; `out` has eight rows.
-#[inline(always)]
-unsafe fn store_half<const N: usize>(acc: &[__m256; N], out: &mut [[f32; N]]) {
-    let mut lanes = [0f32; HALF];
-    for (n, a) in acc.iter().enumerate() {
-        // SAFETY: eight f32 at `lanes`; the CPU runs AVX (the caller's contract).
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *a) };
-        for (o, l) in out.iter_mut().zip(lanes) {
-            o[n] = l;
+            let da = W::splat(*ad.add(N * i + n));
+            *a = W::fma(W::mul(dw, da), W::float(sum), *a);
         }
     }
 }
