@@ -47,11 +47,9 @@ impl Vnni {
     }
 }
 
-/// Row `r` of `w` · the activations `a`: [`super::quant::dot_plain`] in AVX2.
-pub fn dot(cpu: Avx2, w: &Packed, r: usize, a: &QActs) -> f32 {
-    if w.kind().is_k() {
-        return kquant::dot(cpu, w, r, a);
-    }
+/// Row `r` of `w` · the activations `a`: [`super::quant::dot_plain`] in AVX2. Panics for
+/// the K-quants, whose rows go through [`dot_rows`] or the tiled kernels.
+pub fn dot(_cpu: Avx2, w: &Packed, r: usize, a: &QActs) -> f32 {
     let (d, m, q, nb) = avx2::row_parts(w, r, a);
     // SAFETY: the token proves AVX2, FMA and F16C; `row_parts` checked every read is in
     // bounds, for `w`'s kind, which picks `KIND`.
@@ -60,16 +58,14 @@ pub fn dot(cpu: Avx2, w: &Packed, r: usize, a: &QActs) -> f32 {
             QKind::Q4_0 => avx2::row::<0>(d, m, q, a, nb),
             QKind::Q4_1 => avx2::row::<1>(d, m, q, a, nb),
             QKind::Q8_0 => avx2::row::<2>(d, m, q, a, nb),
-            QKind::Q4K | QKind::Q5K | QKind::Q6K => unreachable!("dispatched above"),
+            QKind::Q4K | QKind::Q5K | QKind::Q6K => unreachable!("refused by row_parts"),
         }
     }
 }
 
-/// Row `r` of `w` · the activations `a`: [`super::quant::dot_plain`] in AVX-512 VNNI.
-pub fn dot_vnni(cpu: Vnni, w: &Packed, r: usize, a: &QActs) -> f32 {
-    if w.kind().is_k() {
-        return kquant::dot_vnni(cpu, w, r, a);
-    }
+/// Row `r` of `w` · the activations `a`: [`super::quant::dot_plain`] in AVX-512 VNNI. Panics
+/// for the K-quants, as [`dot`].
+pub fn dot_vnni(_cpu: Vnni, w: &Packed, r: usize, a: &QActs) -> f32 {
     let (d, m, q, nb) = avx2::row_parts(w, r, a);
     // SAFETY: the token proves AVX-512 F/BW/DQ/VNNI, AVX2, FMA and F16C; `row_parts` checked
     // every read is in bounds, for `w`'s kind, which picks `KIND`.
@@ -78,7 +74,7 @@ pub fn dot_vnni(cpu: Vnni, w: &Packed, r: usize, a: &QActs) -> f32 {
             QKind::Q4_0 => avx512::row::<0>(d, m, q, a, nb),
             QKind::Q4_1 => avx512::row::<1>(d, m, q, a, nb),
             QKind::Q8_0 => avx512::row::<2>(d, m, q, a, nb),
-            QKind::Q4K | QKind::Q5K | QKind::Q6K => unreachable!("dispatched above"),
+            QKind::Q4K | QKind::Q5K | QKind::Q6K => unreachable!("refused by row_parts"),
         }
     }
 }
@@ -163,8 +159,13 @@ mod avx2 {
     /// Row `r` of `w` as the raw pointers the row kernels read (scales, minimums, values)
     /// and its block count, after checking that every read they make is in bounds: `nb`
     /// blocks of values of `w`'s kind, `nb` minimums for Q4_1 (none otherwise), and `nb`
-    /// blocks of activations.
+    /// blocks of activations. Panics for a K-quant.
     pub(super) fn row_parts(w: &Packed, r: usize, a: &QActs) -> RowParts {
+        assert!(
+            !w.kind().is_k(),
+            "{:?} rows go through the K-quant kernels",
+            w.kind()
+        );
         let (d, m, qs) = w.row(r);
         let nb = d.len();
         assert!(a.q.len() >= nb * BLOCK && a.d.len() >= nb && a.ds.len() >= nb);

@@ -29,13 +29,6 @@ const SUBS: usize = SUPER / BLOCK;
 /// Sums of 16 activations per super-block.
 const SUMS: usize = SUPER / 16;
 
-/// Row `r` of `w` (a K-quant) · the activations `a`: [`dot_rows`] for one row.
-pub fn dot(cpu: Avx2, w: &Packed, r: usize, a: &QActs) -> f32 {
-    let mut out = [0f32];
-    dot_rows(cpu, w, r, a, &mut out);
-    out[0]
-}
-
 /// Rows `r0..r0 + out.len()` of `w` (a K-quant) · the activations `a`: a decoding step's
 /// share of a projection, in one call. Panics unless `w` is a K-quant, the rows exist and
 /// `a` holds `w.cols()` activations in the K-quants' form.
@@ -44,13 +37,6 @@ pub fn dot_rows(_cpu: Avx2, w: &Packed, r0: usize, a: &QActs, out: &mut [f32]) {
     // SAFETY: the token proves AVX2, FMA and F16C; `one_token` checked `a`'s reads, `rows`
     // checks the rows'.
     unsafe { rows::<1, false>(w, r0, acts, out.as_chunks_mut::<1>().0) };
-}
-
-/// [`dot`] on a CPU with AVX-512 VNNI: [`dot_rows_vnni`] for one row.
-pub fn dot_vnni(cpu: Vnni, w: &Packed, r: usize, a: &QActs) -> f32 {
-    let mut out = [0f32];
-    dot_rows_vnni(cpu, w, r, a, &mut out);
-    out[0]
 }
 
 /// [`dot_rows`] on a CPU with AVX-512 VNNI (which runs AVX2, FMA and F16C: the [`Vnni`]
