@@ -26,10 +26,12 @@ pub enum WeightFormat {
     #[default]
     Auto,
     /// The file's quantization (else Q8_0) for decoding plus a dense f32 copy for long
-    /// prompts: faster prompts for five times the memory.
+    /// prompts: faster prompts for five times the memory. Not for the types whose prompts
+    /// the CPU keeps in integers (`kernels::prompts_in_integers`), which are faster: those
+    /// are held as `Native`.
     Hybrid,
-    /// The file's quantization, held once: through our kernels (Q4_0, Q4_1, Q8_0) for single
-    /// tokens and prompts alike, through candle's for other types.
+    /// The file's quantization, held once: through our kernels (Q4_0, Q4_1, Q8_0 and the
+    /// K-quants) for single tokens and prompts alike, through candle's for other types.
     Native,
     /// Dequantize everything to f32 at load.
     F32,
@@ -453,6 +455,12 @@ impl Loader<'_> {
             WeightFormat::Native => Linear::new(QMatMul::QTensor(q), None, b),
             WeightFormat::Q8_0 | WeightFormat::Auto => Linear::new(to_q8(q, self.device)?, None, b),
             WeightFormat::Hybrid => {
+                // No f32 copy where the integer prompt kernels beat it (`native`).
+                if let Some(kind) = linear::kind_of(q.dtype()) {
+                    if self.device.is_cpu() && crate::kernels::prompts_in_integers(kind) {
+                        return Linear::new(QMatMul::QTensor(q), None, b);
+                    }
+                }
                 let dense = q.dequantize(self.device)?;
                 // The kernels read some types as they are in the file.
                 match linear::kind_of(q.dtype()) {

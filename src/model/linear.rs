@@ -2,7 +2,9 @@
 //! type [`crate::kernels`] reads (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K) is held once, repacked from the file's blocks, and runs both
 //! single rows (`matvec`) and prompts (`matmat`, 8-bit activations against the blocks, as
 //! llama.cpp does); other types, and every weight on a GPU, stay in candle's form.
-//! `--weights hybrid` adds a dense f32 copy for prompts, trading memory for prompt speed.
+//! `--weights hybrid` adds a dense f32 copy for prompts, trading memory for prompt speed,
+//! where it buys speed: not for the types whose prompts this CPU keeps in integers
+//! ([`kernels::prompts_in_integers`]: the K-quants, and the others on AVX-512 VNNI).
 //!
 //! A projection can be several weights stacked along the output (q, k and v of a Q4_K_M
 //! file, whose v is Q6_K where q and k are Q4_K): each part keeps its own type and kernel.
@@ -257,6 +259,10 @@ impl Linear {
                 None => Self::new(QMatMul::Tensor(w), None, b),
             },
             WeightFormat::Hybrid => match q8(&w)? {
+                // No f32 copy where the integer prompt kernels beat it.
+                Some(q) if w.device().is_cpu() && kernels::prompts_in_integers(QKind::Q8_0) => {
+                    Self::new(QMatMul::QTensor(Arc::new(q)), None, b)
+                }
                 Some(q) => Self::packed_and_dense(&q, w, b),
                 None => Self::new(QMatMul::Tensor(w), None, b),
             },
@@ -370,4 +376,38 @@ pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> 
         .contiguous_offsets()
         .ok_or_else(|| Error::arg("forward", "the tensor is not contiguous"))?;
     Ok(f(&all[start..end]))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// `hybrid` keeps an f32 copy for prompts only where it is faster than the integer
+    /// kernels: with them (Q8_0 prompts on AVX-512 VNNI) it holds what `q8_0` holds, without
+    /// them the copy besides; either way it computes what `q8_0` does, within rounding.
+    #[test]
+    fn hybrid_keeps_an_f32_copy_only_where_it_is_faster() {
+        let w = Tensor::rand(-1f32, 1f32, (64, 256), &Device::Cpu).unwrap();
+        let x = Tensor::rand(-1f32, 1f32, (DENSE_MIN_ROWS + 3, 256), &Device::Cpu).unwrap();
+        let hybrid = Linear::from_dense(w.clone(), None, WeightFormat::Hybrid).unwrap();
+        let q8 = Linear::from_dense(w.clone(), None, WeightFormat::Q8_0).unwrap();
+        let dense = 64 * 256 * 4;
+        if kernels::prompts_in_integers(QKind::Q8_0) {
+            assert_eq!(hybrid.bytes(None), q8.bytes(None));
+        } else {
+            assert_eq!(hybrid.bytes(None), q8.bytes(None) + dense);
+        }
+        let (a, b) = (hybrid.forward(&x).unwrap(), q8.forward(&x).unwrap());
+        let diff: f32 = (a - &b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        let top: f32 = b.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        assert!(diff <= 0.02 * top, "{diff} against {top}");
+    }
 }
