@@ -48,19 +48,34 @@ impl Tmux {
             model.display().to_string(),
         ];
         cmd.extend(args.iter().map(|s| s.to_string()));
-        let status = Command::new("tmux")
-            .args(["new-session", "-d", "-s", &name, "-x", "120", "-y", "40"])
-            .arg("-e")
-            .arg(format!("MORPHKV_DATA_DIR={}", data.join("data").display()))
-            .arg("-e")
-            .arg(format!(
-                "MORPHKV_CONFIG_DIR={}",
-                data.join("config").display()
-            ))
-            .args(&cmd)
-            .status()
-            .unwrap();
-        assert!(status.success());
+        // A few tries: when the test before killed the server's last session, the server
+        // exits on its own a moment later, and a new session asked for meanwhile can reach
+        // the exiting server and fail (seen once in a CI run).
+        let mut tries = 0;
+        loop {
+            let out = Command::new("tmux")
+                .args(["new-session", "-d", "-s", &name, "-x", "120", "-y", "40"])
+                .arg("-e")
+                .arg(format!("MORPHKV_DATA_DIR={}", data.join("data").display()))
+                .arg("-e")
+                .arg(format!(
+                    "MORPHKV_CONFIG_DIR={}",
+                    data.join("config").display()
+                ))
+                .args(&cmd)
+                .output()
+                .unwrap();
+            if out.status.success() {
+                break;
+            }
+            tries += 1;
+            assert!(
+                tries < 5,
+                "tmux new-session failed {tries} times: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
         let t = Self {
             name,
             data,
