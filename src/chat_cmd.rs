@@ -166,6 +166,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
                 .parse()?,
             budget: a.budget.or(cfg.budget).or(pc.budget).unwrap_or(600),
             window: a.window.or(cfg.window).or(pc.window).unwrap_or(30),
+            recent: a.recent.or(cfg.recent),
             fusion: pc.fusion.as_deref().unwrap_or("sum").parse()?,
             positions: match a.positions.as_deref() {
                 Some(p) => p.parse()?,
@@ -195,6 +196,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
                     cfg.window.is_some(),
                     pc.window.is_some(),
                 ),
+                "recent" => (a.recent.is_some(), cfg.recent.is_some(), false),
                 _ => (true, false, false),
             };
             if flag {

@@ -216,6 +216,11 @@ pub struct CacheArgs {
     /// First tokens always kept (default: 4 for streaming, 0 otherwise).
     #[arg(long, value_parser = limited(limits::SINKS))]
     pub sinks: Option<usize>,
+    /// Per cent of the budget kept for the most recent tokens whatever their scores, 0 to 100
+    /// (default: 75 for morphkv, 50 for h2o as its paper splits the budget, 0 otherwise; the
+    /// window is kept in any case; 0 gives the papers' MorphKV).
+    #[arg(long, value_parser = limited(limits::RECENT))]
+    pub recent: Option<usize>,
     /// MorphKV: fuse the window's rows by sum or max (default: the preset's, else sum).
     #[arg(long)]
     pub fusion: Option<String>,
@@ -447,6 +452,10 @@ pub struct ChatArgs {
     /// Most recent tokens always kept (default: the config file's, else 30).
     #[arg(long, value_parser = limited(limits::WINDOW))]
     pub window: Option<usize>,
+    /// Per cent of the budget kept for the most recent tokens whatever their scores, 0 to 100
+    /// (default: the config file's, else the policy's: 75 for morphkv, 50 for h2o, 0 otherwise).
+    #[arg(long, value_parser = limited(limits::RECENT))]
+    pub recent: Option<usize>,
     /// RoPE positions: absolute or rebased (default: rebased, so a chat can outgrow the
     /// model's context).
     #[arg(long)]
@@ -524,6 +533,7 @@ impl CacheArgs {
             budget: self.budget.or(preset.budget).unwrap_or(600),
             window: self.window.or(preset.window).unwrap_or(30),
             sinks: self.sinks,
+            recent: self.recent,
             fusion: fusion.parse()?,
             group_agg: self.group_agg.parse()?,
             evict_every: self.evict_every,

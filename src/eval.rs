@@ -66,6 +66,9 @@ impl Variant {
             if cache.policy == PolicyKind::MorphKv {
                 label.push_str(&format!(" {:?}", cache.fusion).to_lowercase());
             }
+            if cache.recent() > 0 {
+                label.push_str(&format!(" r{}%", cache.recent()));
+            }
             if cache.positions == crate::cache::Positions::Rebased {
                 label.push_str(" rebased");
             }

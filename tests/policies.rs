@@ -54,7 +54,9 @@ fn check_invariants(cache: &KvCache, c: &CacheConfig, decoded: usize, what: &str
         PolicyKind::SnapKv => c.budget + decoded,
         _ => c.budget,
     };
-    let window = c.effective_window() as u32;
+    // The window, or the budget's recent share where that is more.
+    let window = c.protected() as u32;
+    assert!(window as usize >= c.effective_window());
     for (l, layer) in held(cache).iter().enumerate() {
         for (h, pos) in layer.iter().enumerate() {
             assert!(
@@ -70,7 +72,7 @@ fn check_invariants(cache: &KvCache, c: &CacheConfig, decoded: usize, what: &str
             for p in seen.saturating_sub(window)..seen {
                 assert!(
                     pos.contains(&p),
-                    "{what}: window token {p} missing (layer {l} head {h})"
+                    "{what}: protected token {p} missing (layer {l} head {h})"
                 );
             }
             for p in 0..(c.sinks() as u32).min(seen) {
@@ -125,12 +127,17 @@ fn tiny_prompt(n: usize) -> Vec<u32> {
 fn every_policy_keeps_budget_window_and_sinks_on_the_tiny_model() {
     let model = tiny();
     for p in all_policies() {
-        for evict_every in [1, 8] {
-            let c = CacheConfig {
-                evict_every,
-                ..cfg(p, 40, 8)
-            };
-            run_checked(&model, &c, &tiny_prompt(60), 80);
+        // The policy's recent share, none, most of the budget, all of it (one slot stays
+        // open to scoring).
+        for recent in [None, Some(0), Some(60), Some(100)] {
+            for evict_every in [1, 8] {
+                let c = CacheConfig {
+                    evict_every,
+                    recent,
+                    ..cfg(p, 40, 8)
+                };
+                run_checked(&model, &c, &tiny_prompt(60), 80);
+            }
         }
     }
 }
@@ -523,7 +530,9 @@ impl Sim {
 
 #[test]
 fn morphkv_evictions_equal_brute_force_in_the_cache() {
-    for evict_every in [1, 8] {
+    // The paper's method (only the window protected), and half the budget protected: the
+    // scores still come from the window's rows over everything older than the window.
+    for (evict_every, recent_pct) in [(1, 0), (8, 0), (1, 50), (8, 50)] {
         for (fusion, group_agg) in [
             (Fusion::Sum, GroupAgg::Sum),
             (Fusion::Max, GroupAgg::Max),
@@ -531,9 +540,11 @@ fn morphkv_evictions_equal_brute_force_in_the_cache() {
             (Fusion::Max, GroupAgg::Sum),
         ] {
             let (budget, window) = (24, 5);
+            let protected = window.max(budget * recent_pct / 100) as u32;
             let c = CacheConfig {
                 budget,
                 window,
+                recent: Some(recent_pct),
                 fusion,
                 group_agg,
                 evict_every,
@@ -593,7 +604,12 @@ fn morphkv_evictions_equal_brute_force_in_the_cache() {
                                 };
                             }
                         }
-                        let mut ranked = old.clone();
+                        // Candidates: older than the protected span.
+                        let mut ranked: Vec<u32> = old
+                            .iter()
+                            .copied()
+                            .filter(|&p| p < seen - protected)
+                            .collect();
                         ranked.sort_by(|a, b| score[a].total_cmp(&score[b]).then(a.cmp(b)));
                         let take = m.min(ranked.len());
                         let victims: BTreeSet<u32> = ranked[..take].iter().copied().collect();
@@ -604,7 +620,7 @@ fn morphkv_evictions_equal_brute_force_in_the_cache() {
                         } else {
                             0.0
                         };
-                        let near: BTreeSet<u32> = old
+                        let near: BTreeSet<u32> = ranked
                             .iter()
                             .copied()
                             .filter(|p| (score[p] - cut).abs() <= 4e-3 * cut.abs())
@@ -626,8 +642,8 @@ fn morphkv_evictions_equal_brute_force_in_the_cache() {
                             got.symmetric_difference(exp).copied().collect();
                         assert!(
                             got.len() == exp.len() && differ.is_subset(near),
-                            "{fusion:?}/{group_agg:?} evict_every {evict_every} head {h} at \
-                             {seen}: kept {got:?}, expected {exp:?}"
+                            "{fusion:?}/{group_agg:?} evict_every {evict_every} recent \
+                             {recent_pct}% head {h} at {seen}: kept {got:?}, expected {exp:?}"
                         );
                     }
                 } else {

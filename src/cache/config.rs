@@ -56,6 +56,10 @@ pub struct CacheConfig {
     /// First tokens always kept; `None`: the policy's default (4 for streaming, 0 for the
     /// others).
     pub sinks: Option<usize>,
+    /// Per cent of the budget kept for the most recent tokens whatever their scores (the
+    /// window is kept in any case); `None`: the policy's default (MorphKV's three quarters,
+    /// H2O's half, see [`CacheConfig::recent`]).
+    pub recent: Option<usize>,
     pub fusion: Fusion,
     pub group_agg: GroupAgg,
     /// Evict this many tokens at once when the cache is full (the paper's cheaper variant).
@@ -78,6 +82,7 @@ impl Default for CacheConfig {
             budget: 600,
             window: 30,
             sinks: None,
+            recent: None,
             fusion: Fusion::Sum,
             group_agg: GroupAgg::Sum,
             evict_every: 1,
@@ -108,6 +113,22 @@ impl CacheConfig {
         self.policy.entry().window.unwrap_or(self.window)
     }
 
+    /// Per cent of the budget kept for recent tokens, in effect: the setting, else the
+    /// policy's default.
+    pub fn recent(&self) -> usize {
+        self.recent.unwrap_or(self.policy.entry().recent)
+    }
+
+    /// Most recent tokens never evicted: the window, or the recent share of the budget where
+    /// that is more, short of the whole budget (one slot beside the sinks stays open to
+    /// scoring, so an eviction always finds a candidate).
+    pub fn protected(&self) -> usize {
+        // Both in range (validated): the product cannot overflow.
+        let share = self.budget * self.recent() / 100;
+        let room = self.budget.saturating_sub(self.sinks() + 1);
+        self.effective_window().max(share.min(room))
+    }
+
     /// Checks the settings, naming the flag of the first bad one.
     pub fn validate(&self) -> Result<()> {
         self.validate_with(&|name| format!("--{name}"))
@@ -121,6 +142,7 @@ impl CacheConfig {
             (limits::BUDGET, self.budget),
             (limits::WINDOW, self.window),
             (limits::SINKS, self.sinks.unwrap_or(0)),
+            (limits::RECENT, self.recent.unwrap_or(0)),
             (limits::EVICT_EVERY, self.evict_every),
             (limits::PREFILL_CHUNK, self.prefill_chunk),
         ];
@@ -158,5 +180,40 @@ impl CacheConfig {
     fn evicts(&self) -> bool {
         let policy = self.build_policy();
         policy.evicts(Phase::Prefill) || policy.evicts(Phase::Decode)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(policy: PolicyKind, budget: usize, recent: Option<usize>) -> CacheConfig {
+        CacheConfig {
+            policy,
+            budget,
+            recent,
+            ..CacheConfig::default()
+        }
+    }
+
+    /// The protected span is the window or the recent share, whichever is more, and always
+    /// leaves one slot beside the sinks to evict.
+    #[test]
+    fn protected_is_the_window_or_the_recent_share() {
+        // H2O's default half, MorphKV's three quarters; none.
+        assert_eq!(cfg(PolicyKind::H2o, 600, None).protected(), 300);
+        assert_eq!(cfg(PolicyKind::MorphKv, 600, None).protected(), 450);
+        assert_eq!(cfg(PolicyKind::MorphKv, 600, Some(0)).protected(), 30);
+        assert_eq!(cfg(PolicyKind::MorphKv, 600, Some(75)).protected(), 450);
+        // Rounded down; below the window the window wins.
+        assert_eq!(cfg(PolicyKind::MorphKv, 601, Some(75)).protected(), 450);
+        assert_eq!(cfg(PolicyKind::MorphKv, 100, Some(10)).protected(), 30);
+        // All of it: one slot stays a candidate (streaming's four sinks too).
+        assert_eq!(cfg(PolicyKind::MorphKv, 600, Some(100)).protected(), 599);
+        assert_eq!(cfg(PolicyKind::Streaming, 600, Some(100)).protected(), 595);
+        // TOVA's window is fixed at one token.
+        assert_eq!(cfg(PolicyKind::Tova, 600, Some(0)).protected(), 1);
+        let bad = cfg(PolicyKind::H2o, 600, Some(101)).validate().unwrap_err();
+        assert!(bad.to_string().contains("--recent"), "{bad}");
     }
 }

@@ -39,6 +39,8 @@ struct Round {
     m: usize,
     /// Positions below it are sinks (protected).
     sinks: u32,
+    /// Positions from it on are protected: the window, or the budget's recent share.
+    protected_from: u32,
     /// The window's lower edge: positions from it on are protected.
     recent_from: u32,
     /// The window's lower edge at the next scoring.
@@ -73,6 +75,7 @@ impl LayerCache {
         let Round {
             m,
             sinks,
+            protected_from,
             recent_from,
             next_from,
             ranks,
@@ -87,7 +90,7 @@ impl LayerCache {
         for h in 0..self.n_kv {
             let at = h * cap;
             for (c, &p) in candidate[at..at + n].iter_mut().zip(&self.pos[at..at + n]) {
-                *c = p >= sinks && p < recent_from;
+                *c = p >= sinks && p < protected_from;
             }
             // The policy scores straight into the slots' latest scores.
             self.score[at..at + n].fill(0.0);
@@ -188,6 +191,8 @@ impl KvCache {
         use rayon::prelude::*;
         let window = self.cfg.effective_window() as u32;
         let sinks = self.cfg.sinks() as u32;
+        // At least the window (`protected` ≥ the window): the profile's edges stay the window's.
+        let protected_from = self.next_pos.saturating_sub(self.cfg.protected() as u32);
         let recent_from = self.next_pos.saturating_sub(window);
         // The window's edge at the next scoring, if it comes one decoded token later.
         let next_from = (self.next_pos + ahead).saturating_sub(window);
@@ -195,6 +200,7 @@ impl KvCache {
         let round = Round {
             m,
             sinks,
+            protected_from,
             recent_from,
             next_from,
             ranks: self.cfg.positions == Positions::Rebased,

@@ -10,6 +10,7 @@ pub const ENTRY: Entry = Entry {
     about: "keeps every token (the reference)",
     sinks: 0,
     window: None,
+    recent: 0,
     build,
 };
 

@@ -3,7 +3,8 @@
 //!
 //! Score = attention a token has received, summed over every query since it entered the cache
 //! (and over the query heads of its KV head); the cache keeps this sum per slot, moves it with
-//! the slot and restarts it when a slot is reused. The recent window is protected.
+//! the slot and restarts it when a slot is reused. The recent half of the budget is protected, as
+//! the paper splits it (`--recent 50`; the window in any case).
 
 use super::policy::Settings;
 use super::registry::Entry;
@@ -12,9 +13,10 @@ use super::policy::{Needs, Policy, ScoreCtx};
 /// `h2o`'s registry entry.
 pub const ENTRY: Entry = Entry {
     name: "h2o",
-    about: "heavy hitters: attention accumulated since each token entered, plus a recent window",
+    about: "heavy hitters: attention accumulated since each token entered, plus the recent half of the budget",
     sinks: 0,
     window: None,
+    recent: 50,
     build,
 };
 

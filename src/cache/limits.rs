@@ -46,6 +46,12 @@ pub const WINDOW: Limit = Limit {
     min: 1,
     max: 1 << 20,
 };
+/// Per cent of the budget kept for the most recent tokens.
+pub const RECENT: Limit = Limit {
+    name: "recent",
+    min: 0,
+    max: 100,
+};
 /// First tokens always kept.
 pub const SINKS: Limit = Limit {
     name: "sinks",
@@ -95,6 +101,13 @@ pub fn deserialize_window<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<usize>, D::Error> {
     bounded(d, WINDOW)
+}
+
+/// [`RECENT`] for serde.
+pub fn deserialize_recent<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<usize>, D::Error> {
+    bounded(d, RECENT)
 }
 
 /// Checks that a cache of `cap` slots per KV head in every layer of `model` (K and V, the

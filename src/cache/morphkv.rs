@@ -1,7 +1,10 @@
 //! `morphkv`: Ghadia, Kumar, Jain, Nair, Das, "Dialogue Without Limits: Constant-Sized KV
 //! Caches for Extended Responses in LLMs", ICML 2025 (arXiv 2503.00979).
 //!
-//! The cache protects the `R` most recent tokens (the window). Every older token `j` is scored
+//! The cache protects the `R` most recent tokens (the window); by default it also keeps the most
+//! recent three quarters of the budget whatever their scores (`--recent 75`, this project's
+//! choice: on SmolLM2-135M recency is the better guide there; `--recent 0` is the paper's
+//! method). Every older token `j` is scored
 //! by the window's attention to it: for each window query `i` and query head `h`, its
 //! probability renormalised over the older tokens only (a softmax over old columns equals the
 //! full softmax divided by the old columns' sum), aggregated over the query heads of the KV
@@ -26,6 +29,7 @@ pub const ENTRY: Entry = Entry {
     about: "the window's attention re-ranks older tokens every step (the paper's method)",
     sinks: 0,
     window: None,
+    recent: 75,
     build,
 };
 

@@ -48,7 +48,8 @@ pub struct ScoreCtx<'a> {
     pub cap: usize,
     /// Token position of each slot.
     pub pos: &'a [u32],
-    /// Whether each slot may be evicted (not in the window, not a sink).
+    /// Whether each slot may be evicted (not a sink, not in the window or the budget's
+    /// protected recent share).
     pub candidate: &'a [bool],
     /// Attention each slot received, summed over the KV head's query heads and over every
     /// query since the token entered the cache (H2O's statistic).
@@ -60,10 +61,11 @@ pub struct ScoreCtx<'a> {
     pub ring_cap: usize,
     pub ring_len: usize,
     /// Each ring row's old mass: the sum of its stored values (scaled units) over the KV
-    /// head's candidate slots, `[rhead * ring_cap + row]`. The cache keeps it up to date
-    /// without re-reading rows (a row is read whole only when written), in f64, where sums of
-    /// what every stored value decodes to (11 significant bits, multiples of 2^-27) are exact:
-    /// no cancellation however much of a row the window holds.
+    /// head's slots between the sinks and the window (a protected recent share's included),
+    /// `[rhead * ring_cap + row]`. The cache keeps it up to date without re-reading rows (a
+    /// row is read whole only when written), in f64, where sums of what every stored value
+    /// decodes to (11 significant bits, multiples of 2^-27) are exact: no cancellation however
+    /// much of a row the window holds.
     pub old_mass: &'a [f64],
 }
 

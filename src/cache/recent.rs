@@ -12,6 +12,7 @@ pub const ENTRY: Entry = Entry {
     about: "the most recent tokens only (tests)",
     sinks: 0,
     window: None,
+    recent: 0,
     build,
 };
 

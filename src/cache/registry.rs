@@ -30,6 +30,9 @@ pub struct Entry {
     /// Recent tokens protected whatever the configured window (TOVA: only the newest);
     /// `None`: the configured window.
     pub window: Option<usize>,
+    /// Per cent of the budget kept for the most recent tokens when the settings do not say
+    /// (`--recent`; the window is protected in any case).
+    pub recent: usize,
     /// The scorer for given settings.
     pub build: fn(&Settings) -> Box<dyn Policy>,
 }

@@ -17,6 +17,7 @@ pub const ENTRY: Entry = Entry {
     about: "compresses each prompt by its last queries' pooled attention; decoded tokens stay",
     sinks: 0,
     window: None,
+    recent: 0,
     build,
 };
 

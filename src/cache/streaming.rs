@@ -14,6 +14,7 @@ pub const ENTRY: Entry = Entry {
     about: "attention sinks plus the most recent tokens (StreamingLLM)",
     sinks: 4,
     window: None,
+    recent: 0,
     build,
 };
 

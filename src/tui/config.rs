@@ -17,6 +17,9 @@ pub struct Config {
     pub budget: Option<usize>,
     #[serde(default, deserialize_with = "crate::cache::limits::deserialize_window")]
     pub window: Option<usize>,
+    /// Per cent of the budget kept for the most recent tokens (`--recent`).
+    #[serde(default, deserialize_with = "crate::cache::limits::deserialize_recent")]
+    pub recent: Option<usize>,
     /// How keys and values are stored: f32, f16 or q8_0.
     #[serde(default, deserialize_with = "crate::cache::deserialize_kv_type")]
     pub kv_type: Option<crate::cache::KvType>,
@@ -34,7 +37,7 @@ pub struct Config {
 pub fn parse(text: &str, path: &Path) -> Result<Config, String> {
     toml::from_str(text).map_err(|e| {
         format!(
-            "{} (keys: model, policy, budget, window, kv_type, profile, theme, system_prompt, and a [keys] table)",
+            "{} (keys: model, policy, budget, window, recent, kv_type, profile, theme, system_prompt, and a [keys] table)",
             toml_error(path, text, &e)
         )
     })

@@ -7,7 +7,7 @@ use crate::chat::{Message, Role};
 use crate::engine::Command;
 
 /// Slash commands, for `/help` and the help overlay.
-pub const SLASH_HELP: [(&str, &str); 19] = [
+pub const SLASH_HELP: [(&str, &str); 20] = [
     ("/set temp X", "temperature (0 = greedy)"),
     ("/set top-k|top-p|min-p V", "sampling filters"),
     ("/set seed N", "sampling seed"),
@@ -15,6 +15,7 @@ pub const SLASH_HELP: [(&str, &str); 19] = [
     ("/set policy P [next]", crate::cache::POLICY_LIST),
     ("/set budget N [next]", "tokens kept per KV head"),
     ("/set window N [next]", "recent tokens always kept"),
+    ("/set recent N [next]", "per cent of the budget kept recent"),
     ("/set system TEXT", "system prompt (applies to a new chat)"),
     ("/focus L H | all", "retention of one layer and KV head"),
     ("/compare P | off", "compare with a 2nd cache"),
@@ -167,10 +168,10 @@ impl App {
                 }
                 _ => return bad(self, "a positive whole number"),
             },
-            "policy" | "budget" | "window" => return self.set_cache(key, value, when),
+            "policy" | "budget" | "window" | "recent" => return self.set_cache(key, value, when),
             _ => {
                 self.error(format!(
-                    "/set: unknown setting `{key}` (temp, top-k, top-p, min-p, seed, max-tokens, policy, budget, window, system)"
+                    "/set: unknown setting `{key}` (temp, top-k, top-p, min-p, seed, max-tokens, policy, budget, window, recent, system)"
                 ));
                 return Vec::new();
             }
@@ -192,6 +193,10 @@ impl App {
                 .parse(value)
                 .map(|b| cfg.budget = b)
                 .map_err(|e| crate::Error::arg("budget", e)),
+            "recent" => limits::RECENT
+                .parse(value)
+                .map(|r| cfg.recent = Some(r))
+                .map_err(|e| crate::Error::arg("recent", e)),
             _ => limits::WINDOW
                 .parse(value)
                 .map(|w| cfg.window = w)
