@@ -264,8 +264,13 @@ fn status_bar(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         .as_ref()
         .map(|v| format!("vs {} ", v.label))
         .unwrap_or_default();
+    // The recent share where the policy keeps one (MorphKV's and H2O's by default).
+    let recent = match c.recent() {
+        0 => String::new(),
+        r => format!(" r{r}%"),
+    };
     let left = format!(
-        " {} · {} · {} b{} w{} {versus}",
+        " {} · {} · {} b{} w{}{recent} {versus}",
         if app.model.is_empty() {
             "…"
         } else {
