@@ -366,6 +366,10 @@ pub struct EvalArgs {
     /// Windows to try for MorphKV and H2O, comma-separated (default: --window).
     #[arg(long, value_delimiter = ',', value_parser = limited(limits::WINDOW))]
     pub windows: Vec<usize>,
+    /// Recent shares to try (per cent of the budget, comma-separated) for the policies that
+    /// score tokens: morphkv, h2o, tova, snapkv (default: --recent, else each policy's).
+    #[arg(long, value_delimiter = ',', value_parser = limited(limits::RECENT))]
+    pub recents: Vec<usize>,
     /// MorphKV fusions to try, comma-separated (default: --fusion).
     #[arg(long, value_delimiter = ',')]
     pub fusions: Vec<String>,

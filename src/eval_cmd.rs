@@ -99,6 +99,11 @@ fn variants(a: &EvalArgs) -> Result<Vec<Variant>> {
     } else {
         a.windows.clone()
     };
+    let recents: Vec<Option<usize>> = if a.recents.is_empty() {
+        vec![base.recent]
+    } else {
+        a.recents.iter().copied().map(Some).collect()
+    };
     let fusions = if a.fusions.is_empty() {
         vec![base.fusion]
     } else {
@@ -172,12 +177,22 @@ fn variants(a: &EvalArgs) -> Result<Vec<Variant>> {
                 } else {
                     &profiles[..1]
                 };
+                // The cache and StreamingLLM keep recent tokens already: one share, theirs.
+                let rs = if matches!(policy, PolicyKind::Full | PolicyKind::Streaming) {
+                    &[None][..]
+                } else {
+                    &recents[..]
+                };
                 for (&fusion, &profile) in fs.iter().flat_map(|f| ps.iter().map(move |p| (f, p))) {
-                    for &pos in &positions {
+                    for (&pos, &recent) in positions
+                        .iter()
+                        .flat_map(|p| rs.iter().map(move |r| (p, r)))
+                    {
                         let cfg = CacheConfig {
                             policy,
                             budget,
                             window,
+                            recent,
                             fusion,
                             positions: pos,
                             kv_type,
@@ -207,6 +222,7 @@ pub fn run(mut a: EvalArgs) -> Result<()> {
             a.budgets = vec![64, 128, 256];
             a.equal_bytes = Vec::new();
             a.windows = Vec::new();
+            a.recents = Vec::new();
             a.cache.window = Some(16);
             a.tokens = 1024;
             a.bin = 256;

@@ -193,6 +193,63 @@ fn eval_cli(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `--recents` runs each share for the policies that score (H2O and MorphKV here), once for
+/// StreamingLLM, and the shares change what is kept.
+#[test]
+fn recents_run_each_share_on_the_policies_that_score() {
+    let (ok, stdout, stderr) = eval_cli(&[
+        "--task",
+        "text",
+        "--policies",
+        "streaming,h2o,morphkv",
+        "--budgets",
+        "40",
+        "--window",
+        "8",
+        "--recents",
+        "0,50",
+        "--tokens",
+        "96",
+        "--bin",
+        "48",
+        "--markdown",
+    ]);
+    assert!(ok, "{stderr}");
+    // The first table's rows: label → KL.
+    let rows: Vec<(String, String)> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("### teacher-forced"))
+        .skip(1)
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+        .map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            (cells[1].to_string(), cells[6].to_string())
+        })
+        .collect();
+    let labels: Vec<&str> = rows.iter().map(|(l, _)| l.as_str()).collect();
+    assert_eq!(
+        labels,
+        [
+            "streaming b40",
+            "h2o b40 w8",
+            "h2o b40 w8 r50%",
+            "morphkv b40 w8 sum",
+            "morphkv b40 w8 sum r50%"
+        ],
+        "{stdout}"
+    );
+    assert_ne!(
+        rows[1].1, rows[2].1,
+        "h2o's share changed nothing: {stdout}"
+    );
+    assert_ne!(
+        rows[3].1, rows[4].1,
+        "morphkv's share changed nothing: {stdout}"
+    );
+}
+
 #[test]
 fn the_json_has_every_documented_field() {
     let dir = std::env::temp_dir().join(format!("morphkv-eval-{}", std::process::id()));
