@@ -3,8 +3,8 @@
 //!
 //! Score = attention a token has received, summed over every query since it entered the cache
 //! (and over the query heads of its KV head); the cache keeps this sum per slot, moves it with
-//! the slot and restarts it when a slot is reused. The recent half of the budget is protected, as
-//! the paper splits it (`--recent 50`; the window in any case).
+//! the slot and restarts it when a slot is reused. The recent half of the budget is
+//! protected, as the paper splits it (`--recent 50`; the window in any case).
 
 use super::policy::Settings;
 use super::registry::Entry;

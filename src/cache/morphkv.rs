@@ -1,15 +1,14 @@
 //! `morphkv`: Ghadia, Kumar, Jain, Nair, Das, "Dialogue Without Limits: Constant-Sized KV
 //! Caches for Extended Responses in LLMs", ICML 2025 (arXiv 2503.00979).
 //!
-//! The cache protects the `R` most recent tokens (the window); by default it also keeps the most
-//! recent three quarters of the budget whatever their scores (`--recent 75`, this project's
-//! choice: on SmolLM2-135M recency is the better guide there; `--recent 0` is the paper's
-//! method). Every older token `j` is scored
-//! by the window's attention to it: for each window query `i` and query head `h`, its
-//! probability renormalised over the older tokens only (a softmax over old columns equals the
-//! full softmax divided by the old columns' sum), aggregated over the query heads of the KV
-//! head (sum, as in the paper's Algorithm 1, or max, as in the authors' code) and fused over
-//! the window (sum or max). The window's rows are the rows each query produced when it was
+//! The cache protects the `R` most recent tokens (the window); by default it also keeps the
+//! most recent three quarters of the budget whatever their scores (`--recent 75`, this
+//! project's choice: on SmolLM2-135M recency is the better guide there; `--recent 0` is the
+//! paper's method). Every older token `j` is scored by the window's attention to it: for each
+//! window query `i` and query head `h`, its probability renormalised over the older tokens
+//! only (a softmax over old columns equals the full softmax divided by the old columns' sum),
+//! aggregated over the query heads of the KV head (sum, as in the paper's Algorithm 1, or max,
+//! as in the authors' code) and fused over the window (sum or max). The window's rows are the rows each query produced when it was
 //! decoded, kept by the cache as a ring: no extra matmul per step, O(H_q · R · n) work. By
 //! default the ring stores 8-bit log codes (each value within 4.5%, see `super::ring`): at
 //! equal bytes the budget it frees is worth more than the exact ranking. With `--profile f16`
@@ -26,7 +25,7 @@ use super::policy::{Fusion, GroupAgg, Needs, Policy, ScoreCtx};
 /// `morphkv`'s registry entry.
 pub const ENTRY: Entry = Entry {
     name: "morphkv",
-    about: "the window's attention re-ranks older tokens every step (the paper's method)",
+    about: "the window's attention re-ranks older tokens every step (the paper's method) beside the budget's recent 3/4",
     sinks: 0,
     window: None,
     recent: 75,
