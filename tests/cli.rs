@@ -233,6 +233,9 @@ fn trace_records_every_eviction() {
         .collect();
     assert_eq!(lines[0]["kind"], "header");
     assert_eq!(lines[0]["budget"], 48);
+    // MorphKV's default recent share: three quarters of 48.
+    assert_eq!(lines[0]["recent"], 75);
+    assert_eq!(lines[0]["protected"], 36);
     let tokens = lines[0]["tokens"].as_u64().unwrap();
     let prompt = lines[0]["prompts"][0][1].as_u64().unwrap();
     // Every generated token but the last went through the model.
@@ -240,11 +243,11 @@ fn trace_records_every_eviction() {
     let mut evictions = 0;
     for l in lines.iter().filter(|l| l["kind"] == "evicted") {
         let step = l["step"].as_u64().unwrap();
-        // 30 layers x 3 KV heads; never a window token.
+        // 30 layers x 3 KV heads; never a protected token (the window, the recent share).
         assert!(l["layer"].as_u64().unwrap() < 30 && l["head"].as_u64().unwrap() < 3);
         assert!(
-            l["pos"].as_u64().unwrap() + 8 < step,
-            "{l} evicted from the window at {step}"
+            l["pos"].as_u64().unwrap() + 36 < step,
+            "{l} evicted from the protected recent tokens at {step}"
         );
         assert!(l["score"].as_f64().is_some());
         evictions += 1;

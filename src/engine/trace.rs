@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! {"kind":"header","format":"morphkv-trace","version":1,"model":…,"policy":…,"budget":…,
-//!  "window":…,"effective_window":…,"sinks":…,"positions":…,"layers":…,"kv_heads":…,
+//!  "window":…,"effective_window":…,"recent":…,"protected":…,"sinks":…,"positions":…,
+//!  "layers":…,"kv_heads":…,
 //!  "kv_bytes_per_token":…,"profile_bytes_per_token":…,"tokens":N,"token_text":[…],
 //!  "prompts":[[from,to],…],"evictions_dropped":…,"evictions_dropped_through_step":…}
 //! {"kind":"evicted","step":S,"layer":L,"head":H,"pos":P,"score":X}   oldest first
@@ -61,6 +62,12 @@ pub struct Header {
     /// The window setting, and the one in effect (a policy may fix it).
     pub window: usize,
     pub effective_window: usize,
+    /// The recent share in effect (per cent of the budget) and the recent tokens it and the
+    /// window protect (absent in traces written before it existed: 0).
+    #[serde(default)]
+    pub recent: usize,
+    #[serde(default)]
+    pub protected: usize,
     pub sinks: usize,
     pub positions: String,
     pub layers: usize,
@@ -104,6 +111,8 @@ impl Header {
             budget: c.budget,
             window: c.window,
             effective_window: c.effective_window(),
+            recent: c.recent(),
+            protected: c.protected(),
             sinks: c.sinks(),
             positions: format!("{:?}", c.positions).to_lowercase(),
             layers: cache.n_layers(),
@@ -285,6 +294,8 @@ fn check_header(h: &Header) -> std::result::Result<(), String> {
         0,
         limits::WINDOW.max,
     )?;
+    limits::RECENT.check(h.recent)?;
+    range("protected", h.protected, 0, h.budget)?;
     limits::SINKS.check(h.sinks)?;
     range("tokens", h.tokens, 0, MAX_TOKENS)?;
     range("kv_bytes_per_token", h.kv_bytes_per_token, 0, 1 << 30)?;
