@@ -41,7 +41,8 @@ struct Round {
     sinks: u32,
     /// Positions from it on are protected: the window, or the budget's recent share.
     protected_from: u32,
-    /// The window's lower edge: positions from it on are protected.
+    /// The window's lower edge: the profile's old columns end here (at or after
+    /// `protected_from`, which is what protects).
     recent_from: u32,
     /// The window's lower edge at the next scoring.
     next_from: u32,
