@@ -122,6 +122,9 @@ pub struct StepInfo {
     pub full_kv_bytes: usize,
     /// Positions from here on are in the window.
     pub window_from: usize,
+    /// Positions from here on are kept whatever their scores (the window, or the recent
+    /// share where it is larger).
+    pub protected_from: usize,
     pub sinks: usize,
     /// Tokens evicted by this step, over all layers and KV heads.
     pub evicted: usize,

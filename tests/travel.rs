@@ -236,7 +236,10 @@ fn the_engine_travels_back_and_replay_shows_the_same() {
             ),
             "step {t}"
         );
-        assert_eq!(got.window_from, want.window_from);
+        assert_eq!(
+            (got.window_from, got.protected_from),
+            (want.window_from, want.protected_from)
+        );
     }
     // None: the live step again; out of range: clamped.
     engine.send(Command::Travel(None));
@@ -270,7 +273,8 @@ fn the_engine_travels_back_and_replay_shows_the_same() {
             &s.retention,
             &s.focus,
             s.kv_bytes,
-            s.window_from
+            s.window_from,
+            s.protected_from
         ),
         (
             now.seen,
@@ -278,7 +282,8 @@ fn the_engine_travels_back_and_replay_shows_the_same() {
             &now.retention,
             &now.focus,
             now.kv_bytes,
-            now.window_from
+            now.window_from,
+            now.protected_from
         )
     );
     assert_eq!(s.evicted, live.last().unwrap().evicted);

@@ -11,6 +11,7 @@ use morphkv::tui::hits::HitMap;
 use morphkv::tui::theme::Theme;
 use morphkv::tui::view;
 use ratatui::backend::TestBackend;
+use ratatui::style::Modifier;
 use ratatui::Terminal;
 
 #[path = "tui/demo.rs"]
@@ -55,6 +56,31 @@ fn every_panel_at_every_size() {
                 panel.map_or("no-panel", |p| p.title()).to_lowercase()
             );
             insta::assert_snapshot!(name, screen(&app, w, h));
+        }
+    }
+}
+
+#[test]
+fn the_inspector_says_which_protected_span_holds_a_token() {
+    let mut app = app_after_recording();
+    app.panel = Some(Panel::Inspector);
+    let s = &app.step;
+    let (window, share, old) = (s.seen - 1, s.window_from - 1, s.protected_from - 1);
+    assert!(s.protected_from < s.window_from);
+    for (pos, says) in [
+        (window, Some("in the window")),
+        (share, Some("in the recent share")),
+        (old, None),
+    ] {
+        app.inspect = Some(pos);
+        app.step.inspect = Some(demo::fate(pos, app.step.seen));
+        let text = screen(&app, 200, 60);
+        for phrase in ["in the window", "in the recent share"] {
+            assert_eq!(
+                text.contains(phrase),
+                says == Some(phrase),
+                "{pos}: {phrase}"
+            );
         }
     }
 }
@@ -156,6 +182,21 @@ fn retention_colours_follow_the_cache() {
     assert!(
         found_bright,
         "the window's tokens are drawn in the 'kept by all' colour"
+    );
+    // The recent share beyond the window is drawn in italics (the legend says so), the
+    // window underlined, and nothing is both.
+    let (mut italic, mut underlined) = (0, 0);
+    for y in 0..area.height {
+        for x in area.width / 2..area.width {
+            let m = buf[(x, y)].modifier;
+            italic += usize::from(m.contains(Modifier::ITALIC));
+            underlined += usize::from(m.contains(Modifier::UNDERLINED));
+            assert!(!m.contains(Modifier::ITALIC | Modifier::UNDERLINED));
+        }
+    }
+    assert!(
+        italic > "recent share".len() + 12 && underlined > "window".len() + 6,
+        "{italic} {underlined}"
     );
     // More than the legend's word "evicted": the tokens no pair keeps.
     assert!(

@@ -82,6 +82,7 @@ impl Replay {
         Sizes {
             budget: h.budget,
             window: h.effective_window,
+            protected: h.protected,
             sinks: h.sinks,
             kv_heads: h.kv_heads,
             pairs: h.pairs(),

@@ -130,6 +130,7 @@ impl Telemetry {
             profile_bytes: c.profile_bytes(),
             full_kv_bytes: c.full_kv_bytes(),
             window_from: seen.saturating_sub(cfg.effective_window()),
+            protected_from: seen.saturating_sub(cfg.protected()),
             sinks: cfg.sinks(),
             evicted,
             retention: if self.watch.retention {
@@ -187,6 +188,7 @@ impl Telemetry {
         Sizes {
             budget: cfg.budget,
             window: cfg.effective_window(),
+            protected: cfg.protected(),
             sinks: cfg.sinks(),
             kv_heads,
             pairs: c.n_layers() * kv_heads,

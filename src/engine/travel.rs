@@ -29,6 +29,8 @@ pub struct Sizes {
     pub budget: usize,
     /// The window in effect.
     pub window: usize,
+    /// The recent tokens kept whatever their scores (the window or the recent share).
+    pub protected: usize,
     pub sinks: usize,
     pub kv_heads: usize,
     pub pairs: usize,
@@ -48,6 +50,7 @@ impl Sizes {
             profile_bytes: retained * self.profile_bytes_per_token,
             full_kv_bytes: t * self.kv_bytes_per_token,
             window_from: t.saturating_sub(self.window),
+            protected_from: t.saturating_sub(self.protected),
             sinks: self.sinks,
             evicted,
             pairs: self.pairs,
@@ -194,6 +197,7 @@ mod tests {
         let sizes = Sizes {
             budget,
             window: 2,
+            protected: 5,
             sinks: 0,
             kv_heads: 2,
             pairs,
@@ -205,7 +209,7 @@ mod tests {
             (s.seen, s.retained, s.kv_bytes, s.full_kv_bytes),
             (20, 4, 40, 200)
         );
-        assert_eq!(s.window_from, 18);
+        assert_eq!((s.window_from, s.protected_from), (18, 15));
         assert_eq!(s.focus, Some((0, 1, snapshots[20][1].clone())));
         let counts: usize = (0..20).map(|p| usize::from(s.retention[p])).sum();
         assert_eq!(counts, 8);

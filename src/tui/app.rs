@@ -604,8 +604,8 @@ impl App {
         vec![Effect::Engine(Command::Inspect(Some(pos)))]
     }
 
-    /// Opening the inspector with nothing chosen: the newest token outside the window (the
-    /// first whose fate the policy decides).
+    /// Opening the inspector with nothing chosen: the newest token outside the protected
+    /// span (the window, or the recent share: the first whose fate the policy decides).
     fn inspect_default(&mut self) -> Vec<Effect> {
         if self.step.seen == 0 {
             return Vec::new();
@@ -613,6 +613,7 @@ impl App {
         let pos = self
             .step
             .window_from
+            .min(self.step.protected_from)
             .saturating_sub(1)
             .min(self.step.seen - 1);
         self.inspect = Some(pos);

@@ -20,15 +20,18 @@ pub const LAYERS: usize = 4;
 pub const HEADS: usize = 2;
 const BUDGET: usize = 24;
 const WINDOW: usize = 6;
+/// MorphKV's recent share (75% of 24) protects more than the window.
+const PROTECTED: usize = 18;
 
-/// The cache after `seen` tokens at budget 24, window 6: older tokens are kept by fewer and
-/// fewer (layer, head) pairs.
+/// The cache after `seen` tokens at budget 24, window 6, the last 18 protected: older tokens
+/// are kept by fewer and fewer (layer, head) pairs.
 pub fn step(seen: usize, evicted: usize) -> StepInfo {
     let pairs = LAYERS * HEADS;
     let window_from = seen.saturating_sub(WINDOW);
+    let protected_from = seen.saturating_sub(PROTECTED);
     let retention = (0..seen)
         .map(|p| {
-            if seen <= BUDGET || p >= window_from {
+            if seen <= BUDGET || p >= protected_from {
                 pairs as u16
             } else {
                 ((p * 7 + 3) % (pairs + 1)) as u16
@@ -43,6 +46,7 @@ pub fn step(seen: usize, evicted: usize) -> StepInfo {
         profile_bytes: seen.min(BUDGET) * 512,
         full_kv_bytes: seen * 4096,
         window_from,
+        protected_from,
         sinks: 0,
         evicted,
         retention,
@@ -224,9 +228,11 @@ pub fn app_travelled(panel: Panel, back: usize) -> (App, Vec<Effect>) {
 pub fn other_step(seen: usize) -> StepInfo {
     let mut s = step(seen, 0);
     let pairs = s.pairs;
+    // H2O's recent half.
+    s.protected_from = seen.saturating_sub(BUDGET / 2);
     s.retention = (0..seen)
         .map(|p| {
-            if seen <= BUDGET || p >= s.window_from {
+            if seen <= BUDGET || p >= s.protected_from {
                 pairs as u16
             } else {
                 ((p * 5 + 1) % (pairs + 1)) as u16

@@ -235,13 +235,14 @@ fn inspector_commands_choose_a_token_and_export_the_trace() {
     a.update(Msg::Engine(Event::Step(Box::new(StepInfo {
         seen: 50,
         window_from: 40,
+        protected_from: 30,
         ..StepInfo::default()
     }))));
-    // Opening the inspector picks the newest token outside the window.
+    // Opening the inspector picks the newest token outside the protected span.
     a.panel = Some(Panel::Attention);
     assert_eq!(
         a.update(Msg::Action(Action::CyclePanel)),
-        vec![Effect::Engine(Command::Inspect(Some(39)))]
+        vec![Effect::Engine(Command::Inspect(Some(29)))]
     );
     assert_eq!(a.panel, Some(Panel::Inspector));
     typed(&mut a, "/inspect 7");

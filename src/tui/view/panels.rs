@@ -56,6 +56,13 @@ fn retention_lines(
             .fg(theme.window)
             .add_modifier(Modifier::UNDERLINED),
     ));
+    if s.protected_from < s.window_from {
+        legend.push(Span::styled(" · ", theme.muted));
+        legend.push(Span::styled(
+            "recent share",
+            Style::new().fg(theme.window).add_modifier(Modifier::ITALIC),
+        ));
+    }
     legend.push(Span::styled(" · ", theme.muted));
     legend.push(Span::styled(
         "sink",
@@ -98,6 +105,8 @@ fn retention_lines(
         };
         if pos >= s.window_from && pos < s.seen {
             style = style.add_modifier(Modifier::UNDERLINED);
+        } else if pos >= s.protected_from && pos < s.seen {
+            style = style.add_modifier(Modifier::ITALIC);
         }
         if pos < s.sinks {
             style = style.add_modifier(Modifier::BOLD);
@@ -204,6 +213,11 @@ pub(super) fn inspector(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     }
     if fate.pos >= s.window_from {
         summary.push(Span::styled(" · in the window", theme.base));
+    } else if fate.pos >= s.protected_from {
+        summary.push(Span::styled(
+            " · in the recent share (kept whatever its score)",
+            theme.base,
+        ));
     } else if fate.pos < s.sinks {
         summary.push(Span::styled(" · a sink", theme.base));
     }
