@@ -6,9 +6,11 @@
 //! ```json
 //! { "version": 1, "id": "20261129-031500-1234", "title": "first words of the chat",
 //!   "created": 1796354100, "updated": 1796354160, "model": "smollm2-135m-instruct",
-//!   "policy": "morphkv", "budget": 600, "window": 30,
+//!   "policy": "morphkv", "budget": 600, "window": 30, "recent": 75,
 //!   "messages": [ { "role": "user", "content": "..." }, { "role": "assistant", "content": "..." } ] }
 //! ```
+//! The cache settings say what the chat ran under (a resumed chat runs under the current
+//! ones); `recent` (the per cent of the budget kept recent) is absent in older files: 0.
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -30,6 +32,8 @@ pub struct SavedChat {
     pub policy: String,
     pub budget: usize,
     pub window: usize,
+    #[serde(default)]
+    pub recent: usize,
     pub messages: Vec<Message>,
 }
 
@@ -256,6 +260,7 @@ impl SavedChat {
             policy: cache.policy.name().to_string(),
             budget: cache.budget,
             window: cache.window,
+            recent: cache.recent(),
             messages: messages.to_vec(),
         }
     }
@@ -295,6 +300,12 @@ mod tests {
         assert_eq!(names.len(), 1, "{names:?}");
         assert_eq!(list(&dir).len(), 1);
         assert_eq!(chat.title, "Hello there, how are you?");
+        assert_eq!((chat.policy.as_str(), chat.recent), ("morphkv", 75));
+        // A file from before the recent share reads as share 0.
+        let mut old = serde_json::to_value(&chat).unwrap();
+        old.as_object_mut().unwrap().remove("recent");
+        let older = parse(old.to_string().as_bytes(), &path).unwrap();
+        assert_eq!(older.recent, 0);
         std::fs::write(dir.join("junk.json"), "{").unwrap();
         assert_eq!(list(&dir).len(), 1);
         assert!(load(&dir.join("junk.json"))
