@@ -415,19 +415,22 @@ impl QActs {
         self.q.resize(ns * sup, 0);
         self.s16.resize(ns * sup / 16, 0);
         for (i, xs) in x.chunks_exact(sup).enumerate() {
-            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
+            let d = abs_max(xs) / 127.0;
             let id = if d > 0.0 { 1.0 / d } else { 0.0 };
             let qs = self.q[i * sup..(i + 1) * sup].chunks_exact_mut(16);
             let sums = &mut self.s16[i * sup / 16..(i + 1) * sup / 16];
             for ((qs, xs), s) in qs.zip(xs.chunks_exact(16)).zip(sums) {
-                let mut sum = 0i32;
-                for (q, &v) in qs.iter_mut().zip(xs) {
-                    *q = (v * id).round().clamp(-127.0, 127.0) as i8;
-                    sum += *q as i32;
+                // Lane by lane, so the compiler vectorizes it (a prompt quantizes every
+                // projection's input, token by token).
+                let mut q = [0i32; 16];
+                for (q, &v) in q.iter_mut().zip(xs) {
+                    *q = small_int((v * id).round());
+                }
+                for (b, &v) in qs.iter_mut().zip(&q) {
+                    *b = v as i8;
                 }
                 // |sum| ≤ 16 · 127: an i16.
-                *s = sum as i16;
+                *s = q.iter().sum::<i32>() as i16;
             }
             self.d[i] = d;
         }
@@ -443,16 +446,20 @@ impl QActs {
         self.q.resize(nb * BLOCK, 0);
         self.s16.resize(nb * 2, 0);
         for (b, xs) in x.chunks_exact(BLOCK).enumerate() {
-            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
+            let d = abs_max(xs) / 127.0;
             let id = if d > 0.0 { 1.0 / d } else { 0.0 };
             let mut halves = [0i32; 2];
             let qs = self.q[b * BLOCK..(b + 1) * BLOCK].chunks_exact_mut(16);
             for ((qs, xs), h) in qs.zip(xs.chunks_exact(16)).zip(&mut halves) {
-                for (q, &v) in qs.iter_mut().zip(xs) {
-                    *q = (v * id).round() as i8;
-                    *h += *q as i32;
+                // Lane by lane, as in `quantize_k`.
+                let mut q = [0i32; 16];
+                for (q, &v) in q.iter_mut().zip(xs) {
+                    *q = small_int((v * id).round());
                 }
+                for (b, &v) in qs.iter_mut().zip(&q) {
+                    *b = v as i8;
+                }
+                *h = q.iter().sum();
             }
             // |sum| ≤ 16 · 127: an i16.
             self.s16[2 * b] = halves[0] as i16;
@@ -463,6 +470,32 @@ impl QActs {
             self.ds[b] = f16::from_f32(d * s as f32).to_f32();
         }
     }
+}
+
+/// A whole `v` as an integer, clamped to ±127 (NaN: 0), as `v as i8` gives it, in bit
+/// operations the compiler vectorizes (its saturating `as` it does one value at a time): a
+/// whole number of magnitude below 2^22 plus 1.5 · 2^23 is exact, and its bits are then
+/// those of 1.5 · 2^23 plus the number.
+#[inline(always)]
+fn small_int(v: f32) -> i32 {
+    let v = if v.is_nan() {
+        0.0
+    } else {
+        v.clamp(-127.0, 127.0)
+    };
+    (v + 12_582_912.0).to_bits() as i32 - 0x4B40_0000
+}
+
+/// The largest magnitude in `xs` (length a multiple of 16), in sixteen lanes so the compiler
+/// vectorizes it; NaN is skipped as `f32::max` skips it.
+fn abs_max(xs: &[f32]) -> f32 {
+    let mut m = [0f32; 16];
+    for c in xs.chunks_exact(16) {
+        for (m, v) in m.iter_mut().zip(c) {
+            *m = m.max(v.abs());
+        }
+    }
+    m.iter().fold(0f32, |a, &b| a.max(b))
 }
 
 /// Row `r` of `w` · quantized activations, in plain Rust: the portable twin of the x86
@@ -1141,6 +1174,58 @@ mod tests {
                     let err = (got - want[r]).abs();
                     assert!(err < 0.01 * scale, "{kind:?} row {r}: {got} vs {}", want[r]);
                 }
+            }
+        }
+    }
+
+    /// Both activation forms equal the scalar formula of llama.cpp's reference quantizers
+    /// (candle's too): `round(x / d)`, halves away from zero, `d` the block's largest
+    /// magnitude over 127; an all-zero block is all zeros with scale 0.
+    #[test]
+    fn activation_quantization_is_the_scalar_formula() {
+        let sup = kquant::SUPER;
+        let mut x = random_vec(3 * sup, 11);
+        // Block 0's values on halves of its step (max 127: step 1), block 1 zeros.
+        x[0] = 127.0;
+        for (i, v) in x[1..BLOCK].iter_mut().enumerate() {
+            *v = (i as f32 - 15.0) + 0.5;
+        }
+        x[BLOCK..2 * BLOCK].fill(0.0);
+        for k in [false, true] {
+            let n = if k { sup } else { BLOCK };
+            let mut a = QActs::default();
+            if k {
+                a.quantize_k(&x);
+            } else {
+                a.quantize(&x);
+            }
+            for (b, xs) in x.chunks_exact(n).enumerate() {
+                let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let d = amax / 127.0;
+                let q: Vec<i8> = xs
+                    .iter()
+                    .map(|&v| {
+                        if d > 0.0 {
+                            (v * (1.0 / d)).round() as i8
+                        } else {
+                            0
+                        }
+                    })
+                    .collect();
+                assert_eq!(&a.q[b * n..(b + 1) * n], &q[..], "k {k} block {b}");
+                let sums: Vec<i16> = q
+                    .chunks_exact(16)
+                    .map(|c| c.iter().map(|&v| i16::from(v)).sum())
+                    .collect();
+                assert_eq!(&a.s16[b * n / 16..(b + 1) * n / 16], &sums[..]);
+                if k {
+                    assert_eq!(a.d[b], d);
+                }
+            }
+            if !k {
+                // Halves went away from zero: 0.5 -> 1, -0.5 -> -1, 2.5 -> 3.
+                assert_eq!((a.q[16], a.q[15], a.q[18]), (1, -1, 3));
+                assert_eq!(a.d[1], 0.0);
             }
         }
     }
