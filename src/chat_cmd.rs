@@ -246,6 +246,17 @@ pub fn run(a: ChatArgs) -> Result<()> {
         preset,
     } = load(&model_args)?;
     let cache = make_cache(&preset.as_ref().map(|p| p.cache.clone()).unwrap_or_default())?;
+    // Where the KV type came from, for an error that says what to change.
+    let kv_origin = if a.kv_type.is_some() {
+        "--kv-type".to_string()
+    } else if cfg.kv_type.is_some() {
+        format!("kv_type in {}", config_dir.join("config.toml").display())
+    } else {
+        "the default kv_type".to_string()
+    };
+    cache
+        .kv_type
+        .check_from(&kv_origin, model.config().head_dim, model.device())?;
     let compare = compare_cache(&cache)?;
     let template = ChatTemplate::for_model(
         &tokenizer,

@@ -285,6 +285,40 @@ fn chat_with_config(config: &str, args: &[&str]) -> (i32, String) {
     )
 }
 
+/// A KV type the model cannot take is refused once the model is read, before the chat
+/// opens, in one line naming where the type came from: the config file or the flag.
+#[test]
+fn chat_refuses_a_kv_type_the_model_cannot_take_naming_its_origin() {
+    let ckpt = tmpdir("kv-q8-tiny");
+    // Head size 16: q8_0 keeps blocks of 32.
+    common::tiny::Tiny::llama().write_safetensors(&ckpt, candle_core::DType::F32);
+    let m = ckpt.to_str().unwrap();
+    for (config, args, needles) in [
+        (
+            "kv_type = \"q8_0\"\n",
+            vec!["-m", m],
+            ["kv_type in", "config.toml"],
+        ),
+        (
+            "",
+            vec!["-m", m, "--kv-type", "q8_0"],
+            ["--kv-type", "q8_0"],
+        ),
+    ] {
+        let (code, err) = chat_with_config(config, &args);
+        assert_ne!(code, 0, "{config:?} {args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        for n in needles.iter().chain(&["multiple of 32, not 16", "f16"]) {
+            assert!(
+                err.contains(n),
+                "{config:?} {args:?}: missing {n:?} in {err}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&ckpt);
+}
+
 #[test]
 fn chat_bad_config_theme_and_settings() {
     let cases: [(&str, &[&str], &[&str]); 8] = [

@@ -82,16 +82,30 @@ impl KvType {
     /// Checks that a model of `head_dim` values per head can be stored as this type on
     /// `device`: Q8_0 needs whole blocks and the CPU.
     pub fn check(self, head_dim: usize, device: &candle_core::Device) -> Result<()> {
+        self.check_from("--kv-type", head_dim, device)
+    }
+
+    /// [`KvType::check`], the error naming `origin` (the flag or the config file's key the
+    /// type came from).
+    pub fn check_from(
+        self,
+        origin: &str,
+        head_dim: usize,
+        device: &candle_core::Device,
+    ) -> Result<()> {
         if self != Self::Q8_0 {
             return Ok(());
         }
         if !device.is_cpu() {
-            return Err(Error::arg("--kv-type", "q8_0 runs on the CPU only"));
+            return Err(Error::arg(
+                origin,
+                "q8_0 runs on the CPU only (choose f16 or f32 on a GPU)",
+            ));
         }
         if !head_dim.is_multiple_of(Q8_BLOCK) {
             return Err(Error::arg(
-                "--kv-type",
-                format!("q8_0 needs a head size that is a multiple of {Q8_BLOCK}, not {head_dim}"),
+                origin,
+                format!("q8_0 needs a head size that is a multiple of {Q8_BLOCK}, not {head_dim} (choose f16 or f32 for this model)"),
             ));
         }
         Ok(())
