@@ -170,34 +170,35 @@ fn slash_set_policy_says_when_it_applies() {
 #[test]
 fn slash_set_recent_sets_the_share_and_refuses_what_is_out_of_range() {
     let mut a = app();
+    // Types `line`, submits it: the effects and the notice shown.
+    let submit = |a: &mut App, line: &str| {
+        typed(a, line);
+        let fx = a.update(Msg::Action(Action::Submit));
+        (fx, a.notice.clone().unwrap_or_default())
+    };
     assert_eq!(a.cache.protected(), 450);
-    typed(&mut a, "/set recent 40");
-    let fx = a.update(Msg::Action(Action::Submit));
-    assert_eq!(a.cache.recent, Some(40));
-    assert_eq!(a.cache.protected(), 240);
+    let (fx, _) = submit(&mut a, "/set recent 40");
+    assert_eq!((a.cache.recent, a.cache.protected()), (Some(40), 240));
     assert!(matches!(
         fx.as_slice(),
         [Effect::Engine(Command::SetCache { now: false, cache })] if cache.recent == Some(40)
     ));
     for bad in ["101", "-5", "half"] {
-        typed(&mut a, &format!("/set recent {bad}"));
-        assert!(a.update(Msg::Action(Action::Submit)).is_empty(), "{bad}");
-        let (text, error) = a.notice.clone().unwrap();
-        assert!(error && text.contains("recent"), "{bad}: {text}");
+        let (fx, (text, error)) = submit(&mut a, &format!("/set recent {bad}"));
+        assert!(
+            fx.is_empty() && error && text.contains("recent"),
+            "{bad}: {text}"
+        );
         assert_eq!(a.cache.recent, Some(40), "{bad}");
     }
     // The share stays when the policy changes; `/show` reports it.
-    typed(&mut a, "/set policy h2o");
-    a.update(Msg::Action(Action::Submit));
+    submit(&mut a, "/set policy h2o");
     assert_eq!((a.cache.recent, a.cache.protected()), (Some(40), 240));
-    typed(&mut a, "/show");
-    a.update(Msg::Action(Action::Submit));
-    assert!(a
-        .notice
-        .as_ref()
-        .unwrap()
-        .0
-        .contains("recent 40% (the last 240 protected)"));
+    let (_, (text, _)) = submit(&mut a, "/show");
+    assert!(
+        text.contains("recent 40% (the last 240 protected)"),
+        "{text}"
+    );
 }
 
 #[test]
