@@ -167,6 +167,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
             budget: a.budget.or(cfg.budget).or(pc.budget).unwrap_or(600),
             window: a.window.or(cfg.window).or(pc.window).unwrap_or(30),
             recent: a.recent.or(cfg.recent),
+            history: a.history,
             fusion: pc.fusion.as_deref().unwrap_or("sum").parse()?,
             positions: match a.positions.as_deref() {
                 Some(p) => p.parse()?,

@@ -227,6 +227,10 @@ pub struct CacheArgs {
     /// MorphKV: aggregate the query heads of a KV head by sum or max.
     #[arg(long = "group-agg", default_value = "sum")]
     pub group_agg: String,
+    /// MorphKV: add to each older token's score this per cent weight of the attention it has
+    /// received since it entered the cache (H2O's signal), 0 to 1000 (0: the paper's method).
+    #[arg(long, default_value_t = 0, value_parser = limited(limits::HISTORY))]
+    pub history: usize,
     /// Evict this many tokens at once when the cache is full (1 = every step).
     #[arg(long = "evict-every", default_value_t = 1, value_parser = limited(limits::EVICT_EVERY))]
     pub evict_every: usize,
@@ -460,6 +464,10 @@ pub struct ChatArgs {
     /// (default: the config file's, else the policy's: 75 for morphkv, 50 for h2o, 0 otherwise).
     #[arg(long, value_parser = limited(limits::RECENT))]
     pub recent: Option<usize>,
+    /// MorphKV: add to each older token's score this per cent weight of the attention it has
+    /// received since it entered the cache (H2O's signal), 0 to 1000 (0: the paper's method).
+    #[arg(long, default_value_t = 0, value_parser = limited(limits::HISTORY))]
+    pub history: usize,
     /// RoPE positions: absolute or rebased (default: rebased, so a chat can outgrow the
     /// model's context).
     #[arg(long)]
@@ -540,6 +548,7 @@ impl CacheArgs {
             recent: self.recent,
             fusion: fusion.parse()?,
             group_agg: self.group_agg.parse()?,
+            history: self.history,
             evict_every: self.evict_every,
             prefill_chunk: self.prefill_chunk,
             positions: self.positions.parse()?,

@@ -65,6 +65,9 @@ impl Variant {
             }
             if cache.policy == PolicyKind::MorphKv {
                 label.push_str(&format!(" {:?}", cache.fusion).to_lowercase());
+                if cache.history > 0 {
+                    label.push_str(&format!(" h{}%", cache.history));
+                }
             }
             if cache.recent() > 0 {
                 label.push_str(&format!(" r{}%", cache.recent()));

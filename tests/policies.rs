@@ -531,8 +531,16 @@ impl Sim {
 #[test]
 fn morphkv_evictions_equal_brute_force_in_the_cache() {
     // The paper's method (only the window protected), and half the budget protected: the
-    // scores still come from the window's rows over everything older than the window.
-    for (evict_every, recent_pct) in [(1, 0), (8, 0), (1, 50), (8, 50)] {
+    // scores still come from the window's rows over everything older than the window. With
+    // `history`, each token's accumulated attention is added at that per cent weight.
+    for (evict_every, recent_pct, history) in [
+        (1, 0, 0),
+        (8, 0, 0),
+        (1, 50, 0),
+        (8, 50, 0),
+        (1, 0, 100),
+        (1, 50, 300),
+    ] {
         for (fusion, group_agg) in [
             (Fusion::Sum, GroupAgg::Sum),
             (Fusion::Max, GroupAgg::Max),
@@ -547,6 +555,7 @@ fn morphkv_evictions_equal_brute_force_in_the_cache() {
                 recent: Some(recent_pct),
                 fusion,
                 group_agg,
+                history,
                 evict_every,
                 prefill_chunk: 16,
                 // The exact ring: the tolerance below is f16's.
@@ -604,6 +613,9 @@ fn morphkv_evictions_equal_brute_force_in_the_cache() {
                                 };
                             }
                         }
+                        for (p, s) in score.iter_mut() {
+                            *s += history as f32 / 100.0 * sim.received[&(h, *p)];
+                        }
                         // Candidates: older than the protected span.
                         let mut ranked: Vec<u32> = old
                             .iter()
@@ -643,7 +655,8 @@ fn morphkv_evictions_equal_brute_force_in_the_cache() {
                         assert!(
                             got.len() == exp.len() && differ.is_subset(near),
                             "{fusion:?}/{group_agg:?} evict_every {evict_every} recent \
-                             {recent_pct}% head {h} at {seen}: kept {got:?}, expected {exp:?}"
+                             {recent_pct}% history {history}% head {h} at {seen}: kept \
+                             {got:?}, expected {exp:?}"
                         );
                     }
                 } else {

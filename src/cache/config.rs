@@ -62,6 +62,9 @@ pub struct CacheConfig {
     pub recent: Option<usize>,
     pub fusion: Fusion,
     pub group_agg: GroupAgg,
+    /// MorphKV: per cent weight of each slot's attention accumulated since it entered (H2O's
+    /// signal) added to the window's score; 0 (the default) is the paper's method.
+    pub history: usize,
     /// Evict this many tokens at once when the cache is full (the paper's cheaper variant).
     pub evict_every: usize,
     /// Prompt tokens per forward pass; the cache compresses after each.
@@ -85,6 +88,7 @@ impl Default for CacheConfig {
             recent: None,
             fusion: Fusion::Sum,
             group_agg: GroupAgg::Sum,
+            history: 0,
             evict_every: 1,
             prefill_chunk: DEFAULT_PREFILL_CHUNK,
             positions: Positions::Absolute,
@@ -143,6 +147,7 @@ impl CacheConfig {
             (limits::WINDOW, self.window),
             (limits::SINKS, self.sinks.unwrap_or(0)),
             (limits::RECENT, self.recent.unwrap_or(0)),
+            (limits::HISTORY, self.history),
             (limits::EVICT_EVERY, self.evict_every),
             (limits::PREFILL_CHUNK, self.prefill_chunk),
         ];
@@ -173,6 +178,7 @@ impl CacheConfig {
             window: self.window,
             fusion: self.fusion,
             group_agg: self.group_agg,
+            history: self.history,
         })
     }
 

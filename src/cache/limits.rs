@@ -52,6 +52,13 @@ pub const RECENT: Limit = Limit {
     min: 0,
     max: 100,
 };
+/// MorphKV: per cent weight of each slot's accumulated attention in its score (100: the
+/// accumulated sum counts as much as the window's scores).
+pub const HISTORY: Limit = Limit {
+    name: "history",
+    min: 0,
+    max: 1000,
+};
 /// First tokens always kept.
 pub const SINKS: Limit = Limit {
     name: "sinks",

@@ -17,6 +17,11 @@
 //! be ranked differently. With `--profile log8-kv` (or `f16-kv`) the ring keeps one row per
 //! KV head, its query heads' rows pooled as `super::profile` describes: the group
 //! aggregation is then the pooling's sum, whatever `--group-agg` says.
+//!
+//! `--history PERCENT` (0 by default: the paper's method) adds to each older token's score
+//! that weight of the attention it has received since it entered the cache (summed over
+//! every query and the KV head's query heads, as H2O scores: the cache keeps the sum per
+//! slot), so a token the window ignores but the conversation kept returning to can stay.
 
 use super::policy::Settings;
 use super::registry::Entry;
@@ -38,6 +43,7 @@ fn build(cfg: &Settings) -> Box<dyn Policy> {
         window: cfg.window,
         fusion: cfg.fusion,
         group_agg: cfg.group_agg,
+        history: cfg.history as f32 / 100.0,
     })
 }
 
@@ -47,6 +53,8 @@ pub struct MorphKv {
     pub window: usize,
     pub fusion: Fusion,
     pub group_agg: GroupAgg,
+    /// Weight of each slot's accumulated attention in its score (0: not kept, not used).
+    pub history: f32,
 }
 
 impl Policy for MorphKv {
@@ -57,7 +65,7 @@ impl Policy for MorphKv {
     fn needs(&self) -> Needs {
         Needs {
             rows: self.window,
-            ..Needs::default()
+            accumulate: self.history > 0.0,
         }
     }
 
@@ -113,6 +121,12 @@ impl Policy for MorphKv {
             }
             if sum_sum {
                 super::ring::axpy_rows(&weights, &rows, fused);
+            }
+            if self.history > 0.0 {
+                let acc = &ctx.acc[ctx.at(h, 0)..ctx.at(h, n)];
+                for (f, a) in fused.iter_mut().zip(acc) {
+                    *f += self.history * a;
+                }
             }
         }
     }

@@ -17,6 +17,8 @@ pub struct Settings {
     pub window: usize,
     pub fusion: Fusion,
     pub group_agg: GroupAgg,
+    /// MorphKV: per cent weight of the accumulated attention in the score.
+    pub history: usize,
 }
 
 /// When the cache asks a policy to choose victims.
@@ -107,7 +109,8 @@ pub fn encode_row(src: &[f32], dst: &mut [f16], pos: &[u32], old: std::ops::Rang
 pub struct Needs {
     /// Most recent query rows to keep per layer (0: none).
     pub rows: usize,
-    /// Keep, per slot, the attention it received since it entered (H2O).
+    /// Keep, per slot, the attention it received since it entered (H2O; MorphKV with a
+    /// history weight).
     pub accumulate: bool,
 }
 

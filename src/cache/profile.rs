@@ -509,6 +509,7 @@ mod tests {
             window: p.rows(),
             fusion: Fusion::Sum,
             group_agg: GroupAgg::Sum,
+            history: 0.0,
         };
         let mut out = vec![0f32; n_kv * n];
         policy.score(&ctx, &mut out);
