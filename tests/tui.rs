@@ -60,6 +60,22 @@ fn every_panel_at_every_size() {
     }
 }
 
+/// The status bar names the cache's settings: MorphKV's history weight only where one is set.
+#[test]
+fn the_status_bar_shows_the_history_weight_where_set() {
+    let app = app_after_recording();
+    assert!(screen(&app, 120, 40).contains("morphkv b24 w6 r75% "));
+    let cache = CacheConfig {
+        history: 100,
+        ..demo::cache_config()
+    };
+    let mut app = App::new(cache, SamplingParams::greedy(), 256);
+    for m in recorded() {
+        app.update(m);
+    }
+    assert!(screen(&app, 120, 40).contains("morphkv b24 w6 r75% h100% "));
+}
+
 #[test]
 fn the_inspector_says_which_protected_span_holds_a_token() {
     let mut app = app_after_recording();

@@ -265,10 +265,14 @@ fn status_bar(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         .map(|v| format!("vs {} ", v.label))
         .unwrap_or_default();
     // The recent share where the policy keeps one (MorphKV's and H2O's by default).
-    let recent = match c.recent() {
+    let mut recent = match c.recent() {
         0 => String::new(),
         r => format!(" r{r}%"),
     };
+    // MorphKV's history weight, where one is set.
+    if c.policy == crate::cache::PolicyKind::MorphKv && c.history > 0 {
+        recent.push_str(&format!(" h{}%", c.history));
+    }
     let left = format!(
         " {} · {} · {} b{} w{}{recent} {versus}",
         if app.model.is_empty() {

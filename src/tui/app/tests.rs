@@ -196,7 +196,7 @@ fn slash_set_recent_sets_the_share_and_refuses_what_is_out_of_range() {
     assert_eq!((a.cache.recent, a.cache.protected()), (Some(40), 240));
     let (_, (text, _)) = submit(&mut a, "/show");
     assert!(
-        text.contains("recent 40% (the last 240 protected)"),
+        text.contains("recent 40% (the last 240 protected) history 0%"),
         "{text}"
     );
 }
