@@ -420,17 +420,8 @@ impl QActs {
             let qs = self.q[i * sup..(i + 1) * sup].chunks_exact_mut(16);
             let sums = &mut self.s16[i * sup / 16..(i + 1) * sup / 16];
             for ((qs, xs), s) in qs.zip(xs.chunks_exact(16)).zip(sums) {
-                // Lane by lane, so the compiler vectorizes it (a prompt quantizes every
-                // projection's input, token by token).
-                let mut q = [0i32; 16];
-                for (q, &v) in q.iter_mut().zip(xs) {
-                    *q = small_int((v * id).round());
-                }
-                for (b, &v) in qs.iter_mut().zip(&q) {
-                    *b = v as i8;
-                }
                 // |sum| ≤ 16 · 127: an i16.
-                *s = q.iter().sum::<i32>() as i16;
+                *s = quantize16(xs, id, qs) as i16;
             }
             self.d[i] = d;
         }
@@ -451,15 +442,7 @@ impl QActs {
             let mut halves = [0i32; 2];
             let qs = self.q[b * BLOCK..(b + 1) * BLOCK].chunks_exact_mut(16);
             for ((qs, xs), h) in qs.zip(xs.chunks_exact(16)).zip(&mut halves) {
-                // Lane by lane, as in `quantize_k`.
-                let mut q = [0i32; 16];
-                for (q, &v) in q.iter_mut().zip(xs) {
-                    *q = small_int((v * id).round());
-                }
-                for (b, &v) in qs.iter_mut().zip(&q) {
-                    *b = v as i8;
-                }
-                *h = q.iter().sum();
+                *h = quantize16(xs, id, qs);
             }
             // |sum| ≤ 16 · 127: an i16.
             self.s16[2 * b] = halves[0] as i16;
@@ -470,6 +453,21 @@ impl QActs {
             self.ds[b] = f16::from_f32(d * s as f32).to_f32();
         }
     }
+}
+
+/// Sixteen values `xs` times `id`, rounded (halves away from zero) and clamped to ±127, into
+/// `qs`; returns their sum. Lane by lane, so the compiler vectorizes it: a prompt quantizes
+/// every projection's input, token by token.
+#[inline(always)]
+fn quantize16(xs: &[f32], id: f32, qs: &mut [i8]) -> i32 {
+    let mut q = [0i32; 16];
+    for (q, &v) in q.iter_mut().zip(xs) {
+        *q = small_int((v * id).round());
+    }
+    for (b, &v) in qs.iter_mut().zip(&q) {
+        *b = v as i8;
+    }
+    q.iter().sum()
 }
 
 /// A whole `v` as an integer, clamped to ±127 (NaN: 0), as `v as i8` gives it, in bit
