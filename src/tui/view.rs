@@ -264,17 +264,17 @@ fn status_bar(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         .as_ref()
         .map(|v| format!("vs {} ", v.label))
         .unwrap_or_default();
-    // The recent share where the policy keeps one (MorphKV's and H2O's by default).
-    let mut recent = match c.recent() {
+    // The recent share where the policy keeps one (MorphKV's and H2O's by default), and
+    // MorphKV's history weight where one is set.
+    let mut shares = match c.recent() {
         0 => String::new(),
         r => format!(" r{r}%"),
     };
-    // MorphKV's history weight, where one is set.
     if c.policy == crate::cache::PolicyKind::MorphKv && c.history > 0 {
-        recent.push_str(&format!(" h{}%", c.history));
+        shares.push_str(&format!(" h{}%", c.history));
     }
     let left = format!(
-        " {} · {} · {} b{} w{}{recent} {versus}",
+        " {} · {} · {} b{} w{}{shares} {versus}",
         if app.model.is_empty() {
             "…"
         } else {
