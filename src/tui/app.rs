@@ -612,8 +612,7 @@ impl App {
         }
         let pos = self
             .step
-            .window_from
-            .min(self.step.protected_from)
+            .protected_from
             .saturating_sub(1)
             .min(self.step.seen - 1);
         self.inspect = Some(pos);
