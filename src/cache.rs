@@ -64,7 +64,10 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
-pub use config::{CacheConfig, Positions, DEFAULT_PREFILL_CHUNK};
+pub use config::{
+    CacheConfig, Positions, DEFAULT_HALF_LIFE, DEFAULT_HISTORY, DEFAULT_PREFILL_CHUNK,
+    DEFAULT_WINDOW,
+};
 pub use footprint::{format_bytes, parse_bytes, Bytes};
 pub use kv_type::{deserialize_kv_type, KvType, KV_TYPE_LIST};
 pub use policy::{encode_row, Fusion, GroupAgg, Needs, Phase, Policy, ScoreCtx, RING_SCALE};
@@ -334,7 +337,7 @@ impl KvCache {
         let clock = Instant::now();
         let layer = &mut self.layers[l];
         if self.needs.accumulate {
-            layer.accumulate(probs, dims);
+            layer.accumulate(probs, dims, self.needs.half_life);
         }
         // Rows of this block among the step's last `keep` rows go to the profile.
         let (keep, rows) = (self.needs.rows, dims.1);

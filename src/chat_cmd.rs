@@ -165,9 +165,20 @@ pub fn run(a: ChatArgs) -> Result<()> {
                 .unwrap_or("morphkv")
                 .parse()?,
             budget: a.budget.or(cfg.budget).or(pc.budget).unwrap_or(600),
-            window: a.window.or(cfg.window).or(pc.window).unwrap_or(30),
+            window: a
+                .window
+                .or(cfg.window)
+                .or(pc.window)
+                .unwrap_or(morphkv::cache::DEFAULT_WINDOW),
             recent: a.recent.or(cfg.recent),
-            history: a.history,
+            history: a
+                .history
+                .or(cfg.history)
+                .unwrap_or(morphkv::cache::DEFAULT_HISTORY),
+            half_life: a
+                .half_life
+                .or(cfg.half_life)
+                .unwrap_or(morphkv::cache::DEFAULT_HALF_LIFE),
             fusion: pc.fusion.as_deref().unwrap_or("sum").parse()?,
             positions: match a.positions.as_deref() {
                 Some(p) => p.parse()?,
@@ -198,12 +209,15 @@ pub fn run(a: ChatArgs) -> Result<()> {
                     pc.window.is_some(),
                 ),
                 "recent" => (a.recent.is_some(), cfg.recent.is_some(), false),
+                "history" => (a.history.is_some(), cfg.history.is_some(), false),
+                "half-life" => (a.half_life.is_some(), cfg.half_life.is_some(), false),
                 _ => (true, false, false),
             };
             if flag {
                 format!("--{name}")
             } else if file {
-                format!("{name} in {}", config_file.display())
+                // The file spells `half-life` as `half_life`.
+                format!("{} in {}", name.replace('-', "_"), config_file.display())
             } else if preset {
                 format!("the model preset's {name}")
             } else {

@@ -210,7 +210,8 @@ pub struct CacheArgs {
     /// preset's, else 600).
     #[arg(long, value_parser = limited(limits::BUDGET))]
     pub budget: Option<usize>,
-    /// Most recent tokens always kept, MorphKV's R (default: the preset's, else 30).
+    /// Most recent tokens always kept, MorphKV's R (default: the preset's, else 4; the
+    /// paper's 30 with --recent 0 --history 0 is its method).
     #[arg(long, value_parser = limited(limits::WINDOW))]
     pub window: Option<usize>,
     /// First tokens always kept (default: 4 for streaming, 0 otherwise).
@@ -218,7 +219,7 @@ pub struct CacheArgs {
     pub sinks: Option<usize>,
     /// Per cent of the budget kept for the most recent tokens whatever their scores, 0 to 100
     /// (default: 75 for morphkv, 50 for h2o as its paper splits the budget, 0 otherwise; the
-    /// window is kept in any case; 0 gives the papers' MorphKV).
+    /// window is kept in any case; 0, with --history 0 --window 30, gives the paper's MorphKV).
     #[arg(long, value_parser = limited(limits::RECENT))]
     pub recent: Option<usize>,
     /// MorphKV: fuse the window's rows by sum or max (default: the preset's, else sum).
@@ -228,9 +229,14 @@ pub struct CacheArgs {
     #[arg(long = "group-agg", default_value = "sum")]
     pub group_agg: String,
     /// MorphKV: add to each older token's score this per cent weight of the attention it has
-    /// received since it entered the cache (H2O's signal), 0 to 1000 (0: the paper's method).
-    #[arg(long, default_value_t = 0, value_parser = limited(limits::HISTORY))]
+    /// received since it entered the cache, fading with --half-life (H2O's signal, faded), 0
+    /// to 1000 (0: the paper's method).
+    #[arg(long, default_value_t = morphkv::cache::DEFAULT_HISTORY, value_parser = limited(limits::HISTORY))]
     pub history: usize,
+    /// MorphKV: tokens after which a query's attention counts half as much in --history's
+    /// sum (0: it never fades).
+    #[arg(long = "half-life", default_value_t = morphkv::cache::DEFAULT_HALF_LIFE, value_parser = limited(limits::HALF_LIFE))]
+    pub half_life: usize,
     /// Evict this many tokens at once when the cache is full (1 = every step).
     #[arg(long = "evict-every", default_value_t = 1, value_parser = limited(limits::EVICT_EVERY))]
     pub evict_every: usize,
@@ -457,7 +463,7 @@ pub struct ChatArgs {
     /// Tokens kept per KV head per layer (default: the config file's, else 600).
     #[arg(long, value_parser = limited(limits::BUDGET))]
     pub budget: Option<usize>,
-    /// Most recent tokens always kept (default: the config file's, else 30).
+    /// Most recent tokens always kept (default: the config file's, else the preset's, else 4).
     #[arg(long, value_parser = limited(limits::WINDOW))]
     pub window: Option<usize>,
     /// Per cent of the budget kept for the most recent tokens whatever their scores, 0 to 100
@@ -465,9 +471,14 @@ pub struct ChatArgs {
     #[arg(long, value_parser = limited(limits::RECENT))]
     pub recent: Option<usize>,
     /// MorphKV: add to each older token's score this per cent weight of the attention it has
-    /// received since it entered the cache (H2O's signal), 0 to 1000 (0: the paper's method).
-    #[arg(long, default_value_t = 0, value_parser = limited(limits::HISTORY))]
-    pub history: usize,
+    /// received since it entered the cache, fading with --half-life (H2O's signal, faded), 0
+    /// to 1000 (default: the config file's, else 100; 0: the paper's method).
+    #[arg(long, value_parser = limited(limits::HISTORY))]
+    pub history: Option<usize>,
+    /// MorphKV: tokens after which a query's attention counts half as much in --history's
+    /// sum (default: the config file's, else 512; 0: it never fades).
+    #[arg(long = "half-life", value_parser = limited(limits::HALF_LIFE))]
+    pub half_life: Option<usize>,
     /// RoPE positions: absolute or rebased (default: rebased, so a chat can outgrow the
     /// model's context).
     #[arg(long)]
@@ -543,12 +554,16 @@ impl CacheArgs {
         let cfg = morphkv::cache::CacheConfig {
             policy: policy.parse()?,
             budget: self.budget.or(preset.budget).unwrap_or(600),
-            window: self.window.or(preset.window).unwrap_or(30),
+            window: self
+                .window
+                .or(preset.window)
+                .unwrap_or(morphkv::cache::DEFAULT_WINDOW),
             sinks: self.sinks,
             recent: self.recent,
             fusion: fusion.parse()?,
             group_agg: self.group_agg.parse()?,
             history: self.history,
+            half_life: self.half_life,
             evict_every: self.evict_every,
             prefill_chunk: self.prefill_chunk,
             positions: self.positions.parse()?,

@@ -67,6 +67,9 @@ impl Variant {
                 label.push_str(&format!(" {:?}", cache.fusion).to_lowercase());
                 if cache.history > 0 {
                     label.push_str(&format!(" h{}%", cache.history));
+                    if cache.half_life != crate::cache::DEFAULT_HALF_LIFE {
+                        label.push_str(&format!(" hl{}", cache.half_life));
+                    }
                 }
             }
             if cache.recent() > 0 {

@@ -235,8 +235,8 @@ fn recents_run_each_share_on_the_policies_that_score() {
             "streaming b40",
             "h2o b40 w8",
             "h2o b40 w8 r50%",
-            "morphkv b40 w8 sum",
-            "morphkv b40 w8 sum r50%"
+            "morphkv b40 w8 sum h100%",
+            "morphkv b40 w8 sum h100% r50%"
         ],
         "{stdout}"
     );

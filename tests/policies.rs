@@ -459,6 +459,8 @@ struct Sim {
     keys: HashMap<(usize, u32), Vec<f32>>,
     /// Attention each (head, position) received, summed over its group and every query.
     received: HashMap<(usize, u32), f32>,
+    /// The same, query by query: (the query's position, its probability).
+    received_from: HashMap<(usize, u32), Vec<(u32, f32)>>,
 }
 
 fn sim_model() -> Config {
@@ -481,6 +483,7 @@ impl Sim {
             queries: HashMap::new(),
             keys: HashMap::new(),
             received: HashMap::new(),
+            received_from: HashMap::new(),
         }
     }
 
@@ -514,6 +517,10 @@ impl Sim {
                     probs[(qh * t + i) * n + s] = pr;
                     let pos = self.cache.layer(0).position(h, s);
                     *self.received.entry((h, pos)).or_default() += pr;
+                    self.received_from
+                        .entry((h, pos))
+                        .or_default()
+                        .push((p, pr));
                 }
             }
             self.queries.insert(p, qs);
@@ -532,14 +539,17 @@ impl Sim {
 fn morphkv_evictions_equal_brute_force_in_the_cache() {
     // The paper's method (only the window protected), and half the budget protected: the
     // scores still come from the window's rows over everything older than the window. With
-    // `history`, each token's accumulated attention is added at that per cent weight.
-    for (evict_every, recent_pct, history) in [
-        (1, 0, 0),
-        (8, 0, 0),
-        (1, 50, 0),
-        (8, 50, 0),
-        (1, 0, 100),
-        (1, 50, 300),
+    // `history`, each token's accumulated attention is added at that per cent weight, each
+    // query's share halved every `half_life` queries after it (0: never).
+    for (evict_every, recent_pct, history, half_life) in [
+        (1, 0, 0, 0),
+        (8, 0, 0, 0),
+        (1, 50, 0, 0),
+        (8, 50, 0, 0),
+        (1, 0, 100, 0),
+        (1, 50, 300, 0),
+        (1, 0, 100, 6),
+        (1, 50, 300, 3),
     ] {
         for (fusion, group_agg) in [
             (Fusion::Sum, GroupAgg::Sum),
@@ -556,6 +566,7 @@ fn morphkv_evictions_equal_brute_force_in_the_cache() {
                 fusion,
                 group_agg,
                 history,
+                half_life,
                 evict_every,
                 prefill_chunk: 16,
                 // The exact ring: the tolerance below is f16's.
@@ -614,7 +625,19 @@ fn morphkv_evictions_equal_brute_force_in_the_cache() {
                             }
                         }
                         for (p, s) in score.iter_mut() {
-                            *s += history as f32 / 100.0 * sim.received[&(h, *p)];
+                            let received: f32 = sim.received_from[&(h, *p)]
+                                .iter()
+                                .map(|&(qp, pr)| {
+                                    let ago = (seen - 1 - qp) as f32;
+                                    let fade = if half_life == 0 {
+                                        1.0
+                                    } else {
+                                        0.5f32.powf(ago / half_life as f32)
+                                    };
+                                    pr * fade
+                                })
+                                .sum();
+                            *s += history as f32 / 100.0 * received;
                         }
                         // Candidates: older than the protected span.
                         let mut ranked: Vec<u32> = old
@@ -655,7 +678,8 @@ fn morphkv_evictions_equal_brute_force_in_the_cache() {
                         assert!(
                             got.len() == exp.len() && differ.is_subset(near),
                             "{fusion:?}/{group_agg:?} evict_every {evict_every} recent \
-                             {recent_pct}% history {history}% head {h} at {seen}: kept \
+                             {recent_pct}% history {history}% half-life {half_life} head {h} \
+                             at {seen}: kept \
                              {got:?}, expected {exp:?}"
                         );
                     }

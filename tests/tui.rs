@@ -60,20 +60,30 @@ fn every_panel_at_every_size() {
     }
 }
 
-/// The status bar names the cache's settings: MorphKV's history weight only where one is set.
+/// The status bar names the cache's settings: MorphKV's history weight and half-life only
+/// where they are not the defaults (the paper's scoring shows as `h0%`).
 #[test]
-fn the_status_bar_shows_the_history_weight_where_set() {
+fn the_status_bar_shows_the_history_weight_where_not_the_default() {
     let app = app_after_recording();
     assert!(screen(&app, 120, 40).contains("morphkv b24 w6 r75% "));
-    let cache = CacheConfig {
-        history: 100,
-        ..demo::cache_config()
-    };
-    let mut app = App::new(cache, SamplingParams::greedy(), 256);
-    for m in recorded() {
-        app.update(m);
+    for (history, half_life, shows) in [
+        (0, 512, "r75% h0% "),
+        (0, 64, "r75% h0% "),
+        (300, 512, "r75% h300% "),
+        (100, 64, "r75% h100% hl64 "),
+    ] {
+        let cache = CacheConfig {
+            history,
+            half_life,
+            ..demo::cache_config()
+        };
+        let mut app = App::new(cache, SamplingParams::greedy(), 256);
+        for m in recorded() {
+            app.update(m);
+        }
+        let s = screen(&app, 120, 40);
+        assert!(s.contains(&format!("morphkv b24 w6 {shows}")), "{s}");
     }
-    assert!(screen(&app, 120, 40).contains("morphkv b24 w6 r75% h100% "));
 }
 
 #[test]

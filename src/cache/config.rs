@@ -15,6 +15,14 @@ use crate::error::{Error, Result};
 
 /// Prompt tokens run per forward pass during prefill.
 pub const DEFAULT_PREFILL_CHUNK: usize = 512;
+/// Most recent tokens always kept, MorphKV's window of queries `R` (`--window`): its rows
+/// cost bytes that buy budget elsewhere, and its faded history (below) carries the longer view.
+pub const DEFAULT_WINDOW: usize = 4;
+/// MorphKV's weight of each token's accumulated attention beside its window's scores, per
+/// cent (`--history`; 0 is the paper's method).
+pub const DEFAULT_HISTORY: usize = 100;
+/// The half-life of that accumulated attention, in tokens (`--half-life`).
+pub const DEFAULT_HALF_LIFE: usize = 512;
 
 /// Which positions RoPE sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -63,8 +71,10 @@ pub struct CacheConfig {
     pub fusion: Fusion,
     pub group_agg: GroupAgg,
     /// MorphKV: per cent weight of each slot's attention accumulated since it entered (H2O's
-    /// signal) added to the window's score; 0 (the default) is the paper's method.
+    /// signal, fading with `half_life`) added to the window's score; 0 is the paper's method.
     pub history: usize,
+    /// MorphKV: half-life of that accumulated attention in tokens (0: it never fades).
+    pub half_life: usize,
     /// Evict this many tokens at once when the cache is full (the paper's cheaper variant).
     pub evict_every: usize,
     /// Prompt tokens per forward pass; the cache compresses after each.
@@ -83,12 +93,13 @@ impl Default for CacheConfig {
         Self {
             policy: PolicyKind::MorphKv,
             budget: 600,
-            window: 30,
+            window: DEFAULT_WINDOW,
             sinks: None,
             recent: None,
             fusion: Fusion::Sum,
             group_agg: GroupAgg::Sum,
-            history: 0,
+            history: DEFAULT_HISTORY,
+            half_life: DEFAULT_HALF_LIFE,
             evict_every: 1,
             prefill_chunk: DEFAULT_PREFILL_CHUNK,
             positions: Positions::Absolute,
@@ -148,6 +159,7 @@ impl CacheConfig {
             (limits::SINKS, self.sinks.unwrap_or(0)),
             (limits::RECENT, self.recent.unwrap_or(0)),
             (limits::HISTORY, self.history),
+            (limits::HALF_LIFE, self.half_life),
             (limits::EVICT_EVERY, self.evict_every),
             (limits::PREFILL_CHUNK, self.prefill_chunk),
         ];
@@ -179,6 +191,7 @@ impl CacheConfig {
             fusion: self.fusion,
             group_agg: self.group_agg,
             history: self.history,
+            half_life: self.half_life,
         })
     }
 
@@ -198,6 +211,7 @@ mod tests {
             policy,
             budget,
             recent,
+            window: 30,
             ..CacheConfig::default()
         }
     }

@@ -59,6 +59,12 @@ pub const HISTORY: Limit = Limit {
     min: 0,
     max: 1000,
 };
+/// MorphKV: half-life of each slot's accumulated attention, in tokens (0: it never fades).
+pub const HALF_LIFE: Limit = Limit {
+    name: "half-life",
+    min: 0,
+    max: 1 << 20,
+};
 /// First tokens always kept.
 pub const SINKS: Limit = Limit {
     name: "sinks",
@@ -115,6 +121,20 @@ pub fn deserialize_recent<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<usize>, D::Error> {
     bounded(d, RECENT)
+}
+
+/// `history` in `config.toml`, checked against [`HISTORY`].
+pub fn deserialize_history<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<usize>, D::Error> {
+    bounded(d, HISTORY)
+}
+
+/// `half_life` in `config.toml`, checked against [`HALF_LIFE`].
+pub fn deserialize_half_life<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<usize>, D::Error> {
+    bounded(d, HALF_LIFE)
 }
 
 /// Checks that a cache of `cap` slots per KV head in every layer of `model` (K and V, the

@@ -18,10 +18,14 @@
 //! KV head, its query heads' rows pooled as `super::profile` describes: the group
 //! aggregation is then the pooling's sum, whatever `--group-agg` says.
 //!
-//! `--history PERCENT` (0 by default: the paper's method) adds to each older token's score
-//! that weight of the attention it has received since it entered the cache (summed over
-//! every query and the KV head's query heads, as H2O scores: the cache keeps the sum per
-//! slot), so a token the window ignores but the conversation kept returning to can stay.
+//! `--history PERCENT` (100 by default; 0 is the paper's method) adds to each older token's
+//! score that weight of the attention it has received since it entered the cache, summed over
+//! the KV head's query heads as H2O scores but fading with `--half-life` (512 tokens by
+//! default: a query's attention counts half as much 512 tokens later). The cache keeps that
+//! sum per slot, one number, so it is a window of every past query at no profile cost; a
+//! token the short window ignores but the conversation kept returning to can stay. With it
+//! the window's rows can be few (`--window 4` by default, the paper's 30 with `--window 30
+//! --recent 0 --history 0`): at equal bytes the budget their rows would take is worth more.
 
 use super::policy::Settings;
 use super::registry::Entry;
@@ -30,7 +34,7 @@ use super::policy::{Fusion, GroupAgg, Needs, Policy, ScoreCtx};
 /// `morphkv`'s registry entry.
 pub const ENTRY: Entry = Entry {
     name: "morphkv",
-    about: "the window's attention re-ranks older tokens every step (the paper's method) beside the budget's recent 3/4",
+    about: "the window's attention, and the fading sum of all past attention, re-rank older tokens every step beside the budget's recent 3/4",
     sinks: 0,
     window: None,
     recent: 75,
@@ -44,6 +48,7 @@ fn build(cfg: &Settings) -> Box<dyn Policy> {
         fusion: cfg.fusion,
         group_agg: cfg.group_agg,
         history: cfg.history as f32 / 100.0,
+        half_life: cfg.half_life,
     })
 }
 
@@ -55,6 +60,8 @@ pub struct MorphKv {
     pub group_agg: GroupAgg,
     /// Weight of each slot's accumulated attention in its score (0: not kept, not used).
     pub history: f32,
+    /// Half-life of the accumulated attention, in tokens (0: it never fades).
+    pub half_life: usize,
 }
 
 impl Policy for MorphKv {
@@ -66,6 +73,7 @@ impl Policy for MorphKv {
         Needs {
             rows: self.window,
             accumulate: self.history > 0.0,
+            half_life: self.half_life,
         }
     }
 

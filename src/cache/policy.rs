@@ -19,6 +19,8 @@ pub struct Settings {
     pub group_agg: GroupAgg,
     /// MorphKV: per cent weight of the accumulated attention in the score.
     pub history: usize,
+    /// MorphKV: half-life of the accumulated attention, in tokens (0: it never fades).
+    pub half_life: usize,
 }
 
 /// When the cache asks a policy to choose victims.
@@ -112,6 +114,9 @@ pub struct Needs {
     /// Keep, per slot, the attention it received since it entered (H2O; MorphKV with a
     /// history weight).
     pub accumulate: bool,
+    /// Half-life of that sum in queries: each query's attention counts half as much this
+    /// many queries later (0: never fades, H2O's plain sum).
+    pub half_life: usize,
 }
 
 /// An eviction policy: scores candidate slots, higher = keep.

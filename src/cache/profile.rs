@@ -510,6 +510,7 @@ mod tests {
             fusion: Fusion::Sum,
             group_agg: GroupAgg::Sum,
             history: 0.0,
+            half_life: 0,
         };
         let mut out = vec![0f32; n_kv * n];
         policy.score(&ctx, &mut out);

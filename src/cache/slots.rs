@@ -258,19 +258,37 @@ impl LayerCache {
     }
 
     /// Adds attention probabilities (H_q, rows, visible) to the slots' received attention,
-    /// summed over rows and over the query heads of each KV head (H2O's statistic).
+    /// summed over rows and over the query heads of each KV head (H2O's statistic). With a
+    /// half-life (in rows, 0: none) the sum fades: each row counts `0.5^(1 / half_life)`
+    /// times as much as the next, so after `half_life` more rows it counts half.
     pub(super) fn accumulate(
         &mut self,
         probs: &[f32],
         (n_head, rows, visible): (usize, usize, usize),
+        half_life: usize,
     ) {
         let (group, cap) = (self.group, self.cap);
+        // The weight of row r is fade^(rows - 1 - r); what came before fades by fade^rows.
+        let fade = if half_life == 0 {
+            1.0
+        } else {
+            0.5f64.powf(1.0 / half_life as f64)
+        };
+        if fade < 1.0 {
+            let before = fade.powi(rows as i32) as f32;
+            for h in 0..self.n_kv {
+                for acc in &mut self.acc[h * cap..h * cap + visible] {
+                    *acc *= before;
+                }
+            }
+        }
         for qh in 0..n_head {
             let h = qh / group;
             for r in 0..rows {
+                let w = fade.powi((rows - 1 - r) as i32) as f32;
                 let row = &probs[(qh * rows + r) * visible..(qh * rows + r + 1) * visible];
                 for (acc, p) in self.acc[h * cap..h * cap + visible].iter_mut().zip(row) {
-                    *acc += p;
+                    *acc += w * p;
                 }
             }
         }

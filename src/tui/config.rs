@@ -20,6 +20,18 @@ pub struct Config {
     /// Per cent of the budget kept for the most recent tokens (`--recent`).
     #[serde(default, deserialize_with = "crate::cache::limits::deserialize_recent")]
     pub recent: Option<usize>,
+    /// MorphKV: per cent weight of the fading sum of past attention (`--history`).
+    #[serde(
+        default,
+        deserialize_with = "crate::cache::limits::deserialize_history"
+    )]
+    pub history: Option<usize>,
+    /// MorphKV: that sum's half-life in tokens (`--half-life`).
+    #[serde(
+        default,
+        deserialize_with = "crate::cache::limits::deserialize_half_life"
+    )]
+    pub half_life: Option<usize>,
     /// How keys and values are stored: f32, f16 or q8_0.
     #[serde(default, deserialize_with = "crate::cache::deserialize_kv_type")]
     pub kv_type: Option<crate::cache::KvType>,
@@ -37,7 +49,7 @@ pub struct Config {
 pub fn parse(text: &str, path: &Path) -> Result<Config, String> {
     toml::from_str(text).map_err(|e| {
         format!(
-            "{} (keys: model, policy, budget, window, recent, kv_type, profile, theme, system_prompt, and a [keys] table)",
+            "{} (keys: model, policy, budget, window, recent, history, half_life, kv_type, profile, theme, system_prompt, and a [keys] table)",
             toml_error(path, text, &e)
         )
     })
@@ -93,11 +105,17 @@ mod tests {
             e.contains("`u4` is not a profile storage") && e.contains("log8"),
             "{e}"
         );
+        let e = parse("budget = 300\nhistory = 1001\n", path).unwrap_err();
+        assert!(e.starts_with("/x/config.toml:2:11: "), "{e}");
+        assert!(e.contains("history must be between 0 and 1000"), "{e}");
+        let e = parse("half_life = -1\n", path).unwrap_err();
+        assert!(e.starts_with("/x/config.toml:1:13: "), "{e}");
         let ok = parse(
-            "budget = 300\nwindow = 20\nkv_type = \"Q8_0\"\nprofile = \"f16\"\n",
+            "budget = 300\nwindow = 20\nkv_type = \"Q8_0\"\nprofile = \"f16\"\nhistory = 0\nhalf_life = 64\n",
             path,
         )
         .unwrap();
+        assert_eq!((ok.history, ok.half_life), (Some(0), Some(64)));
         assert_eq!(ok.profile, Some(crate::cache::ProfileType::F16));
         assert_eq!((ok.budget, ok.window), (Some(300), Some(20)));
         assert_eq!(ok.kv_type, Some(crate::cache::KvType::Q8_0));

@@ -265,13 +265,19 @@ fn status_bar(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         .map(|v| format!("vs {} ", v.label))
         .unwrap_or_default();
     // The recent share where the policy keeps one (MorphKV's and H2O's by default), and
-    // MorphKV's history weight where one is set.
+    // MorphKV's history weight and half-life where they are not the defaults.
     let mut shares = match c.recent() {
         0 => String::new(),
         r => format!(" r{r}%"),
     };
-    if c.policy == crate::cache::PolicyKind::MorphKv && c.history > 0 {
-        shares.push_str(&format!(" h{}%", c.history));
+    if c.policy == crate::cache::PolicyKind::MorphKv {
+        let half_life = c.half_life != crate::cache::DEFAULT_HALF_LIFE && c.history > 0;
+        if c.history != crate::cache::DEFAULT_HISTORY || half_life {
+            shares.push_str(&format!(" h{}%", c.history));
+        }
+        if half_life {
+            shares.push_str(&format!(" hl{}", c.half_life));
+        }
     }
     let left = format!(
         " {} · {} · {} b{} w{}{shares} {versus}",

@@ -44,8 +44,8 @@ impl App {
                 let c = &self.cache;
                 let s = &self.sampling;
                 self.note(format!(
-                    "model {} | policy {} budget {} window {} recent {}% (the last {} protected) history {}% | temp {} top-k {} top-p {} min-p {} seed {} | max-tokens {}",
-                    self.model, c.policy.name(), c.budget, c.window, c.recent(), c.protected(), c.history,
+                    "model {} | policy {} budget {} window {} recent {}% (the last {} protected) history {}% half-life {} | temp {} top-k {} top-p {} min-p {} seed {} | max-tokens {}",
+                    self.model, c.policy.name(), c.budget, c.window, c.recent(), c.protected(), c.history, c.half_life,
                     s.temp, s.top_k, s.top_p, s.min_p, s.seed, self.max_tokens
                 ));
                 Vec::new()

@@ -162,7 +162,7 @@ fn slash_set_policy_says_when_it_applies() {
         .unwrap()
         .0
         .contains("unknown policy `lru`"));
-    typed(&mut a, "/set budget 10");
+    typed(&mut a, "/set budget 3");
     assert!(a.update(Msg::Action(Action::Submit)).is_empty());
     assert!(a.notice.as_ref().unwrap().1);
 }
@@ -196,7 +196,7 @@ fn slash_set_recent_sets_the_share_and_refuses_what_is_out_of_range() {
     assert_eq!((a.cache.recent, a.cache.protected()), (Some(40), 240));
     let (_, (text, _)) = submit(&mut a, "/show");
     assert!(
-        text.contains("recent 40% (the last 240 protected) history 0%"),
+        text.contains("recent 40% (the last 240 protected) history 100% half-life 512"),
         "{text}"
     );
 }
