@@ -84,7 +84,7 @@ echo "== prompts, 512 tokens: llama-bench ($THREADS threads, flash attention off
 $MORPHKV bench -m "$MODEL" -t "$THREADS" --policies full --contexts 512 --decode-tokens 8 \
     --reps 3 --no-reference --json "$OUT/ours-prompt.json" >/dev/null
 for i in $(seq 1 "$PAIRS"); do
-    echo "== decode, pair $i of $PAIRS: tg64 at depths 0, $FULL_DEPTH and $DEPTH (llama.cpp, then morphkv: the full cache, and morphkv budget 600, window 30 at $DEPTH)"
+    echo "== decode, pair $i of $PAIRS: tg64 at depths 0, $FULL_DEPTH and $DEPTH (llama.cpp, then morphkv: the full cache, and morphkv budget 600 with its default window and history at $DEPTH)"
     "$BENCH" -m "$MODEL" -t "$THREADS" "${FA[@]}" -p 0 -n 64 -r 3 -o json > "$OUT/llama-empty-$i.json"
     $MORPHKV bench -m "$MODEL" -t "$THREADS" --policies full --contexts 16 \
         --decode-tokens 64 --reps 3 --no-reference --json "$OUT/ours-empty-$i.json" >/dev/null
@@ -92,7 +92,7 @@ for i in $(seq 1 "$PAIRS"); do
         > "$OUT/llama-depth-$i.json"
     $MORPHKV bench -m "$MODEL" -t "$THREADS" --policies full --contexts "$FULL_DEPTH" \
         --decode-tokens 64 --reps 1 --no-reference --json "$OUT/ours-full-$i.json" >/dev/null
-    $MORPHKV bench -m "$MODEL" -t "$THREADS" --policies morphkv --budget 600 --window 30 \
+    $MORPHKV bench -m "$MODEL" -t "$THREADS" --policies morphkv --budget 600 \
         --contexts "$DEPTH" --decode-tokens 64 --reps 1 --no-reference \
         --json "$OUT/ours-depth-$i.json" >/dev/null
 done
