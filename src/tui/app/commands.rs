@@ -7,7 +7,7 @@ use crate::chat::{Message, Role};
 use crate::engine::Command;
 
 /// Slash commands, for `/help` and the help overlay.
-pub const SLASH_HELP: [(&str, &str); 20] = [
+pub const SLASH_HELP: [(&str, &str); 21] = [
     ("/set temp X", "temperature (0 = greedy)"),
     ("/set top-k|top-p|min-p V", "sampling filters"),
     ("/set seed N", "sampling seed"),
@@ -16,6 +16,7 @@ pub const SLASH_HELP: [(&str, &str); 20] = [
     ("/set budget N [next]", "tokens kept per KV head"),
     ("/set window N [next]", "recent tokens always kept"),
     ("/set recent N [next]", "per cent of the budget kept recent"),
+    ("/set history|half-life N", "MorphKV's fading history"),
     ("/set system TEXT", "system prompt (applies to a new chat)"),
     ("/focus L H | all", "retention of one layer and KV head"),
     ("/compare P | off", "compare with a 2nd cache"),
@@ -168,10 +169,12 @@ impl App {
                 }
                 _ => return bad(self, "a positive whole number"),
             },
-            "policy" | "budget" | "window" | "recent" => return self.set_cache(key, value, when),
+            "policy" | "budget" | "window" | "recent" | "history" | "half-life" => {
+                return self.set_cache(key, value, when)
+            }
             _ => {
                 self.error(format!(
-                    "/set: unknown setting `{key}` (temp, top-k, top-p, min-p, seed, max-tokens, policy, budget, window, recent, system)"
+                    "/set: unknown setting `{key}` (temp, top-k, top-p, min-p, seed, max-tokens, policy, budget, window, recent, history, half-life, system)"
                 ));
                 return Vec::new();
             }
@@ -197,6 +200,14 @@ impl App {
                 .parse(value)
                 .map(|r| cfg.recent = Some(r))
                 .map_err(|e| crate::Error::arg("recent", e)),
+            "history" => limits::HISTORY
+                .parse(value)
+                .map(|h| cfg.history = h)
+                .map_err(|e| crate::Error::arg("history", e)),
+            "half-life" => limits::HALF_LIFE
+                .parse(value)
+                .map(|h| cfg.half_life = h)
+                .map_err(|e| crate::Error::arg("half-life", e)),
             _ => limits::WINDOW
                 .parse(value)
                 .map(|w| cfg.window = w)

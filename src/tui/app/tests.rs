@@ -202,6 +202,37 @@ fn slash_set_recent_sets_the_share_and_refuses_what_is_out_of_range() {
 }
 
 #[test]
+fn slash_set_history_and_half_life_reach_the_engine_and_refuse_what_is_out_of_range() {
+    let mut a = app();
+    let submit = |a: &mut App, line: &str| {
+        typed(a, line);
+        let fx = a.update(Msg::Action(Action::Submit));
+        (fx, a.notice.clone().unwrap_or_default())
+    };
+    let (fx, _) = submit(&mut a, "/set history 0");
+    assert!(matches!(
+        fx.as_slice(),
+        [Effect::Engine(Command::SetCache { now: false, cache })] if cache.history == 0
+    ));
+    let (fx, _) = submit(&mut a, "/set half-life 64");
+    assert!(matches!(
+        fx.as_slice(),
+        [Effect::Engine(Command::SetCache { now: false, cache })]
+            if cache.half_life == 64 && cache.history == 0
+    ));
+    for (bad, name) in [("history 1001", "history"), ("half-life soon", "half-life")] {
+        let (fx, (text, error)) = submit(&mut a, &format!("/set {bad}"));
+        assert!(
+            fx.is_empty() && error && text.contains(name),
+            "{bad}: {text}"
+        );
+    }
+    assert_eq!((a.cache.history, a.cache.half_life), (0, 64));
+    let (_, (text, _)) = submit(&mut a, "/show");
+    assert!(text.contains("history 0% half-life 64"), "{text}");
+}
+
+#[test]
 fn regenerate_and_edit_rewind_the_conversation() {
     let mut a = app();
     a.messages = vec![Message::user("q1"), Message::assistant("a1")];
