@@ -170,6 +170,13 @@ fn damaged_traces_are_refused_with_the_line_and_the_fault() {
             &["line 1", "token_text has 5 entries for 4 tokens"],
         ),
         (
+            with(
+                0,
+                &header.replace(r#""sinks":0"#, r#""history":1001,"sinks":0"#),
+            ),
+            &["line 1", "history must be between 0 and 1000"],
+        ),
+        (
             with(0, &header.replace(r#""version":1"#, r#""version":7"#)),
             &["line 1", "newer"],
         ),

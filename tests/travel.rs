@@ -31,6 +31,9 @@ fn cache() -> CacheConfig {
         policy: PolicyKind::H2o,
         budget: 32,
         window: 4,
+        recent: Some(40),
+        history: 250,
+        half_life: 77,
         ..CacheConfig::default()
     }
 }
@@ -255,11 +258,14 @@ fn the_engine_travels_back_and_replay_shows_the_same() {
     while !matches!(next(&rx), Event::Exported(_)) {}
     let mut replay = Replay::open(&path).unwrap();
     replay.answer(Command::Focus(Some(focus)), &|_| {});
-    let mut shown = App::new(
-        replay.settings().unwrap().cache,
-        SamplingParams::greedy(),
-        1,
+    // The trace carries the settings the status bar names.
+    let settings = replay.settings().unwrap().cache;
+    let want = cache();
+    assert_eq!(
+        (settings.recent(), settings.history, settings.half_life),
+        (want.recent(), want.history, want.half_life)
     );
+    let mut shown = App::new(settings, SamplingParams::greedy(), 1);
     for e in replay.opening() {
         shown.update(Msg::Engine(e));
     }

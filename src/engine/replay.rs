@@ -53,6 +53,9 @@ impl Replay {
             budget: h.budget,
             window: h.window,
             sinks: Some(h.sinks),
+            recent: Some(h.recent),
+            history: h.history,
+            half_life: h.half_life,
             positions: if h.positions == "absolute" {
                 Positions::Absolute
             } else {

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! {"kind":"header","format":"morphkv-trace","version":1,"model":…,"policy":…,"budget":…,
-//!  "window":…,"effective_window":…,"recent":…,"protected":…,"sinks":…,"positions":…,
+//!  "window":…,"effective_window":…,"recent":…,"protected":…,"history":…,"half_life":…,
+//!  "sinks":…,"positions":…,
 //!  "layers":…,"kv_heads":…,
 //!  "kv_bytes_per_token":…,"profile_bytes_per_token":…,"tokens":N,"token_text":[…],
 //!  "prompts":[[from,to],…],"evictions_dropped":…,"evictions_dropped_through_step":…}
@@ -68,6 +69,12 @@ pub struct Header {
     pub recent: usize,
     #[serde(default)]
     pub protected: usize,
+    /// MorphKV's history weight (per cent) and its half-life in tokens (absent in traces
+    /// written before them: 0, what those ran under).
+    #[serde(default)]
+    pub history: usize,
+    #[serde(default)]
+    pub half_life: usize,
     pub sinks: usize,
     pub positions: String,
     pub layers: usize,
@@ -113,6 +120,8 @@ impl Header {
             effective_window: c.effective_window(),
             recent: c.recent(),
             protected: c.protected(),
+            history: c.history,
+            half_life: c.half_life,
             sinks: c.sinks(),
             positions: format!("{:?}", c.positions).to_lowercase(),
             layers: cache.n_layers(),
@@ -296,6 +305,8 @@ fn check_header(h: &Header) -> std::result::Result<(), String> {
     )?;
     limits::RECENT.check(h.recent)?;
     range("protected", h.protected, 0, h.budget)?;
+    limits::HISTORY.check(h.history)?;
+    limits::HALF_LIFE.check(h.half_life)?;
     limits::SINKS.check(h.sinks)?;
     range("tokens", h.tokens, 0, MAX_TOKENS)?;
     range("kv_bytes_per_token", h.kv_bytes_per_token, 0, 1 << 30)?;

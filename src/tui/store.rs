@@ -6,11 +6,13 @@
 //! ```json
 //! { "version": 1, "id": "20261129-031500-1234", "title": "first words of the chat",
 //!   "created": 1796354100, "updated": 1796354160, "model": "smollm2-135m-instruct",
-//!   "policy": "morphkv", "budget": 600, "window": 30, "recent": 75,
+//!   "policy": "morphkv", "budget": 600, "window": 4, "recent": 75, "history": 100,
+//!   "half_life": 512,
 //!   "messages": [ { "role": "user", "content": "..." }, { "role": "assistant", "content": "..." } ] }
 //! ```
 //! The cache settings say what the chat ran under (a resumed chat runs under the current
-//! ones); `recent` (the per cent of the budget kept recent) is absent in older files: 0.
+//! ones); `recent` (the per cent of the budget kept recent) is absent in older files: 0;
+//! `history` and `half_life` (MorphKV's fading history) too: 0, what those chats ran under.
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -34,6 +36,10 @@ pub struct SavedChat {
     pub window: usize,
     #[serde(default)]
     pub recent: usize,
+    #[serde(default)]
+    pub history: usize,
+    #[serde(default)]
+    pub half_life: usize,
     pub messages: Vec<Message>,
 }
 
@@ -261,6 +267,8 @@ impl SavedChat {
             budget: cache.budget,
             window: cache.window,
             recent: cache.recent(),
+            history: cache.history,
+            half_life: cache.half_life,
             messages: messages.to_vec(),
         }
     }
@@ -301,11 +309,14 @@ mod tests {
         assert_eq!(list(&dir).len(), 1);
         assert_eq!(chat.title, "Hello there, how are you?");
         assert_eq!((chat.policy.as_str(), chat.recent), ("morphkv", 75));
-        // A file from before the recent share reads as share 0.
+        assert_eq!((chat.history, chat.half_life), (100, 512));
+        // A file from before the recent share and the history reads as 0 for them.
         let mut old = serde_json::to_value(&chat).unwrap();
-        old.as_object_mut().unwrap().remove("recent");
+        for key in ["recent", "history", "half_life"] {
+            old.as_object_mut().unwrap().remove(key);
+        }
         let older = parse(old.to_string().as_bytes(), &path).unwrap();
-        assert_eq!(older.recent, 0);
+        assert_eq!((older.recent, older.history, older.half_life), (0, 0, 0));
         std::fs::write(dir.join("junk.json"), "{").unwrap();
         assert_eq!(list(&dir).len(), 1);
         assert!(load(&dir.join("junk.json"))
