@@ -65,8 +65,8 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
 pub use config::{
-    CacheConfig, Positions, DEFAULT_HALF_LIFE, DEFAULT_HISTORY, DEFAULT_PREFILL_CHUNK,
-    DEFAULT_WINDOW,
+    CacheConfig, Positions, BASELINE_WINDOW, DEFAULT_HALF_LIFE, DEFAULT_HISTORY,
+    DEFAULT_PREFILL_CHUNK, DEFAULT_WINDOW,
 };
 pub use footprint::{format_bytes, parse_bytes, Bytes};
 pub use kv_type::{deserialize_kv_type, KvType, KV_TYPE_LIST};

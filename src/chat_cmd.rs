@@ -165,11 +165,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
                 .unwrap_or("morphkv")
                 .parse()?,
             budget: a.budget.or(cfg.budget).or(pc.budget).unwrap_or(600),
-            window: a
-                .window
-                .or(cfg.window)
-                .or(pc.window)
-                .unwrap_or(morphkv::cache::DEFAULT_WINDOW),
+            window: a.window.or(cfg.window).or(pc.window),
             recent: a.recent.or(cfg.recent),
             history: a
                 .history
@@ -233,7 +229,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
         let cfg = CacheConfig {
             policy: p.parse().map_err(|e| anyhow::anyhow!("--compare: {e}"))?,
             budget: a.compare_budget.unwrap_or(main.budget),
-            window: a.compare_window.unwrap_or(main.window),
+            window: a.compare_window.or(main.window),
             ..main.clone()
         };
         cfg.validate_with(&|name| format!("--compare-{name}"))?;

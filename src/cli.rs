@@ -210,8 +210,9 @@ pub struct CacheArgs {
     /// preset's, else 600).
     #[arg(long, value_parser = limited(limits::BUDGET))]
     pub budget: Option<usize>,
-    /// Most recent tokens always kept, MorphKV's R (default: the preset's, else 4; the
-    /// paper's 30 with --recent 0 --history 0 is its method).
+    /// Most recent tokens always kept, MorphKV's R (default: the preset's, else the policy's:
+    /// 4 for morphkv, 30 otherwise; MorphKV's 30 with --recent 0 --history 0 is its paper's
+    /// method).
     #[arg(long, value_parser = limited(limits::WINDOW))]
     pub window: Option<usize>,
     /// First tokens always kept (default: 4 for streaming, 0 otherwise).
@@ -373,7 +374,8 @@ pub struct EvalArgs {
         conflicts_with_all = ["budgets", "budget"]
     )]
     pub equal_bytes: Vec<usize>,
-    /// Windows to try for MorphKV and H2O, comma-separated (default: --window).
+    /// Windows to try for MorphKV and H2O, comma-separated (default: --window, else each
+    /// policy's).
     #[arg(long, value_delimiter = ',', value_parser = limited(limits::WINDOW))]
     pub windows: Vec<usize>,
     /// Recent shares to try (per cent of the budget, comma-separated) for the policies that
@@ -463,7 +465,8 @@ pub struct ChatArgs {
     /// Tokens kept per KV head per layer (default: the config file's, else 600).
     #[arg(long, value_parser = limited(limits::BUDGET))]
     pub budget: Option<usize>,
-    /// Most recent tokens always kept (default: the config file's, else the preset's, else 4).
+    /// Most recent tokens always kept (default: the config file's, else the preset's, else the
+    /// policy's: 4 for morphkv, 30 otherwise).
     #[arg(long, value_parser = limited(limits::WINDOW))]
     pub window: Option<usize>,
     /// Per cent of the budget kept for the most recent tokens whatever their scores, 0 to 100
@@ -490,14 +493,14 @@ pub struct ChatArgs {
     #[arg(long, help = profile_help())]
     pub profile: Option<String>,
     /// Compare mode from the start: a second cache under this policy follows the
-    /// conversation (as `/compare POLICY`); its budget and window are the main cache's unless
-    /// given.
+    /// conversation (as `/compare POLICY`); its budget is the main cache's and its window the
+    /// main cache's --window (else its policy's) unless given.
     #[arg(long)]
     pub compare: Option<String>,
     /// The compare cache's budget (default: --budget's).
     #[arg(long = "compare-budget", requires = "compare", value_parser = limited(limits::BUDGET))]
     pub compare_budget: Option<usize>,
-    /// The compare cache's window (default: --window's).
+    /// The compare cache's window (default: --window's if given, else its policy's).
     #[arg(long = "compare-window", requires = "compare", value_parser = limited(limits::WINDOW))]
     pub compare_window: Option<usize>,
     /// Colour theme: dark, light, high-contrast, a name from the config folder's themes/, or
@@ -554,10 +557,7 @@ impl CacheArgs {
         let cfg = morphkv::cache::CacheConfig {
             policy: policy.parse()?,
             budget: self.budget.or(preset.budget).unwrap_or(600),
-            window: self
-                .window
-                .or(preset.window)
-                .unwrap_or(morphkv::cache::DEFAULT_WINDOW),
+            window: self.window.or(preset.window),
             sinks: self.sinks,
             recent: self.recent,
             fusion: fusion.parse()?,

@@ -61,7 +61,7 @@ impl Variant {
         if cache.policy != PolicyKind::Full {
             label.push_str(&format!(" b{}", cache.budget));
             if matches!(cache.policy, PolicyKind::MorphKv | PolicyKind::H2o) {
-                label.push_str(&format!(" w{}", cache.window));
+                label.push_str(&format!(" w{}", cache.window()));
             }
             if cache.policy == PolicyKind::MorphKv {
                 label.push_str(&format!(" {:?}", cache.fusion).to_lowercase());
@@ -184,7 +184,7 @@ impl Trace {
             label: v.label.clone(),
             policy: v.cache.policy.name().to_string(),
             budget: v.cache.budget,
-            window: v.cache.window,
+            window: v.cache.window(),
             overall: self.span(from, to),
             bins,
             kv_bytes: self.kv_bytes,

@@ -94,10 +94,11 @@ fn variants(a: &EvalArgs) -> Result<Vec<Variant>> {
     } else {
         a.budgets.clone()
     };
-    let windows = if a.windows.is_empty() {
+    // `None`: each policy's own default window.
+    let windows: Vec<Option<usize>> = if a.windows.is_empty() {
         vec![base.window]
     } else {
-        a.windows.clone()
+        a.windows.iter().copied().map(Some).collect()
     };
     let recents: Vec<Option<usize>> = if a.recents.is_empty() {
         vec![base.recent]
@@ -152,7 +153,7 @@ fn variants(a: &EvalArgs) -> Result<Vec<Variant>> {
             &budgets[..]
         };
         for &budget in bs {
-            let ws: &[usize] = if matches!(policy, PolicyKind::MorphKv | PolicyKind::H2o) {
+            let ws: &[Option<usize>] = if matches!(policy, PolicyKind::MorphKv | PolicyKind::H2o) {
                 &windows
             } else {
                 &windows[..1]

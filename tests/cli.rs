@@ -159,13 +159,22 @@ fn generates_text_from_the_default_model() {
         stderr.contains("decode:") && stderr.contains("tok/s"),
         "{stderr}"
     );
-    assert!(stderr.contains("kv cache:"), "{stderr}");
+    // The default model's preset leaves the window to the policy: MorphKV's 4.
+    assert!(
+        stderr.contains("kv cache: morphkv budget 600 window 4 |"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn invalid_cache_settings() {
     assert_fails(
         &["generate", "-p", "hi", "--budget", "20", "--window", "30"],
+        &["--budget", "window 30"],
+    );
+    // H2O's default window is 30, MorphKV's 4: the same budget fails for one only.
+    assert_fails(
+        &["generate", "-p", "hi", "--policy", "h2o", "--budget", "20"],
         &["--budget", "window 30"],
     );
     assert_fails(&["generate", "-p", "hi", "--window", "0"], &["--window"]);

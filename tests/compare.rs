@@ -19,7 +19,7 @@ fn cfg(policy: PolicyKind, budget: usize) -> CacheConfig {
     CacheConfig {
         policy,
         budget,
-        window: 30,
+        window: Some(30),
         positions: Positions::Rebased,
         ..CacheConfig::default()
     }

@@ -64,7 +64,7 @@ fn configs() -> Vec<CacheConfig> {
             CacheConfig {
                 policy,
                 budget: 48,
-                window: 8,
+                window: Some(8),
                 prefill_chunk: 16,
                 ..CacheConfig::default()
             }

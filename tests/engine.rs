@@ -70,7 +70,7 @@ fn a_long_conversation_keeps_kv_bytes_flat_and_feeds_only_new_tokens() {
     let cache = CacheConfig {
         policy: PolicyKind::MorphKv,
         budget,
-        window: 30,
+        window: Some(30),
         positions: Positions::Rebased,
         ..CacheConfig::default()
     };
@@ -186,7 +186,7 @@ fn the_inspector_follows_one_token_and_the_trace_records_every_eviction() {
     let cache = CacheConfig {
         policy: PolicyKind::MorphKv,
         budget: 64,
-        window: 8,
+        window: Some(8),
         ..CacheConfig::default()
     };
     let (engine, rx) = start(cache, 120);

@@ -46,7 +46,7 @@ fn where_nothing_is_evicted_every_cache_equals_full_exactly() {
         variants.push(Variant::new(CacheConfig {
             policy: p.parse().unwrap(),
             budget: 200,
-            window: 8,
+            window: Some(8),
             kv_type: KvType::F32,
             ..CacheConfig::default()
         }));
@@ -77,7 +77,7 @@ fn where_nothing_is_evicted_every_cache_equals_full_exactly() {
     let small = vec![Variant::new(CacheConfig {
         policy: PolicyKind::Streaming,
         budget: 24,
-        window: 8,
+        window: Some(8),
         ..CacheConfig::default()
     })];
     let ids = text_tokens(&tok, 90);
@@ -146,7 +146,7 @@ fn fluency_judge_equals_the_generating_full_cache_when_it_sees_everything() {
         Variant::new(CacheConfig {
             policy: PolicyKind::Streaming,
             budget: 24,
-            window: 4,
+            window: Some(4),
             ..CacheConfig::full()
         }),
     ];
@@ -409,7 +409,7 @@ fn equal_bytes_picks_the_largest_budget_that_fits_and_reports_its_bytes() {
             CacheConfig {
                 policy,
                 budget,
-                window: 8,
+                window: Some(8),
                 kv_type: KvType::F32,
                 ..CacheConfig::default()
             }

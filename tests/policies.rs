@@ -26,7 +26,7 @@ fn cfg(policy: PolicyKind, budget: usize, window: usize) -> CacheConfig {
     CacheConfig {
         policy,
         budget,
-        window,
+        window: Some(window),
         prefill_chunk: 16,
         ..CacheConfig::default()
     }
@@ -346,7 +346,7 @@ fn morphkv_scores_equal_brute_force() {
         for fusion in [Fusion::Sum, Fusion::Max] {
             for group_agg in [GroupAgg::Sum, GroupAgg::Max] {
                 let c = CacheConfig {
-                    window: rows,
+                    window: Some(rows),
                     fusion,
                     group_agg,
                     ..CacheConfig::default()
@@ -561,7 +561,7 @@ fn morphkv_evictions_equal_brute_force_in_the_cache() {
             let protected = window.max(budget * recent_pct / 100) as u32;
             let c = CacheConfig {
                 budget,
-                window,
+                window: Some(window),
                 recent: Some(recent_pct),
                 fusion,
                 group_agg,
@@ -700,7 +700,7 @@ fn h2o_accumulated_attention_survives_slot_reuse() {
     let c = CacheConfig {
         policy: PolicyKind::H2o,
         budget: 20,
-        window: 4,
+        window: Some(4),
         prefill_chunk: 16,
         ..CacheConfig::default()
     };

@@ -51,7 +51,7 @@ fn log8_profile_keeps_almost_the_same_tokens_as_f16() {
     let base = CacheConfig {
         policy: PolicyKind::MorphKv,
         budget: 40,
-        window: 8,
+        window: Some(8),
         prefill_chunk: 16,
         ..CacheConfig::default()
     };
@@ -88,7 +88,7 @@ fn log8_profile_takes_half_the_f16_bytes() {
             CacheConfig {
                 policy,
                 budget: 40,
-                window: 8,
+                window: Some(8),
                 profile,
                 ..CacheConfig::default()
             }
@@ -110,7 +110,7 @@ fn kv_head_profile_pools_the_group_and_matches_query_rows_at_group_one() {
     let base = CacheConfig {
         policy: PolicyKind::MorphKv,
         budget: 40,
-        window: 8,
+        window: Some(8),
         prefill_chunk: 16,
         ..CacheConfig::default()
     };

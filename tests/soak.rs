@@ -104,7 +104,7 @@ fn soak_twenty_thousand_tokens_at_budget_300_keep_memory_and_time_per_token_flat
     let cache = CacheConfig {
         policy: PolicyKind::MorphKv,
         budget,
-        window: 30,
+        window: Some(30),
         positions: Positions::Rebased,
         ..CacheConfig::default()
     };

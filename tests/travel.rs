@@ -30,7 +30,7 @@ fn cache() -> CacheConfig {
     CacheConfig {
         policy: PolicyKind::H2o,
         budget: 32,
-        window: 4,
+        window: Some(4),
         recent: Some(40),
         history: 250,
         half_life: 77,

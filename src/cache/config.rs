@@ -18,6 +18,9 @@ pub const DEFAULT_PREFILL_CHUNK: usize = 512;
 /// Most recent tokens always kept, MorphKV's window of queries `R` (`--window`): its rows
 /// cost bytes that buy budget elsewhere, and its faded history (below) carries the longer view.
 pub const DEFAULT_WINDOW: usize = 4;
+/// The other policies' protected window (`--window`), the span of recent tokens H2O and SnapKV
+/// never evict (TOVA fixes its own; SnapKV's observation window is its own 32 queries).
+pub const BASELINE_WINDOW: usize = 30;
 /// MorphKV's weight of each token's accumulated attention beside its window's scores, per
 /// cent (`--history`; 0 is the paper's method).
 pub const DEFAULT_HISTORY: usize = 100;
@@ -59,8 +62,9 @@ pub struct CacheConfig {
     pub policy: PolicyKind,
     /// Tokens kept per KV head per layer, the token being decoded included.
     pub budget: usize,
-    /// Most recent tokens always kept (MorphKV's `R`; H2O's recent window).
-    pub window: usize,
+    /// Most recent tokens always kept (MorphKV's `R`; H2O's recent window; SnapKV's
+    /// observation window); `None`: the policy's default (see [`CacheConfig::window`]).
+    pub window: Option<usize>,
     /// First tokens always kept; `None`: the policy's default (4 for streaming, 0 for the
     /// others).
     pub sinks: Option<usize>,
@@ -93,7 +97,7 @@ impl Default for CacheConfig {
         Self {
             policy: PolicyKind::MorphKv,
             budget: 600,
-            window: DEFAULT_WINDOW,
+            window: None,
             sinks: None,
             recent: None,
             fusion: Fusion::Sum,
@@ -123,9 +127,14 @@ impl CacheConfig {
         self.sinks.unwrap_or(self.policy.entry().sinks)
     }
 
+    /// The window: the setting, else the policy's default (MorphKV's 4, the others' 30).
+    pub fn window(&self) -> usize {
+        self.window.unwrap_or(self.policy.entry().default_window)
+    }
+
     /// Protected recent tokens in effect (the policy may fix it: TOVA keeps only the newest).
     pub fn effective_window(&self) -> usize {
-        self.policy.entry().window.unwrap_or(self.window)
+        self.policy.entry().window.unwrap_or(self.window())
     }
 
     /// Per cent of the budget kept for recent tokens, in effect: the setting, else the
@@ -155,7 +164,7 @@ impl CacheConfig {
     pub fn validate_with(&self, origin: &dyn Fn(&str) -> String) -> Result<()> {
         let checks = [
             (limits::BUDGET, self.budget),
-            (limits::WINDOW, self.window),
+            (limits::WINDOW, self.window()),
             (limits::SINKS, self.sinks.unwrap_or(0)),
             (limits::RECENT, self.recent.unwrap_or(0)),
             (limits::HISTORY, self.history),
@@ -187,7 +196,7 @@ impl CacheConfig {
     /// The scorer these settings describe.
     pub fn build_policy(&self) -> Box<dyn Policy> {
         (self.policy.entry().build)(&Settings {
-            window: self.window,
+            window: self.window(),
             fusion: self.fusion,
             group_agg: self.group_agg,
             history: self.history,
@@ -211,7 +220,7 @@ mod tests {
             policy,
             budget,
             recent,
-            window: 30,
+            window: Some(30),
             ..CacheConfig::default()
         }
     }
@@ -235,5 +244,38 @@ mod tests {
         assert_eq!(cfg(PolicyKind::Tova, 600, Some(0)).protected(), 1);
         let bad = cfg(PolicyKind::H2o, 600, Some(101)).validate().unwrap_err();
         assert!(bad.to_string().contains("--recent"), "{bad}");
+    }
+
+    /// The window follows the policy unless the settings give one: MorphKV's 4, the others'
+    /// 30; TOVA's fixed window wins over any.
+    #[test]
+    fn each_policy_has_its_default_window_unless_one_is_given() {
+        let of = |policy, window| CacheConfig {
+            policy,
+            window,
+            ..CacheConfig::default()
+        };
+        assert_eq!(of(PolicyKind::MorphKv, None).window(), DEFAULT_WINDOW);
+        assert_eq!(of(PolicyKind::H2o, None).window(), BASELINE_WINDOW);
+        assert_eq!(
+            of(PolicyKind::SnapKv, None).effective_window(),
+            BASELINE_WINDOW
+        );
+        assert_eq!(of(PolicyKind::H2o, Some(8)).window(), 8);
+        assert_eq!(of(PolicyKind::MorphKv, Some(30)).effective_window(), 30);
+        assert_eq!(of(PolicyKind::Tova, Some(30)).effective_window(), 1);
+        // MorphKV's scorer keeps rows for its own window, not the others'.
+        assert_eq!(
+            of(PolicyKind::MorphKv, None).build_policy().needs().rows,
+            DEFAULT_WINDOW
+        );
+        // A budget below another policy's default window is refused by the window's value.
+        let small = CacheConfig {
+            budget: 20,
+            ..of(PolicyKind::H2o, None)
+        };
+        let e = small.validate().unwrap_err().to_string();
+        assert!(e.contains("window 30"), "{e}");
+        assert!(of(PolicyKind::MorphKv, None).validate().is_ok());
     }
 }

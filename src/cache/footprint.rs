@@ -181,7 +181,7 @@ mod tests {
         CacheConfig {
             policy,
             budget,
-            window: 5,
+            window: Some(5),
             prefill_chunk: 8,
             ..CacheConfig::default()
         }

@@ -10,6 +10,7 @@ pub const ENTRY: Entry = Entry {
     about: "keeps every token (the reference)",
     sinks: 0,
     window: None,
+    default_window: super::BASELINE_WINDOW,
     recent: 0,
     build,
 };

@@ -16,6 +16,7 @@ pub const ENTRY: Entry = Entry {
     about: "heavy hitters: attention accumulated since each token entered, plus the recent half of the budget",
     sinks: 0,
     window: None,
+    default_window: super::BASELINE_WINDOW,
     recent: 50,
     build,
 };

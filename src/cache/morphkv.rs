@@ -37,6 +37,7 @@ pub const ENTRY: Entry = Entry {
     about: "the window's attention, and the fading sum of all past attention, re-rank older tokens every step beside the budget's recent 3/4",
     sinks: 0,
     window: None,
+    default_window: super::DEFAULT_WINDOW,
     recent: 75,
     build,
 };

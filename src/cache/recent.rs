@@ -12,6 +12,7 @@ pub const ENTRY: Entry = Entry {
     about: "the most recent tokens only (tests)",
     sinks: 0,
     window: None,
+    default_window: super::BASELINE_WINDOW,
     recent: 0,
     build,
 };
@@ -67,7 +68,7 @@ mod tests {
         let cfg = CacheConfig {
             policy: kind,
             budget,
-            window: 2,
+            window: Some(2),
             prefill_chunk: 5,
             ..CacheConfig::default()
         };

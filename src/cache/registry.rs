@@ -30,6 +30,8 @@ pub struct Entry {
     /// Recent tokens protected whatever the configured window (TOVA: only the newest);
     /// `None`: the configured window.
     pub window: Option<usize>,
+    /// The window when the settings do not say (`--window`).
+    pub default_window: usize,
     /// Per cent of the budget kept for the most recent tokens when the settings do not say
     /// (`--recent`; the window is protected in any case).
     pub recent: usize,

@@ -17,6 +17,7 @@ pub const ENTRY: Entry = Entry {
     about: "compresses each prompt by its last queries' pooled attention; decoded tokens stay",
     sinks: 0,
     window: None,
+    default_window: super::BASELINE_WINDOW,
     recent: 0,
     build,
 };

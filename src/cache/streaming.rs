@@ -14,6 +14,7 @@ pub const ENTRY: Entry = Entry {
     about: "attention sinks plus the most recent tokens (StreamingLLM)",
     sinks: 4,
     window: None,
+    default_window: super::BASELINE_WINDOW,
     recent: 0,
     build,
 };

@@ -15,6 +15,7 @@ pub const ENTRY: Entry = Entry {
     about: "the current query's attention; only the newest token is protected",
     sinks: 0,
     window: Some(1),
+    default_window: super::BASELINE_WINDOW,
     recent: 0,
     build,
 };

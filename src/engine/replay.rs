@@ -51,7 +51,7 @@ impl Replay {
         let cache = CacheConfig {
             policy: h.policy.parse()?,
             budget: h.budget,
-            window: h.window,
+            window: Some(h.window),
             sinks: Some(h.sinks),
             recent: Some(h.recent),
             history: h.history,

@@ -116,7 +116,7 @@ impl Header {
             model: model.into(),
             policy: c.policy.name().into(),
             budget: c.budget,
-            window: c.window,
+            window: c.window(),
             effective_window: c.effective_window(),
             recent: c.recent(),
             protected: c.protected(),

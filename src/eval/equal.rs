@@ -157,7 +157,7 @@ mod tests {
                 // The figures below are f32 K/V's and the f16 profile's.
                 kv_type: crate::cache::KvType::F32,
                 profile: crate::cache::ProfileType::F16,
-                window: 30,
+                window: Some(30),
                 ..CacheConfig::default()
             })
             .collect();

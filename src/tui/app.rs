@@ -396,7 +396,7 @@ impl App {
                     "the conversation ({tokens} tokens) now runs under {} budget {} window {}",
                     self.cache.policy.name(),
                     self.cache.budget,
-                    self.cache.window
+                    self.cache.window()
                 ));
             }
             Event::Exported(path) => self.note(format!("eviction trace written to {path}")),

@@ -265,7 +265,7 @@ impl SavedChat {
             model: model.to_string(),
             policy: cache.policy.name().to_string(),
             budget: cache.budget,
-            window: cache.window,
+            window: cache.window(),
             recent: cache.recent(),
             history: cache.history,
             half_life: cache.half_life,

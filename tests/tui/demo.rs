@@ -192,7 +192,7 @@ pub fn recorded() -> Vec<Msg> {
 pub fn cache_config() -> CacheConfig {
     CacheConfig {
         budget: BUDGET,
-        window: WINDOW,
+        window: Some(WINDOW),
         ..CacheConfig::default()
     }
 }

@@ -46,7 +46,7 @@ impl App {
                 let s = &self.sampling;
                 self.note(format!(
                     "model {} | policy {} budget {} window {} recent {}% (the last {} protected) history {}% half-life {} | temp {} top-k {} top-p {} min-p {} seed {} | max-tokens {}",
-                    self.model, c.policy.name(), c.budget, c.window, c.recent(), c.protected(), c.history, c.half_life,
+                    self.model, c.policy.name(), c.budget, c.window(), c.recent(), c.protected(), c.history, c.half_life,
                     s.temp, s.top_k, s.top_p, s.min_p, s.seed, self.max_tokens
                 ));
                 Vec::new()
@@ -210,7 +210,7 @@ impl App {
                 .map_err(|e| crate::Error::arg("half-life", e)),
             _ => limits::WINDOW
                 .parse(value)
-                .map(|w| cfg.window = w)
+                .map(|w| cfg.window = Some(w))
                 .map_err(|e| crate::Error::arg("window", e)),
         };
         if let Err(e) = parsed.and_then(|()| cfg.validate_with(&|name| name.to_string())) {
@@ -244,7 +244,7 @@ impl App {
             self.model,
             self.cache.policy.name(),
             self.cache.budget,
-            self.cache.window
+            self.cache.window()
         ));
         for m in &self.messages {
             let who = match m.role {

@@ -88,7 +88,7 @@ impl App {
                 for pair in it.by_ref() {
                     let parsed = match pair {
                         ["budget", v] => limits::BUDGET.parse(v).map(|b| cfg.budget = b),
-                        ["window", v] => limits::WINDOW.parse(v).map(|w| cfg.window = w),
+                        ["window", v] => limits::WINDOW.parse(v).map(|w| cfg.window = Some(w)),
                         _ => {
                             self.error(format!(
                                 "/compare: `{}` is not understood; {USAGE}",
@@ -157,7 +157,7 @@ mod tests {
         let Some(Effect::Engine(Command::Compare(Some(c)))) = fx.first() else {
             panic!("{fx:?}");
         };
-        assert_eq!((c.policy.name(), c.budget, c.window), ("h2o", 300, 20));
+        assert_eq!((c.policy.name(), c.budget, c.window()), ("h2o", 300, 20));
         // The rest of the settings are the main cache's.
         assert_eq!(c.positions, a.cache.positions);
         for bad in [
