@@ -5,6 +5,7 @@
 //! `decode_tokens` greedy tokens (timed). Repetitions report the median and the spread.
 
 mod chat;
+mod roofline;
 
 use std::path::Path;
 use std::time::Instant;
@@ -22,6 +23,7 @@ use crate::session::{GenerateOptions, Phase, Session};
 use std::ops::ControlFlow;
 
 pub use chat::{chat_vs_generate, ChatBench, CompareBench};
+pub use roofline::read_rate;
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -43,6 +45,9 @@ pub struct BenchOptions {
     pub positions: Vec<Positions>,
     /// KV storage types to run each policy with (empty: the cache settings' own).
     pub kv_types: Vec<KvType>,
+    /// Also measure the memory's read rate with the same threads, before and after the runs,
+    /// and show each decode as a share of it (`--roofline`).
+    pub roofline: bool,
 }
 
 /// The weight forms the reference decoder can use.
@@ -127,6 +132,11 @@ pub struct Row {
     pub policy_share: f64,
     /// Peak RSS of the process during the runs (largest repetition; 0 for the reference).
     pub peak_rss_bytes: u64,
+    /// Bytes one decoded token read at the end: the weights', the K/V's and the profile's (0
+    /// for the reference).
+    pub read_bytes: usize,
+    /// Those bytes at the median decode speed, per second: the memory traffic decoding drew.
+    pub read_rate: f64,
 }
 
 /// One measured prefill + decode of our decoder.
@@ -138,6 +148,7 @@ struct Run {
     policy_secs: f64,
     retained: usize,
     kv_bytes: usize,
+    profile_bytes: usize,
     /// Peak RSS of the process during this run.
     peak_rss: u64,
 }
@@ -161,6 +172,7 @@ fn run_once(model: &Model, cfg: CacheConfig, ids: &[u32], decode_tokens: usize) 
         policy_secs: cache.policy_secs() - before,
         retained: cache.retained(),
         kv_bytes: cache.kv_bytes(),
+        profile_bytes: cache.profile_bytes(),
         peak_rss: rss().1,
     })
 }
@@ -183,6 +195,11 @@ pub struct Report {
     /// `cpu`, `cuda:0`, ...
     pub device: String,
     pub threads: usize,
+    /// Bytes of weights one decoded token reads ([`Model::token_bytes`]).
+    pub token_bytes: usize,
+    /// The memory's read rate, bytes per second, with the decoder's threads: measured before
+    /// and after the runs with `--roofline` (empty without).
+    pub memory_read_rates: Vec<f64>,
     pub rows: Vec<Row>,
 }
 
@@ -252,6 +269,12 @@ pub fn run(source: &BenchModel, device: &Device, opts: &BenchOptions) -> Result<
         warm.prefill(&prompt_tokens(&text_ids, 32))?;
         warm.feed(text_ids[0])?;
     }
+    let threads = candle_core::utils::get_num_threads();
+    let probe = || roofline::read_rate(threads, roofline::PROBE_BYTES, roofline::PASSES);
+    let mut memory_read_rates = Vec::new();
+    if opts.roofline {
+        memory_read_rates.push(probe());
+    }
     // Repetitions interleave the policies (rep 1 of each, then rep 2, ...), so that a slow
     // spell of a noisy machine hits every policy alike instead of one.
     let modes = if opts.positions.is_empty() {
@@ -302,6 +325,8 @@ pub fn run(source: &BenchModel, device: &Device, opts: &BenchOptions) -> Result<
             let last = runs.last().cloned().unwrap_or_default();
             let median = |f: &dyn Fn(&Run) -> f64| Rate::of(runs.iter().map(f).collect());
             let per_token = opts.decode_tokens as f64;
+            let decode_tps = median(&|r| per_token / r.decode_secs);
+            let read_bytes = model.token_bytes() + last.kv_bytes + last.profile_bytes;
             rows.push(Row {
                 decoder: "ours".into(),
                 policy: label(cfg),
@@ -309,7 +334,9 @@ pub fn run(source: &BenchModel, device: &Device, opts: &BenchOptions) -> Result<
                 kv_bytes: last.kv_bytes,
                 context: ctx,
                 prefill_tps: median(&|r| ctx as f64 / r.prefill_secs),
-                decode_tps: median(&|r| per_token / r.decode_secs),
+                read_rate: read_bytes as f64 * decode_tps.median,
+                read_bytes,
+                decode_tps,
                 prefill_secs: median(&|r| r.prefill_secs).median,
                 policy_ms: median(&|r| 1e3 * r.policy_secs / per_token).median,
                 policy_share: median(&|r| r.policy_secs / r.decode_secs).median,
@@ -321,6 +348,9 @@ pub fn run(source: &BenchModel, device: &Device, opts: &BenchOptions) -> Result<
         let p = variants.iter().position(|c| label(c) == r.policy);
         (p, r.context)
     });
+    if opts.roofline {
+        memory_read_rates.push(probe());
+    }
     // The reference reads GGUF llama files only, on the CPU; other models are measured
     // without it.
     if let (BenchModel::File { path, .. }, true) = (source, device.is_cpu()) {
@@ -335,7 +365,9 @@ pub fn run(source: &BenchModel, device: &Device, opts: &BenchOptions) -> Result<
         model: source.label(),
         weights: model.weight_format().to_string(),
         device: crate::device::name(device),
-        threads: candle_core::utils::get_num_threads(),
+        threads,
+        token_bytes: model.token_bytes(),
+        memory_read_rates,
         rows,
     })
 }
@@ -410,6 +442,8 @@ fn reference_rows(
                 policy_ms: 0.0,
                 policy_share: 0.0,
                 peak_rss_bytes: 0,
+                read_bytes: 0,
+                read_rate: 0.0,
             });
         }
         Ok(rows)
@@ -428,10 +462,25 @@ pub fn table(report: &Report, style: Style) -> String {
         "model {}  weights {}  device {}  threads {}\n",
         report.model, report.weights, report.device, report.threads
     );
+    let roof = report.memory_read_rates.iter().copied().reduce(f64::max);
+    if let Some(roof) = roof {
+        let rates: Vec<String> = report
+            .memory_read_rates
+            .iter()
+            .map(|r| format!("{:.1}", r / 1e9))
+            .collect();
+        s.push_str(&format!(
+            "memory read rate {} GB/s (before / after the runs, {} threads); a token reads {:.1} MiB of weights: at most {:.1} tok/s decoding, whatever the code\n",
+            rates.join(" / "),
+            report.threads,
+            report.token_bytes as f64 / (1024.0 * 1024.0),
+            roof / report.token_bytes.max(1) as f64,
+        ));
+    }
     if style == Style::Markdown {
         s.push('\n');
     }
-    let header = [
+    let mut header = vec![
         "policy",
         "context",
         "retained",
@@ -445,7 +494,11 @@ pub fn table(report: &Report, style: Style) -> String {
         "policy ms",
         "share %",
         "peak RSS MiB",
+        "read GB/s",
     ];
+    if roof.is_some() {
+        header.push("roof %");
+    }
     let mut rows = Vec::new();
     for r in report.rows.iter().filter(|r| r.decoder == "ours") {
         let refs = || {
@@ -460,7 +513,7 @@ pub fn table(report: &Report, style: Style) -> String {
             |a: f64, b: Option<f64>| b.map_or("-".to_string(), |b| format!("{:.2}x", a / b));
         let rp = best(|x| x.prefill_tps.median);
         let rd = best(|x| x.decode_tps.median);
-        rows.push(vec![
+        let mut row = vec![
             r.policy.clone(),
             r.context.to_string(),
             r.retained.to_string(),
@@ -474,11 +527,16 @@ pub fn table(report: &Report, style: Style) -> String {
             format!("{:.2}", r.policy_ms),
             format!("{:.1}", 100.0 * r.policy_share),
             format!("{:.0}", r.peak_rss_bytes as f64 / (1024.0 * 1024.0)),
-        ]);
+            format!("{:.1}", r.read_rate / 1e9),
+        ];
+        if let Some(roof) = roof {
+            row.push(format!("{:.0}", 100.0 * r.read_rate / roof));
+        }
+        rows.push(row);
     }
     s.push_str(&render(style, &header, &rows));
     s.push_str(
-        "(tokens per second, median of the repetitions; ref = candle-transformers' quantized_llama\n with a full cache, the faster of its f32 and native weight forms per column; ratio = ours /\n ref; policy ms = time per decoded token spent observing attention, scoring and evicting,\n share = its part of the decode step; peak RSS = the process's peak during that run)\n",
+        "(tokens per second, median of the repetitions; ref = candle-transformers' quantized_llama\n with a full cache, the faster of its f32 and native weight forms per column; ratio = ours /\n ref; policy ms = time per decoded token spent observing attention, scoring and evicting,\n share = its part of the decode step; peak RSS = the process's peak during that run;\n read GB/s = the weights, K/V and profile a token reads, at the decode speed; roof % = that\n against the memory read rate, with --roofline)\n",
     );
     s
 }

@@ -326,6 +326,11 @@ pub struct BenchArgs {
     /// Print a Markdown table instead of aligned text.
     #[arg(long)]
     pub markdown: bool,
+    /// Also measure how fast this machine's memory streams with the same threads (512 MiB,
+    /// before and after the runs) and show each decode as a share of it: a decoded token
+    /// reads every weight, so that rate bounds decoding whatever the code.
+    #[arg(long)]
+    pub roofline: bool,
     /// Also write SVG plots (speed against context; memory against tokens) to this folder.
     #[arg(long)]
     pub plots: Option<PathBuf>,

@@ -411,6 +411,7 @@ fn run_bench(a: BenchArgs) -> Result<()> {
             .iter()
             .map(|t| t.parse())
             .collect::<morphkv::Result<_>>()?,
+        roofline: a.roofline,
     };
     let report = morphkv::bench::run(&source, &device, &opts)?;
     let style = if a.markdown {

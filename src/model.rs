@@ -132,6 +132,27 @@ impl Model {
         layers + self.embed.bytes() + self.lm_head.bytes(shared) + t(&self.norm)
     }
 
+    /// Bytes of weights one decoded token reads: every projection once in the form single
+    /// tokens use, the output layer whole (tied to the embedding or not), one row of the
+    /// embedding, the norms. Decoding is bound by this over the memory's read rate.
+    pub fn token_bytes(&self) -> usize {
+        let t = linear::tensor_bytes;
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.wqkv, &l.wo, &l.w_gate_up, &l.w_down]
+                    .iter()
+                    .map(|p| p.token_bytes())
+                    .sum::<usize>()
+                    + t(&l.attn_norm)
+                    + t(&l.ffn_norm)
+            })
+            .sum();
+        let embed_row = self.embed.bytes() / self.cfg.vocab.max(1);
+        layers + self.lm_head.token_bytes() + embed_row + t(&self.norm)
+    }
+
     /// How the projection weights are stored in memory.
     pub fn weight_format(&self) -> WeightFormat {
         self.weights

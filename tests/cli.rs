@@ -470,6 +470,60 @@ fn bench_with_random_weights() {
     }
 }
 
+/// `--roofline` measures the memory's read rate and the bytes a token reads: on the default
+/// model (a tied Q4_1 file, every weight packed) a token reads the file's tensors once.
+#[test]
+fn bench_roofline_reads_the_whole_file_per_token() {
+    let model = common::default_model();
+    let json = tmpdir("bench-roofline").join("bench.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_morphkv"))
+        .args([
+            "bench",
+            "--roofline",
+            "--no-reference",
+            "--policies",
+            "full,morphkv",
+            "--contexts",
+            "32",
+            "--decode-tokens",
+            "4",
+            "--reps",
+            "1",
+            "--json",
+            json.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("memory read rate") && stdout.contains("roof %"),
+        "{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rates = report["memory_read_rates"].as_array().unwrap();
+    assert_eq!(rates.len(), 2, "{report}");
+    assert!(rates.iter().all(|r| r.as_f64().unwrap() > 1e8), "{report}");
+    // The tensors are all of the file but its header and tokenizer (a few per cent).
+    let file = std::fs::metadata(&model).unwrap().len() as f64;
+    let token = report["token_bytes"].as_f64().unwrap();
+    assert!(token > 0.95 * file && token < file, "{token} of {file}");
+    for r in report["rows"].as_array().unwrap() {
+        let read = r["read_bytes"].as_f64().unwrap();
+        assert!(read > token + r["kv_bytes"].as_f64().unwrap() - 1.0, "{r}");
+        let rate = read * r["decode_tps"]["median"].as_f64().unwrap();
+        assert!(
+            (r["read_rate"].as_f64().unwrap() / rate - 1.0).abs() < 1e-9,
+            "{r}"
+        );
+    }
+}
+
 #[test]
 fn bench_runs_each_kv_type_side_by_side() {
     let report = random_bench(

@@ -290,6 +290,23 @@ impl Linear {
             .sum()
     }
 
+    /// Bytes one decoded token reads: each part in the form a single row runs through (the
+    /// repacked blocks where there are some, else candle's form; never the dense copy).
+    pub(super) fn token_bytes(&self) -> usize {
+        self.parts
+            .iter()
+            .map(|p| {
+                let w = match (&p.packed, &p.w) {
+                    (Some(packed), _) => packed.bytes(),
+                    (None, Some(QMatMul::QTensor(q))) => q.storage_size_in_bytes(),
+                    (None, Some(QMatMul::Tensor(t) | QMatMul::TensorF16(t))) => tensor_bytes(t),
+                    (None, None) => 0,
+                };
+                w + p.b.as_ref().map_or(0, tensor_bytes)
+            })
+            .sum()
+    }
+
     /// Output features (every part's together).
     fn out(&self) -> usize {
         self.parts.iter().map(|p| p.out).sum()
