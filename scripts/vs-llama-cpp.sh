@@ -87,13 +87,13 @@ for i in $(seq 1 "$PAIRS"); do
     echo "== decode, pair $i of $PAIRS: tg64 at depths 0, $FULL_DEPTH and $DEPTH (llama.cpp, then morphkv: the full cache, and morphkv budget 600 with its default window and history at $DEPTH)"
     "$BENCH" -m "$MODEL" -t "$THREADS" "${FA[@]}" -p 0 -n 64 -r 3 -o json > "$OUT/llama-empty-$i.json"
     $MORPHKV bench -m "$MODEL" -t "$THREADS" --policies full --contexts 16 \
-        --decode-tokens 64 --reps 3 --no-reference --json "$OUT/ours-empty-$i.json" >/dev/null
+        --decode-tokens 64 --reps 3 --no-reference --roofline --json "$OUT/ours-empty-$i.json" >/dev/null
     "$BENCH" -m "$MODEL" -t "$THREADS" "${FA[@]}" -p 0 -n 64 -d "$FULL_DEPTH,$DEPTH" -r 1 -o json \
         > "$OUT/llama-depth-$i.json"
     $MORPHKV bench -m "$MODEL" -t "$THREADS" --policies full --contexts "$FULL_DEPTH" \
         --decode-tokens 64 --reps 1 --no-reference --json "$OUT/ours-full-$i.json" >/dev/null
     $MORPHKV bench -m "$MODEL" -t "$THREADS" --policies morphkv --budget 600 \
-        --contexts "$DEPTH" --decode-tokens 64 --reps 1 --no-reference \
+        --contexts "$DEPTH" --decode-tokens 64 --reps 1 --no-reference --roofline \
         --json "$OUT/ours-depth-$i.json" >/dev/null
 done
 
@@ -129,12 +129,18 @@ rss = lambda name: int(open(os.path.join(out, name)).read().split()[-1]) / 1024
 # One (ours, llama.cpp) per pair and decode measure.
 decode = {"empty": [], "full": [], "deep": []}
 deep_rows = []
+# Per pair: the memory's read rate around our runs (bytes/s, the better of before and after)
+# and the bytes a token read, for the empty context and for MorphKV at depth.
+roofs = {"empty": [], "deep": []}
 for i in range(1, pairs + 1):
     empty, llama_deep = load(f"llama-empty-{i}.json"), load(f"llama-depth-{i}.json")
-    deep = mine(load(f"ours-depth-{i}.json")["rows"], "morphkv", depth)
+    ours_deep, ours_empty = load(f"ours-depth-{i}.json"), load(f"ours-empty-{i}.json")
+    deep = mine(ours_deep["rows"], "morphkv", depth)
     deep_rows.append(deep)
-    decode["empty"].append((mine(load(f"ours-empty-{i}.json")["rows"], "full", 16)["decode_tps"]["median"],
-                            peer(empty, 0, 64, 0)))
+    empty_row = mine(ours_empty["rows"], "full", 16)
+    roofs["empty"].append((max(ours_empty["memory_read_rates"]), empty_row["read_bytes"]))
+    roofs["deep"].append((max(ours_deep["memory_read_rates"]), deep["read_bytes"]))
+    decode["empty"].append((empty_row["decode_tps"]["median"], peer(empty, 0, 64, 0)))
     decode["full"].append((mine(load(f"ours-full-{i}.json")["rows"], "full", full_depth)["decode_tps"]["median"],
                            peer(llama_deep, 0, 64, full_depth)))
     decode["deep"].append((deep["decode_tps"]["median"], peer(llama_deep, 0, 64, depth)))
@@ -169,4 +175,13 @@ policy_ms = med([r["policy_ms"] for r in deep_rows])
 share = med([r["policy_share"] for r in deep_rows])
 print(f"\nMorphKV at {depth:,} tokens: scoring and eviction {policy_ms:.2f} ms a token, "
       f"{100 * share:.1f}% of the decode step")
+print("\nThe memory roofline (`morphkv bench --roofline`: the read rate of the same threads around "
+      "our runs; a decoded token cannot be faster than its bytes at that rate):")
+for key, name in (("empty", "empty context"), ("deep", f"morphkv b600 at {depth:,}")):
+    cells = []
+    for (rate, nbytes), (a, b) in zip(roofs[key], decode[key]):
+        ceiling = rate / nbytes
+        cells.append(f"{rate / 1e9:.1f} GB/s, {nbytes / 2**20:.0f} MiB a token: ceiling "
+                     f"{ceiling:.1f} tok/s ({ceiling / b:.2f}x llama.cpp's), reached {100 * a / ceiling:.0f}%")
+    print(f"- {name}: " + "; ".join(cells))
 PY
