@@ -116,41 +116,37 @@ impl Model {
     /// (once, if the output layer shares it), norms and RoPE factors.
     pub fn weight_bytes(&self) -> usize {
         let shared = self.embed.packed();
-        let t = linear::tensor_bytes;
-        let layers: usize = self
-            .layers
-            .iter()
-            .map(|l| {
-                [&l.wqkv, &l.wo, &l.w_gate_up, &l.w_down]
-                    .iter()
-                    .map(|p| p.bytes(None))
-                    .sum::<usize>()
-                    + t(&l.attn_norm)
-                    + t(&l.ffn_norm)
-            })
-            .sum();
-        layers + self.embed.bytes() + self.lm_head.bytes(shared) + t(&self.norm)
+        self.layer_bytes(|p| p.bytes(None))
+            + self.embed.bytes()
+            + self.lm_head.bytes(shared)
+            + linear::tensor_bytes(&self.norm)
     }
 
     /// Bytes of weights one decoded token reads: every projection once in the form single
     /// tokens use, the output layer whole (tied to the embedding or not), one row of the
     /// embedding, the norms. Decoding is bound by this over the memory's read rate.
     pub fn token_bytes(&self) -> usize {
+        let embed_row = self.embed.bytes() / self.cfg.vocab.max(1);
+        self.layer_bytes(Linear::token_bytes)
+            + self.lm_head.token_bytes()
+            + embed_row
+            + linear::tensor_bytes(&self.norm)
+    }
+
+    /// The layers' bytes: each projection's as `projection` counts them, and the norms.
+    fn layer_bytes(&self, projection: impl Fn(&Linear) -> usize) -> usize {
         let t = linear::tensor_bytes;
-        let layers: usize = self
-            .layers
+        self.layers
             .iter()
             .map(|l| {
                 [&l.wqkv, &l.wo, &l.w_gate_up, &l.w_down]
-                    .iter()
-                    .map(|p| p.token_bytes())
+                    .into_iter()
+                    .map(&projection)
                     .sum::<usize>()
                     + t(&l.attn_norm)
                     + t(&l.ffn_norm)
             })
-            .sum();
-        let embed_row = self.embed.bytes() / self.cfg.vocab.max(1);
-        layers + self.lm_head.token_bytes() + embed_row + t(&self.norm)
+            .sum()
     }
 
     /// How the projection weights are stored in memory.
