@@ -154,25 +154,52 @@ pub fn run(a: ChatArgs) -> Result<()> {
     }
 
     let (theme, keymap) = look(a.theme.as_deref(), &cfg, &config_dir)?;
-    // Flags, then the config file, then the model preset's suggestions, then defaults.
+    let resume = match &a.resume {
+        Some(id) => Some(find_chat(&chats, id, "resume")?),
+        None => None,
+    };
+    // A resumed chat's own settings, as it saved them.
+    let saved = resume.as_ref().map(|(_, c)| c);
+    // Flags, then the resumed chat's settings, then the config file, then the model preset's
+    // suggestions, then defaults.
     let make_cache = |pc: &morphkv::models::PresetCache| -> Result<CacheConfig> {
-        let cache = CacheConfig {
-            policy: a
+        let policy = match (&a.policy, &resume) {
+            (None, Some((path, c))) => c.policy.parse().map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: the saved chat's policy: {e}; give --policy to resume it under another",
+                    path.display()
+                )
+            })?,
+            _ => a
                 .policy
                 .as_deref()
                 .or(cfg.policy.as_deref())
                 .or(pc.policy.as_deref())
                 .unwrap_or("morphkv")
                 .parse()?,
-            budget: a.budget.or(cfg.budget).or(pc.budget).unwrap_or(600),
-            window: a.window.or(cfg.window).or(pc.window),
-            recent: a.recent.or(cfg.recent),
+        };
+        let cache = CacheConfig {
+            policy,
+            budget: a
+                .budget
+                .or(saved.map(|c| c.budget))
+                .or(cfg.budget)
+                .or(pc.budget)
+                .unwrap_or(600),
+            window: a
+                .window
+                .or(saved.map(|c| c.window))
+                .or(cfg.window)
+                .or(pc.window),
+            recent: a.recent.or(saved.map(|c| c.recent)).or(cfg.recent),
             history: a
                 .history
+                .or(saved.map(|c| c.history))
                 .or(cfg.history)
                 .unwrap_or(morphkv::cache::DEFAULT_HISTORY),
             half_life: a
                 .half_life
+                .or(saved.map(|c| c.half_life))
                 .or(cfg.half_life)
                 .unwrap_or(morphkv::cache::DEFAULT_HALF_LIFE),
             fusion: pc.fusion.as_deref().unwrap_or("sum").parse()?,
@@ -193,6 +220,23 @@ pub fn run(a: ChatArgs) -> Result<()> {
         // Errors name where the value came from.
         let config_file = config_dir.join("config.toml");
         let origin = |name: &str| -> String {
+            let chat_setting = ["budget", "window", "recent", "history", "half-life"];
+            if let (Some((path, _)), true) = (&resume, chat_setting.contains(&name)) {
+                let given = match name {
+                    "budget" => a.budget.is_some(),
+                    "window" => a.window.is_some(),
+                    "recent" => a.recent.is_some(),
+                    "history" => a.history.is_some(),
+                    _ => a.half_life.is_some(),
+                };
+                if !given {
+                    return format!(
+                        "the saved chat's {} in {} (give --{name} to resume it under another)",
+                        name.replace('-', "_"),
+                        path.display()
+                    );
+                }
+            }
             let (flag, file, preset) = match name {
                 "budget" => (
                     a.budget.is_some(),
@@ -242,10 +286,6 @@ pub fn run(a: ChatArgs) -> Result<()> {
     if a.max_tokens == 0 {
         bail!("invalid value for --max-tokens: 0 (give a positive number)");
     }
-    let resume = match &a.resume {
-        Some(id) => Some(find_chat(&chats, id, "resume")?.1),
-        None => None,
-    };
     let mut model_args = a.model;
     if model_args.model.is_none() {
         model_args.model = cfg.model.clone();
@@ -310,7 +350,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
             chats_dir: chats,
             log: data_dir.join("morphkv.log"),
             model_name: display,
-            resume,
+            resume: resume.map(|(_, c)| c),
             system: a.system.or(cfg.system_prompt),
             keymap,
         },

@@ -521,7 +521,8 @@ pub struct ChatArgs {
     /// Chat template to use instead of the model's: chatml or llama3.
     #[arg(long = "chat-template")]
     pub chat_template: Option<String>,
-    /// Continue a saved chat: its id, or `latest`.
+    /// Continue a saved chat: its id, or `latest`. It runs under the cache settings it saved
+    /// unless flags give others.
     #[arg(long)]
     pub resume: Option<String>,
     /// List the saved chats and exit.

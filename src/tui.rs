@@ -224,7 +224,7 @@ async fn chat(
     app.custom_keys = opts.keymap.described.clone();
     let (id, created, title) = match &opts.resume {
         Some(c) => {
-            app.messages = c.messages.clone();
+            app.resume(c, &opts.model_name);
             (c.id.clone(), c.created, given_title(c))
         }
         None => (store::new_id(), store::SavedChat::now(), None),

@@ -23,6 +23,11 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 impl Tmux {
     /// Starts `morphkv chat ARGS` in a detached 120x40 tmux session with its own data folders.
     fn start(tag: &str, args: &[&str]) -> Self {
+        Self::start_with_chats(tag, args, &[])
+    }
+
+    /// As [`Tmux::start`], with saved chats (`(id, JSON)`) in the data folder beforehand.
+    fn start_with_chats(tag: &str, args: &[&str], chats: &[(&str, &str)]) -> Self {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         assert!(
             Command::new("tmux").arg("-V").output().is_ok(),
@@ -32,6 +37,11 @@ impl Tmux {
         let data = std::env::temp_dir().join(&name);
         let _ = std::fs::remove_dir_all(&data);
         std::fs::create_dir_all(data.join("config")).unwrap();
+        let saved = data.join("data").join("chats");
+        std::fs::create_dir_all(&saved).unwrap();
+        for (id, json) in chats {
+            std::fs::write(saved.join(format!("{id}.json")), json).unwrap();
+        }
         let model = common::default_model();
         // Through `sh`, which writes the chat's exit status to a file when it ends: tmux 3.3
         // marks a pane dead when its output closes and often never shows the status of a
@@ -413,4 +423,43 @@ fn an_idle_chat_uses_no_cpu() {
         n.is_some_and(|n| n > 0) && !s.contains("answering…")
     });
     idle("an idle chat in compare mode");
+}
+
+/// A saved chat under H2O, budget 300, window 20, made with another model.
+const RESUMED: &str = r#"{"version": 1, "id": "20261201-100000-0001", "title": "colours",
+  "created": 1796354100, "updated": 1796354160, "model": "another-model", "policy": "h2o",
+  "budget": 300, "window": 20, "recent": 50, "history": 0, "half_life": 0,
+  "messages": [{"role": "user", "content": "Name a colour."},
+               {"role": "assistant", "content": "Blue."}]}"#;
+
+/// A resumed chat runs under the cache settings it saved, a flag over any of them, and says
+/// so (with the model it ran with, when that differs).
+#[test]
+fn a_resumed_chat_runs_under_its_own_settings_unless_flags_say_otherwise() {
+    let id = "20261201-100000-0001";
+    for (tag, flags, status) in [
+        ("resume", &[][..], "h2o b300 w20"),
+        ("resume-flags", &["--budget", "200"][..], "h2o b200 w20"),
+    ] {
+        let mut args = vec!["--resume", id];
+        args.extend_from_slice(flags);
+        let t = Tmux::start_with_chats(tag, &args, &[(id, RESUMED)]);
+        let screen = t.wait("the resumed chat", 120, |s| {
+            s.contains("┌ Message ") && s.contains(status)
+        });
+        assert!(
+            screen.contains("resumed \"colours\"") && screen.contains("Blue."),
+            "{flags:?}: {screen}"
+        );
+        t.keys(&["C-c"]);
+        let start = Instant::now();
+        while !t.dead() {
+            assert!(start.elapsed() < Duration::from_secs(20), "did not quit");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Nothing was said: the saved chat keeps its messages.
+        let chats = t.chats();
+        assert_eq!(chats.len(), 1, "{chats:?}");
+        assert_eq!(chats[0]["messages"].as_array().unwrap().len(), 2);
+    }
 }

@@ -294,6 +294,67 @@ fn chat_with_config(config: &str, args: &[&str]) -> (i32, String) {
     )
 }
 
+/// A resumed chat's saved settings are read as untrusted: one that is out of range or
+/// unknown is refused before the model loads, naming the chat's file and the flag that
+/// replaces it; the flag given, the chat resumes past that check.
+#[test]
+fn a_resumed_chats_bad_settings_name_its_file() {
+    let chat = |policy: &str, budget: usize| {
+        format!(
+            r#"{{"version": 1, "id": "20261201-100000-0002", "title": "t", "created": 1,
+              "updated": 2, "model": "m", "policy": "{policy}", "budget": {budget},
+              "window": 20, "messages": []}}"#
+        )
+    };
+    for (json, flags, needles) in [
+        (
+            chat("h2o", 10),
+            &[][..],
+            &[
+                "the saved chat's budget",
+                "20261201-100000-0002.json",
+                "--budget",
+                "window 20",
+            ][..],
+        ),
+        (
+            chat("lru", 300),
+            &[],
+            &["20261201-100000-0002.json", "policy", "lru", "--policy"],
+        ),
+        (
+            chat("h2o", 0),
+            &[
+                "--budget",
+                "30",
+                "--window",
+                "4",
+                "-m",
+                "/nonexistent/model.gguf",
+            ],
+            &["/nonexistent/model.gguf"],
+        ),
+    ] {
+        let dir = tmpdir(&format!("resume-bad-{}", needles[0].len() + flags.len()));
+        let chats = dir.join("data").join("chats");
+        std::fs::create_dir_all(&chats).unwrap();
+        std::fs::write(chats.join("20261201-100000-0002.json"), &json).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_morphkv"))
+            .args(["chat", "--resume", "20261201-100000-0002"])
+            .args(flags)
+            .env("MORPHKV_CONFIG_DIR", dir.join("config"))
+            .env("MORPHKV_DATA_DIR", dir.join("data"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && !err.contains("panicked"), "{err}");
+        for n in needles {
+            assert!(err.contains(n), "{flags:?}: `{n}` in {err}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 /// A KV type the model cannot take is refused once the model is read, before the chat
 /// opens, in one line naming where the type came from: the config file or the flag.
 #[test]

@@ -290,6 +290,28 @@ impl App {
         self.notice = Some((text.into(), false));
     }
 
+    /// Takes a saved chat's messages and says what it now runs under (its own saved cache
+    /// settings unless flags replaced them; `model` may differ from the one it ran with).
+    pub fn resume(&mut self, chat: &super::store::SavedChat, model: &str) {
+        self.messages = chat.messages.clone();
+        let c = &self.cache;
+        let mut text = format!(
+            "resumed \"{}\" ({} messages) under {} budget {} window {}",
+            chat.title,
+            chat.messages.len(),
+            c.policy.name(),
+            c.budget,
+            c.window()
+        );
+        if chat.model != model {
+            text.push_str(&format!(
+                "; it ran with {}, it continues with {model}",
+                chat.model
+            ));
+        }
+        self.note(text);
+    }
+
     fn error(&mut self, text: impl Into<String>) {
         self.notice = Some((text.into(), true));
     }

@@ -10,8 +10,8 @@
 //!   "half_life": 512,
 //!   "messages": [ { "role": "user", "content": "..." }, { "role": "assistant", "content": "..." } ] }
 //! ```
-//! The cache settings say what the chat ran under (a resumed chat runs under the current
-//! ones); `recent` (the per cent of the budget kept recent) is absent in older files: 0;
+//! The cache settings say what the chat ran under, and a resumed chat runs under them again
+//! unless flags say otherwise (`morphkv chat --resume ID --policy h2o`); `recent` (the per cent of the budget kept recent) is absent in older files: 0;
 //! `history` and `half_life` (MorphKV's fading history) too: 0, what those chats ran under.
 
 use std::path::{Path, PathBuf};
