@@ -262,18 +262,11 @@ pub fn run(source: &BenchModel, device: &Device, opts: &BenchOptions) -> Result<
     if opts.reps == 0 || opts.decode_tokens == 0 {
         return Err(Error::arg("--reps/--decode-tokens", "must be at least 1"));
     }
-    let (model, text_ids) = source.open(device)?;
-    // Warm-up: thread pools, lazily repacked quantized weights, page faults.
-    {
-        let mut warm = Session::greedy(&model, CacheConfig::full())?;
-        warm.prefill(&prompt_tokens(&text_ids, 32))?;
-        warm.feed(text_ids[0])?;
-    }
-    let threads = candle_core::utils::get_num_threads();
-    let probe = || roofline::read_rate(threads, roofline::PROBE_BYTES, roofline::PASSES);
-    let mut memory_read_rates = Vec::new();
-    if opts.roofline {
-        memory_read_rates.push(probe());
+    if opts.roofline && !device.is_cpu() {
+        return Err(Error::arg(
+            "--roofline",
+            "it measures the host's memory, which a GPU's decode does not read: leave it out with --device cuda/metal",
+        ));
     }
     // Repetitions interleave the policies (rep 1 of each, then rep 2, ...), so that a slow
     // spell of a noisy machine hits every policy alike instead of one.
@@ -302,6 +295,24 @@ pub fn run(source: &BenchModel, device: &Device, opts: &BenchOptions) -> Result<
             })
         })
         .collect();
+    // Every setting is checked before the model loads: one policy's window may not fit a
+    // budget another's does.
+    for v in &variants {
+        v.validate_with(&|name| format!("--{name} (with policy {})", v.policy.name()))?;
+    }
+    let (model, text_ids) = source.open(device)?;
+    // Warm-up: thread pools, lazily repacked quantized weights, page faults.
+    {
+        let mut warm = Session::greedy(&model, CacheConfig::full())?;
+        warm.prefill(&prompt_tokens(&text_ids, 32))?;
+        warm.feed(text_ids[0])?;
+    }
+    let threads = candle_core::utils::get_num_threads();
+    let probe = || roofline::read_rate(threads, roofline::PROBE_BYTES, roofline::PASSES);
+    let mut memory_read_rates = Vec::new();
+    if opts.roofline {
+        memory_read_rates.push(probe());
+    }
     let label = |c: &CacheConfig| {
         let mut s = c.policy.name().to_string();
         if kv_types.len() > 1 {

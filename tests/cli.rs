@@ -488,6 +488,20 @@ fn random_bench(name: &str, args: &[&str]) -> serde_json::Value {
 
 #[test]
 fn bench_with_random_weights() {
+    // Each policy's settings are checked before anything runs: H2O's window of 30 does not
+    // fit a budget of 20 that MorphKV's 4 does.
+    assert_fails(
+        &[
+            "bench",
+            "--random-weights",
+            "smollm2-135m-instruct",
+            "--policies",
+            "morphkv,h2o",
+            "--budget",
+            "20",
+        ],
+        &["--budget (with policy h2o)", "window 30"],
+    );
     assert_fails(
         &["bench", "--random-weights", "smollm2-135m-instruc"],
         &[
