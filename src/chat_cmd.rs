@@ -178,6 +178,8 @@ pub fn run(a: ChatArgs) -> Result<()> {
                 .unwrap_or("morphkv")
                 .parse()?,
         };
+        // The chat's knobs count where it ran this policy (a policy's defaults stay unset).
+        let knobs = saved.map(|c| c.knobs_for(policy)).unwrap_or_default();
         let cache = CacheConfig {
             policy,
             budget: a
@@ -186,20 +188,16 @@ pub fn run(a: ChatArgs) -> Result<()> {
                 .or(cfg.budget)
                 .or(pc.budget)
                 .unwrap_or(600),
-            window: a
-                .window
-                .or(saved.map(|c| c.window))
-                .or(cfg.window)
-                .or(pc.window),
-            recent: a.recent.or(saved.map(|c| c.recent)).or(cfg.recent),
+            window: a.window.or(knobs.window).or(cfg.window).or(pc.window),
+            recent: a.recent.or(knobs.recent).or(cfg.recent),
             history: a
                 .history
-                .or(saved.map(|c| c.history))
+                .or(knobs.history)
                 .or(cfg.history)
                 .unwrap_or(morphkv::cache::DEFAULT_HISTORY),
             half_life: a
                 .half_life
-                .or(saved.map(|c| c.half_life))
+                .or(knobs.half_life)
                 .or(cfg.half_life)
                 .unwrap_or(morphkv::cache::DEFAULT_HALF_LIFE),
             fusion: pc.fusion.as_deref().unwrap_or("sum").parse()?,
@@ -220,16 +218,16 @@ pub fn run(a: ChatArgs) -> Result<()> {
         // Errors name where the value came from.
         let config_file = config_dir.join("config.toml");
         let origin = |name: &str| -> String {
-            let chat_setting = ["budget", "window", "recent", "history", "half-life"];
-            if let (Some((path, _)), true) = (&resume, chat_setting.contains(&name)) {
-                let given = match name {
-                    "budget" => a.budget.is_some(),
-                    "window" => a.window.is_some(),
-                    "recent" => a.recent.is_some(),
-                    "history" => a.history.is_some(),
-                    _ => a.half_life.is_some(),
+            if let Some((path, _)) = &resume {
+                let from_chat = match name {
+                    "budget" => a.budget.is_none(),
+                    "window" => a.window.is_none() && knobs.window.is_some(),
+                    "recent" => a.recent.is_none() && knobs.recent.is_some(),
+                    "history" => a.history.is_none() && knobs.history.is_some(),
+                    "half-life" => a.half_life.is_none() && knobs.half_life.is_some(),
+                    _ => false,
                 };
-                if !given {
+                if from_chat {
                     return format!(
                         "the saved chat's {} in {} (give --{name} to resume it under another)",
                         name.replace('-', "_"),

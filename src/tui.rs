@@ -441,7 +441,7 @@ impl Chat {
                         log(&opts.log, &format!("chat {} closed, {id} opened", self.id));
                         (self.id, self.created, self.title) =
                             (c.id.clone(), c.created, given_title(&c));
-                        for fx in app.update(Msg::Opened(c.messages)) {
+                        for fx in app.update(Msg::Opened(Box::new(c))) {
                             if let Effect::Engine(cmd) = fx {
                                 engine.send(cmd);
                             }

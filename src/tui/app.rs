@@ -111,7 +111,7 @@ pub enum Msg {
     /// The saved chats, newest first (for the chat list).
     Chats(Vec<ChatEntry>),
     /// A saved chat was opened: its messages replace the conversation.
-    Opened(Vec<Message>),
+    Opened(Box<super::store::SavedChat>),
 }
 
 /// One saved chat in the list.
@@ -301,7 +301,7 @@ impl App {
             chat.messages.len(),
             c.policy.name(),
             c.budget,
-            c.window()
+            c.effective_window()
         );
         if chat.model != model {
             text.push_str(&format!(
@@ -336,9 +336,9 @@ impl App {
                 }
                 Vec::new()
             }
-            Msg::Opened(messages) => {
+            Msg::Opened(chat) => {
                 self.chats = None;
-                self.messages = messages;
+                self.messages = chat.messages.clone();
                 self.streaming = None;
                 self.tokens.clear();
                 self.history.clear();
@@ -346,11 +346,31 @@ impl App {
                 (self.travel, self.live) = (None, None);
                 self.scroll = 0;
                 self.inspect = None;
-                self.note("chat opened: the next message reads it into the cache");
-                vec![
+                // It runs under the settings it saved, as `--resume` does.
+                let mut fx = Vec::new();
+                match chat.cache_over(&self.cache) {
+                    Ok(cache) => {
+                        if cache != self.cache {
+                            self.cache = cache.clone();
+                            fx.push(Effect::Engine(Command::SetCache { cache, now: false }));
+                        }
+                        let c = &self.cache;
+                        self.note(format!(
+                            "chat opened under {} budget {} window {}: the next message reads it into the cache",
+                            c.policy.name(),
+                            c.budget,
+                            c.effective_window()
+                        ));
+                    }
+                    Err(e) => self.error(format!(
+                        "chat opened under the current settings, its own refused ({e}): the next message reads it into the cache"
+                    )),
+                }
+                fx.extend([
                     Effect::Engine(Command::Reset),
                     Effect::Engine(Command::Inspect(None)),
-                ]
+                ]);
+                fx
             }
         }
     }

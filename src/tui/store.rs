@@ -19,6 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cache::{CacheConfig, PolicyKind};
 use crate::chat::{Message, Role};
 use crate::error::{Error, Result};
 
@@ -253,7 +254,7 @@ impl SavedChat {
         id: &str,
         created: u64,
         model: &str,
-        cache: &crate::cache::CacheConfig,
+        cache: &CacheConfig,
         messages: &[Message],
     ) -> Self {
         Self {
@@ -277,11 +278,97 @@ impl SavedChat {
     pub fn now() -> u64 {
         now()
     }
+
+    /// What this chat's record says of `policy`'s knobs: where the chat ran `policy`, its
+    /// window, recent share, history and half-life, the window and share only where they
+    /// differ from the policy's defaults; `None` otherwise, so that they follow a later
+    /// change of policy as unset settings do.
+    pub fn knobs_for(&self, policy: PolicyKind) -> Knobs {
+        if self.policy != policy.name() {
+            return Knobs::default();
+        }
+        let e = policy.entry();
+        Knobs {
+            window: (self.window != e.default_window).then_some(self.window),
+            recent: (self.recent != e.recent).then_some(self.recent),
+            history: Some(self.history),
+            half_life: Some(self.half_life),
+        }
+    }
+
+    /// The cache settings this chat ran under, over `base` for what it does not record (KV
+    /// type, profile storage, positions, ...); checked, an error naming the chat's setting.
+    pub fn cache_over(&self, base: &CacheConfig) -> Result<CacheConfig> {
+        let policy: PolicyKind = self.policy.parse().map_err(|_| {
+            Error::arg(
+                "the saved chat's policy",
+                format!("`{}` is not a policy this build knows", self.policy),
+            )
+        })?;
+        let k = self.knobs_for(policy);
+        let cache = CacheConfig {
+            policy,
+            budget: self.budget,
+            window: k.window,
+            recent: k.recent,
+            history: k.history.unwrap_or(crate::cache::DEFAULT_HISTORY),
+            half_life: k.half_life.unwrap_or(crate::cache::DEFAULT_HALF_LIFE),
+            ..base.clone()
+        };
+        cache.validate_with(&|name| format!("the saved chat's {}", name.replace('-', "_")))?;
+        Ok(cache)
+    }
+}
+
+/// A saved chat's knobs for one policy (see [`SavedChat::knobs_for`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Knobs {
+    pub window: Option<usize>,
+    pub recent: Option<usize>,
+    pub history: Option<usize>,
+    pub half_life: Option<usize>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A chat's window and recent share count for the policy it ran, and only where they
+    /// differ from that policy's defaults: under another policy, or at the defaults, they
+    /// follow the policy.
+    #[test]
+    fn a_chats_knobs_count_for_its_own_policy_only() {
+        let at = |window, recent| {
+            let cache = CacheConfig {
+                window,
+                recent,
+                ..CacheConfig::default()
+            };
+            SavedChat::new("x", 1, "m", &cache, &[])
+        };
+        let defaults = at(None, None);
+        assert_eq!((defaults.window, defaults.recent), (4, 75));
+        let k = defaults.knobs_for(PolicyKind::MorphKv);
+        assert_eq!((k.window, k.recent, k.history), (None, None, Some(100)));
+        assert_eq!(defaults.knobs_for(PolicyKind::H2o), Knobs::default());
+        let paper = at(Some(30), Some(0));
+        let k = paper.knobs_for(PolicyKind::MorphKv);
+        assert_eq!((k.window, k.recent), (Some(30), Some(0)));
+        // Over other settings: its own, the rest kept; an unknown policy is named.
+        let base = CacheConfig {
+            kv_type: crate::cache::KvType::F32,
+            ..CacheConfig::default()
+        };
+        let c = paper.cache_over(&base).unwrap();
+        assert_eq!((c.window(), c.recent(), c.kv_type), (30, 0, base.kv_type));
+        let mut odd = paper.clone();
+        odd.policy = "lru".into();
+        let e = odd.cache_over(&base).unwrap_err().to_string();
+        assert!(
+            e.contains("saved chat's policy") && e.contains("lru"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn save_is_atomic_and_round_trips() {

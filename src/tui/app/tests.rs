@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::cache::PolicyKind;
+use crate::tui::store::SavedChat;
 
 fn app() -> App {
     let mut a = App::new(CacheConfig::default(), SamplingParams::greedy(), 256);
@@ -370,10 +371,38 @@ fn the_chat_list_opens_deletes_and_renames() {
         a.update(Msg::Action(Action::Submit)),
         vec![Effect::Save, Effect::OpenChat("b".into())]
     );
-    let fx = a.update(Msg::Opened(vec![Message::user("old question")]));
+    // An opened chat runs under the settings it saved (H2O, budget 300, window 20), set
+    // before the cache is reset.
+    let saved = |budget: usize| {
+        let cache = CacheConfig {
+            policy: PolicyKind::H2o,
+            budget,
+            window: Some(20),
+            ..CacheConfig::default()
+        };
+        let mut c = SavedChat::new("b", 1, "m", &cache, &[Message::user("old question")]);
+        c.budget = budget;
+        Box::new(c)
+    };
+    let fx = a.update(Msg::Opened(saved(300)));
     assert!(a.chats.is_none());
     assert_eq!(a.messages, vec![Message::user("old question")]);
+    let [Effect::Engine(Command::SetCache { cache, now: false }), Effect::Engine(Command::Reset), ..] =
+        fx.as_slice()
+    else {
+        panic!("{fx:?}");
+    };
+    assert_eq!(
+        (cache.policy, cache.budget, cache.window()),
+        (PolicyKind::H2o, 300, 20)
+    );
+    assert_eq!(a.cache, *cache);
+    // A saved budget below its window is refused: the current settings stay, and it says so.
+    let fx = a.update(Msg::Opened(saved(10)));
     assert_eq!(fx[0], Effect::Engine(Command::Reset));
+    assert_eq!(a.cache.budget, 300);
+    let (text, error) = a.notice.clone().unwrap();
+    assert!(error && text.contains("the saved chat's budget"), "{text}");
     // Typing goes nowhere while the list is open; Esc closes it.
     a.update(Msg::Chats(vec![entry("b", true)]));
     a.update(Msg::Action(Action::Insert('x')));
