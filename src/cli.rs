@@ -498,14 +498,15 @@ pub struct ChatArgs {
     #[arg(long, help = profile_help())]
     pub profile: Option<String>,
     /// Compare mode from the start: a second cache under this policy follows the
-    /// conversation (as `/compare POLICY`); its budget is the main cache's and its window the
-    /// main cache's --window (else its policy's) unless given.
+    /// conversation (as `/compare POLICY`); its budget is the main cache's, and its window
+    /// the main cache's where one was set (flag, config file, preset or resumed chat), else
+    /// its policy's, unless given.
     #[arg(long)]
     pub compare: Option<String>,
     /// The compare cache's budget (default: --budget's).
     #[arg(long = "compare-budget", requires = "compare", value_parser = limited(limits::BUDGET))]
     pub compare_budget: Option<usize>,
-    /// The compare cache's window (default: --window's if given, else its policy's).
+    /// The compare cache's window (default: the main cache's if set, else its policy's).
     #[arg(long = "compare-window", requires = "compare", value_parser = limited(limits::WINDOW))]
     pub compare_window: Option<usize>,
     /// Colour theme: dark, light, high-contrast, a name from the config folder's themes/, or

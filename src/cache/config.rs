@@ -62,8 +62,8 @@ pub struct CacheConfig {
     pub policy: PolicyKind,
     /// Tokens kept per KV head per layer, the token being decoded included.
     pub budget: usize,
-    /// Most recent tokens always kept (MorphKV's `R`; H2O's recent window; SnapKV's
-    /// observation window); `None`: the policy's default (see [`CacheConfig::window`]).
+    /// Most recent tokens always kept (MorphKV's `R`; H2O's and SnapKV's protected recent
+    /// span); `None`: the policy's default (see [`CacheConfig::window`]).
     pub window: Option<usize>,
     /// First tokens always kept; `None`: the policy's default (4 for streaming, 0 for the
     /// others).
