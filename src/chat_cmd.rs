@@ -288,12 +288,26 @@ pub fn run(a: ChatArgs) -> Result<()> {
     if model_args.model.is_none() {
         model_args.model = cfg.model.clone();
     }
+    // Checked as the file was read; a device the build cannot open names the file.
+    let device_from_file = model_args.device.is_none() && cfg.device.is_some();
+    model_args.weights = model_args.weights.or(cfg.weights.clone());
+    model_args.device = model_args.device.or(cfg.device.clone());
     let Loaded {
         model,
         tokenizer,
         path,
         preset,
-    } = load(&model_args)?;
+    } = load(&model_args).map_err(|e| match e.downcast_ref::<morphkv::Error>() {
+        Some(morphkv::Error::InvalidArg { flag, reason })
+            if device_from_file && flag == "--device" =>
+        {
+            anyhow::anyhow!(
+                "invalid value for device in {}: {reason}",
+                config_dir.join("config.toml").display()
+            )
+        }
+        _ => e,
+    })?;
     let cache = make_cache(&preset.as_ref().map(|p| p.cache.clone()).unwrap_or_default())?;
     // Where the KV type came from, for an error that says what to change.
     let kv_origin = if a.kv_type.is_some() {

@@ -117,16 +117,17 @@ pub struct ModelArgs {
     /// Never download: use the Hugging Face cache only (as HF_HUB_OFFLINE=1 does).
     #[arg(long)]
     pub offline: bool,
-    /// Weight storage: auto, native (file's quantization), f32, q8_0.
-    #[arg(long, default_value = "auto")]
-    pub weights: String,
+    /// Weight storage: auto, hybrid, native (file's quantization), f32, q8_0 (default: for the
+    /// chat the config file's, else auto).
+    #[arg(long)]
+    pub weights: Option<String>,
     /// CPU threads (default: all cores).
     #[arg(short = 't', long, value_parser = limited(THREADS))]
     pub threads: Option<usize>,
     /// Where to run: auto (the first CUDA or Apple GPU this build supports, else the CPU),
-    /// cpu, cuda[:N], metal[:N].
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    /// cpu, cuda[:N], metal[:N] (default: for the chat the config file's, else auto).
+    #[arg(long)]
+    pub device: Option<String>,
 }
 
 /// Sampling flags, as in llama.cpp.

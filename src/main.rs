@@ -91,9 +91,14 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
         // candle's CPU kernels read RAYON_NUM_THREADS when their pool starts.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
-    let weights: WeightFormat = args.weights.parse()?;
+    let weights: WeightFormat = args.weights.as_deref().unwrap_or("auto").parse()?;
     // Before the model is resolved: a bad --device fails fast, before any download.
-    let device = args.device.parse::<DeviceSpec>()?.open()?;
+    let device = args
+        .device
+        .as_deref()
+        .unwrap_or("auto")
+        .parse::<DeviceSpec>()?
+        .open()?;
     let resolved = models_cmd::resolve_preset(args.model.as_deref(), args.offline)?;
     let (model, tokenizer) = morphkv::model::load(&resolved.path, &device, weights)?;
     Ok(Loaded {
@@ -296,8 +301,14 @@ fn run_bench(a: BenchArgs) -> Result<()> {
     if let Some(n) = a.model.threads {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
-    let weights: WeightFormat = a.model.weights.parse()?;
-    let device = a.model.device.parse::<DeviceSpec>()?.open()?;
+    let weights: WeightFormat = a.model.weights.as_deref().unwrap_or("auto").parse()?;
+    let device = a
+        .model
+        .device
+        .as_deref()
+        .unwrap_or("auto")
+        .parse::<DeviceSpec>()?
+        .open()?;
     let cache = a.cache.config()?;
     let source = match &a.random_weights {
         Some(name) => BenchModel::Random {

@@ -391,7 +391,7 @@ fn chat_refuses_a_kv_type_the_model_cannot_take_naming_its_origin() {
 
 #[test]
 fn chat_bad_config_theme_and_settings() {
-    let cases: [(&str, &[&str], &[&str]); 8] = [
+    let cases: [(&str, &[&str], &[&str]); 10] = [
         (
             "kv_type = \"q4\"\n",
             &["--list"],
@@ -423,6 +423,17 @@ fn chat_bad_config_theme_and_settings() {
             &["--theme", "unknown theme `neon`", "dark"],
         ),
         ("policy = \"lru\"\n", &[], &["unknown policy `lru`"]),
+        (
+            "weights = \"q3\"\n",
+            &["--list"],
+            &["config.toml:1:11", "`q3` is not one of"],
+        ),
+        // A device this build cannot open names the file, not the flag.
+        (
+            "device = \"metal\"\n",
+            &[],
+            &["device in", "config.toml", "built without Metal"],
+        ),
         (
             "",
             &["--resume", "nope"],

@@ -40,16 +40,47 @@ pub struct Config {
     pub profile: Option<crate::cache::ProfileType>,
     pub theme: Option<String>,
     pub system_prompt: Option<String>,
+    /// How the weights are held (`--weights`): auto, hybrid, native, f32 or q8_0.
+    #[serde(default, deserialize_with = "deserialize_weights")]
+    pub weights: Option<String>,
+    /// Where the model runs (`--device`): auto, cpu, cuda[:N] or metal[:N].
+    #[serde(default, deserialize_with = "deserialize_device")]
+    pub device: Option<String>,
     /// Action name → key, e.g. `regenerate = "ctrl+g"`.
     #[serde(default)]
     pub keys: BTreeMap<String, String>,
+}
+
+/// A `weights` value, checked as `--weights` is.
+fn deserialize_weights<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse::<crate::model::WeightFormat>()
+        .map_err(|e| serde::de::Error::custom(reason(e)))?;
+    Ok(Some(s))
+}
+
+/// A `device` value, checked as `--device` is (whether this build can open it is known when
+/// the model loads).
+fn deserialize_device<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse::<crate::device::DeviceSpec>()
+        .map_err(|e| serde::de::Error::custom(reason(e)))?;
+    Ok(Some(s))
+}
+
+/// What is wrong with a value, without the flag's name (the file's line says where).
+fn reason(e: crate::Error) -> String {
+    match e {
+        crate::Error::InvalidArg { reason, .. } => reason,
+        other => other.to_string(),
+    }
 }
 
 /// Parses `text`, the content of `path`.
 pub fn parse(text: &str, path: &Path) -> Result<Config, String> {
     toml::from_str(text).map_err(|e| {
         format!(
-            "{} (keys: model, policy, budget, window, recent, history, half_life, kv_type, profile, theme, system_prompt, and a [keys] table)",
+            "{} (keys: model, weights, device, policy, budget, window, recent, history, half_life, kv_type, profile, theme, system_prompt, and a [keys] table)",
             toml_error(path, text, &e)
         )
     })
@@ -116,6 +147,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!((ok.history, ok.half_life), (Some(0), Some(64)));
+        let e = parse("weights = \"q3\"\n", path).unwrap_err();
+        assert!(e.starts_with("/x/config.toml:1:11: "), "{e}");
+        assert!(
+            e.contains("`q3` is not one of") && e.contains("q8_0"),
+            "{e}"
+        );
+        let e = parse("model = \"m\"\ndevice = \"tpu\"\n", path).unwrap_err();
+        assert!(e.starts_with("/x/config.toml:2:10: "), "{e}");
+        assert!(e.contains("`tpu` is not auto, cpu"), "{e}");
+        let both = parse("weights = \"q8_0\"\ndevice = \"cpu\"\n", path).unwrap();
+        assert_eq!(
+            (both.weights.as_deref(), both.device.as_deref()),
+            (Some("q8_0"), Some("cpu"))
+        );
         assert_eq!(ok.profile, Some(crate::cache::ProfileType::F16));
         assert_eq!((ok.budget, ok.window), (Some(300), Some(20)));
         assert_eq!(ok.kv_type, Some(crate::cache::KvType::Q8_0));
