@@ -308,6 +308,7 @@ pub fn run(source: &BenchModel, device: &Device, opts: &BenchOptions) -> Result<
         warm.feed(text_ids[0])?;
     }
     let threads = candle_core::utils::get_num_threads();
+    let token_bytes = model.token_bytes();
     let probe = || roofline::read_rate(threads, roofline::PROBE_BYTES, roofline::PASSES);
     let mut memory_read_rates = Vec::new();
     if opts.roofline {
@@ -337,7 +338,7 @@ pub fn run(source: &BenchModel, device: &Device, opts: &BenchOptions) -> Result<
             let median = |f: &dyn Fn(&Run) -> f64| Rate::of(runs.iter().map(f).collect());
             let per_token = opts.decode_tokens as f64;
             let decode_tps = median(&|r| per_token / r.decode_secs);
-            let read_bytes = model.token_bytes() + last.kv_bytes + last.profile_bytes;
+            let read_bytes = token_bytes + last.kv_bytes + last.profile_bytes;
             rows.push(Row {
                 decoder: "ours".into(),
                 policy: label(cfg),
@@ -377,7 +378,7 @@ pub fn run(source: &BenchModel, device: &Device, opts: &BenchOptions) -> Result<
         weights: model.weight_format().to_string(),
         device: crate::device::name(device),
         threads,
-        token_bytes: model.token_bytes(),
+        token_bytes,
         memory_read_rates,
         rows,
     })

@@ -164,9 +164,9 @@ pub fn run(a: ChatArgs) -> Result<()> {
     // suggestions, then defaults.
     let make_cache = |pc: &morphkv::models::PresetCache| -> Result<CacheConfig> {
         let policy = match (&a.policy, &resume) {
-            (None, Some((path, c))) => c.policy.parse().map_err(|e| {
+            (None, Some((path, c))) => c.policy_kind().map_err(|e| {
                 anyhow::anyhow!(
-                    "{}: the saved chat's policy: {e}; give --policy to resume it under another",
+                    "{}: {e}; give --policy to resume it under another",
                     path.display()
                 )
             })?,

@@ -296,15 +296,20 @@ impl SavedChat {
         }
     }
 
-    /// The cache settings this chat ran under, over `base` for what it does not record (KV
-    /// type, profile storage, positions, ...); checked, an error naming the chat's setting.
-    pub fn cache_over(&self, base: &CacheConfig) -> Result<CacheConfig> {
-        let policy: PolicyKind = self.policy.parse().map_err(|_| {
+    /// The policy this chat ran, if this build knows it.
+    pub fn policy_kind(&self) -> Result<PolicyKind> {
+        self.policy.parse().map_err(|_| {
             Error::arg(
                 "the saved chat's policy",
                 format!("`{}` is not a policy this build knows", self.policy),
             )
-        })?;
+        })
+    }
+
+    /// The cache settings this chat ran under, over `base` for what it does not record (KV
+    /// type, profile storage, positions, ...); checked, an error naming the chat's setting.
+    pub fn cache_over(&self, base: &CacheConfig) -> Result<CacheConfig> {
+        let policy = self.policy_kind()?;
         let k = self.knobs_for(policy);
         let cache = CacheConfig {
             policy,
